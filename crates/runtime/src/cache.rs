@@ -1,0 +1,157 @@
+//! The compile cache: machine code of builds seen before, on disk in the data
+//! directory, so that a rollback or a restart skips compilation.
+//!
+//! Entries live in `<data_dir>/cache/<compiler>-<engine fingerprint>/<sha256>.cwasm`.
+//! The fingerprint changes with the wasmtime version and every engine setting, so
+//! a foreign entry is never even looked at. Each file starts with a header that
+//! names the build it belongs to and the sha256 of the machine code; an entry whose
+//! header or checksum does not match, or that the engine refuses, is deleted and
+//! the build compiled again. Writes go to a temporary file and are renamed into
+//! place, so a crash leaves no half-written entry.
+//!
+//! Deserialising machine code trusts it to be what the engine wrote: the data
+//! directory must be writable only by the node's user (it is created 0700).
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, Module};
+
+use crate::error::NodeError;
+
+const MAGIC: &[u8; 8] = b"ZESTMOD1";
+const HEADER_LEN: usize = MAGIC.len() + 32 + 32;
+
+#[derive(Debug)]
+pub(crate) struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    pub(crate) fn open(data_dir: &Path, engine: &Engine, label: &str) -> Result<CompileCache, NodeError> {
+        let mut fingerprint = Sha256Hasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut fingerprint);
+        let fingerprint = hex::encode(&fingerprint.0.finalize()[..8]);
+        let dir = data_dir.join("cache").join(format!("{label}-{fingerprint}"));
+        create_private_dir(data_dir)
+            .and_then(|()| fs::create_dir_all(&dir))
+            .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        Ok(CompileCache { dir })
+    }
+
+    fn path(&self, key: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!("{}.cwasm", hex::encode(key)))
+    }
+
+    /// The cached machine code of build `key`, if a sound entry exists.
+    pub(crate) fn load(&self, engine: &Engine, key: &[u8; 32]) -> Option<Module> {
+        let path = self.path(key);
+        let bytes = fs::read(&path).ok()?;
+        let payload = match verify(&bytes, key) {
+            Ok(payload) => payload,
+            Err(problem) => {
+                tracing::warn!(path = %path.display(), problem, "discarding a corrupt compile-cache entry");
+                let _ = fs::remove_file(&path);
+                return None;
+            }
+        };
+        // SAFETY: the payload is byte for byte what `Module::serialize` wrote for this
+        // engine configuration (checked against the sha256 in its header), in a
+        // directory only the node's user can write.
+        match unsafe { Module::deserialize(engine, payload) } {
+            Ok(module) => Some(module),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "discarding an incompatible compile-cache entry");
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Writes the machine code of build `key`; a failure is logged, never fatal.
+    pub(crate) fn store(&self, key: &[u8; 32], module: &Module) {
+        if let Err(err) = self.try_store(key, module) {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot write a compile-cache entry");
+        }
+    }
+
+    fn try_store(&self, key: &[u8; 32], module: &Module) -> Result<(), Box<dyn std::error::Error>> {
+        let payload = module.serialize().map_err(|err| format!("{err:#}"))?;
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        file.write_all(MAGIC)?;
+        file.write_all(key)?;
+        file.write_all(&Sha256::digest(&payload))?;
+        file.write_all(&payload)?;
+        file.persist(self.path(key))?;
+        Ok(())
+    }
+}
+
+/// Checks an entry's header against `key` and its payload checksum.
+fn verify<'a>(bytes: &'a [u8], key: &[u8; 32]) -> Result<&'a [u8], &'static str> {
+    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("bad header");
+    }
+    let (named, rest) = bytes[MAGIC.len()..].split_at(32);
+    if named != key {
+        return Err("entry belongs to another build");
+    }
+    let (checksum, payload) = rest.split_at(32);
+    if Sha256::digest(payload).as_slice() != checksum {
+        return Err("checksum mismatch");
+    }
+    Ok(payload)
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Feeds `Hash` output into sha256, for a fingerprint that is stable across runs.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only the sha256 digest is read")
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &[u8; 32], payload: &[u8]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(&Sha256::digest(payload));
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[test]
+    fn verify_accepts_only_sound_entries_for_the_right_build() {
+        let key = [7u8; 32];
+        let good = entry(&key, b"machine code");
+        assert_eq!(verify(&good, &key), Ok(&b"machine code"[..]));
+        assert_eq!(verify(&good, &[8u8; 32]), Err("entry belongs to another build"));
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(verify(&flipped, &key), Err("checksum mismatch"));
+        assert_eq!(verify(&good[..10], &key), Err("bad header"));
+        assert_eq!(
+            verify(b"garbage garbage garbage garbage garbage garbage garbage garbage garbage", &key),
+            Err("bad header")
+        );
+    }
+}

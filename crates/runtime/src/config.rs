@@ -1,0 +1,64 @@
+//! Node settings that the runtime itself consumes (CONTRACT.md §9, `[node]` and
+//! `[limits]`); parsing the TOML file is the binary's business.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a [`crate::Node`] needs to start; every field has a default.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where the compile cache (and, later, extension records) live. `None` keeps
+    /// nothing on disk: every build is compiled.
+    pub data_dir: Option<PathBuf>,
+    pub limits: Limits,
+    pub compiler: Compiler,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { data_dir: None, limits: Limits::default(), compiler: Compiler::Auto }
+    }
+}
+
+/// Resource limits applied to every guest call and reload (CONTRACT.md §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `limits.call_timeout_ms`: wall-clock deadline of one call, nested calls included.
+    pub call_timeout: Duration,
+    /// `limits.memory_mb`: the most linear memory one instance may grow to.
+    pub memory_mb: u32,
+    /// `limits.build_timeout_ms`: how long a build (`compile: true`, `rustc`) may run.
+    pub build_timeout: Duration,
+    /// `limits.drain_timeout_ms`: how long a reload waits for calls on an old version.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_millis(5000),
+            memory_mb: 256,
+            build_timeout: Duration::from_millis(600_000),
+            drain_timeout: Duration::from_millis(5000),
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn memory_bytes(&self) -> usize {
+        (self.memory_mb as usize) << 20
+    }
+}
+
+/// Which wasmtime compiler turns a module into machine code.
+///
+/// `Auto` picks per build: the baseline compiler Winch for large modules, where
+/// compile time dominates a reload, and the optimising Cranelift for small ones,
+/// where it costs little (see `docs/benchmarks.md` for the measurements behind the
+/// threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiler {
+    Cranelift,
+    Winch,
+    Auto,
+}

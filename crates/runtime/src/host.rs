@@ -1,0 +1,250 @@
+//! The `"zest"` imports of guest ABI version 1 (CONTRACT.md §2), and the per-store
+//! state they work on.
+//!
+//! [`register`] defines exactly the four imports of the contract, in its order:
+//! `error`, `log`, `call`, `now_ms`. A host function that must fail the current
+//! call returns an [`Abort`], which unwinds the guest; [`classify`] turns whatever
+//! unwound a call into a typed [`CallError`].
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::{Caller, Error, Linker, Memory, ResourceLimiter, StoreContextMut, Trap, TypedFunc, UpdateDeadline};
+
+use crate::config::Limits;
+use crate::error::CallError;
+use crate::instance::{pack, unpack, CallCtx};
+use crate::node::Shared;
+use crate::version::Life;
+
+/// The import module every import must come from.
+pub const IMPORT_MODULE: &str = "zest";
+
+/// How deep module-to-module calls may nest before the innermost one fails.
+pub(crate) const MAX_CALL_DEPTH: u32 = 64;
+
+/// The most table elements one instance may grow its tables to.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Why a host function, the epoch callback or the memory limiter stopped a call.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Abort {
+    #[error("the guest called `error`: {0}")]
+    Guest(String),
+    #[error(transparent)]
+    Callee(CallError),
+    #[error("the call deadline passed")]
+    Timeout,
+    #[error("the version was hard-purged")]
+    Purged,
+    #[error("the memory limit was reached")]
+    MemoryLimit,
+    #[error("{0}")]
+    BadOutput(String),
+}
+
+/// The guest exports the host needs between calls.
+#[derive(Clone)]
+pub(crate) struct GuestExports {
+    pub(crate) memory: Memory,
+    pub(crate) alloc: TypedFunc<i32, i32>,
+}
+
+impl std::fmt::Debug for GuestExports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestExports").field("memory", &self.memory).finish_non_exhaustive()
+    }
+}
+
+/// What each store carries: who it is, its limits, and the call now running.
+#[derive(Debug)]
+pub(crate) struct HostState {
+    pub(crate) module: Arc<str>,
+    pub(crate) guest: Option<GuestExports>,
+    /// Deadline and nesting depth of the call now running.
+    pub(crate) ctx: CallCtx,
+    call_timeout: Duration,
+    memory: MemoryLimiter,
+    life: Arc<Life>,
+    node: Weak<Shared>,
+}
+
+impl HostState {
+    pub(crate) fn new(module: Arc<str>, limits: &Limits, life: Arc<Life>, node: Weak<Shared>) -> Self {
+        HostState {
+            module,
+            guest: None,
+            ctx: CallCtx::root(limits.call_timeout),
+            call_timeout: limits.call_timeout,
+            memory: MemoryLimiter { max_bytes: limits.memory_bytes() },
+            life,
+            node,
+        }
+    }
+
+    pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.memory
+    }
+
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+}
+
+#[derive(Debug)]
+struct MemoryLimiter {
+    max_bytes: usize,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            return Err(Error::new(Abort::MemoryLimit));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Runs at every epoch tick while a guest runs: stops it when its call deadline has
+/// passed or its version was hard-purged.
+pub(crate) fn on_epoch(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    let state = store.data();
+    if state.life.is_killed() {
+        return Err(Error::new(Abort::Purged));
+    }
+    if Instant::now() >= state.ctx.deadline {
+        return Err(Error::new(Abort::Timeout));
+    }
+    Ok(UpdateDeadline::Continue(1))
+}
+
+/// Defines the `"zest"` imports in `linker`.
+pub(crate) fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(IMPORT_MODULE, "error", guest_error)?;
+    linker.func_wrap(IMPORT_MODULE, "log", guest_log)?;
+    linker.func_wrap(IMPORT_MODULE, "call", guest_call)?;
+    linker.func_wrap(IMPORT_MODULE, "now_ms", now_ms)?;
+    Ok(())
+}
+
+/// `error(ptr, len)`: fails the current call with the guest's message.
+fn guest_error(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let message = read_string(&mut caller, ptr, len, "error")?;
+    Err(Error::new(Abort::Guest(message)))
+}
+
+/// `log(level, ptr, len)`: 0 trace, 1 debug, 2 info, 3 warn, 4 error. A level out
+/// of range is logged at `warn` with the level it gave.
+fn guest_log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let message = read_string(&mut caller, ptr, len, "log")?;
+    let module = &*caller.data().module;
+    match level {
+        0 => tracing::trace!(target: "zest::guest", module, "{message}"),
+        1 => tracing::debug!(target: "zest::guest", module, "{message}"),
+        2 => tracing::info!(target: "zest::guest", module, "{message}"),
+        3 => tracing::warn!(target: "zest::guest", module, "{message}"),
+        4 => tracing::error!(target: "zest::guest", module, "{message}"),
+        _ => tracing::warn!(target: "zest::guest", module, level, "(log level out of range) {message}"),
+    }
+    Ok(())
+}
+
+/// `call(mod, fn, args) -> packed`: calls another module's current version and
+/// writes its output into the caller's memory through the caller's `zest_alloc`.
+fn guest_call(
+    mut caller: Caller<'_, HostState>,
+    mod_ptr: i32,
+    mod_len: i32,
+    fn_ptr: i32,
+    fn_len: i32,
+    args_ptr: i32,
+    args_len: i32,
+) -> wasmtime::Result<i64> {
+    let module = read_string(&mut caller, mod_ptr, mod_len, "call")?;
+    let function = read_string(&mut caller, fn_ptr, fn_len, "call")?;
+    let args = read_string(&mut caller, args_ptr, args_len, "call")?;
+    let state = caller.data();
+    let callee_failed = |err: CallError| Error::new(Abort::Callee(err));
+    if state.ctx.depth + 1 >= MAX_CALL_DEPTH {
+        return Err(callee_failed(CallError::DepthExceeded { module, function, limit: MAX_CALL_DEPTH }));
+    }
+    let Some(node) = state.node.upgrade() else {
+        let message = "the node is shutting down".to_string();
+        return Err(callee_failed(CallError::Engine { module, function, message }));
+    };
+    let Some(guest) = state.guest.clone() else {
+        let message = "`call` is not available while the caller is being instantiated".to_string();
+        return Err(callee_failed(CallError::Engine { module, function, message }));
+    };
+    let ctx = CallCtx { deadline: state.ctx.deadline, depth: state.ctx.depth + 1 };
+    let args = if args.is_empty() { "null" } else { args.as_str() };
+    let output = node.registry.call(&module, &function, args, ctx).map_err(callee_failed)?;
+    drop(node);
+    let len = i32::try_from(output.len()).map_err(|_| Error::new(Abort::BadOutput("output too large".into())))?;
+    let ptr = guest.alloc.call(&mut caller, len)?;
+    guest
+        .memory
+        .write(&mut caller, ptr as u32 as usize, output.as_bytes())
+        .map_err(|_| Error::new(Abort::BadOutput(format!("zest_alloc({len}) returned an out-of-bounds pointer"))))?;
+    Ok(pack(ptr as u32, len as u32))
+}
+
+/// `now_ms() -> i64`: wall-clock milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Copies `[ptr, ptr+len)` out of the caller's memory as UTF-8 (lossy: these are
+/// names and messages, and a mangled byte should not hide the rest).
+fn read_string(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, import: &str) -> wasmtime::Result<String> {
+    let memory = match &caller.data().guest {
+        Some(guest) => guest.memory,
+        None => match caller.get_export("memory").and_then(|export| export.into_memory()) {
+            Some(memory) => memory,
+            None => return Err(Error::new(Abort::BadOutput(format!("`{import}` called without an exported memory")))),
+        },
+    };
+    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+    let bytes = memory.data(&caller).get(start..start.saturating_add(len)).ok_or_else(|| {
+        Error::new(Abort::BadOutput(format!("`{import}` was passed the out-of-bounds range {start}+{len}")))
+    })?;
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// Turns whatever stopped a call into a typed [`CallError`].
+pub(crate) fn classify(err: Error, state: &HostState, function: &str) -> CallError {
+    let module = state.module.to_string();
+    let function = function.to_string();
+    if let Some(abort) = err.downcast_ref::<Abort>() {
+        return match abort {
+            Abort::Guest(message) => CallError::Failed { module, function, message: message.clone() },
+            Abort::Callee(inner) => inner.clone(),
+            Abort::Timeout => {
+                CallError::Timeout { module, function, timeout_ms: state.call_timeout.as_millis() as u64 }
+            }
+            Abort::Purged => CallError::Purged { module, function },
+            Abort::MemoryLimit => {
+                CallError::MemoryLimit { module, function, limit_mb: (state.memory.max_bytes >> 20) as u32 }
+            }
+            Abort::BadOutput(message) => CallError::InvalidOutput { module, function, message: message.clone() },
+        };
+    }
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return CallError::Trap { module, function, trap: *trap };
+    }
+    CallError::Engine { module, function, message: format!("{err:#}") }
+}
+
+/// Reads a packed `(ptr << 32) | len` string out of the instance's memory.
+pub(crate) fn read_packed(memory: &[u8], packed: i64) -> Result<&str, String> {
+    let (ptr, len) = unpack(packed);
+    let (start, len) = (ptr as usize, len as usize);
+    let bytes = memory
+        .get(start..start + len)
+        .ok_or_else(|| format!("the output range {start}+{len} is outside linear memory"))?;
+    std::str::from_utf8(bytes).map_err(|err| format!("the output is not UTF-8: {err}"))
+}

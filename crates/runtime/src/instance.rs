@@ -1,0 +1,121 @@
+//! One instance of a version and the call protocol of guest ABI version 1:
+//! `zest_alloc(len)`, write the input, call, read the packed output and check that
+//! it is UTF-8 JSON.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use wasmtime::{Error, InstancePre, Memory, Store, TypedFunc};
+
+use crate::config::Limits;
+use crate::error::CallError;
+use crate::host::{self, Abort, GuestExports, HostState};
+
+/// The deadline and nesting depth of one call; nested calls inherit the deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallCtx {
+    pub(crate) deadline: Instant,
+    pub(crate) depth: u32,
+}
+
+impl CallCtx {
+    pub(crate) fn root(timeout: Duration) -> Self {
+        CallCtx { deadline: Instant::now() + timeout, depth: 0 }
+    }
+}
+
+pub(crate) fn pack(ptr: u32, len: u32) -> i64 {
+    (((ptr as u64) << 32) | len as u64) as i64
+}
+
+pub(crate) fn unpack(packed: i64) -> (u32, u32) {
+    ((packed as u64 >> 32) as u32, packed as u64 as u32)
+}
+
+type GuestFn = TypedFunc<(i32, i32), i64>;
+
+pub(crate) struct Instance {
+    store: Store<HostState>,
+    instance: wasmtime::Instance,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    /// Typed handles of the functions called so far on this instance.
+    funcs: HashMap<Box<str>, GuestFn>,
+}
+
+impl Instance {
+    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState) -> wasmtime::Result<Instance> {
+        let mut store = Store::new(pre.module().engine(), state);
+        store.limiter(HostState::limiter);
+        store.epoch_deadline_callback(host::on_epoch);
+        store.data_mut().ctx = CallCtx::root(store.data().call_timeout());
+        store.set_epoch_deadline(1);
+        let instance = pre.instantiate(&mut store)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| Error::msg("the module exports no memory named `memory`"))?;
+        let alloc = instance.get_typed_func::<i32, i32>(&mut store, "zest_alloc")?;
+        store.data_mut().guest = Some(GuestExports { memory, alloc: alloc.clone() });
+        Ok(Instance { store, instance, memory, alloc, funcs: HashMap::new() })
+    }
+
+    /// Calls `function` with `input` (UTF-8 JSON) and returns its output, checked.
+    pub(crate) fn invoke(&mut self, function: &str, input: &[u8], ctx: CallCtx) -> Result<String, CallError> {
+        self.store.data_mut().ctx = ctx;
+        self.store.set_epoch_deadline(1);
+        match self.invoke_inner(function, input) {
+            Ok(output) => Ok(output),
+            Err(err) => Err(host::classify(err, self.store.data(), function)),
+        }
+    }
+
+    fn invoke_inner(&mut self, function: &str, input: &[u8]) -> wasmtime::Result<String> {
+        let Instance { store, instance, memory, alloc, funcs } = self;
+        if !funcs.contains_key(function) {
+            let func = instance.get_typed_func::<(i32, i32), i64>(&mut *store, function)?;
+            funcs.insert(function.into(), func);
+        }
+        let func = &funcs[function];
+        let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
+        let ptr = alloc.call(&mut *store, len)?;
+        memory
+            .write(&mut *store, ptr as u32 as usize, input)
+            .map_err(|_| bad_output(format!("zest_alloc({len}) returned an out-of-bounds pointer {ptr}")))?;
+        let packed = func.call(&mut *store, (ptr, len))?;
+        if unpack(packed).1 == 0 {
+            return Ok("null".to_string());
+        }
+        let text = host::read_packed(memory.data(&*store), packed).map_err(bad_output)?;
+        check_json(text).map_err(bad_output)?;
+        Ok(text.to_string())
+    }
+
+    /// Calls `zest_vsn` and checks what it returns.
+    pub(crate) fn read_vsn(&mut self, limits: &Limits) -> Result<String, String> {
+        self.store.data_mut().ctx = CallCtx::root(limits.call_timeout);
+        self.store.set_epoch_deadline(1);
+        let memory = self.memory;
+        let func = self
+            .instance
+            .get_typed_func::<(), i64>(&mut self.store, "zest_vsn")
+            .map_err(|err| format!("zest_vsn: {err:#}"))?;
+        let packed = func
+            .call(&mut self.store, ())
+            .map_err(|err| format!("zest_vsn failed: {}", host::classify(err, self.store.data(), "zest_vsn")))?;
+        let vsn = host::read_packed(memory.data(&self.store), packed).map_err(|err| format!("zest_vsn: {err}"))?;
+        if vsn.is_empty() || vsn.len() > 128 || vsn.chars().any(char::is_control) {
+            return Err(format!("zest_vsn returned {vsn:?}: a version is 1 to 128 printable characters"));
+        }
+        Ok(vsn.to_string())
+    }
+}
+
+fn bad_output(message: String) -> Error {
+    Error::new(Abort::BadOutput(message))
+}
+
+/// Checks that `text` is one JSON value, without building it.
+pub(crate) fn check_json(text: &str) -> Result<(), String> {
+    serde_json::from_str::<&RawValue>(text).map(|_| ()).map_err(|err| format!("not JSON: {err}"))
+}

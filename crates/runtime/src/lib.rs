@@ -1,0 +1,35 @@
+//! zest-runtime: the embeddable zest node.
+//!
+//! A [`Node`] hosts *modules* (WebAssembly core modules speaking the guest ABI of
+//! `docs/abi.md`), calls their functions and replaces their code while calls keep
+//! flowing. Any Rust program can embed it; the `zest` binary is one such program.
+//!
+//! The crate is organised after the concepts of CONTRACT.md:
+//!
+//! - [`node`]: the [`Node`] type, the API boundary;
+//! - `registry`: the code server, module name → current version plus old versions
+//!   that something still runs on;
+//! - `version`: one loaded build of a module and its pool of instances;
+//! - `engine`: wasmtime engines, the epoch ticker and the compile cache;
+//! - `abi`: validation of a module against guest ABI version 1;
+//! - `host`: the `"zest"` imports;
+//! - [`reload`]: the reload orchestrator and its one result type;
+//! - [`toolchain`]: finding a wasm32-capable `rustc` and running it.
+
+pub mod abi;
+mod cache;
+pub mod config;
+mod engine;
+pub mod error;
+mod host;
+mod instance;
+pub mod node;
+mod registry;
+pub mod reload;
+pub mod toolchain;
+mod version;
+
+pub use config::{Compiler, Limits, NodeConfig};
+pub use error::{CallError, NodeError};
+pub use node::{ModuleStatus, Node, NodeStatus, VersionInfo};
+pub use reload::{Failure, Kind, Metadata, Reason, ReloadOptions, ReloadResult, Skip, Status, Swap};

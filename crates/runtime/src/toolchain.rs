@@ -1,0 +1,217 @@
+//! Finding a wasm32-capable `rustc` and turning one Rust source file into a module.
+//!
+//! A module written in Rust uses the guest SDK (`crates/guest`), whose sources are
+//! embedded here: the SDK is built once per compiler into the work directory and
+//! linked in with `--extern zest_guest=...`, so a single `.rs` file compiles with
+//! no build system and no network. The SDK and its users build with Rust 1.63,
+//! Debian's `/usr/bin/rustc`, as well as with a current rustup toolchain that has
+//! the `wasm32-unknown-unknown` target.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wait_timeout::ChildExt;
+
+/// The guest SDK's sources, as `(file name, text)`.
+const SDK_SOURCES: [(&str, &str); 2] =
+    [("lib.rs", include_str!("../../guest/src/lib.rs")), ("json.rs", include_str!("../../guest/src/json.rs"))];
+
+const TARGET: &str = "wasm32-unknown-unknown";
+
+/// Where `auto` looks, in order: the `rustc` on `PATH` (rustup's, when it has the
+/// wasm32 target), then Debian's.
+const AUTO_CANDIDATES: [&str; 2] = ["rustc", "/usr/bin/rustc"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolchainError {
+    #[error("no wasm32-capable rustc found (tried: {tried}); install one with `apt-get install -y rustc libstd-rust-dev-wasm32 lld-14` or `rustup target add {TARGET}`")]
+    NotFound { tried: String },
+    #[error("{rustc} cannot build for {TARGET}: its sysroot {sysroot} has no {TARGET} standard library")]
+    NoTarget { rustc: String, sysroot: String },
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("cannot prepare the build directory {path}: {source}")]
+    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error("{output}")]
+    Failed { output: String },
+    #[error("rustc was killed after {seconds} s (limits.build_timeout_ms)")]
+    TimedOut { seconds: u64 },
+}
+
+/// A `rustc` known to build for wasm32.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rustc {
+    path: PathBuf,
+    version: String,
+}
+
+impl Rustc {
+    /// `configured` is `extensions.rustc`: a path, or `None` for `auto`.
+    pub fn find(configured: Option<&Path>) -> Result<Rustc, ToolchainError> {
+        if let Some(path) = configured {
+            return Rustc::probe(path);
+        }
+        let mut tried = Vec::new();
+        for candidate in AUTO_CANDIDATES {
+            match Rustc::probe(Path::new(candidate)) {
+                Ok(rustc) => return Ok(rustc),
+                Err(err) => tried.push(format!("{candidate}: {err}")),
+            }
+        }
+        Err(ToolchainError::NotFound { tried: tried.join("; ") })
+    }
+
+    /// Checks that `path` runs and has the wasm32 standard library.
+    pub fn probe(path: &Path) -> Result<Rustc, ToolchainError> {
+        let version = capture(path, &["--version"])?;
+        let sysroot = capture(path, &["--print", "sysroot"])?;
+        let target_lib = Path::new(&sysroot).join("lib/rustlib").join(TARGET).join("lib");
+        if !target_lib.is_dir() {
+            return Err(ToolchainError::NoTarget { rustc: path.display().to_string(), sysroot });
+        }
+        Ok(Rustc { path: path.to_path_buf(), version })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `rustc --version`, e.g. `rustc 1.63.0`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Compiles `source` (one `.rs` file that may `use zest_guest`) into the wasm
+    /// module `out`. `work_dir` keeps the SDK build between calls.
+    pub fn compile_module(
+        &self,
+        source: &Path,
+        out: &Path,
+        work_dir: &Path,
+        timeout: Duration,
+    ) -> Result<(), ToolchainError> {
+        let sdk = self.guest_sdk(work_dir, timeout)?;
+        let crate_name = crate_name(source);
+        let mut command = self.command();
+        command
+            .args(["--crate-type", "cdylib", "--crate-name", &crate_name])
+            .arg("--extern")
+            .arg(format!("zest_guest={}", sdk.display()))
+            .arg("-o")
+            .arg(out)
+            .arg(source);
+        run(command, timeout)
+    }
+
+    /// Builds the guest SDK for this compiler once; returns the rlib.
+    pub fn guest_sdk(&self, work_dir: &Path, timeout: Duration) -> Result<PathBuf, ToolchainError> {
+        let mut digest = Sha256::new();
+        digest.update(self.version.as_bytes());
+        for (name, text) in SDK_SOURCES {
+            digest.update(name.as_bytes());
+            digest.update(text.as_bytes());
+        }
+        let tag = hex::encode(&digest.finalize()[..8]);
+        let rlib = work_dir.join(format!("libzest_guest-{tag}.rlib"));
+        if rlib.is_file() {
+            return Ok(rlib);
+        }
+        let work_err = |source| ToolchainError::WorkDir { path: work_dir.to_path_buf(), source };
+        fs::create_dir_all(work_dir).map_err(work_err)?;
+        let staging = tempfile::tempdir_in(work_dir).map_err(work_err)?;
+        for (name, text) in SDK_SOURCES {
+            fs::write(staging.path().join(name), text).map_err(work_err)?;
+        }
+        let built = staging.path().join("libzest_guest.rlib");
+        let mut command = self.command();
+        command
+            .args(["--crate-type", "rlib", "--crate-name", "zest_guest", "-o"])
+            .arg(&built)
+            .arg(staging.path().join("lib.rs"));
+        run(command, timeout)?;
+        fs::rename(&built, &rlib).map_err(work_err)?;
+        Ok(rlib)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.path);
+        command.args([
+            "--edition",
+            "2021",
+            "--target",
+            TARGET,
+            "-C",
+            "opt-level=2",
+            "-C",
+            "panic=abort",
+            "-C",
+            "strip=symbols",
+        ]);
+        command
+    }
+}
+
+/// A crate name derived from the file stem (`my-ext.rs` → `my_ext`).
+fn crate_name(source: &Path) -> String {
+    let stem = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    match name.chars().next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => name,
+        _ => format!("m_{name}"),
+    }
+}
+
+fn capture(program: &Path, args: &[&str]) -> Result<String, ToolchainError> {
+    let spawn = |source| ToolchainError::Spawn { program: program.display().to_string(), source };
+    let output = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(spawn)?;
+    if !output.status.success() {
+        let output = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return Err(ToolchainError::Failed { output });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Runs `command` to completion, killing it after `timeout`; its stderr is the
+/// error when it fails.
+fn run(mut command: Command, timeout: Duration) -> Result<(), ToolchainError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ToolchainError::Spawn { program: program.clone(), source })?;
+    // Read stderr on a thread so a chatty compiler never blocks on a full pipe.
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = match child.wait_timeout(timeout) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ToolchainError::TimedOut { seconds: timeout.as_secs() });
+        }
+        Err(source) => return Err(ToolchainError::Spawn { program, source }),
+    };
+    let stderr = reader.join().unwrap_or_default();
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ToolchainError::Failed { output: stderr.trim_end().to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_names_are_valid_identifiers() {
+        assert_eq!(crate_name(Path::new("ext/hello.rs")), "hello");
+        assert_eq!(crate_name(Path::new("my-ext.rs")), "my_ext");
+        assert_eq!(crate_name(Path::new("9lives.rs")), "m_9lives");
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests at the `Node` API, one binary so wasmtime links once.
+
+mod node {
+    pub mod support;
+
+    mod code_server;
+    mod compile_cache;
+    mod guest_sdk;
+    mod sandbox;
+}

@@ -1,0 +1,103 @@
+//! Guest faults fail the call with a typed error, never the node, and the next
+//! call is served.
+
+use std::time::{Duration, Instant};
+
+use zest_runtime::CallError;
+
+use super::support::{limits, module, versioned, Fixture};
+
+fn faulty() -> String {
+    module(&[
+        r#"(import "zest" "error" (func $error (param i32 i32)))"#,
+        r#"(data (i32.const 16) "bad input: expected a name")"#,
+        r#"(data (i32.const 64) "\ff\fe")"#,
+        r#"(data (i32.const 80) "hello")"#,
+        r#"(data (i32.const 96) "{\"ok\":true}")"#,
+        r#"(func (export "ok") (param i32 i32) (result i64) i64.const 0x600000000b)"#,
+        r#"(func (export "trap") (param i32 i32) (result i64) unreachable)"#,
+        r#"(func (export "fail") (param i32 i32) (result i64)
+             (call $error (i32.const 16) (i32.const 26)) i64.const 0)"#,
+        r#"(func (export "bad_utf8") (param i32 i32) (result i64) i64.const 0x4000000002)"#,
+        r#"(func (export "not_json") (param i32 i32) (result i64) i64.const 0x5000000005)"#,
+        r#"(func (export "out_of_bounds") (param i32 i32) (result i64) i64.const 0x7fff000000000010)"#,
+        r#"(func (export "spin") (param i32 i32) (result i64) (loop $l (br $l)) i64.const 0)"#,
+        r#"(func (export "grow") (param i32 i32) (result i64)
+             (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+             i64.const 0)"#,
+        r#"(func $recurse (export "recurse") (param i32 i32) (result i64)
+             (call $recurse (local.get 0) (local.get 1)))"#,
+    ])
+}
+
+#[test]
+fn each_guest_fault_fails_only_its_call() {
+    let fx = Fixture::with_limits(limits(300, 4, 5000));
+    fx.load("faulty", &faulty());
+    assert_eq!(fx.call("faulty", "ok", "null"), r#"{"ok":true}"#);
+
+    type Check = Box<dyn Fn(&CallError) -> bool>;
+    let cases: Vec<(&str, Check, &str)> = vec![
+        (
+            "trap",
+            Box::new(|e| matches!(e, CallError::Trap { trap: wasmtime::Trap::UnreachableCodeReached, .. })),
+            "trapped",
+        ),
+        (
+            "fail",
+            Box::new(|e| matches!(e, CallError::Failed { message, .. } if message == "bad input: expected a name")),
+            "failed: bad input",
+        ),
+        ("bad_utf8", Box::new(|e| matches!(e, CallError::InvalidOutput { .. })), "not UTF-8"),
+        ("not_json", Box::new(|e| matches!(e, CallError::InvalidOutput { .. })), "not JSON"),
+        ("out_of_bounds", Box::new(|e| matches!(e, CallError::InvalidOutput { .. })), "outside linear memory"),
+        ("spin", Box::new(|e| matches!(e, CallError::Timeout { timeout_ms: 300, .. })), "deadline of 300 ms"),
+        ("grow", Box::new(|e| matches!(e, CallError::MemoryLimit { limit_mb: 4, .. })), "memory limit of 4 MiB"),
+        ("recurse", Box::new(|e| matches!(e, CallError::Trap { trap: wasmtime::Trap::StackOverflow, .. })), "stack"),
+    ];
+    for (function, is_expected, text) in cases {
+        let started = Instant::now();
+        let err = fx.node.call("faulty", function, "null").unwrap_err();
+        assert!(is_expected(&err), "{function}: unexpected error {err:?}");
+        let message = err.to_string();
+        assert!(message.contains(text) && message.contains(&format!("faulty.{function}")), "{function}: {message}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{function} took {:?}", started.elapsed());
+        assert_eq!(fx.call("faulty", "ok", "null"), r#"{"ok":true}"#, "after {function}");
+    }
+}
+
+#[test]
+fn the_deadline_covers_nested_calls() {
+    let fx = Fixture::with_limits(limits(200, 256, 5000));
+    fx.load("faulty", &faulty());
+    let caller = module(&[
+        r#"(import "zest" "call" (func $call (param i32 i32 i32 i32 i32 i32) (result i64)))"#,
+        r#"(data (i32.const 16) "faulty")"#,
+        r#"(data (i32.const 32) "spin")"#,
+        r#"(func (export "relay") (param i32 i32) (result i64)
+             (call $call (i32.const 16) (i32.const 6) (i32.const 32) (i32.const 4) (i32.const 0) (i32.const 0)))"#,
+    ]);
+    fx.load("caller", &caller);
+    let started = Instant::now();
+    let err = fx.node.call("caller", "relay", "null").unwrap_err();
+    assert!(matches!(&err, CallError::Timeout { module, .. } if module == "faulty"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn call_chains_deeper_than_the_limit_fail_cleanly() {
+    let fx = Fixture::new();
+    // `loop.again` calls itself through the host forever.
+    let looping = module(&[
+        r#"(import "zest" "call" (func $call (param i32 i32 i32 i32 i32 i32) (result i64)))"#,
+        r#"(data (i32.const 16) "loop")"#,
+        r#"(data (i32.const 32) "again")"#,
+        r#"(func (export "again") (param i32 i32) (result i64)
+             (call $call (i32.const 16) (i32.const 4) (i32.const 32) (i32.const 5) (i32.const 0) (i32.const 0)))"#,
+    ]);
+    fx.load("loop", &looping);
+    let err = fx.node.call("loop", "again", "null").unwrap_err();
+    assert!(matches!(err, CallError::DepthExceeded { limit: 64, .. }), "{err}");
+    fx.load("clock", &versioned(1, 0));
+    assert_eq!(fx.call("clock", "get", "null"), r#"{"v":1}"#);
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need when it
+# is missing (a wasm32-capable rustc for the guest SDK tests), then checks
+# formatting and lints and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+has_wasm32_rustc() {
+  local rustc sysroot
+  for rustc in rustc /usr/bin/rustc; do
+    sysroot=$("$rustc" --print sysroot 2>/dev/null) || continue
+    [ -d "$sysroot/lib/rustlib/wasm32-unknown-unknown/lib" ] && return 0
+  done
+  return 1
+}
+
+if ! has_wasm32_rustc; then
+  echo "==> installing a wasm32 rustc (Debian: rustc libstd-rust-dev-wasm32 lld-14)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustc libstd-rust-dev-wasm32 lld-14
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --workspace
