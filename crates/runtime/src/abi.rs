@@ -4,8 +4,7 @@
 //! Validation runs once per build, before the build can serve; a module that fails
 //! it is refused with `invalid_module` and a message naming the import or export.
 
-use std::collections::HashSet;
-
+use rustc_hash::FxHashMap;
 use wasmtime::{ExternType, FuncType, Module, ValType};
 
 use crate::host::IMPORT_MODULE;
@@ -35,8 +34,9 @@ const RESERVED: [(&str, &str); 6] = [
 /// What a valid module exports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Exports {
-    /// Callable functions: every function export whose name does not start with `zest_`.
-    pub(crate) functions: HashSet<Box<str>>,
+    /// Callable functions (every function export whose name does not start with
+    /// `zest_`), each with its index into an instance's table of typed handles.
+    pub(crate) functions: FxHashMap<Box<str>, usize>,
     pub(crate) vsn: bool,
     pub(crate) init: bool,
     pub(crate) handle: bool,
@@ -118,7 +118,8 @@ pub(crate) fn check(module: &Module) -> Result<Exports, String> {
         } else if have != CALLABLE {
             return Err(format!("export `{name}` has type {have}; a callable function has type {CALLABLE}"));
         } else {
-            exports.functions.insert(name.into());
+            let index = exports.functions.len();
+            exports.functions.insert(name.into(), index);
         }
     }
     if !has_memory {
@@ -196,7 +197,7 @@ mod tests {
             (global (export "__heap_base") i32 (i32.const 0))"#
         ))
         .unwrap();
-        assert_eq!(exports.functions, HashSet::from(["tick".into()]));
+        assert_eq!(exports.functions.keys().collect::<Vec<_>>(), [&Box::from("tick")]);
         assert!(exports.handle && exports.state_save);
         assert!(!exports.init && !exports.code_change && !exports.vsn);
     }

@@ -5,8 +5,8 @@
 //! to compile). Each version remembers which one compiled it; stores, linkers and
 //! cache entries are per engine.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,18 +19,90 @@ use crate::host::{self, HostState};
 use crate::reload::Reason;
 
 /// The epoch period: a running call notices its deadline or a hard purge within
-/// about this long.
+/// about this long. Deadlines are counted in these ticks (milliseconds).
 const TICK: Duration = Duration::from_millis(1);
+
+/// Milliseconds since the node started, advanced by the epoch ticker. Reading it
+/// is one atomic load, so a call's deadline costs no clock read.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    ticks: AtomicU64,
+}
+
+impl Clock {
+    pub(crate) fn now(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// The tick at which a call starting now and allowed `timeout` is overdue.
+    pub(crate) fn deadline(&self, timeout: Duration) -> u64 {
+        self.now() + timeout.as_millis() as u64 + 1
+    }
+}
 
 /// With [`Compiler::Auto`], builds of at least this many bytes of wasm are compiled
 /// by Winch, smaller ones by Cranelift (`docs/benchmarks.md` has the measurements).
-pub(crate) const AUTO_WINCH_FROM_BYTES: usize = 64 * 1024;
+pub(crate) const AUTO_WINCH_FROM_BYTES: usize = 16 * 1024;
 
 pub(crate) struct Engines {
     cranelift: Backend,
     winch: Backend,
     choice: Compiler,
+    recent: Recent,
+    pub(crate) clock: Arc<Clock>,
     _ticker: Ticker,
+}
+
+/// How many compiled builds [`Recent`] keeps, and how much machine code at most.
+const RECENT_MAX_ENTRIES: usize = 32;
+const RECENT_MAX_BYTES: usize = 256 << 20;
+
+/// Machine code of the builds used most recently, kept in memory: a rollback or a
+/// flip between two builds then maps no new code (and unmaps none), which would
+/// otherwise stall every running thread for a TLB shootdown. This holds compiled
+/// code only, never a version: instances and state still go with their version.
+#[derive(Default)]
+struct Recent {
+    /// Most recent first.
+    entries: Mutex<Vec<RecentEntry>>,
+}
+
+struct RecentEntry {
+    key: [u8; 32],
+    compiler: Compiler,
+    module: Module,
+}
+
+impl Recent {
+    fn get(&self, key: &[u8; 32], compiler: Compiler) -> Option<Module> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = entries.iter().position(|e| &e.key == key && e.compiler == compiler)?;
+        let entry = entries.remove(index);
+        let module = entry.module.clone();
+        entries.insert(0, entry);
+        Some(module)
+    }
+
+    fn put(&self, key: &[u8; 32], compiler: Compiler, module: &Module) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|e| !(&e.key == key && e.compiler == compiler));
+        entries.insert(0, RecentEntry { key: *key, compiler, module: module.clone() });
+        let mut bytes = 0;
+        let keep = entries
+            .iter()
+            .take_while(|e| {
+                bytes += code_size(&e.module);
+                bytes <= RECENT_MAX_BYTES
+            })
+            .count()
+            .clamp(1, RECENT_MAX_ENTRIES);
+        entries.truncate(keep);
+    }
+}
+
+fn code_size(module: &Module) -> usize {
+    let range = module.image_range();
+    range.end as usize - range.start as usize
 }
 
 struct Backend {
@@ -51,8 +123,9 @@ impl Engines {
     pub(crate) fn new(config: &NodeConfig) -> Result<Engines, NodeError> {
         let cranelift = Backend::new(config, Compiler::Cranelift)?;
         let winch = Backend::new(config, Compiler::Winch)?;
-        let ticker = Ticker::start(vec![cranelift.engine.clone(), winch.engine.clone()])?;
-        Ok(Engines { cranelift, winch, choice: config.compiler, _ticker: ticker })
+        let clock = Arc::new(Clock::default());
+        let ticker = Ticker::start(vec![cranelift.engine.clone(), winch.engine.clone()], Arc::clone(&clock))?;
+        Ok(Engines { cranelift, winch, choice: config.compiler, recent: Recent::default(), clock, _ticker: ticker })
     }
 
     fn backend(&self, compiler: Compiler) -> &Backend {
@@ -73,8 +146,14 @@ impl Engines {
             Compiler::Auto => &[Compiler::Cranelift, Compiler::Winch],
         };
         for &compiler in candidates {
+            if let Some(module) = self.recent.get(key, compiler) {
+                return Ok(Loaded { module, compiler, compiled: false });
+            }
+        }
+        for &compiler in candidates {
             let backend = self.backend(compiler);
             if let Some(module) = backend.cache.as_ref().and_then(|cache| cache.load(&backend.engine, key)) {
+                self.recent.put(key, compiler, &module);
                 return Ok(Loaded { module, compiler, compiled: false });
             }
         }
@@ -93,8 +172,10 @@ impl Engines {
         Ok(Loaded { module, compiler, compiled: true })
     }
 
-    /// Stores freshly compiled machine code in the cache (failures are logged).
+    /// Keeps freshly compiled machine code, in memory and in the on-disk cache
+    /// (a failure to write is logged).
     pub(crate) fn remember(&self, key: &[u8; 32], module: &Module, compiler: Compiler) {
+        self.recent.put(key, compiler, module);
         if let Some(cache) = &self.backend(compiler).cache {
             cache.store(key, module);
         }
@@ -134,21 +215,24 @@ impl Backend {
     }
 }
 
-/// Advances every engine's epoch each [`TICK`] until dropped.
+/// Advances every engine's epoch and the [`Clock`] each [`TICK`] until dropped.
+/// The clock follows the wall clock even when a wake-up comes late.
 struct Ticker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Ticker {
-    fn start(engines: Vec<wasmtime::Engine>) -> Result<Ticker, NodeError> {
+    fn start(engines: Vec<wasmtime::Engine>, clock: Arc<Clock>) -> Result<Ticker, NodeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("zest-epoch".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
+                    clock.ticks.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     for engine in &engines {
                         engine.increment_epoch();
                     }

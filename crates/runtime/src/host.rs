@@ -7,11 +7,11 @@
 //! unwound a call into a typed [`CallError`].
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Error, Linker, Memory, ResourceLimiter, StoreContextMut, Trap, TypedFunc, UpdateDeadline};
 
-use crate::config::Limits;
+use crate::engine::Clock;
 use crate::error::CallError;
 use crate::instance::{pack, unpack, CallCtx};
 use crate::node::Shared;
@@ -65,29 +65,34 @@ pub(crate) struct HostState {
     pub(crate) ctx: CallCtx,
     call_timeout: Duration,
     memory: MemoryLimiter,
+    clock: Arc<Clock>,
     life: Arc<Life>,
     node: Weak<Shared>,
 }
 
 impl HostState {
-    pub(crate) fn new(module: Arc<str>, limits: &Limits, life: Arc<Life>, node: Weak<Shared>) -> Self {
+    pub(crate) fn new(module: Arc<str>, shared: &Arc<Shared>, life: Arc<Life>) -> Self {
+        let limits = &shared.config.limits;
+        let clock = Arc::clone(&shared.engines.clock);
         HostState {
             module,
             guest: None,
-            ctx: CallCtx::root(limits.call_timeout),
+            ctx: CallCtx::root(&clock, limits.call_timeout),
             call_timeout: limits.call_timeout,
             memory: MemoryLimiter { max_bytes: limits.memory_bytes() },
+            clock,
             life,
-            node,
+            node: Arc::downgrade(shared),
         }
+    }
+
+    /// A fresh deadline for a call starting now.
+    pub(crate) fn root_ctx(&self) -> CallCtx {
+        CallCtx::root(&self.clock, self.call_timeout)
     }
 
     pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.memory
-    }
-
-    pub(crate) fn call_timeout(&self) -> Duration {
-        self.call_timeout
     }
 }
 
@@ -109,14 +114,15 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Runs at every epoch tick while a guest runs: stops it when its call deadline has
-/// passed or its version was hard-purged.
+/// Runs at every epoch tick while a guest runs (and once at the start of a call on
+/// a reused instance, whose previous deadline has passed): stops it when its call
+/// deadline has passed or its version was hard-purged.
 pub(crate) fn on_epoch(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
     let state = store.data();
     if state.life.is_killed() {
         return Err(Error::new(Abort::Purged));
     }
-    if Instant::now() >= state.ctx.deadline {
+    if state.clock.now() >= state.ctx.deadline {
         return Err(Error::new(Abort::Timeout));
     }
     Ok(UpdateDeadline::Continue(1))

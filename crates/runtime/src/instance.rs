@@ -2,26 +2,26 @@
 //! `zest_alloc(len)`, write the input, call, read the packed output and check that
 //! it is UTF-8 JSON.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use wasmtime::{Error, InstancePre, Memory, Store, TypedFunc};
 
-use crate::config::Limits;
+use crate::engine::Clock;
 use crate::error::CallError;
 use crate::host::{self, Abort, GuestExports, HostState};
 
-/// The deadline and nesting depth of one call; nested calls inherit the deadline.
+/// The deadline (a [`Clock`] tick) and nesting depth of one call; nested calls
+/// inherit the deadline.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallCtx {
-    pub(crate) deadline: Instant,
+    pub(crate) deadline: u64,
     pub(crate) depth: u32,
 }
 
 impl CallCtx {
-    pub(crate) fn root(timeout: Duration) -> Self {
-        CallCtx { deadline: Instant::now() + timeout, depth: 0 }
+    pub(crate) fn root(clock: &Clock, timeout: Duration) -> Self {
+        CallCtx { deadline: clock.deadline(timeout), depth: 0 }
     }
 }
 
@@ -40,16 +40,18 @@ pub(crate) struct Instance {
     instance: wasmtime::Instance,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
-    /// Typed handles of the functions called so far on this instance.
-    funcs: HashMap<Box<str>, GuestFn>,
+    /// Typed handles of the functions called so far, by export index.
+    funcs: Vec<Option<GuestFn>>,
 }
 
 impl Instance {
-    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState) -> wasmtime::Result<Instance> {
+    /// Instantiates `pre`; `functions` is how many callable exports it has.
+    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState, functions: usize) -> wasmtime::Result<Instance> {
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(HostState::limiter);
         store.epoch_deadline_callback(host::on_epoch);
-        store.data_mut().ctx = CallCtx::root(store.data().call_timeout());
+        // Set once: the callback re-arms it every tick, and checks the deadline of
+        // whichever call is running.
         store.set_epoch_deadline(1);
         let instance = pre.instantiate(&mut store)?;
         let memory = instance
@@ -57,26 +59,31 @@ impl Instance {
             .ok_or_else(|| Error::msg("the module exports no memory named `memory`"))?;
         let alloc = instance.get_typed_func::<i32, i32>(&mut store, "zest_alloc")?;
         store.data_mut().guest = Some(GuestExports { memory, alloc: alloc.clone() });
-        Ok(Instance { store, instance, memory, alloc, funcs: HashMap::new() })
+        Ok(Instance { store, instance, memory, alloc, funcs: vec![None; functions] })
     }
 
-    /// Calls `function` with `input` (UTF-8 JSON) and returns its output, checked.
-    pub(crate) fn invoke(&mut self, function: &str, input: &[u8], ctx: CallCtx) -> Result<String, CallError> {
+    /// Calls `function` (export number `index`) with `input` (UTF-8 JSON) and
+    /// returns its output, checked.
+    pub(crate) fn invoke(
+        &mut self,
+        index: usize,
+        function: &str,
+        input: &[u8],
+        ctx: CallCtx,
+    ) -> Result<String, CallError> {
         self.store.data_mut().ctx = ctx;
-        self.store.set_epoch_deadline(1);
-        match self.invoke_inner(function, input) {
+        match self.invoke_inner(index, function, input) {
             Ok(output) => Ok(output),
             Err(err) => Err(host::classify(err, self.store.data(), function)),
         }
     }
 
-    fn invoke_inner(&mut self, function: &str, input: &[u8]) -> wasmtime::Result<String> {
+    fn invoke_inner(&mut self, index: usize, function: &str, input: &[u8]) -> wasmtime::Result<String> {
         let Instance { store, instance, memory, alloc, funcs } = self;
-        if !funcs.contains_key(function) {
-            let func = instance.get_typed_func::<(i32, i32), i64>(&mut *store, function)?;
-            funcs.insert(function.into(), func);
-        }
-        let func = &funcs[function];
+        let func = match &mut funcs[index] {
+            Some(func) => func,
+            slot => slot.insert(instance.get_typed_func::<(i32, i32), i64>(&mut *store, function)?),
+        };
         let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
         let ptr = alloc.call(&mut *store, len)?;
         memory
@@ -92,9 +99,8 @@ impl Instance {
     }
 
     /// Calls `zest_vsn` and checks what it returns.
-    pub(crate) fn read_vsn(&mut self, limits: &Limits) -> Result<String, String> {
-        self.store.data_mut().ctx = CallCtx::root(limits.call_timeout);
-        self.store.set_epoch_deadline(1);
+    pub(crate) fn read_vsn(&mut self) -> Result<String, String> {
+        self.store.data_mut().ctx = self.store.data().root_ctx();
         let memory = self.memory;
         let func = self
             .instance

@@ -83,7 +83,7 @@ impl Node {
     /// Calls `module.function` on the module's current version with `args` (JSON
     /// text) and returns its output (JSON text).
     pub fn call(&self, module: &str, function: &str, args: &str) -> Result<String, CallError> {
-        let ctx = CallCtx::root(self.shared.config.limits.call_timeout);
+        let ctx = CallCtx::root(&self.shared.engines.clock, self.shared.config.limits.call_timeout);
         self.shared.registry.call(module, function, args, ctx)
     }
 
@@ -95,7 +95,7 @@ impl Node {
             .into_iter()
             .map(|(name, slot)| {
                 let current = slot.current();
-                let mut functions: Vec<String> = current.functions().iter().map(|f| f.to_string()).collect();
+                let mut functions: Vec<String> = current.functions().map(str::to_string).collect();
                 functions.sort();
                 ModuleStatus { name, current: current.info.clone(), old: slot.old_versions(), functions }
             })

@@ -291,7 +291,12 @@ fn reload_module_inner(
     };
     let old_vsn = slot.as_ref().map(|slot| slot.current().info.vsn.clone());
     let info = staged.version.info.clone();
-    let slot = commit(shared, name, staged.version);
+    let slot = commit(shared, name, Arc::clone(&staged.version));
+    if staged.compiled {
+        // After the swap, so serialising never delays the new code; and only for a
+        // build that validated, so a refused build is never cached.
+        shared.engines.remember(&staged.version.sha256, staged.version.module(), info.compiler);
+    }
     result.reloaded.push(name.to_string());
     result.metadata.swaps.push(Swap {
         module: name.to_string(),
@@ -301,6 +306,7 @@ fn reload_module_inner(
         compiler: info.compiler,
         compiled: staged.compiled,
     });
+    drop(staged); // our reference to the new version; the registry holds it now
     let deadline = Instant::now() + shared.config.limits.drain_timeout;
     for busy in slot.purge(deadline, options.force) {
         tracing::warn!(module = name, vsn = %busy.vsn, "old version still in use after the drain timeout");
@@ -332,10 +338,6 @@ pub(crate) fn stage(
         .map_err(|(reason, message)| Failure::new(name, reason, message))?;
     let version = Version::new(shared, name, path, sha256, loaded.module, loaded.compiler)
         .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
-    if loaded.compiled {
-        // Off the call path and after validation: never cache a build we refused.
-        shared.engines.remember(&sha256, version.module(), loaded.compiler);
-    }
     Ok(Stage::Ready(Staged { version: Arc::new(version), compiled: loaded.compiled }))
 }
 

@@ -1,10 +1,9 @@
 //! One loaded build of a module: its compiled code, what it exports, its pool of
 //! ready instances, and the signal that tells a reload when it is gone.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Instant, SystemTime};
 
@@ -17,9 +16,22 @@ use crate::host::HostState;
 use crate::instance::{CallCtx, Instance};
 use crate::node::Shared;
 
-/// How many idle instances a version keeps for reuse. Calls beyond that many at
+/// Idle instances are kept in this many shards, each thread using its own first,
+/// so that callers on different cores do not contend for one lock.
+const SHARDS: usize = 4;
+
+/// How many idle instances each shard keeps for reuse. Calls beyond that many at
 /// once instantiate afresh and drop the extra instance afterwards.
-const MAX_IDLE_INSTANCES: usize = 32;
+const MAX_IDLE_PER_SHARD: usize = 8;
+
+/// The shard this thread uses first.
+fn home_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    HOME.with(|home| *home)
+}
 
 /// What status reports about a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +52,7 @@ pub(crate) struct Version {
     pub(crate) sha256: [u8; 32],
     exports: Exports,
     pre: InstancePre<HostState>,
-    idle: Mutex<Vec<Instance>>,
+    idle: [Mutex<Vec<Box<Instance>>>; SHARDS],
     life: Arc<Life>,
     node: Weak<Shared>,
 }
@@ -65,12 +77,11 @@ impl Version {
         let exports = abi::check(&module)?;
         let pre = shared.engines.instance_pre(&module, compiler)?;
         let life = Arc::new(Life::default());
-        let node = Arc::downgrade(shared);
-        let module_name: Arc<str> = Arc::from(name);
-        let state = HostState::new(module_name, &shared.config.limits, Arc::clone(&life), node.clone());
-        let mut first = Instance::new(&pre, state).map_err(|err| format!("cannot instantiate: {err:#}"))?;
+        let state = HostState::new(Arc::from(name), shared, Arc::clone(&life));
+        let mut first = Instance::new(&pre, state, exports.functions.len())
+            .map_err(|err| format!("cannot instantiate: {err:#}"))?;
         let hex = hex::encode(sha256);
-        let vsn = if exports.vsn { first.read_vsn(&shared.config.limits)? } else { hex[..16].to_string() };
+        let vsn = if exports.vsn { first.read_vsn()? } else { hex[..16].to_string() };
         let info = VersionInfo {
             module: name.to_string(),
             vsn,
@@ -79,7 +90,9 @@ impl Version {
             source: source.to_path_buf(),
             compiler,
         };
-        Ok(Version { info, sha256, exports, pre, idle: Mutex::new(vec![first]), life, node })
+        let idle = std::array::from_fn(|_| Mutex::new(Vec::new()));
+        idle[home_shard()].lock().unwrap_or_else(PoisonError::into_inner).push(Box::new(first));
+        Ok(Version { info, sha256, exports, pre, idle, life, node: Arc::downgrade(shared) })
     }
 
     pub(crate) fn module(&self) -> &Module {
@@ -90,19 +103,20 @@ impl Version {
         Arc::clone(&self.life)
     }
 
-    pub(crate) fn functions(&self) -> &HashSet<Box<str>> {
-        &self.exports.functions
+    /// The names of its callable functions.
+    pub(crate) fn functions(&self) -> impl Iterator<Item = &str> {
+        self.exports.functions.keys().map(|name| &**name)
     }
 
     /// Runs `function` on an idle instance (or a fresh one). An instance whose call
     /// failed is dropped: its memory may be half-written.
     pub(crate) fn call(&self, function: &str, args: &str, ctx: CallCtx) -> Result<String, CallError> {
-        if !self.exports.functions.contains(function) {
+        let Some(&index) = self.exports.functions.get(function) else {
             return Err(CallError::FunctionNotFound {
                 module: self.info.module.clone(),
                 function: function.to_string(),
             });
-        }
+        };
         if let Err(message) = crate::instance::check_json(args) {
             return Err(CallError::InvalidArgs {
                 module: self.info.module.clone(),
@@ -110,17 +124,25 @@ impl Version {
                 message,
             });
         }
-        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let mut instance = match idle {
+        let home = home_shard();
+        let mut instance = match self.take_idle(home) {
             Some(instance) => instance,
-            None => self.instantiate(function)?,
+            None => Box::new(self.instantiate(function)?),
         };
-        let output = instance.invoke(function, args.as_bytes(), ctx)?;
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_INSTANCES {
+        let output = instance.invoke(index, function, args.as_bytes(), ctx)?;
+        let mut idle = self.idle[home].lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_PER_SHARD {
             idle.push(instance);
         }
         Ok(output)
+    }
+
+    /// An idle instance: from this thread's shard, else from any shard not busy.
+    fn take_idle(&self, home: usize) -> Option<Box<Instance>> {
+        if let Some(instance) = self.idle[home].lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Some(instance);
+        }
+        (1..SHARDS).find_map(|offset| self.idle[(home + offset) % SHARDS].try_lock().ok()?.pop())
     }
 
     fn instantiate(&self, function: &str) -> Result<Instance, CallError> {
@@ -132,13 +154,8 @@ impl Version {
                 message: "the node is shutting down".into(),
             });
         };
-        let state = HostState::new(
-            Arc::from(module.as_str()),
-            &shared.config.limits,
-            Arc::clone(&self.life),
-            self.node.clone(),
-        );
-        Instance::new(&self.pre, state).map_err(|err| CallError::Engine {
+        let state = HostState::new(Arc::from(module.as_str()), &shared, Arc::clone(&self.life));
+        Instance::new(&self.pre, state, self.exports.functions.len()).map_err(|err| CallError::Engine {
             module: module.clone(),
             function: function.to_string(),
             message: format!("cannot instantiate: {err:#}"),

@@ -1,0 +1,316 @@
+//! The code server's benchmarks (issue 2; results in `docs/benchmarks.md`):
+//!
+//! - reload latency, file changed → next call served by the new code, for modules
+//!   of 10, 1,000 and 10,000 small functions: cold (compiling, Cranelift and Winch)
+//!   and warm (compile-cache hit), as ratios to the BEAM's code server;
+//! - call throughput of a function with a small JSON argument on 1 and 2 threads,
+//!   without and with a reload every 10 ms, as a ratio to the run without;
+//! - resident memory after 1,000 reloads against after the first.
+//!
+//! Run: `cargo bench -p zest-runtime --bench code_server` (`-- --quick` for a
+//! shorter pass; `-- memory`, `-- latency` or `-- throughput` for one section).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use zest_runtime::{Compiler, Node, NodeConfig, ReloadOptions, Status};
+
+/// The BEAM's code server on these machines (`code:soft_purge` + `code:load_file`,
+/// OTP 25 JIT), middle of the measured range, in ms.
+const BEAM_RELOAD_MS: [(usize, f64); 3] = [(10, 0.8), (1_000, 6.4), (10_000, 58.0)];
+
+fn module_wat(functions: usize, marker: u64) -> String {
+    let mut wat = String::with_capacity(functions * 96 + 512);
+    wat.push_str(
+        r#"(module (memory (export "memory") 1)
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 8192)
+  (func (export "echo") (param $p i32) (param $l i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32)) (i64.extend_i32_u (local.get $l))))
+"#,
+    );
+    let marker_json = format!("1{marker:019}");
+    wat.push_str(&format!(
+        "  (data (i32.const 16) \"{marker_json}\")\n  (func (export \"get\") (param i32 i32) (result i64) i64.const {})\n",
+        (16u64 << 32) | 20
+    ));
+    for k in 0..functions {
+        wat.push_str(&format!(
+            "  (func (export \"f{k}\") (param i32 i32) (result i64) (i64.add (i64.extend_i32_u (local.get 0)) (i64.const {k})))\n"
+        ));
+    }
+    wat.push(')');
+    wat
+}
+
+fn node(data: &Path, compiler: Compiler) -> Node {
+    Node::new(NodeConfig { data_dir: Some(data.to_path_buf()), compiler, ..NodeConfig::default() }).unwrap()
+}
+
+/// Writes `wat` to `path`, reloads, and calls `get` until it answers `marker`:
+/// the time from "file changed" to "new code served".
+fn timed_reload(node: &Node, name: &str, path: &Path, wat: &str, marker: u64) -> Duration {
+    let expected = format!("1{marker:019}");
+    let started = Instant::now();
+    std::fs::write(path, wat).unwrap();
+    let result = node.reload_module(name, &ReloadOptions::default());
+    assert_eq!(result.status(), Status::Ok, "{result:?}");
+    assert_eq!(node.call(name, "get", "null").unwrap(), expected);
+    started.elapsed()
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1e3
+}
+
+struct Row {
+    what: String,
+    median_ms: f64,
+    p99_ms: f64,
+    beam_ms: f64,
+}
+
+fn reload_latency(quick: bool) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let mut marker = 1_000u64;
+    for (functions, beam_ms) in BEAM_RELOAD_MS {
+        let rounds = match (functions, quick) {
+            (10, false) => 200,
+            (1_000, false) => 50,
+            (_, false) => 8,
+            (10, true) => 40,
+            (_, true) => 4,
+        };
+        let path = dir.path().join(format!("m{functions}.wat"));
+        for (label, compiler) in [("cranelift", Compiler::Cranelift), ("winch", Compiler::Winch)] {
+            let data = dir.path().join(format!("data-{label}-{functions}"));
+            let node = node(&data, compiler);
+            std::fs::write(&path, module_wat(functions, marker)).unwrap();
+            assert_eq!(node.load_module("m", &path, &ReloadOptions::default()).status(), Status::Ok);
+
+            // Cold: every build is new, so every reload compiles.
+            let mut cold = Vec::new();
+            for _ in 0..rounds {
+                marker += 1;
+                cold.push(timed_reload(&node, "m", &path, &module_wat(functions, marker), marker));
+            }
+            rows.push(Row {
+                what: format!("{functions} fns, cold, {label}"),
+                median_ms: percentile(&mut cold, 0.5),
+                p99_ms: percentile(&mut cold, 0.99),
+                beam_ms,
+            });
+
+            // Warm: alternate between two builds already in the compile cache.
+            let builds = [(marker - 1, module_wat(functions, marker - 1)), (marker, module_wat(functions, marker))];
+            let mut warm = Vec::new();
+            for round in 0..rounds.max(20) {
+                let (m, wat) = &builds[round % 2];
+                warm.push(timed_reload(&node, "m", &path, wat, *m));
+            }
+            rows.push(Row {
+                what: format!("{functions} fns, warm, {label}"),
+                median_ms: percentile(&mut warm, 0.5),
+                p99_ms: percentile(&mut warm, 0.99),
+                beam_ms,
+            });
+        }
+    }
+    rows
+}
+
+struct Throughput {
+    threads: usize,
+    calls_per_s: f64,
+    reloading_calls_per_s: f64,
+    reloads: u64,
+    failed: u64,
+}
+
+/// Calls `m.echo {"n":1}` from `threads` threads for `window`; with `reload_every`,
+/// a separate thread reloads `m` (alternating two cached builds) at that period.
+fn run_calls(
+    node: &Arc<Node>,
+    path: &Path,
+    threads: usize,
+    window: Duration,
+    reload_every: Option<Duration>,
+) -> (f64, u64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (node, stop, failed) = (Arc::clone(node), Arc::clone(&stop), Arc::clone(&failed));
+            thread::spawn(move || {
+                let mut calls = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        if node.call("m", "echo", r#"{"n":1}"#).is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    calls += 64;
+                }
+                calls
+            })
+        })
+        .collect();
+    let reloader = reload_every.map(|period| {
+        let (node, stop, path) = (Arc::clone(node), Arc::clone(&stop), path.to_path_buf());
+        thread::spawn(move || {
+            let builds = [module_wat(10, 1), module_wat(10, 2)];
+            let mut reloads = 0u64;
+            let mut next = Instant::now() + period;
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+                next += period;
+                std::fs::write(&path, &builds[reloads as usize % 2]).unwrap();
+                let result = node.reload_module("m", &ReloadOptions::default());
+                assert_eq!(result.status(), Status::Ok, "{result:?}");
+                reloads += 1;
+            }
+            reloads
+        })
+    });
+    let started = Instant::now();
+    thread::sleep(window);
+    stop.store(true, Ordering::Relaxed);
+    let calls: u64 = callers.into_iter().map(|c| c.join().unwrap()).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    let reloads = reloader.map(|r| r.join().unwrap()).unwrap_or(0);
+    (calls as f64 / elapsed, reloads, failed.load(Ordering::Relaxed))
+}
+
+/// Baseline/reloading run pairs per thread count; the median pair is reported.
+const PAIRS: usize = 5;
+
+fn call_throughput(quick: bool) -> Vec<Throughput> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.wat");
+    let node = Arc::new(node(&dir.path().join("data"), Compiler::Auto));
+    // Put both builds in the compile cache, then start from build 1.
+    for marker in [2, 1] {
+        std::fs::write(&path, module_wat(10, marker)).unwrap();
+        assert_eq!(node.load_module("m", &path, &ReloadOptions::default()).status(), Status::Ok);
+    }
+    let window = Duration::from_millis(if quick { 400 } else { 1_500 });
+    let mut rows = Vec::new();
+    for threads in [1, 2] {
+        run_calls(&node, &path, threads, Duration::from_millis(200), None); // warm up
+                                                                            // Interleave baseline and reloading runs so drift hits both alike, and take
+        // the median pair: on two cores a stray scheduling hiccup moves one pair by
+        // several percent either way.
+        let mut pairs = Vec::new();
+        let (mut reloads, mut failed) = (0, 0);
+        for _ in 0..PAIRS {
+            let base = run_calls(&node, &path, threads, window, None).0;
+            let (rate, r, f) = run_calls(&node, &path, threads, window, Some(Duration::from_millis(10)));
+            pairs.push((base, rate));
+            reloads += r;
+            failed += f;
+        }
+        pairs.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));
+        let (calls_per_s, reloading_calls_per_s) = pairs[PAIRS / 2];
+        rows.push(Throughput { threads, calls_per_s, reloading_calls_per_s, reloads, failed });
+    }
+    rows
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn reload_memory() -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("m.wat");
+    let node = node(&dir.path().join("data"), Compiler::Auto);
+    let builds = [module_wat(100, 1), module_wat(100, 2)];
+    std::fs::write(&path, &builds[0]).unwrap();
+    assert_eq!(node.load_module("m", &path, &ReloadOptions::default()).status(), Status::Ok);
+    let reload = |i: usize| {
+        std::fs::write(&path, &builds[i % 2]).unwrap();
+        assert_eq!(node.reload_module("m", &ReloadOptions::default()).status(), Status::Ok);
+        node.call("m", "echo", "[1]").unwrap();
+    };
+    reload(1);
+    let after_first = rss_kib();
+    for i in 2..1_002 {
+        reload(i);
+    }
+    (after_first, rss_kib())
+}
+
+fn main() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    if std::env::args().any(|arg| arg == "--list") {
+        return; // `cargo bench -- --list` probes harness-less benches this way
+    }
+
+    let sections: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    let run = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
+
+    // Memory first, while the process is small and nothing else has run.
+    if run("memory") {
+        memory_section();
+    }
+    if run("latency") {
+        latency_section(quick);
+    }
+    if run("throughput") {
+        throughput_section(quick);
+    }
+}
+
+fn memory_section() {
+    let (first, after) = reload_memory();
+    println!("## Resident memory, 1,000 reloads of one 100-function module\n");
+    println!("| after the first reload | after 1,000 more | ratio | target |");
+    println!("|---|---|---|---|");
+    println!("| {} KiB | {} KiB | {:.3} | ≤ 1.10 |\n", first, after, after as f64 / first as f64);
+}
+
+fn latency_section(quick: bool) {
+    println!("## Reload latency: file changed → next call served by the new code\n");
+    println!("| module | median ms | p99 ms | BEAM ms | median / BEAM |");
+    println!("|---|---|---|---|---|");
+    for row in reload_latency(quick) {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.1} | {:.3} |",
+            row.what,
+            row.median_ms,
+            row.p99_ms,
+            row.beam_ms,
+            row.median_ms / row.beam_ms
+        );
+    }
+}
+
+fn throughput_section(quick: bool) {
+    println!("\n## Call throughput, `echo {{\"n\":1}}`, reload every 10 ms vs none (same process)\n");
+    println!("(median of {PAIRS} interleaved pairs; reloads and failed calls summed over all pairs)\n");
+    println!("| threads | calls/s, no reloads | calls/s, reloading | ratio | lost | reloads | failed calls |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in call_throughput(quick) {
+        let ratio = row.reloading_calls_per_s / row.calls_per_s;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.3} | {:.1}% | {} | {} |",
+            row.threads,
+            row.calls_per_s,
+            row.reloading_calls_per_s,
+            ratio,
+            (1.0 - ratio) * 100.0,
+            row.reloads,
+            row.failed
+        );
+    }
+}
