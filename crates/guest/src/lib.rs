@@ -11,7 +11,10 @@
 //! - the host imports: [`error`], [`log`], [`call`], [`now_ms`];
 //! - [`Json`], a small JSON value with a parser and a serialiser.
 //!
-//! ```ignore
+//! A module is one file like this (`examples/guests/hello.rs` is a complete one,
+//! built and loaded by the runtime's tests):
+//!
+//! ```text
 //! use zest_guest::{export, Json};
 //!
 //! fn greet(args: Json) -> Result<Json, String> {

@@ -2,7 +2,9 @@
 //!
 //! - reload latency, file changed → next call served by the new code, for modules
 //!   of 10, 1,000 and 10,000 small functions: cold (compiling, Cranelift and Winch)
-//!   and warm (compile-cache hit), as ratios to the BEAM's code server;
+//!   and warm (a build used recently, still in memory; and a build only the
+//!   on-disk compile cache holds, as after a restart), as ratios to the BEAM's
+//!   code server;
 //! - call throughput of a function with a small JSON argument on 1 and 2 threads,
 //!   without and with a reload every 10 ms, as a ratio to the run without;
 //! - resident memory after 1,000 reloads against after the first.
@@ -114,9 +116,27 @@ fn reload_latency(quick: bool) -> Vec<Row> {
                 warm.push(timed_reload(&node, "m", &path, wat, *m));
             }
             rows.push(Row {
-                what: format!("{functions} fns, warm, {label}"),
+                what: format!("{functions} fns, warm (in memory), {label}"),
                 median_ms: percentile(&mut warm, 0.5),
                 p99_ms: percentile(&mut warm, 0.99),
+                beam_ms,
+            });
+            drop(node);
+
+            // Warm from disk: a restarted node (nothing in memory) reloads to a build
+            // its on-disk compile cache holds.
+            let mut disk = Vec::new();
+            for round in 0..rounds.clamp(4, 40) {
+                let fresh = self::node(&data, compiler);
+                let (from, to) = (&builds[round % 2], &builds[(round + 1) % 2]);
+                std::fs::write(&path, &from.1).unwrap();
+                assert_eq!(fresh.load_module("m", &path, &ReloadOptions::default()).status(), Status::Ok);
+                disk.push(timed_reload(&fresh, "m", &path, &to.1, to.0));
+            }
+            rows.push(Row {
+                what: format!("{functions} fns, warm (disk cache), {label}"),
+                median_ms: percentile(&mut disk, 0.5),
+                p99_ms: percentile(&mut disk, 0.99),
                 beam_ms,
             });
         }
@@ -203,8 +223,8 @@ fn call_throughput(quick: bool) -> Vec<Throughput> {
     for threads in [1, 2] {
         run_calls(&node, &path, threads, Duration::from_millis(200), None); // warm up
                                                                             // Interleave baseline and reloading runs so drift hits both alike, and take
-        // the median pair: on two cores a stray scheduling hiccup moves one pair by
-        // several percent either way.
+                                                                            // the median pair: on two cores a stray scheduling hiccup moves one pair by
+                                                                            // several percent either way.
         let mut pairs = Vec::new();
         let (mut reloads, mut failed) = (0, 0);
         for _ in 0..PAIRS {

@@ -52,6 +52,7 @@ pub(crate) struct Version {
     pub(crate) sha256: [u8; 32],
     exports: Exports,
     pre: InstancePre<HostState>,
+    #[expect(clippy::vec_box, reason = "a pool hit moves a pointer, not the whole instance")]
     idle: [Mutex<Vec<Box<Instance>>>; SHARDS],
     life: Arc<Life>,
     node: Weak<Shared>,
