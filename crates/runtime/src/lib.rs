@@ -11,25 +11,40 @@
 //!   that something still runs on;
 //! - `version`: one loaded build of a module and its pool of instances;
 //! - `engine`: wasmtime engines, the epoch ticker and the compile cache;
+//! - [`app`]: app manifests (`zest.toml`);
+//! - [`compile`]: running an app's build (`compile: true`);
+//! - [`lock`]: the reload lock;
+//! - [`telemetry`]: reload events, their subscribers and metrics;
 //! - `abi`: validation of a module against guest ABI version 1;
 //! - `host`: the `"zest"` imports;
 //! - [`reload`]: the reload orchestrator and its one result type;
 //! - [`toolchain`]: finding a wasm32-capable `rustc` and running it.
 
 pub mod abi;
+pub mod app;
 mod cache;
+pub mod compile;
 pub mod config;
 mod engine;
 pub mod error;
 mod host;
 mod instance;
+pub mod lock;
 pub mod node;
 mod registry;
 pub mod reload;
+pub mod telemetry;
 pub mod toolchain;
 mod version;
 
+pub use app::{AppManifest, ManifestError};
+pub use compile::CompileReport;
 pub use config::{Compiler, Limits, NodeConfig};
 pub use error::{CallError, NodeError};
-pub use node::{ModuleStatus, Node, NodeStatus, VersionInfo};
-pub use reload::{Failure, Kind, Metadata, Reason, ReloadOptions, ReloadResult, Skip, Status, Swap};
+pub use lock::{LocalLock, LockError, LockGuard, ReloadLock};
+pub use node::{AppStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
+pub use reload::{
+    AllScope, CodeChangeTarget, Counts, Failure, Kind, Metadata, Reason, ReloadError, ReloadOptions, ReloadRequest,
+    ReloadResult, Scope, Skip, Status, Swap,
+};
+pub use telemetry::{Event, EventBody, Telemetry};

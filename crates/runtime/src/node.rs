@@ -1,23 +1,30 @@
 //! The [`Node`]: the API boundary of the runtime. Any Rust program can embed one;
 //! `zest serve` is one such program.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use crate::app::AppManifest;
 use crate::config::NodeConfig;
 use crate::engine::Engines;
 use crate::error::{CallError, NodeError};
 use crate::instance::CallCtx;
+use crate::lock::{LocalLock, ReloadLock};
 use crate::registry::Registry;
-use crate::reload::{self, ReloadOptions, ReloadResult};
+use crate::reload::{self, Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, Scope};
+use crate::telemetry::Telemetry;
 
 pub use crate::version::VersionInfo;
 
-/// A running zest node: loaded modules, their versions, and calls into them.
+/// A running zest node: apps, modules, their versions, and calls into them.
 ///
 /// `Node` is cheap to share across threads (`&Node` is `Send + Sync`); every method
 /// takes `&self`. Calls never wait for reloads, and reloads never wait for calls
 /// (except, bounded by `drain_timeout`, to report that an old version drained).
+/// Reloads run one at a time under the reload lock.
 #[derive(Debug)]
 pub struct Node {
     shared: Arc<Shared>,
@@ -28,8 +35,11 @@ pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) engines: Engines,
     pub(crate) registry: Registry,
-    /// Keeps reloads one at a time within this node.
-    reloads: Mutex<()>,
+    pub(crate) telemetry: Telemetry,
+    lock: Box<dyn ReloadLock>,
+    /// Loaded apps by name, with the manifest as last applied.
+    apps: Mutex<BTreeMap<String, AppManifest>>,
+    requests: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -38,16 +48,51 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+impl Shared {
+    pub(crate) fn app(&self, name: &str) -> Option<AppManifest> {
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    }
+
+    pub(crate) fn apps(&self) -> Vec<AppManifest> {
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    pub(crate) fn app_names(&self) -> Vec<String> {
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    /// The app that declares module `module`, if any.
+    pub(crate) fn app_declaring(&self, module: &str) -> Option<String> {
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.values().find(|app| app.modules.iter().any(|m| m.name == module)).map(|app| app.name.clone())
+    }
+
+    pub(crate) fn record_app(&self, manifest: AppManifest) {
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner).insert(manifest.name.clone(), manifest);
+    }
+}
+
 /// A snapshot of the node (`system.status`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeStatus {
+    pub apps: Vec<AppStatus>,
     pub modules: Vec<ModuleStatus>,
+}
+
+/// One app in [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppStatus {
+    pub name: String,
+    pub dir: PathBuf,
+    pub modules: Vec<String>,
 }
 
 /// One module in [`NodeStatus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleStatus {
     pub name: String,
+    /// The app that declares it; `None` for a module loaded through the API.
+    pub app: Option<String>,
     pub current: VersionInfo,
     /// Old versions that something still runs on, oldest first.
     pub old: Vec<VersionInfo>,
@@ -56,9 +101,23 @@ pub struct ModuleStatus {
 }
 
 impl Node {
+    /// A node with the in-process reload lock.
     pub fn new(config: NodeConfig) -> Result<Node, NodeError> {
+        Node::with_lock(config, Box::new(LocalLock::default()))
+    }
+
+    /// A node whose reloads take `lock` (a cluster-wide lock, say).
+    pub fn with_lock(config: NodeConfig, lock: Box<dyn ReloadLock>) -> Result<Node, NodeError> {
         let engines = Engines::new(&config)?;
-        let shared = Shared { config, engines, registry: Registry::default(), reloads: Mutex::new(()) };
+        let shared = Shared {
+            config,
+            engines,
+            registry: Registry::default(),
+            telemetry: Telemetry::default(),
+            lock,
+            apps: Mutex::new(BTreeMap::new()),
+            requests: AtomicU64::new(0),
+        };
         Ok(Node { shared: Arc::new(shared) })
     }
 
@@ -66,18 +125,69 @@ impl Node {
         &self.shared.config
     }
 
-    /// Loads module `name` from `path` (`.wasm` or `.wat`), or, when it is loaded
-    /// already, reloads it from `path` (which becomes its source).
-    pub fn load_module(&self, name: &str, path: impl AsRef<Path>, options: &ReloadOptions) -> ReloadResult {
-        let path: PathBuf = path.as_ref().to_path_buf();
-        let _reloading = self.shared.reloads.lock().unwrap_or_else(PoisonError::into_inner);
-        reload::reload_module(&self.shared, name, Some(&path), options)
+    /// Telemetry: attach handlers, subscribe to the event feed.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.shared.telemetry
     }
 
-    /// Reloads module `name` from the file it was loaded from (scope `module`).
+    /// Runs one `system.reload` request. Errors only when it cannot run at all:
+    /// the lock is held past `lock_timeout` (`CONFLICT`), or it asks for what this
+    /// node cannot do yet.
+    pub fn reload(&self, request: &ReloadRequest) -> Result<ReloadResult, ReloadError> {
+        unsupported(&request.scope)?;
+        let _guard = self.shared.lock.acquire(request.options.lock_timeout)?;
+        let request_id = self.request_id(request.request_id.as_deref());
+        Ok(reload::run(&self.shared, request, &request_id))
+    }
+
+    /// Loads the app in `dir` (its `zest.toml` and every module it declares), or
+    /// reloads it when an app of that name is loaded. Waits for the reload lock.
+    pub fn load_app(&self, dir: impl AsRef<Path>) -> ReloadResult {
+        let dir = dir.as_ref();
+        let target = dir.display().to_string();
+        self.with_lock_waited(Kind::App, &target, |request_id| {
+            reload::reload_app(&self.shared, reload::AppSource::Dir(dir), &ReloadOptions::default(), request_id)
+        })
+    }
+
+    /// Loads module `name` from `path` (`.wasm` or `.wat`) outside any app, or
+    /// reloads it from `path` (which becomes its source). Waits for the reload lock.
+    pub fn load_module(&self, name: &str, path: impl AsRef<Path>, options: &ReloadOptions) -> ReloadResult {
+        self.loose_module(name, Some(path.as_ref()), options)
+    }
+
+    /// Reloads module `name` from the file it was loaded from. Waits for the
+    /// reload lock. (Scope `module` of `system.reload`, which also re-reads app
+    /// manifests, is [`Node::reload`].)
     pub fn reload_module(&self, name: &str, options: &ReloadOptions) -> ReloadResult {
-        let _reloading = self.shared.reloads.lock().unwrap_or_else(PoisonError::into_inner);
-        reload::reload_module(&self.shared, name, None, options)
+        self.loose_module(name, None, options)
+    }
+
+    fn loose_module(&self, name: &str, path: Option<&Path>, options: &ReloadOptions) -> ReloadResult {
+        self.with_lock_waited(Kind::Module, name, |_| reload::reload_loose_module(&self.shared, name, path, options))
+    }
+
+    /// Runs one reload operation of the embedding API: waits for the reload lock
+    /// as long as it takes, then runs `step` between its telemetry events. A lock
+    /// that cannot be had at all (a lost cluster lock) is a `timeout` error.
+    fn with_lock_waited(&self, kind: Kind, target: &str, step: impl FnOnce(&str) -> ReloadResult) -> ReloadResult {
+        let _guard = match self.shared.lock.acquire(Duration::MAX) {
+            Ok(guard) => guard,
+            Err(err) => {
+                let mut result = ReloadResult::new(kind, target);
+                result.errors.push(Failure::new(target, Reason::Timeout, err.to_string()));
+                return result;
+            }
+        };
+        let request_id = self.request_id(None);
+        self.shared.telemetry.step(kind, target, &request_id, || step(&request_id))
+    }
+
+    fn request_id(&self, given: Option<&str>) -> String {
+        match given {
+            Some(id) => id.to_string(),
+            None => format!("r{}", self.shared.requests.fetch_add(1, Ordering::Relaxed) + 1),
+        }
     }
 
     /// Calls `module.function` on the module's current version with `args` (JSON
@@ -88,6 +198,16 @@ impl Node {
     }
 
     pub fn status(&self) -> NodeStatus {
+        let apps = self
+            .shared
+            .apps()
+            .into_iter()
+            .map(|app| AppStatus {
+                modules: app.modules.iter().map(|m| m.name.clone()).collect(),
+                name: app.name,
+                dir: app.dir,
+            })
+            .collect();
         let modules = self
             .shared
             .registry
@@ -97,9 +217,30 @@ impl Node {
                 let current = slot.current();
                 let mut functions: Vec<String> = current.functions().map(str::to_string).collect();
                 functions.sort();
-                ModuleStatus { name, current: current.info.clone(), old: slot.old_versions(), functions }
+                ModuleStatus {
+                    app: self.shared.app_declaring(&name),
+                    name,
+                    current: current.info.clone(),
+                    old: slot.old_versions(),
+                    functions,
+                }
             })
             .collect();
-        NodeStatus { modules }
+        NodeStatus { apps, modules }
+    }
+}
+
+/// Refuses the parts of a request whose machinery arrives with later work:
+/// extensions and explicit `code_change` targets.
+fn unsupported(scope: &Scope) -> Result<(), ReloadError> {
+    let what = match scope {
+        Scope::Extension(_) => Some("scope `extension`"),
+        Scope::All(all) if !all.extensions.is_empty() => Some("`extensions` in scope `all`"),
+        Scope::All(all) if !all.code_change.is_empty() => Some("`code_change` targets in scope `all`"),
+        _ => None,
+    };
+    match what {
+        Some(what) => Err(ReloadError::Unsupported(format!("{what} is not supported by this node yet"))),
+        None => Ok(()),
     }
 }

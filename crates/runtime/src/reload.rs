@@ -1,8 +1,10 @@
 //! The reload orchestrator and its one result type (CONTRACT.md §5).
 //!
 //! Every reload, at every level, answers with a [`ReloadResult`] whose status
-//! follows one rule ([`ReloadResult::status`]). A module reload runs in three
-//! steps so that larger scopes can compose them:
+//! follows one rule ([`ReloadResult::status`]); a parent gathers its children's
+//! outcomes ([`ReloadResult::absorb`]). A module reload runs in three steps
+//! (`reload/module.rs`) so that apps and the system (`reload/app.rs`) can stage
+//! everything before they swap anything:
 //!
 //! 1. **stage**: read the build, compare its sha256, compile (or load from the
 //!    compile cache), validate against the ABI and instantiate once — all off the
@@ -13,17 +15,20 @@
 //!
 //! *Architecture invariant*: only this module changes the registry.
 
+mod app;
+mod module;
+
+pub(crate) use app::{reload_app, AppSource};
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
+use crate::compile::CompileReport;
 use crate::config::Compiler;
+use crate::lock::LockError;
 use crate::node::Shared;
-use crate::registry::Slot;
-use crate::version::Version;
 
 /// What a reload was about (`kind` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +91,13 @@ pub enum Reason {
     InvalidCodeChangeTarget,
     RolledBack,
     Timeout,
+    /// Not in CONTRACT.md §5.1: a reload step panicked (a bug in zest). See
+    /// `docs/reload.md`.
+    InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::NotFound,
         Reason::AppNotFound,
         Reason::Unchanged,
@@ -108,6 +116,7 @@ impl Reason {
         Reason::InvalidCodeChangeTarget,
         Reason::RolledBack,
         Reason::Timeout,
+        Reason::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -130,6 +139,7 @@ impl Reason {
             Reason::InvalidCodeChangeTarget => "invalid_code_change_target",
             Reason::RolledBack => "rolled_back",
             Reason::Timeout => "timeout",
+            Reason::InternalError => "internal_error",
         }
     }
 }
@@ -181,6 +191,10 @@ pub struct Metadata {
     /// Modules whose bytes did not change and were left alone (not a skip).
     pub unchanged: Vec<String>,
     pub swaps: Vec<Swap>,
+    /// What the build of `compile: true` did.
+    pub compile: Option<CompileReport>,
+    /// Scope `all`: how its children fared.
+    pub counts: Option<Counts>,
 }
 
 /// The one result shape of every reload (CONTRACT.md §5).
@@ -221,150 +235,149 @@ impl ReloadResult {
             Status::Ok
         }
     }
-
-    fn failed(mut self, failure: Failure) -> Self {
-        self.errors.push(failure);
-        self
-    }
 }
 
-/// How a reload behaves (the `system.reload` params that reach the runtime).
+/// What to reload (`scope` and its target).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scope {
+    Module(String),
+    App(String),
+    Extension(PathBuf),
+    All(AllScope),
+}
+
+/// Scope `all`: apps (empty: every loaded app), extensions, and explicit
+/// `code_change` targets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AllScope {
+    pub apps: Vec<String>,
+    pub extensions: Vec<PathBuf>,
+    pub code_change: Vec<CodeChangeTarget>,
+}
+
+/// An explicit state migration of scope `all`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeChangeTarget {
+    pub server: String,
+    pub module: String,
+    pub old_vsn: Option<String>,
+    pub extra: serde_json::Value,
+}
+
+/// How a reload behaves (the `system.reload` params besides the scope).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadOptions {
     /// Reload unchanged builds too, and hard-purge old versions.
     pub force: bool,
+    /// All or nothing: one failed step and nothing of the request is swapped.
+    pub atomic: bool,
+    /// Run the app's `build` command first.
+    pub compile: bool,
+    /// How long to wait for the reload lock; zero answers at once.
+    pub lock_timeout: Duration,
 }
 
-/// A new build, compiled, validated and instantiated, not yet serving.
-pub(crate) struct Staged {
-    pub(crate) version: Arc<Version>,
-    pub(crate) compiled: bool,
+/// One `system.reload` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadRequest {
+    pub scope: Scope,
+    pub options: ReloadOptions,
+    /// Carried in every telemetry event of the request; the node makes one up
+    /// when `None`.
+    pub request_id: Option<String>,
 }
 
-pub(crate) enum Stage {
-    /// Same sha256 as the current version, and no `force`.
-    Unchanged,
-    Ready(Staged),
+impl ReloadRequest {
+    pub fn new(scope: Scope) -> Self {
+        ReloadRequest { scope, options: ReloadOptions::default(), request_id: None }
+    }
 }
 
-/// Reloads (or loads for the first time) module `name` from `source`, or from the
-/// source it was loaded from when `source` is `None`.
-pub(crate) fn reload_module(
+/// Why a reload request did not run at all (a request that runs answers with a
+/// [`ReloadResult`], whatever happened inside).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The reload lock is held (`CONFLICT`), or could not be reached.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A part of the request whose machinery this node does not have yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// How the children of a `system` reload fared (`metadata.counts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub apps: usize,
+    pub extensions: usize,
+    pub code_change: usize,
+    pub ok: usize,
+    pub partial: usize,
+    pub error: usize,
+}
+
+impl Counts {
+    pub(crate) fn of(children: &[ReloadResult]) -> Counts {
+        let mut counts = Counts::default();
+        for child in children {
+            match child.kind {
+                Kind::App => counts.apps += 1,
+                Kind::Extension => counts.extensions += 1,
+                Kind::CodeChange => counts.code_change += 1,
+                Kind::Module | Kind::System => {}
+            }
+            match child.status() {
+                Status::Ok => counts.ok += 1,
+                Status::Partial => counts.partial += 1,
+                Status::Error => counts.error += 1,
+            }
+        }
+        counts
+    }
+}
+
+impl ReloadResult {
+    /// Adds a child: its outcomes count for this result too, so the status rule
+    /// holds at every level.
+    pub(crate) fn absorb(&mut self, child: ReloadResult) {
+        self.reloaded.extend(child.reloaded.iter().cloned());
+        self.skipped.extend(child.skipped.iter().cloned());
+        self.errors.extend(child.errors.iter().cloned());
+        self.metadata.unchanged.extend(child.metadata.unchanged.iter().cloned());
+        self.metadata.swaps.extend(child.metadata.swaps.iter().cloned());
+        self.results.push(child);
+    }
+}
+
+/// Runs a request whose lock is held, as one telemetry operation.
+pub(crate) fn run(shared: &Arc<Shared>, request: &ReloadRequest, request_id: &str) -> ReloadResult {
+    let options = &request.options;
+    let (kind, target) = match &request.scope {
+        Scope::Module(name) => (Kind::Module, name.clone()),
+        Scope::App(name) => (Kind::App, name.clone()),
+        Scope::Extension(path) => (Kind::Extension, path.display().to_string()),
+        Scope::All(_) => (Kind::System, "system".to_string()),
+    };
+    shared.telemetry.step(kind, &target, request_id, || match &request.scope {
+        Scope::Module(name) => app::reload_module_scope(shared, name, options, request_id),
+        Scope::App(name) => app::reload_app(shared, app::AppSource::Name(name), options, request_id),
+        Scope::All(all) => app::reload_system(shared, all, options, request_id),
+        Scope::Extension(_) => unreachable!("refused by Node::reload before the lock"),
+    })
+}
+
+/// Reloads a module from `source` (or its own file), outside any app: the
+/// embedding API's `load_module` and `reload_module`.
+pub(crate) fn reload_loose_module(
     shared: &Arc<Shared>,
     name: &str,
     source: Option<&Path>,
     options: &ReloadOptions,
 ) -> ReloadResult {
-    let started = Instant::now();
-    let result = ReloadResult::new(Kind::Module, name);
-    let mut result = reload_module_inner(shared, name, source, options, result);
-    result.duration = started.elapsed();
-    result
-}
-
-fn reload_module_inner(
-    shared: &Arc<Shared>,
-    name: &str,
-    source: Option<&Path>,
-    options: &ReloadOptions,
-    mut result: ReloadResult,
-) -> ReloadResult {
-    if let Err(message) = crate::abi::check_name(name) {
-        return result.failed(Failure::new(name, Reason::InvalidModule, message));
-    }
-    let slot = shared.registry.slot(name);
-    let path: PathBuf = match (source, &slot) {
-        (Some(path), _) => path.to_path_buf(),
-        (None, Some(slot)) => slot.current().info.source.clone(),
-        (None, None) => {
-            let message = format!("module `{name}` is not loaded");
-            return result.failed(Failure::new(name, Reason::NotFound, message));
-        }
-    };
-    let staged = match stage(shared, name, &path, slot.as_deref(), options.force) {
-        Ok(Stage::Unchanged) => {
-            result.metadata.unchanged.push(name.to_string());
-            return result;
-        }
-        Ok(Stage::Ready(staged)) => staged,
-        Err(failure) => return result.failed(failure),
-    };
-    let old_vsn = slot.as_ref().map(|slot| slot.current().info.vsn.clone());
-    let info = staged.version.info.clone();
-    let slot = commit(shared, name, Arc::clone(&staged.version));
-    if staged.compiled {
-        // After the swap, so serialising never delays the new code; and only for a
-        // build that validated, so a refused build is never cached.
-        shared.engines.remember(&staged.version.sha256, staged.version.module(), info.compiler);
-    }
-    result.reloaded.push(name.to_string());
-    result.metadata.swaps.push(Swap {
-        module: name.to_string(),
-        old_vsn,
-        new_vsn: info.vsn.clone(),
-        sha256: info.sha256.clone(),
-        compiler: info.compiler,
-        compiled: staged.compiled,
-    });
-    drop(staged); // our reference to the new version; the registry holds it now
-    let deadline = Instant::now() + shared.config.limits.drain_timeout;
-    for busy in slot.purge(deadline, options.force) {
-        tracing::warn!(module = name, vsn = %busy.vsn, "old version still in use after the drain timeout");
-        result.skipped.push(Skip { target: name.to_string(), reason: Reason::InUse });
-    }
-    result
-}
-
-/// Reads, compiles, validates and instantiates the build at `path`, leaving the
-/// registry untouched.
-pub(crate) fn stage(
-    shared: &Arc<Shared>,
-    name: &str,
-    path: &Path,
-    slot: Option<&Slot>,
-    force: bool,
-) -> Result<Stage, Failure> {
-    let bytes = read_build(name, path)?;
-    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-    if let Some(slot) = slot {
-        if !force && slot.current().sha256 == sha256 {
-            return Ok(Stage::Unchanged);
-        }
-    }
-    let is_text = path.extension().is_some_and(|ext| ext == "wat");
-    let loaded = shared
-        .engines
-        .load(&sha256, &bytes, is_text)
-        .map_err(|(reason, message)| Failure::new(name, reason, message))?;
-    let version = Version::new(shared, name, path, sha256, loaded.module, loaded.compiler)
-        .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
-    Ok(Stage::Ready(Staged { version: Arc::new(version), compiled: loaded.compiled }))
-}
-
-/// Makes `version` current for module `name`; returns its slot.
-pub(crate) fn commit(shared: &Arc<Shared>, name: &str, version: Arc<Version>) -> Arc<Slot> {
-    shared.registry.install(name, version)
-}
-
-fn read_build(name: &str, path: &Path) -> Result<Vec<u8>, Failure> {
-    match path.extension().and_then(|ext| ext.to_str()) {
-        Some("wasm" | "wat") => {}
-        _ => {
-            let message = format!("{}: a module must be a .wasm or .wat file", path.display());
-            return Err(Failure::new(name, Reason::UnsupportedExtension, message));
-        }
-    }
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(err) if err.kind() == std::io::ErrorKind::IsADirectory => {
-            let message = format!("{}: is a directory, not a module file", path.display());
-            Err(Failure::new(name, Reason::NotAFile, message))
-        }
-        Err(err) => {
-            let message = format!("cannot read {}: {err}", path.display());
-            Err(Failure::new(name, Reason::Enoent, message))
-        }
-    }
+    let mut step = module::plan(shared, name, source, options.force);
+    module::commit(shared, &mut step);
+    module::purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
+    step.finish()
 }
 
 #[cfg(test)]
@@ -421,6 +434,7 @@ mod tests {
                 "invalid_code_change_target",
                 "rolled_back",
                 "timeout",
+                "internal_error",
             ]
         );
     }

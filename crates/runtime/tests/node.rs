@@ -3,6 +3,7 @@
 mod node {
     pub mod support;
 
+    mod apps;
     mod code_server;
     mod compile_cache;
     mod guest_sdk;

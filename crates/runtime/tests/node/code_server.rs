@@ -10,7 +10,9 @@ use zest_runtime::{CallError, Reason, ReloadOptions, Status};
 
 use super::support::{constant, limits, module, versioned, Fixture, BASE};
 
-const FORCE: ReloadOptions = ReloadOptions { force: true };
+fn force() -> ReloadOptions {
+    ReloadOptions { force: true, ..ReloadOptions::default() }
+}
 
 fn reload(fx: &Fixture, name: &str) -> zest_runtime::ReloadResult {
     fx.node.reload_module(name, &ReloadOptions::default())
@@ -134,7 +136,7 @@ fn force_hard_purges_calls_running_on_the_old_version() {
     };
     thread::sleep(Duration::from_millis(30));
     fx.write("clock.wat", versioned(2, 0));
-    let result = fx.node.reload_module("clock", &FORCE);
+    let result = fx.node.reload_module("clock", &force());
     assert_eq!(result.status(), Status::Ok, "{result:#?}");
     assert!(result.duration < Duration::from_secs(2), "hard purge took {:?}", result.duration);
     let err = stuck.join().unwrap().unwrap_err();
@@ -155,7 +157,7 @@ fn an_unchanged_build_is_left_alone_unless_forced() {
     assert_eq!(result.metadata.unchanged, ["clock"]);
     assert_eq!(fx.node.status().modules[0].current.loaded_at, loaded_at);
 
-    let forced = fx.node.reload_module("clock", &FORCE);
+    let forced = fx.node.reload_module("clock", &force());
     assert_eq!(forced.reloaded, ["clock"]);
     assert!(forced.metadata.unchanged.is_empty());
     assert!(fx.node.status().modules[0].current.loaded_at > loaded_at);

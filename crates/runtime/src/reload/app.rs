@@ -1,0 +1,303 @@
+//! Reloading apps (scope `app`), the module scope's manifest lookup, and the
+//! system (scope `all`).
+//!
+//! An app reload re-reads the manifest (so newly declared modules load), runs the
+//! build first with `compile: true`, stages every module, and only then commits
+//! them one after the other and purges. With `atomic`, one failed stage means no
+//! module is swapped: the staged ones report `rolled_back`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::module::{self, ModuleStep};
+use super::{AllScope, Counts, Failure, Kind, Reason, ReloadOptions, ReloadResult};
+use crate::app::AppManifest;
+use crate::compile::{self, CompileReport};
+use crate::node::Shared;
+use crate::telemetry::EventBody;
+
+/// Where an app reload finds its manifest.
+pub(crate) enum AppSource<'a> {
+    /// A loaded app, by name.
+    Name(&'a str),
+    /// An app directory (loading an app for the first time).
+    Dir(&'a Path),
+}
+
+/// One app, planned: its result so far, its module steps, and the manifest to
+/// record once it is applied.
+pub(crate) struct AppPlan {
+    result: ReloadResult,
+    steps: Vec<ModuleStep>,
+    manifest: Option<AppManifest>,
+    started: Instant,
+}
+
+impl AppPlan {
+    fn error(mut self, failure: Failure) -> AppPlan {
+        self.result.errors.push(failure);
+        self
+    }
+}
+
+pub(crate) fn plan_app(
+    shared: &Arc<Shared>,
+    source: AppSource<'_>,
+    options: &ReloadOptions,
+    request_id: &str,
+) -> AppPlan {
+    let started = Instant::now();
+    let target = match source {
+        AppSource::Name(name) => name.to_string(),
+        AppSource::Dir(dir) => dir.display().to_string(),
+    };
+    let plan = AppPlan { result: ReloadResult::new(Kind::App, &target), steps: Vec::new(), manifest: None, started };
+    let dir: PathBuf = match source {
+        AppSource::Name(name) => match shared.app(name) {
+            Some(manifest) => manifest.dir,
+            None => return plan.error(Failure::new(name, Reason::AppNotFound, format!("app `{name}` is not loaded"))),
+        },
+        AppSource::Dir(dir) => dir.to_path_buf(),
+    };
+    let manifest = match AppManifest::load(&dir) {
+        Ok(manifest) => manifest,
+        Err(err) => return plan.error(Failure::new(&target, err.reason, err.to_string())),
+    };
+    let mut plan = plan;
+    plan.result.target = manifest.name.clone();
+    if let AppSource::Name(name) = source {
+        if manifest.name != name {
+            let message = format!(
+                "{} now names the app `{}`; rename apps by loading them anew",
+                manifest.file.display(),
+                manifest.name
+            );
+            return plan.error(Failure::new(name, Reason::InvalidModule, message));
+        }
+    }
+    for module in &manifest.modules {
+        if let Some(other) = shared.app_declaring(&module.name).filter(|other| *other != manifest.name) {
+            let message = format!(
+                "{}: module `{}` is already declared by app `{other}`; module names are unique on a node",
+                manifest.file.display(),
+                module.name
+            );
+            return plan.error(Failure::new(&manifest.name, Reason::InvalidModule, message));
+        }
+    }
+    if options.compile {
+        let report = build(shared, &manifest, request_id);
+        let failed = build_failure(&manifest.name, &report);
+        plan.result.metadata.compile = Some(report);
+        if let Some(failure) = failed {
+            return plan.error(failure);
+        }
+    }
+    plan.steps = manifest.modules.iter().map(|m| module::plan(shared, &m.name, Some(&m.path), options.force)).collect();
+    plan.manifest = Some(manifest);
+    plan
+}
+
+/// Runs the app's build (when it has one), publishing its output as events.
+fn build(shared: &Arc<Shared>, manifest: &AppManifest, request_id: &str) -> CompileReport {
+    let Some(command) = &manifest.build else {
+        return CompileReport::not_run();
+    };
+    let on_line = |stream, line: &str| {
+        let body = EventBody::BuildOutput { stream, line: line.to_string() };
+        shared.telemetry.emit(Kind::App, &manifest.name, request_id, body);
+    };
+    match compile::run_build(command, &manifest.dir, shared.config.limits.build_timeout, &on_line) {
+        Ok(report) => report,
+        Err(err) => CompileReport {
+            ran: true,
+            command: Some(command.clone()),
+            duration: Default::default(),
+            exit_code: None,
+            timed_out: false,
+            tail: vec![format!("cannot start `sh`: {err}")],
+        },
+    }
+}
+
+fn build_failure(target: &str, report: &CompileReport) -> Option<Failure> {
+    if report.succeeded() {
+        return None;
+    }
+    let reason = if report.timed_out { Reason::Timeout } else { Reason::CompileFailed };
+    Some(Failure::new(target, reason, report.failure_message()))
+}
+
+/// Commits every staged module of the plans, then purges them all (one drain
+/// deadline for the lot).
+fn apply(shared: &Arc<Shared>, plans: &mut [AppPlan], options: &ReloadOptions) {
+    for plan in plans.iter_mut() {
+        for step in &mut plan.steps {
+            module::commit(shared, step);
+        }
+    }
+    let deadline = Instant::now() + shared.config.limits.drain_timeout;
+    for plan in plans.iter_mut() {
+        for step in &mut plan.steps {
+            module::purge(step, deadline, options.force);
+        }
+    }
+}
+
+/// With `atomic`: if any plan failed, drops every staged build and says why.
+/// Returns true when the plans may be applied.
+fn settle_atomic(plans: &mut [AppPlan]) -> bool {
+    let culprits: Vec<String> = plans
+        .iter()
+        .flat_map(|plan| {
+            let own = plan.result.errors.iter().map(|f| f.target.clone());
+            let modules = plan.steps.iter().filter(|s| s.failed()).map(|s| s.result.target.clone());
+            own.chain(modules).collect::<Vec<_>>()
+        })
+        .collect();
+    if culprits.is_empty() {
+        return true;
+    }
+    let because = format!("{} failed", culprits.join(", "));
+    for plan in plans.iter_mut() {
+        for step in &mut plan.steps {
+            step.roll_back(&because);
+        }
+        plan.manifest = None;
+    }
+    false
+}
+
+/// The app's result: one child per module, their outcomes gathered; records the
+/// manifest when it was applied.
+fn finish_app(shared: &Arc<Shared>, plan: AppPlan) -> ReloadResult {
+    let AppPlan { mut result, steps, manifest, started } = plan;
+    for step in steps {
+        result.absorb(step.finish());
+    }
+    if let Some(manifest) = manifest {
+        shared.record_app(manifest);
+    }
+    result.duration = started.elapsed();
+    result
+}
+
+/// Scope `app` (and loading an app): plan, settle, apply, finish.
+pub(crate) fn reload_app(
+    shared: &Arc<Shared>,
+    source: AppSource<'_>,
+    options: &ReloadOptions,
+    request_id: &str,
+) -> ReloadResult {
+    let mut plans = [plan_app(shared, source, options, request_id)];
+    if !options.atomic || settle_atomic(&mut plans) {
+        apply(shared, &mut plans, options);
+    }
+    let [plan] = plans;
+    finish_app(shared, plan)
+}
+
+/// Scope `module`: the module's app manifest is read again, so a module newly
+/// declared there loads; a module no app declares (loaded through the embedding
+/// API) reloads from its file; anything else is `not_found`.
+pub(crate) fn reload_module_scope(
+    shared: &Arc<Shared>,
+    name: &str,
+    options: &ReloadOptions,
+    request_id: &str,
+) -> ReloadResult {
+    let started = Instant::now();
+    let mut found = None;
+    for recorded in shared.apps() {
+        let manifest = match AppManifest::load(&recorded.dir) {
+            Ok(manifest) => manifest,
+            Err(err) if recorded.modules.iter().any(|m| m.name == name) => {
+                let mut result = ReloadResult::new(Kind::Module, name);
+                result.errors.push(Failure::new(name, err.reason, err.to_string()));
+                result.duration = started.elapsed();
+                return result;
+            }
+            Err(_) => continue,
+        };
+        if let Some(decl) = manifest.modules.iter().find(|m| m.name == name).cloned() {
+            found = Some((manifest, decl.path));
+            break;
+        }
+    }
+    let mut compile_report = None;
+    let source = match &found {
+        Some((manifest, path)) => {
+            if options.compile {
+                let report = build(shared, manifest, request_id);
+                let failure = build_failure(name, &report);
+                compile_report = Some(report);
+                if let Some(failure) = failure {
+                    let mut result = ReloadResult::new(Kind::Module, name);
+                    result.errors.push(failure);
+                    result.metadata.compile = compile_report;
+                    result.duration = started.elapsed();
+                    return result;
+                }
+            }
+            Some(path.as_path())
+        }
+        None if shared.registry.slot(name).is_some() => None,
+        None => {
+            let mut result = ReloadResult::new(Kind::Module, name);
+            result.errors.push(Failure::new(name, Reason::NotFound, format!("no loaded app declares module `{name}`")));
+            result.duration = started.elapsed();
+            return result;
+        }
+    };
+    let mut step = module::plan(shared, name, source, options.force);
+    module::commit(shared, &mut step);
+    module::purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
+    let applied = !step.failed();
+    let mut result = step.finish();
+    result.metadata.compile = compile_report;
+    if let (true, Some((manifest, _))) = (applied, found) {
+        shared.record_app(manifest);
+    }
+    result.duration = started.elapsed();
+    result
+}
+
+/// Scope `all`: every requested app (default: every loaded app) as a child step
+/// with its own telemetry, under the one lock the request holds.
+pub(crate) fn reload_system(
+    shared: &Arc<Shared>,
+    all: &AllScope,
+    options: &ReloadOptions,
+    request_id: &str,
+) -> ReloadResult {
+    let started = Instant::now();
+    let names: Vec<String> = if all.apps.is_empty() { shared.app_names() } else { all.apps.clone() };
+    let mut result = ReloadResult::new(Kind::System, "system");
+    let telemetry = &shared.telemetry;
+    if options.atomic {
+        let mut plans = Vec::new();
+        for name in &names {
+            telemetry.emit(Kind::App, name, request_id, EventBody::Start { system_time: std::time::SystemTime::now() });
+            plans.push(plan_app(shared, AppSource::Name(name), options, request_id));
+        }
+        if settle_atomic(&mut plans) {
+            apply(shared, &mut plans, options);
+        }
+        for (name, plan) in names.iter().zip(plans) {
+            let child = finish_app(shared, plan);
+            let body = EventBody::Stop { duration: child.duration, status: child.status() };
+            telemetry.emit(Kind::App, name, request_id, body);
+            result.absorb(child);
+        }
+    } else {
+        for name in &names {
+            let child = telemetry
+                .step(Kind::App, name, request_id, || reload_app(shared, AppSource::Name(name), options, request_id));
+            result.absorb(child);
+        }
+    }
+    result.metadata.counts = Some(Counts::of(&result.results));
+    result.duration = started.elapsed();
+    result
+}

@@ -1,0 +1,161 @@
+//! One module's part of a reload: plan (stage the new build off the call path),
+//! commit (swap it in), purge (wait for old versions to drain).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::{Failure, Kind, Reason, ReloadResult, Skip, Swap};
+use crate::node::Shared;
+use crate::registry::Slot;
+use crate::version::Version;
+
+/// A module step in progress: its child result and, once staged, the new build.
+pub(crate) struct ModuleStep {
+    pub(crate) result: ReloadResult,
+    staged: Option<Staged>,
+    slot: Option<Arc<Slot>>,
+    elapsed: Duration,
+}
+
+struct Staged {
+    version: Arc<Version>,
+    compiled: bool,
+}
+
+impl ModuleStep {
+    pub(crate) fn failed(&self) -> bool {
+        !self.result.errors.is_empty()
+    }
+
+    /// Drops the staged build because another step of an atomic request failed.
+    pub(crate) fn roll_back(&mut self, because: &str) {
+        if self.staged.take().is_some() {
+            let name = self.result.target.clone();
+            let message = format!("not swapped: {because}, and the reload is atomic");
+            self.result.errors.push(Failure::new(name, Reason::RolledBack, message));
+        }
+    }
+
+    /// The child result, with the time this step took.
+    pub(crate) fn finish(mut self) -> ReloadResult {
+        self.result.duration = self.elapsed;
+        self.result
+    }
+}
+
+/// Stages module `name` from `source` (or from where it was loaded from): reads
+/// the build, compares its sha256, compiles or loads it from the compile cache,
+/// validates and instantiates it. The registry is not touched.
+pub(crate) fn plan(shared: &Arc<Shared>, name: &str, source: Option<&Path>, force: bool) -> ModuleStep {
+    let started = Instant::now();
+    let mut result = ReloadResult::new(Kind::Module, name);
+    let staged = match stage(shared, name, source, force) {
+        Ok(Some(staged)) => Some(staged),
+        Ok(None) => {
+            result.metadata.unchanged.push(name.to_string());
+            None
+        }
+        Err(failure) => {
+            result.errors.push(failure);
+            None
+        }
+    };
+    ModuleStep { result, staged, slot: None, elapsed: started.elapsed() }
+}
+
+fn stage(shared: &Arc<Shared>, name: &str, source: Option<&Path>, force: bool) -> Result<Option<Staged>, Failure> {
+    crate::abi::check_name(name).map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    let slot = shared.registry.slot(name);
+    let path: PathBuf = match (source, &slot) {
+        (Some(path), _) => path.to_path_buf(),
+        (None, Some(slot)) => slot.current().info.source.clone(),
+        (None, None) => {
+            return Err(Failure::new(name, Reason::NotFound, format!("module `{name}` is not loaded")));
+        }
+    };
+    let bytes = read_build(name, &path)?;
+    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    if let Some(slot) = &slot {
+        let current = slot.current();
+        if !force && current.sha256 == sha256 && current.info.source == path {
+            return Ok(None);
+        }
+    }
+    let is_text = path.extension().is_some_and(|ext| ext == "wat");
+    let loaded = shared
+        .engines
+        .load(&sha256, &bytes, is_text)
+        .map_err(|(reason, message)| Failure::new(name, reason, message))?;
+    let version = Version::new(shared, name, &path, sha256, loaded.module, loaded.compiler)
+        .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    Ok(Some(Staged { version: Arc::new(version), compiled: loaded.compiled }))
+}
+
+/// Swaps the staged build in; the next call gets it. No-op for a step that
+/// staged nothing.
+pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
+    let Some(staged) = step.staged.take() else {
+        return;
+    };
+    let started = Instant::now();
+    let name = step.result.target.clone();
+    let old_vsn = shared.registry.slot(&name).map(|slot| slot.current().info.vsn.clone());
+    let info = staged.version.info.clone();
+    let slot = shared.registry.install(&name, Arc::clone(&staged.version));
+    if staged.compiled {
+        // After the swap, so serialising never delays the new code; and only for a
+        // build that validated, so a refused build is never cached.
+        shared.engines.remember(&staged.version.sha256, staged.version.module(), info.compiler);
+    }
+    step.result.reloaded.push(name.clone());
+    step.result.metadata.swaps.push(Swap {
+        module: name,
+        old_vsn,
+        new_vsn: info.vsn,
+        sha256: info.sha256,
+        compiler: info.compiler,
+        compiled: staged.compiled,
+    });
+    step.slot = Some(slot);
+    step.elapsed += started.elapsed();
+}
+
+/// Waits (until `deadline`) for the old versions of a committed step to drain;
+/// with `hard`, interrupts what runs on them first. Those still busy are skipped
+/// with `in_use` and go when they drain.
+pub(crate) fn purge(step: &mut ModuleStep, deadline: Instant, hard: bool) {
+    let Some(slot) = step.slot.take() else {
+        return;
+    };
+    let started = Instant::now();
+    let name = step.result.target.clone();
+    for busy in slot.purge(deadline, hard) {
+        tracing::warn!(module = %name, vsn = %busy.vsn, "old version still in use after the drain timeout");
+        step.result.skipped.push(Skip { target: name.clone(), reason: Reason::InUse });
+    }
+    step.elapsed += started.elapsed();
+}
+
+fn read_build(name: &str, path: &Path) -> Result<Vec<u8>, Failure> {
+    match path.extension().and_then(|ext| ext.to_str()) {
+        Some("wasm" | "wat") => {}
+        _ => {
+            let message = format!("{}: a module must be a .wasm or .wat file", path.display());
+            return Err(Failure::new(name, Reason::UnsupportedExtension, message));
+        }
+    }
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::IsADirectory => {
+            let message = format!("{}: is a directory, not a module file", path.display());
+            Err(Failure::new(name, Reason::NotAFile, message))
+        }
+        Err(err) => {
+            let message = format!("cannot read {}: {err}", path.display());
+            Err(Failure::new(name, Reason::Enoent, message))
+        }
+    }
+}
