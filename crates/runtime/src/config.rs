@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::process::RestartPolicy;
+
 /// Everything a [`crate::Node`] needs to start; every field has a default.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -12,11 +14,18 @@ pub struct NodeConfig {
     pub data_dir: Option<PathBuf>,
     pub limits: Limits,
     pub compiler: Compiler,
+    /// When crashed processes restart, and when they are given up on.
+    pub restart: RestartPolicy,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { data_dir: None, limits: Limits::default(), compiler: Compiler::Auto }
+        NodeConfig {
+            data_dir: None,
+            limits: Limits::default(),
+            compiler: Compiler::Auto,
+            restart: RestartPolicy::default(),
+        }
     }
 }
 

@@ -45,6 +45,34 @@ impl CallError {
     }
 }
 
+/// Why a message to a process (or starting one) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProcessError {
+    #[error("no process named `{process}`")]
+    NotFound { process: String },
+    #[error("a process named `{process}` already exists")]
+    AlreadyExists { process: String },
+    #[error("a message to `{process}` is not valid JSON: {message}")]
+    InvalidJson { process: String, message: String },
+    #[error("cannot start a process of `{module}`: {message}")]
+    Start { module: String, message: String },
+    /// The handler failed; the process was restarted with its init args.
+    #[error("process `{process}` crashed handling the message: {cause}")]
+    Crashed { process: String, cause: CallError },
+    #[error("no reply from process `{process}` within {timeout_ms} ms; the message was withdrawn")]
+    Timeout { process: String, timeout_ms: u64 },
+    /// Given up on after too many crashes, or stopped.
+    #[error("process `{process}` is down: {cause}")]
+    Down { process: String, cause: String },
+}
+
+impl ProcessError {
+    /// True for "no such process" (`NOT_FOUND` on the wire).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ProcessError::NotFound { .. })
+    }
+}
+
 /// Why a node could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

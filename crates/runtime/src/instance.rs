@@ -90,12 +90,38 @@ impl Instance {
             .write(&mut *store, ptr as u32 as usize, input)
             .map_err(|_| bad_output(format!("zest_alloc({len}) returned an out-of-bounds pointer {ptr}")))?;
         let packed = func.call(&mut *store, (ptr, len))?;
-        if unpack(packed).1 == 0 {
-            return Ok("null".to_string());
-        }
-        let text = host::read_packed(memory.data(&*store), packed).map_err(bad_output)?;
-        check_json(text).map_err(bad_output)?;
-        Ok(text.to_string())
+        read_output(memory, &*store, packed)
+    }
+
+    /// Calls a reserved `(ptr, len) -> i64` export (`zest_init`, `zest_handle`,
+    /// `zest_code_change`) with `input`, or the `() -> i64` export `zest_state_save`
+    /// when `input` is `None`, with a fresh call deadline. The caller checked that
+    /// the export exists.
+    pub(crate) fn invoke_reserved(&mut self, export: &str, input: Option<&[u8]>) -> Result<String, CallError> {
+        let ctx = self.store.data().root_ctx();
+        self.store.data_mut().ctx = ctx;
+        let result = match input {
+            Some(input) => self.invoke_reserved_inner(export, input),
+            None => self.invoke_nullary(export),
+        };
+        result.map_err(|err| host::classify(err, self.store.data(), export))
+    }
+
+    fn invoke_reserved_inner(&mut self, export: &str, input: &[u8]) -> wasmtime::Result<String> {
+        let func = self.instance.get_typed_func::<(i32, i32), i64>(&mut self.store, export)?;
+        let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
+        let ptr = self.alloc.call(&mut self.store, len)?;
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, input)
+            .map_err(|_| bad_output(format!("zest_alloc({len}) returned an out-of-bounds pointer {ptr}")))?;
+        let packed = func.call(&mut self.store, (ptr, len))?;
+        read_output(&self.memory, &self.store, packed)
+    }
+
+    fn invoke_nullary(&mut self, export: &str) -> wasmtime::Result<String> {
+        let func = self.instance.get_typed_func::<(), i64>(&mut self.store, export)?;
+        let packed = func.call(&mut self.store, ())?;
+        read_output(&self.memory, &self.store, packed)
     }
 
     /// Calls `zest_vsn` and checks what it returns.
@@ -115,6 +141,16 @@ impl Instance {
         }
         Ok(vsn.to_string())
     }
+}
+
+/// The checked JSON text at the packed `(ptr << 32) | len`; length 0 is `null`.
+fn read_output(memory: &Memory, store: &Store<HostState>, packed: i64) -> wasmtime::Result<String> {
+    if unpack(packed).1 == 0 {
+        return Ok("null".to_string());
+    }
+    let text = host::read_packed(memory.data(store), packed).map_err(bad_output)?;
+    check_json(text).map_err(bad_output)?;
+    Ok(text.to_string())
 }
 
 fn bad_output(message: String) -> Error {

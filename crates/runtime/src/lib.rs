@@ -13,6 +13,7 @@
 //! - `engine`: wasmtime engines, the epoch ticker and the compile cache;
 //! - [`app`]: app manifests (`zest.toml`);
 //! - [`compile`]: running an app's build (`compile: true`);
+//! - [`process`]: stateful processes, their mailboxes and migrations;
 //! - [`lock`]: the reload lock;
 //! - [`telemetry`]: reload events, their subscribers and metrics;
 //! - `abi`: validation of a module against guest ABI version 1;
@@ -31,6 +32,7 @@ mod host;
 mod instance;
 pub mod lock;
 pub mod node;
+pub mod process;
 mod registry;
 pub mod reload;
 pub mod telemetry;
@@ -40,9 +42,10 @@ mod version;
 pub use app::{AppManifest, ManifestError};
 pub use compile::CompileReport;
 pub use config::{Compiler, Limits, NodeConfig};
-pub use error::{CallError, NodeError};
+pub use error::{CallError, NodeError, ProcessError};
 pub use lock::{LocalLock, LockError, LockGuard, ReloadLock};
 pub use node::{AppStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
+pub use process::{ProcessState, ProcessStatus, RestartPolicy};
 pub use reload::{
     AllScope, CodeChangeTarget, Counts, Failure, Kind, Metadata, Reason, ReloadError, ReloadOptions, ReloadRequest,
     ReloadResult, Scope, Skip, Status, Swap,

@@ -10,9 +10,10 @@ use std::time::Duration;
 use crate::app::AppManifest;
 use crate::config::NodeConfig;
 use crate::engine::Engines;
-use crate::error::{CallError, NodeError};
+use crate::error::{CallError, NodeError, ProcessError};
 use crate::instance::CallCtx;
 use crate::lock::{LocalLock, ReloadLock};
+use crate::process::{Process, ProcessStatus, ProcessTable};
 use crate::registry::Registry;
 use crate::reload::{self, Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, Scope};
 use crate::telemetry::Telemetry;
@@ -36,6 +37,7 @@ pub(crate) struct Shared {
     pub(crate) engines: Engines,
     pub(crate) registry: Registry,
     pub(crate) telemetry: Telemetry,
+    pub(crate) processes: ProcessTable,
     lock: Box<dyn ReloadLock>,
     /// Loaded apps by name, with the manifest as last applied.
     apps: Mutex<BTreeMap<String, AppManifest>>,
@@ -77,6 +79,7 @@ impl Shared {
 pub struct NodeStatus {
     pub apps: Vec<AppStatus>,
     pub modules: Vec<ModuleStatus>,
+    pub processes: Vec<ProcessStatus>,
 }
 
 /// One app in [`NodeStatus`].
@@ -96,6 +99,9 @@ pub struct ModuleStatus {
     pub current: VersionInfo,
     /// Old versions that something still runs on, oldest first.
     pub old: Vec<VersionInfo>,
+    /// Processes of the module that run on an old version (a failed migration
+    /// left them there), sorted.
+    pub pinned_by: Vec<String>,
     /// Its callable functions, sorted.
     pub functions: Vec<String>,
 }
@@ -114,6 +120,7 @@ impl Node {
             engines,
             registry: Registry::default(),
             telemetry: Telemetry::default(),
+            processes: ProcessTable::default(),
             lock,
             apps: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
@@ -217,26 +224,89 @@ impl Node {
                 let current = slot.current();
                 let mut functions: Vec<String> = current.functions().map(str::to_string).collect();
                 functions.sort();
+                let pinned_by = self
+                    .shared
+                    .processes
+                    .of_module(&name)
+                    .into_iter()
+                    .filter(|process| !process.runs_on(&current) && process.status().vsn.is_some())
+                    .map(|process| process.name.clone())
+                    .collect();
                 ModuleStatus {
                     app: self.shared.app_declaring(&name),
                     name,
                     current: current.info.clone(),
                     old: slot.old_versions(),
+                    pinned_by,
                     functions,
                 }
             })
             .collect();
-        NodeStatus { apps, modules }
+        let processes = self.shared.processes.all().iter().map(|process| process.status()).collect();
+        NodeStatus { apps, modules, processes }
+    }
+
+    /// Starts process `name` on module `module`'s current version, passing `init`
+    /// (JSON text) to its `zest_init`.
+    pub fn start_process(&self, name: &str, module: &str, init: &str) -> Result<(), ProcessError> {
+        start_process(&self.shared, name, module, init)
+    }
+
+    /// Sends `message` (JSON text) to process `name` and waits for its reply, up
+    /// to the call timeout (its turn in the mailbox included).
+    pub fn call_process(&self, name: &str, message: &str) -> Result<String, ProcessError> {
+        self.call_process_timeout(name, message, self.shared.config.limits.call_timeout)
+    }
+
+    /// [`Node::call_process`] with its own timeout.
+    pub fn call_process_timeout(&self, name: &str, message: &str, timeout: Duration) -> Result<String, ProcessError> {
+        let Some(process) = self.shared.processes.get(name) else {
+            return Err(ProcessError::NotFound { process: name.to_string() });
+        };
+        process.call(message, timeout)
+    }
+
+    /// Stops process `name` once its current message is handled; messages still
+    /// queued get `Down`. False when there is no such process.
+    pub fn stop_process(&self, name: &str) -> bool {
+        match self.shared.processes.remove(name) {
+            Some(process) => {
+                process.stop();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every process (a clean shutdown).
+    pub fn stop_all_processes(&self) {
+        for process in self.shared.processes.all() {
+            self.stop_process(&process.name);
+        }
     }
 }
 
+/// Starts a process (the API and app manifests alike).
+pub(crate) fn start_process(shared: &Arc<Shared>, name: &str, module: &str, init: &str) -> Result<(), ProcessError> {
+    crate::abi::check_name(name).map_err(|message| ProcessError::Start { module: module.to_string(), message })?;
+    if shared.processes.get(name).is_some() {
+        return Err(ProcessError::AlreadyExists { process: name.to_string() });
+    }
+    let Some(slot) = shared.registry.slot(module) else {
+        let message = format!("module `{module}` is not loaded");
+        return Err(ProcessError::Start { module: module.to_string(), message });
+    };
+    let process = Process::start(name, &slot.current(), init, shared.config.restart.clone())?;
+    shared.processes.insert(process)?;
+    Ok(())
+}
+
 /// Refuses the parts of a request whose machinery arrives with later work:
-/// extensions and explicit `code_change` targets.
+/// extensions.
 fn unsupported(scope: &Scope) -> Result<(), ReloadError> {
     let what = match scope {
         Scope::Extension(_) => Some("scope `extension`"),
         Scope::All(all) if !all.extensions.is_empty() => Some("`extensions` in scope `all`"),
-        Scope::All(all) if !all.code_change.is_empty() => Some("`code_change` targets in scope `all`"),
         _ => None,
     };
     match what {

@@ -74,6 +74,15 @@ impl Registry {
         slot
     }
 
+    /// Removes module `name` (undoing the first load of a module in an atomic
+    /// request that failed).
+    pub(crate) fn remove(&self, name: &str) {
+        let _edit = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slots = HashMap::clone(&self.slots.load());
+        slots.remove(name);
+        self.slots.store(Arc::new(slots));
+    }
+
     /// Every module, sorted by name.
     pub(crate) fn modules(&self) -> Vec<(String, Arc<Slot>)> {
         let mut modules: Vec<_> =
@@ -86,6 +95,14 @@ impl Registry {
 impl Slot {
     pub(crate) fn current(&self) -> Arc<Version> {
         self.current.load_full()
+    }
+
+    /// Makes `version` current again (undoing a swap); the version it replaces
+    /// becomes old.
+    pub(crate) fn restore(&self, version: Arc<Version>) {
+        let life = version.life();
+        self.replace(version);
+        self.old.lock().unwrap_or_else(PoisonError::into_inner).retain(|entry| !Arc::ptr_eq(&entry.life, &life));
     }
 
     fn replace(&self, version: Arc<Version>) {
@@ -114,7 +131,11 @@ impl Slot {
             if hard {
                 life.kill();
             }
-            life.wait_gone(deadline);
+            // A version a process runs on stays until the process moves on;
+            // waiting for it would only delay the report.
+            if !life.is_pinned() {
+                life.wait_gone(deadline);
+            }
         }
         self.old_versions()
     }

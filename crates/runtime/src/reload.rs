@@ -16,6 +16,7 @@
 //! *Architecture invariant*: only this module changes the registry.
 
 mod app;
+mod migrate;
 mod module;
 
 pub(crate) use app::{reload_app, AppSource};
@@ -376,6 +377,8 @@ pub(crate) fn reload_loose_module(
 ) -> ReloadResult {
     let mut step = module::plan(shared, name, source, options.force);
     module::commit(shared, &mut step);
+    module::migrate(shared, &mut step, options.force, false);
+    module::settle(shared, &mut step, None);
     module::purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
     step.finish()
 }

@@ -104,6 +104,10 @@ impl Version {
         Arc::clone(&self.life)
     }
 
+    pub(crate) fn exports(&self) -> &Exports {
+        &self.exports
+    }
+
     /// The names of its callable functions.
     pub(crate) fn functions(&self) -> impl Iterator<Item = &str> {
         self.exports.functions.keys().map(|name| &**name)
@@ -146,7 +150,8 @@ impl Version {
         (1..SHARDS).find_map(|offset| self.idle[(home + offset) % SHARDS].try_lock().ok()?.pop())
     }
 
-    fn instantiate(&self, function: &str) -> Result<Instance, CallError> {
+    /// A fresh instance of this version (`function` names the call it is for, in errors).
+    pub(crate) fn instantiate(&self, function: &str) -> Result<Instance, CallError> {
         let module = &self.info.module;
         let Some(shared) = self.node.upgrade() else {
             return Err(CallError::Engine {
@@ -175,6 +180,8 @@ impl Drop for Version {
 #[derive(Debug, Default)]
 pub(crate) struct Life {
     killed: AtomicBool,
+    /// How many processes run on the version: a purge need not wait for it.
+    pins: AtomicUsize,
     gone: Mutex<bool>,
     changed: Condvar,
 }
@@ -186,6 +193,19 @@ impl Life {
 
     pub(crate) fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn pin(&self) {
+        self.pins.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unpin(&self) {
+        self.pins.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// True while a process runs on the version (it stays until the process moves).
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.pins.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn is_gone(&self) -> bool {

@@ -7,5 +7,6 @@ mod node {
     mod code_server;
     mod compile_cache;
     mod guest_sdk;
+    mod processes;
     mod sandbox;
 }

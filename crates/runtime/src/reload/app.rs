@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::migrate::{self, Held};
 use super::module::{self, ModuleStep};
 use super::{AllScope, Counts, Failure, Kind, Reason, ReloadOptions, ReloadResult};
 use crate::app::AppManifest;
@@ -129,37 +130,63 @@ fn build_failure(target: &str, report: &CompileReport) -> Option<Failure> {
     Some(Failure::new(target, reason, report.failure_message()))
 }
 
-/// Commits every staged module of the plans, then purges them all (one drain
-/// deadline for the lot).
+/// Commits every staged module of the plans and migrates their processes; with
+/// `atomic`, the migrated processes stay suspended until [`settle`].
 fn apply(shared: &Arc<Shared>, plans: &mut [AppPlan], options: &ReloadOptions) {
-    for plan in plans.iter_mut() {
-        for step in &mut plan.steps {
-            module::commit(shared, step);
-        }
+    for step in plans.iter_mut().flat_map(|plan| plan.steps.iter_mut()) {
+        module::commit(shared, step);
     }
-    let deadline = Instant::now() + shared.config.limits.drain_timeout;
-    for plan in plans.iter_mut() {
-        for step in &mut plan.steps {
-            module::purge(step, deadline, options.force);
-        }
+    for step in plans.iter_mut().flat_map(|plan| plan.steps.iter_mut()) {
+        module::migrate(shared, step, options.force, options.atomic);
     }
 }
 
-/// With `atomic`: if any plan failed, drops every staged build and says why.
-/// Returns true when the plans may be applied.
-fn settle_atomic(plans: &mut [AppPlan]) -> bool {
-    let culprits: Vec<String> = plans
-        .iter()
-        .flat_map(|plan| {
-            let own = plan.result.errors.iter().map(|f| f.target.clone());
-            let modules = plan.steps.iter().filter(|s| s.failed()).map(|s| s.result.target.clone());
-            own.chain(modules).collect::<Vec<_>>()
-        })
-        .collect();
-    if culprits.is_empty() {
-        return true;
+/// Ends the request's changes: keeps them, or with `undo` (an atomic request
+/// with a failed step) puts every swap and migration back; then purges (one
+/// drain deadline for the lot).
+fn settle(shared: &Arc<Shared>, plans: &mut [AppPlan], held: Vec<Held>, undo: Option<&str>, options: &ReloadOptions) {
+    for step in plans.iter_mut().flat_map(|plan| plan.steps.iter_mut()) {
+        module::settle(shared, step, undo);
     }
-    let because = format!("{} failed", culprits.join(", "));
+    for held in held {
+        match undo {
+            Some(_) => held.roll_back(),
+            None => held.commit(),
+        }
+    }
+    if undo.is_some() {
+        for plan in plans.iter_mut() {
+            plan.manifest = None;
+        }
+    }
+    let deadline = Instant::now() + shared.config.limits.drain_timeout;
+    for step in plans.iter_mut().flat_map(|plan| plan.steps.iter_mut()) {
+        module::purge(step, deadline, options.force);
+    }
+}
+
+/// What failed in the plans, as `a, b failed`; `None` when nothing did.
+fn culprits<'a>(plans: &[AppPlan], others: impl Iterator<Item = &'a ReloadResult>) -> Option<String> {
+    let mut culprits: Vec<String> = Vec::new();
+    for plan in plans {
+        culprits.extend(plan.result.errors.iter().map(|f| f.target.clone()));
+        for step in &plan.steps {
+            culprits.extend(step.result.errors.iter().map(|f| f.target.clone()));
+        }
+    }
+    for other in others {
+        culprits.extend(other.errors.iter().map(|f| f.target.clone()));
+    }
+    culprits.dedup();
+    (!culprits.is_empty()).then(|| format!("{} failed", culprits.join(", ")))
+}
+
+/// With `atomic`, before anything is swapped: if any plan failed to stage, drops
+/// every staged build and says why. Returns true when the plans may be applied.
+fn settle_staging(plans: &mut [AppPlan]) -> bool {
+    let Some(because) = culprits(plans, std::iter::empty()) else {
+        return true;
+    };
     for plan in plans.iter_mut() {
         for step in &mut plan.steps {
             step.roll_back(&because);
@@ -177,10 +204,34 @@ fn finish_app(shared: &Arc<Shared>, plan: AppPlan) -> ReloadResult {
         result.absorb(step.finish());
     }
     if let Some(manifest) = manifest {
+        start_processes(shared, &manifest, &mut result);
         shared.record_app(manifest);
     }
     result.duration = started.elapsed();
     result
+}
+
+/// Starts the processes the manifest declares that are not running yet.
+fn start_processes(shared: &Arc<Shared>, manifest: &AppManifest, result: &mut ReloadResult) {
+    for decl in &manifest.processes {
+        if let Some(process) = shared.processes.get(&decl.name) {
+            if process.module != decl.module {
+                let message = format!(
+                    "{}: process `{}` already runs module `{}`, not `{}`",
+                    manifest.file.display(),
+                    decl.name,
+                    process.module,
+                    decl.module
+                );
+                result.errors.push(Failure::new(format!("process:{}", decl.name), Reason::InvalidModule, message));
+            }
+            continue;
+        }
+        if let Err(err) = crate::node::start_process(shared, &decl.name, &decl.module, &decl.init.to_string()) {
+            let message = format!("{}: {err}", manifest.file.display());
+            result.errors.push(Failure::new(format!("process:{}", decl.name), Reason::NotRunning, message));
+        }
+    }
 }
 
 /// Scope `app` (and loading an app): plan, settle, apply, finish.
@@ -191,8 +242,10 @@ pub(crate) fn reload_app(
     request_id: &str,
 ) -> ReloadResult {
     let mut plans = [plan_app(shared, source, options, request_id)];
-    if !options.atomic || settle_atomic(&mut plans) {
+    if !options.atomic || settle_staging(&mut plans) {
         apply(shared, &mut plans, options);
+        let undo = if options.atomic { culprits(&plans, std::iter::empty()) } else { None };
+        settle(shared, &mut plans, Vec::new(), undo.as_deref(), options);
     }
     let [plan] = plans;
     finish_app(shared, plan)
@@ -252,6 +305,9 @@ pub(crate) fn reload_module_scope(
     };
     let mut step = module::plan(shared, name, source, options.force);
     module::commit(shared, &mut step);
+    module::migrate(shared, &mut step, options.force, options.atomic);
+    let undo = (options.atomic && step.failed()).then(|| format!("{name} failed"));
+    module::settle(shared, &mut step, undo.as_deref());
     module::purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
     let applied = !step.failed();
     let mut result = step.finish();
@@ -263,8 +319,11 @@ pub(crate) fn reload_module_scope(
     result
 }
 
-/// Scope `all`: every requested app (default: every loaded app) as a child step
-/// with its own telemetry, under the one lock the request holds.
+/// Scope `all`: every requested app (default: every loaded app), then every
+/// explicit `code_change` target, each as a child step with its own telemetry,
+/// under the one lock the request holds. With `atomic`, every app is staged
+/// before anything is swapped, and one failed step undoes every swap and
+/// migration of the request.
 pub(crate) fn reload_system(
     shared: &Arc<Shared>,
     all: &AllScope,
@@ -276,13 +335,33 @@ pub(crate) fn reload_system(
     let mut result = ReloadResult::new(Kind::System, "system");
     let telemetry = &shared.telemetry;
     if options.atomic {
+        let start = || EventBody::Start { system_time: std::time::SystemTime::now() };
         let mut plans = Vec::new();
         for name in &names {
-            telemetry.emit(Kind::App, name, request_id, EventBody::Start { system_time: std::time::SystemTime::now() });
+            telemetry.emit(Kind::App, name, request_id, start());
             plans.push(plan_app(shared, AppSource::Name(name), options, request_id));
         }
-        if settle_atomic(&mut plans) {
+        let mut changes = Vec::new();
+        let mut held = Vec::new();
+        if settle_staging(&mut plans) {
             apply(shared, &mut plans, options);
+            for target in &all.code_change {
+                telemetry.emit(Kind::CodeChange, &format!("{}:{}", target.server, target.module), request_id, start());
+                let (child, hold) = migrate::code_change(shared, target, true);
+                held.extend(hold.map(|hold| (changes.len(), hold)));
+                changes.push(child);
+            }
+            let undo = culprits(&plans, changes.iter());
+            if let Some(because) = &undo {
+                for (index, _) in &held {
+                    let child = &mut changes[*index];
+                    child.reloaded.clear();
+                    let message = format!("undone: {because}, and the reload is atomic");
+                    child.errors.push(Failure::new(child.target.clone(), Reason::RolledBack, message));
+                }
+            }
+            let held = held.into_iter().map(|(_, held)| held).collect();
+            settle(shared, &mut plans, held, undo.as_deref(), options);
         }
         for (name, plan) in names.iter().zip(plans) {
             let child = finish_app(shared, plan);
@@ -290,10 +369,21 @@ pub(crate) fn reload_system(
             telemetry.emit(Kind::App, name, request_id, body);
             result.absorb(child);
         }
+        for child in changes {
+            let body = EventBody::Stop { duration: child.duration, status: child.status() };
+            telemetry.emit(Kind::CodeChange, &child.target.clone(), request_id, body);
+            result.absorb(child);
+        }
     } else {
         for name in &names {
             let child = telemetry
                 .step(Kind::App, name, request_id, || reload_app(shared, AppSource::Name(name), options, request_id));
+            result.absorb(child);
+        }
+        for target in &all.code_change {
+            let name = format!("{}:{}", target.server, target.module);
+            let child =
+                telemetry.step(Kind::CodeChange, &name, request_id, || migrate::code_change(shared, target, false).0);
             result.absorb(child);
         }
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::migrate::{self, Held};
 use super::{Failure, Kind, Reason, ReloadResult, Skip, Swap};
 use crate::node::Shared;
 use crate::registry::Slot;
@@ -17,6 +18,11 @@ pub(crate) struct ModuleStep {
     pub(crate) result: ReloadResult,
     staged: Option<Staged>,
     slot: Option<Arc<Slot>>,
+    /// Once committed: the version now current, and the one it replaced (`None`
+    /// for a module loaded for the first time), kept until the request settles.
+    swapped: Option<(Arc<Version>, Option<Arc<Version>>)>,
+    /// Processes migrated and held suspended until an atomic request settles.
+    held: Vec<Held>,
     elapsed: Duration,
 }
 
@@ -63,7 +69,7 @@ pub(crate) fn plan(shared: &Arc<Shared>, name: &str, source: Option<&Path>, forc
             None
         }
     };
-    ModuleStep { result, staged, slot: None, elapsed: started.elapsed() }
+    ModuleStep { result, staged, slot: None, swapped: None, held: Vec::new(), elapsed: started.elapsed() }
 }
 
 fn stage(shared: &Arc<Shared>, name: &str, source: Option<&Path>, force: bool) -> Result<Option<Staged>, Failure> {
@@ -102,8 +108,10 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
     };
     let started = Instant::now();
     let name = step.result.target.clone();
-    let old_vsn = shared.registry.slot(&name).map(|slot| slot.current().info.vsn.clone());
+    let previous = shared.registry.slot(&name).map(|slot| slot.current());
+    let old_vsn = previous.as_ref().map(|version| version.info.vsn.clone());
     let info = staged.version.info.clone();
+    step.swapped = Some((Arc::clone(&staged.version), previous));
     let slot = shared.registry.install(&name, Arc::clone(&staged.version));
     if staged.compiled {
         // After the swap, so serialising never delays the new code; and only for a
@@ -121,6 +129,59 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
     });
     step.slot = Some(slot);
     step.elapsed += started.elapsed();
+}
+
+/// Moves the module's processes onto the version the step made current (and any
+/// process left behind by an earlier failed migration). With `hold` (an atomic
+/// request) they stay suspended until [`settle`].
+pub(crate) fn migrate(shared: &Arc<Shared>, step: &mut ModuleStep, force: bool, hold: bool) {
+    if step.failed() {
+        return;
+    }
+    // Unchanged, the current version: processes left behind by a failed
+    // migration still move on.
+    let target = match &step.swapped {
+        Some((version, _)) => Arc::clone(version),
+        None => match shared.registry.slot(&step.result.target) {
+            Some(slot) => slot.current(),
+            None => return,
+        },
+    };
+    let started = Instant::now();
+    step.held = migrate::processes(shared, &target, force, hold, &mut step.result);
+    step.elapsed += started.elapsed();
+}
+
+/// Ends the step's part of the request: resumes held processes on their new
+/// instances, or (`undo`, an atomic request that failed) on their old ones, and
+/// puts the replaced version back.
+pub(crate) fn settle(shared: &Arc<Shared>, step: &mut ModuleStep, undo: Option<&str>) {
+    let Some(because) = undo else {
+        step.held.drain(..).for_each(Held::commit);
+        // The replaced version must not outlive what runs on it.
+        step.swapped = None;
+        return;
+    };
+    let message = format!("undone: {because}, and the reload is atomic");
+    for held in step.held.drain(..) {
+        let target = format!("process:{}", held.name());
+        held.roll_back();
+        step.result.errors.push(Failure::new(target, Reason::RolledBack, message.clone()));
+    }
+    if let Some((_, previous)) = step.swapped.take() {
+        let name = step.result.target.clone();
+        match previous {
+            Some(previous) => {
+                if let Some(slot) = shared.registry.slot(&name) {
+                    slot.restore(previous);
+                }
+            }
+            None => shared.registry.remove(&name),
+        }
+        step.result.reloaded.retain(|module| *module != name);
+        step.result.metadata.swaps.clear();
+        step.result.errors.push(Failure::new(&name, Reason::RolledBack, message));
+    }
 }
 
 /// Waits (until `deadline`) for the old versions of a committed step to drain;

@@ -115,3 +115,28 @@ pub fn limits(call_timeout_ms: u64, memory_mb: u32, drain_timeout_ms: u64) -> Li
         ..Limits::default()
     }
 }
+
+/// The demo's counter process module (`examples/demo/counter.wat`) with version
+/// string `vsn` (one character).
+pub fn counter(vsn: char) -> String {
+    let wat = include_str!("../../../../examples/demo/counter.wat");
+    let vsn_data = r#"(data (i32.const 0) "1")"#;
+    assert!(wat.contains(vsn_data), "the counter's vsn data moved; update the fixture");
+    wat.replace(vsn_data, &format!(r#"(data (i32.const 0) "{vsn}")"#))
+}
+
+/// The counter's `zest_code_change` body that reads the state.
+const COUNTER_CODE_CHANGE: &str =
+    "(global.set $count (call $after (local.get $ptr) (local.get $len) (i32.const 16) (i32.const 7)))";
+
+/// The counter with version `vsn` whose `zest_code_change` runs `body` instead.
+pub fn counter_changing_with(vsn: char, body: &str) -> String {
+    let wat = counter(vsn);
+    assert!(wat.contains(COUNTER_CODE_CHANGE), "the counter's code_change moved; update the fixture");
+    wat.replace(COUNTER_CODE_CHANGE, body)
+}
+
+/// The counter with `import` added first.
+pub fn with_import(wat: &str, import: &str) -> String {
+    wat.replacen("(module", &format!("(module\n  {import}"), 1)
+}
