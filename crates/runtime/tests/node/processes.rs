@@ -338,3 +338,27 @@ fn explicit_code_change_targets_run_on_the_suspended_process_and_report_bad_targ
     assert_eq!(result.metadata.counts.unwrap().code_change, 4);
     assert_eq!(send(&fx.node, "c", r#""get""#), 500);
 }
+
+#[test]
+fn the_demo_app_loads_and_its_counter_keeps_its_count_across_an_app_reload() {
+    let fx = Fixture::new();
+    let demo = fx.dir.path().join("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+    for file in ["zest.toml", "clock.wat", "front.wat", "counter.wat"] {
+        std::fs::copy(source.join(file), demo.join(file)).unwrap();
+    }
+    let loaded = fx.node.load_app(&demo);
+    assert_eq!(loaded.status(), Status::Ok, "{loaded:#?}");
+    assert_eq!(loaded.reloaded, ["clock", "front", "counter"]);
+    assert!(fx.node.call("front", "time", "null").unwrap().starts_with(r#"{"now_ms":"#));
+    assert_eq!(send(&fx.node, "counter", r#"{"add":5}"#), 5);
+
+    std::fs::write(demo.join("counter.wat"), counter('2')).unwrap();
+    let result = fx.node.reload(&ReloadRequest::new(Scope::App("demo".into()))).unwrap();
+    assert_eq!(result.status(), Status::Ok, "{result:#?}");
+    assert_eq!(result.reloaded, ["counter"]);
+    assert_eq!(result.metadata.unchanged, ["clock", "front"]);
+    assert_eq!(process_vsn(&fx.node, "counter").as_deref(), Some("2"));
+    assert_eq!(send(&fx.node, "counter", r#""get""#), 5);
+}
