@@ -340,3 +340,20 @@ fn parts_this_node_cannot_do_yet_are_refused_before_anything_runs() {
     let err = apps.node.reload(&request).unwrap_err();
     assert!(matches!(err, ReloadError::Unsupported(_)) && err.to_string().contains("scope `extension`"), "{err}");
 }
+
+#[test]
+fn reloads_are_counted_and_timed_in_prometheus_metrics() {
+    let apps = Apps::new();
+    let dir = apps.write_app("metered", None, &[("clock", &versioned(1, 0))]);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        assert_eq!(apps.node.load_app(&dir).status(), Status::Ok);
+        apps.write("metered/clock.wat", "(module (func $broken");
+        assert_eq!(apps.reload(app("metered"), ReloadOptions::default()).status(), Status::Error);
+    });
+    let text = handle.render();
+    assert!(text.contains(r#"zest_reloads_total{kind="app",status="ok"} 1"#), "{text}");
+    assert!(text.contains(r#"zest_reloads_total{kind="app",status="error"} 1"#), "{text}");
+    assert!(text.contains(r#"zest_reload_duration_seconds_count{kind="app"} 2"#), "{text}");
+}
