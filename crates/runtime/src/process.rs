@@ -164,8 +164,10 @@ struct Inner {
     body: Option<Body>,
     /// The version it runs (also while busy); `None` when down.
     on: Option<Arc<Version>>,
-    /// Why it is down (given up on after crashes), with the last cause.
+    /// Why it is down (given up on after crashes, or stopped).
     down: Option<String>,
+    /// Stopped for good: nothing resumes it.
+    stopped: bool,
     handled: u64,
     crashes: VecDeque<Instant>,
 }
@@ -205,6 +207,7 @@ impl Process {
             on: Some(Arc::clone(version)),
             body: Some(body),
             down: None,
+            stopped: false,
             handled: 0,
             crashes: VecDeque::new(),
         };
@@ -325,7 +328,7 @@ impl Process {
         }
         inner.busy = true;
         let old = inner.body.take();
-        Suspended { process: Arc::clone(self), old, resumed: false }
+        Suspended { process: Arc::clone(self), old }
     }
 
     pub(crate) fn status(&self) -> ProcessStatus {
@@ -357,22 +360,22 @@ impl Process {
     /// Stops the process: waits for the message in progress; queued callers get
     /// `Down`.
     pub(crate) fn stop(self: &Arc<Process>) {
-        let mut suspended = self.suspend();
-        suspended.old = None;
+        let suspended = self.suspend();
         let mut inner = self.lock();
         inner.down = Some("stopped".to_string());
+        inner.stopped = true;
         inner.on = None;
         drop(inner);
-        suspended.resume_on(None);
+        drop(suspended);
     }
 }
 
-/// A suspended process, holding the instance it had; resumes it when dropped.
+/// A suspended process, holding the instance it had; resumes it on that instance
+/// when dropped (or on another one, through [`Suspended::resume_on`]).
 pub(crate) struct Suspended {
     process: Arc<Process>,
     /// `None` when the process was down.
     old: Option<Body>,
-    resumed: bool,
 }
 
 impl std::fmt::Debug for Suspended {
@@ -441,39 +444,31 @@ impl Suspended {
         })
     }
 
-    /// Resumes on `body` (the migrated instance); `None` resumes on the old one.
+    /// Resumes on `body` (the migrated or restarted instance), which clears a
+    /// `down` state and the crash history; `None` resumes on the old instance.
     pub(crate) fn resume_on(mut self, body: Option<Body>) {
-        let body = body.or_else(|| self.old.take());
-        let mut inner = self.process.lock();
         if let Some(body) = body {
-            if inner.down.as_deref() != Some("stopped") {
+            self.old = Some(body);
+            let mut inner = self.process.lock();
+            if !inner.stopped {
                 inner.down = None;
                 inner.crashes.clear();
-                inner.on = Some(Arc::clone(&body.version));
-                inner.body = Some(body);
             }
         }
-        inner.busy = false;
-        inner.suspended = false;
-        drop(inner);
-        self.resumed = true;
-        self.process.turn.notify_all();
     }
 }
 
 impl Drop for Suspended {
     fn drop(&mut self) {
-        if !self.resumed {
-            let mut inner = self.process.lock();
-            if let Some(old) = self.old.take() {
-                inner.on = Some(Arc::clone(&old.version));
-                inner.body = Some(old);
-            }
-            inner.busy = false;
-            inner.suspended = false;
-            drop(inner);
-            self.process.turn.notify_all();
+        let mut inner = self.process.lock();
+        if let Some(body) = self.old.take().filter(|_| !inner.stopped) {
+            inner.on = Some(Arc::clone(&body.version));
+            inner.body = Some(body);
         }
+        inner.busy = false;
+        inner.suspended = false;
+        drop(inner);
+        self.process.turn.notify_all();
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) use app::{reload_app, AppSource};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::compile::CompileReport;
 use crate::config::Compiler;
@@ -375,12 +375,7 @@ pub(crate) fn reload_loose_module(
     source: Option<&Path>,
     options: &ReloadOptions,
 ) -> ReloadResult {
-    let mut step = module::plan(shared, name, source, options.force);
-    module::commit(shared, &mut step);
-    module::migrate(shared, &mut step, options.force, false);
-    module::settle(shared, &mut step, None);
-    module::purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
-    step.finish()
+    module::run(shared, name, source, options).finish()
 }
 
 #[cfg(test)]

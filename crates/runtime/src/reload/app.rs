@@ -303,12 +303,7 @@ pub(crate) fn reload_module_scope(
             return result;
         }
     };
-    let mut step = module::plan(shared, name, source, options.force);
-    module::commit(shared, &mut step);
-    module::migrate(shared, &mut step, options.force, options.atomic);
-    let undo = (options.atomic && step.failed()).then(|| format!("{name} failed"));
-    module::settle(shared, &mut step, undo.as_deref());
-    module::purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
+    let step = module::run(shared, name, source, options);
     let applied = !step.failed();
     let mut result = step.finish();
     result.metadata.compile = compile_report;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::migrate::{self, Held};
-use super::{Failure, Kind, Reason, ReloadResult, Skip, Swap};
+use super::{Failure, Kind, Reason, ReloadOptions, ReloadResult, Skip, Swap};
 use crate::node::Shared;
 use crate::registry::Slot;
 use crate::version::Version;
@@ -182,6 +182,18 @@ pub(crate) fn settle(shared: &Arc<Shared>, step: &mut ModuleStep, undo: Option<&
         step.result.metadata.swaps.clear();
         step.result.errors.push(Failure::new(&name, Reason::RolledBack, message));
     }
+}
+
+/// One module reloaded on its own, every step in order: plan, commit, migrate,
+/// settle (with `atomic`, a failed migration undoes the swap), purge.
+pub(crate) fn run(shared: &Arc<Shared>, name: &str, source: Option<&Path>, options: &ReloadOptions) -> ModuleStep {
+    let mut step = plan(shared, name, source, options.force);
+    commit(shared, &mut step);
+    migrate(shared, &mut step, options.force, options.atomic);
+    let undo = (options.atomic && step.failed()).then(|| format!("{name} failed"));
+    settle(shared, &mut step, undo.as_deref());
+    purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
+    step
 }
 
 /// Waits (until `deadline`) for the old versions of a committed step to drain;

@@ -337,6 +337,12 @@ fn explicit_code_change_targets_run_on_the_suspended_process_and_report_bad_targ
     assert_eq!(result.results[3].errors[0].reason, Reason::InvalidCodeChangeTarget);
     assert_eq!(result.metadata.counts.unwrap().code_change, 4);
     assert_eq!(send(&fx.node, "c", r#""get""#), 500);
+
+    assert!(fx.node.stop_process("c"));
+    assert!(!fx.node.stop_process("c"), "stopped once");
+    let gone = fx.node.call_process("c", r#""get""#).unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+    assert!(fx.node.status().processes.is_empty());
 }
 
 #[test]
