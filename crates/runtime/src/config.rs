@@ -40,6 +40,9 @@ pub struct Limits {
     pub build_timeout: Duration,
     /// `limits.drain_timeout_ms`: how long a reload waits for calls on an old version.
     pub drain_timeout: Duration,
+    /// `limits.instances`: how many instances may exist at once per compiler
+    /// (processes, pooled call instances and those in a migration).
+    pub instances: u32,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             memory_mb: 256,
             build_timeout: Duration::from_millis(600_000),
             drain_timeout: Duration::from_millis(5000),
+            instances: 20_000,
         }
     }
 }

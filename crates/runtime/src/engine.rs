@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::{Config, InstancePre, Linker, Module, OptLevel, Strategy};
+use wasmtime::{Config, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel, PoolingAllocationConfig, Strategy};
 
 use crate::cache::CompileCache;
 use crate::config::{Compiler, NodeConfig};
@@ -105,6 +105,15 @@ fn code_size(module: &Module) -> usize {
     range.end as usize - range.start as usize
 }
 
+/// How much of a freed instance's linear memory is zeroed in place rather than
+/// handed back to the kernel, so the next instance in that slot takes no page
+/// faults there. Measured best among 0, 8, 16 and 64 KiB for small processes.
+const KEEP_RESIDENT: usize = 16 << 10;
+
+/// Freed slots whose pages go back to the kernel are batched into one `madvise`
+/// round this many at a time.
+const DECOMMIT_BATCH: usize = 64;
+
 struct Backend {
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
@@ -191,6 +200,24 @@ impl Backend {
     fn new(config: &NodeConfig, compiler: Compiler) -> Result<Backend, NodeError> {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
+        // Instances come from a pool of pre-reserved slots: a process migration
+        // or a new pooled instance then maps and unmaps nothing, and a freed slot
+        // is zeroed in place for the next instance (docs/benchmarks.md, "Process
+        // migration"). Data segments are copied in rather than mapped
+        // copy-on-write, which costs a page fault per touched page.
+        let memory_bytes = config.limits.memory_bytes();
+        let slots = config.limits.instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .max_memory_size(memory_bytes)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .decommit_batch_size(DECOMMIT_BATCH)
+            .max_unused_warm_slots(0);
+        wasm_config.memory_reservation(memory_bytes as u64);
+        wasm_config.memory_init_cow(false);
+        wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match compiler {
             Compiler::Winch => {
                 wasm_config.strategy(Strategy::Winch);
