@@ -161,10 +161,17 @@ impl Version {
             });
         };
         let state = HostState::new(Arc::from(module.as_str()), &shared, Arc::clone(&self.life));
-        Instance::new(&self.pre, state, self.exports.functions.len()).map_err(|err| CallError::Engine {
-            module: module.clone(),
-            function: function.to_string(),
-            message: format!("cannot instantiate: {err:#}"),
+        Instance::new(&self.pre, state, self.exports.functions.len()).map_err(|err| {
+            let hint = if err.is::<wasmtime::PoolConcurrencyLimitError>() {
+                format!(" (limits.instances is {}; raise it to run more at once)", shared.config.limits.instances)
+            } else {
+                String::new()
+            };
+            CallError::Engine {
+                module: module.clone(),
+                function: function.to_string(),
+                message: format!("cannot instantiate: {err:#}{hint}"),
+            }
         })
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::{CodeChangeTarget, Failure, Kind, Reason, ReloadResult};
 use crate::abi::check_name;
 use crate::node::Shared;
-use crate::process::{Body, Suspended};
+use crate::process::{Body, Process, Suspended};
 use crate::version::Version;
 
 /// A migrated process kept suspended until the request settles.
@@ -36,9 +36,14 @@ impl Held {
     }
 }
 
-/// Migrates every process of `target`'s module that does not run on `target`.
-/// Failures go into `result`, naming `process:NAME`; with `force`, a process
-/// that cannot migrate restarts on `target` with its init args.
+/// Below this many processes, migrations run on the reloading thread alone.
+const PARALLEL_FROM: usize = 64;
+
+/// Migrates every process of `target`'s module that does not run on `target`,
+/// spread over the machine's cores when there are many (each process is
+/// independent: its own suspension, instances and state). Failures go into
+/// `result`, naming `process:NAME`, in process-name order; with `force`, a
+/// process that cannot migrate restarts on `target` with its init args.
 pub(crate) fn processes(
     shared: &Arc<Shared>,
     target: &Arc<Version>,
@@ -46,11 +51,39 @@ pub(crate) fn processes(
     hold: bool,
     result: &mut ReloadResult,
 ) -> Vec<Held> {
+    let processes: Vec<Arc<Process>> =
+        shared.processes.of_module(&target.info.module).into_iter().filter(|p| !p.runs_on(target)).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if processes.len() < PARALLEL_FROM || threads < 2 {
+        let (held, failures) = migrate_all(&processes, target, force, hold);
+        result.errors.extend(failures);
+        return held;
+    }
+    let chunk = processes.len().div_ceil(threads);
+    let outcomes: Vec<(Vec<Held>, Vec<Failure>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = processes
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || migrate_all(part, target, force, hold)))
+            .collect();
+        workers.into_iter().map(|worker| worker.join().expect("a migration worker panicked")).collect()
+    });
     let mut held = Vec::new();
-    for process in shared.processes.of_module(&target.info.module) {
-        if process.runs_on(target) {
-            continue;
-        }
+    for (part_held, failures) in outcomes {
+        held.extend(part_held);
+        result.errors.extend(failures);
+    }
+    held
+}
+
+fn migrate_all(
+    processes: &[Arc<Process>],
+    target: &Arc<Version>,
+    force: bool,
+    hold: bool,
+) -> (Vec<Held>, Vec<Failure>) {
+    let mut held = Vec::new();
+    let mut failures = Vec::new();
+    for process in processes {
         let mut suspended = process.suspend();
         let outcome = match suspended.migrate(target, None, &serde_json::Value::Null) {
             Ok(body) => Ok(body),
@@ -68,11 +101,11 @@ pub(crate) fn processes(
                 tracing::warn!(process = %process.name, reason = %failure.reason, message = %failure.message,
                     "migration failed; the process stays on its old version");
                 suspended.resume_on(None);
-                result.errors.push(failure);
+                failures.push(failure);
             }
         }
     }
-    held
+    (held, failures)
 }
 
 /// One explicit `code_change` target: `zest_code_change` of the module's current

@@ -368,3 +368,47 @@ fn the_demo_app_loads_and_its_counter_keeps_its_count_across_an_app_reload() {
     assert_eq!(process_vsn(&fx.node, "counter").as_deref(), Some("2"));
     assert_eq!(send(&fx.node, "counter", r#""get""#), 5);
 }
+
+#[test]
+fn running_out_of_instance_slots_is_a_clear_error_and_a_freed_slot_is_reused() {
+    let limits = zest_runtime::Limits { instances: 4, ..zest_runtime::Limits::default() };
+    let fx = Fixture::with_limits(limits);
+    fx.load("counter", &counter('1'));
+    // The version keeps one instance for calls; three processes take the rest.
+    for name in ["a", "b", "c"] {
+        fx.node.start_process(name, "counter", r#"{"start":1}"#).unwrap();
+    }
+    let err = fx.node.start_process("d", "counter", r#"{"start":1}"#).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("limits.instances is 4"), "{message}");
+    assert!(fx.node.stop_process("a"));
+    fx.node.start_process("d", "counter", r#"{"start":7}"#).unwrap();
+    assert_eq!(count(&fx.node.call_process("d", r#""get""#).unwrap()), 7);
+}
+
+#[test]
+fn many_processes_migrate_in_parallel_each_keeping_its_own_state() {
+    let fx = Arc::new(Fixture::new());
+    fx.load("counter", &counter('1'));
+    let names: Vec<String> = (0..200).map(|i| format!("p{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        fx.node.start_process(name, "counter", &format!(r#"{{"start":{}}}"#, i * 10)).unwrap();
+    }
+    // A caller keeps adding to every process while the migration runs.
+    let adder = {
+        let (fx, names) = (Arc::clone(&fx), names.clone());
+        thread::spawn(move || {
+            for name in &names {
+                send(&fx.node, name, r#"{"add":1}"#);
+            }
+        })
+    };
+    fx.write("counter.wat", counter('2'));
+    let result = fx.node.reload_module("counter", &ReloadOptions::default());
+    assert_eq!(result.status(), Status::Ok, "{result:#?}");
+    adder.join().unwrap();
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(process_vsn(&fx.node, name).as_deref(), Some("2"), "{name}");
+        assert_eq!(send(&fx.node, name, r#""get""#), i as i64 * 10 + 1, "{name} kept its state and the add");
+    }
+}
