@@ -4,18 +4,21 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::extension::ExtensionsConfig;
 use crate::process::RestartPolicy;
 
 /// Everything a [`crate::Node`] needs to start; every field has a default.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Where the compile cache (and, later, extension records) live. `None` keeps
+    /// Where the compile cache, extension records and `.rs` builds live. `None` keeps
     /// nothing on disk: every build is compiled.
     pub data_dir: Option<PathBuf>,
     pub limits: Limits,
     pub compiler: Compiler,
     /// When crashed processes restart, and when they are given up on.
     pub restart: RestartPolicy,
+    /// Where extensions may live, and which `rustc` builds `.rs` ones.
+    pub extensions: ExtensionsConfig,
 }
 
 impl Default for NodeConfig {
@@ -25,6 +28,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             compiler: Compiler::Auto,
             restart: RestartPolicy::default(),
+            extensions: ExtensionsConfig::default(),
         }
     }
 }

@@ -82,4 +82,6 @@ pub enum NodeError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
+    #[error("cannot create a temporary directory for Rust builds: {0}")]
+    TempDir(std::io::Error),
 }

@@ -13,6 +13,7 @@
 //! - `engine`: wasmtime engines, the epoch ticker and the compile cache;
 //! - [`app`]: app manifests (`zest.toml`);
 //! - [`compile`]: running an app's build (`compile: true`);
+//! - [`extension`]: extension path checks, builds and durable records;
 //! - [`process`]: stateful processes, their mailboxes and migrations;
 //! - [`lock`]: the reload lock;
 //! - [`telemetry`]: reload events, their subscribers and metrics;
@@ -28,6 +29,7 @@ pub mod compile;
 pub mod config;
 mod engine;
 pub mod error;
+pub mod extension;
 mod host;
 mod instance;
 pub mod lock;
@@ -43,8 +45,9 @@ pub use app::{AppManifest, ManifestError};
 pub use compile::CompileReport;
 pub use config::{Compiler, Limits, NodeConfig};
 pub use error::{CallError, NodeError, ProcessError};
+pub use extension::{ExtensionRecord, ExtensionsConfig, Format};
 pub use lock::{LocalLock, LockError, LockGuard, ReloadLock};
-pub use node::{AppStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
+pub use node::{AppStatus, ExtensionStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
 pub use process::{ProcessState, ProcessStatus, RestartPolicy};
 pub use reload::{
     AllScope, CodeChangeTarget, Counts, Failure, Kind, Metadata, Reason, ReloadError, ReloadOptions, ReloadRequest,

@@ -11,11 +11,12 @@ use crate::app::AppManifest;
 use crate::config::NodeConfig;
 use crate::engine::Engines;
 use crate::error::{CallError, NodeError, ProcessError};
+use crate::extension::{ExtensionRecord, Extensions, RustBuilds};
 use crate::instance::CallCtx;
 use crate::lock::{LocalLock, ReloadLock};
 use crate::process::{Process, ProcessStatus, ProcessTable};
 use crate::registry::Registry;
-use crate::reload::{self, Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, Scope};
+use crate::reload::{self, Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult};
 use crate::telemetry::Telemetry;
 
 pub use crate::version::VersionInfo;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) telemetry: Telemetry,
     pub(crate) processes: ProcessTable,
+    pub(crate) extensions: Extensions,
+    pub(crate) rust: RustBuilds,
     lock: Box<dyn ReloadLock>,
     /// Loaded apps by name, with the manifest as last applied.
     apps: Mutex<BTreeMap<String, AppManifest>>,
@@ -79,7 +82,16 @@ impl Shared {
 pub struct NodeStatus {
     pub apps: Vec<AppStatus>,
     pub modules: Vec<ModuleStatus>,
+    pub extensions: Vec<ExtensionStatus>,
     pub processes: Vec<ProcessStatus>,
+}
+
+/// One recorded extension in [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionStatus {
+    pub record: ExtensionRecord,
+    /// False when it is recorded but failed to load (at start, say).
+    pub loaded: bool,
 }
 
 /// One app in [`NodeStatus`].
@@ -115,7 +127,11 @@ impl Node {
     /// A node whose reloads take `lock` (a cluster-wide lock, say).
     pub fn with_lock(config: NodeConfig, lock: Box<dyn ReloadLock>) -> Result<Node, NodeError> {
         let engines = Engines::new(&config)?;
+        let rust = RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref())
+            .map_err(NodeError::TempDir)?;
         let shared = Shared {
+            extensions: Extensions::new(config.data_dir.as_deref()),
+            rust,
             config,
             engines,
             registry: Registry::default(),
@@ -138,10 +154,8 @@ impl Node {
     }
 
     /// Runs one `system.reload` request. Errors only when it cannot run at all:
-    /// the lock is held past `lock_timeout` (`CONFLICT`), or it asks for what this
-    /// node cannot do yet.
+    /// the lock is held past `lock_timeout` (`CONFLICT`).
     pub fn reload(&self, request: &ReloadRequest) -> Result<ReloadResult, ReloadError> {
-        unsupported(&request.scope)?;
         let _guard = self.shared.lock.acquire(request.options.lock_timeout)?;
         let request_id = self.request_id(request.request_id.as_deref());
         Ok(reload::run(&self.shared, request, &request_id))
@@ -161,6 +175,25 @@ impl Node {
     /// reloads it from `path` (which becomes its source). Waits for the reload lock.
     pub fn load_module(&self, name: &str, path: impl AsRef<Path>, options: &ReloadOptions) -> ReloadResult {
         self.loose_module(name, Some(path.as_ref()), options)
+    }
+
+    /// Loads (or reloads) the extension at `path` (scope `extension`). Waits
+    /// for the reload lock.
+    pub fn load_extension(&self, path: impl AsRef<Path>, options: &ReloadOptions) -> ReloadResult {
+        let path = path.as_ref();
+        self.with_lock_waited(Kind::Extension, &path.display().to_string(), |_| {
+            reload::reload_extension(&self.shared, path, options)
+        })
+    }
+
+    /// Loads again the extensions recorded in the data directory, as at start:
+    /// one child result per extension. A record that cannot be read, or an
+    /// extension that no longer loads, is an error in the result, never a reason
+    /// not to go on. Load the node's apps first, so name clashes are seen.
+    pub fn restore_extensions(&self) -> ReloadResult {
+        self.with_lock_waited(Kind::System, "system", |request_id| {
+            reload::restore_extensions(&self.shared, request_id)
+        })
     }
 
     /// Reloads module `name` from the file it was loaded from. Waits for the
@@ -242,8 +275,15 @@ impl Node {
                 }
             })
             .collect();
+        let extensions = self
+            .shared
+            .extensions
+            .all()
+            .into_iter()
+            .map(|record| ExtensionStatus { loaded: self.shared.registry.slot(&record.name).is_some(), record })
+            .collect();
         let processes = self.shared.processes.all().iter().map(|process| process.status()).collect();
-        NodeStatus { apps, modules, processes }
+        NodeStatus { apps, modules, extensions, processes }
     }
 
     /// Starts process `name` on module `module`'s current version, passing `init`
@@ -299,18 +339,4 @@ pub(crate) fn start_process(shared: &Arc<Shared>, name: &str, module: &str, init
     let process = Process::start(name, &slot.current(), init, shared.config.restart.clone())?;
     shared.processes.insert(process)?;
     Ok(())
-}
-
-/// Refuses the parts of a request whose machinery arrives with later work:
-/// extensions.
-fn unsupported(scope: &Scope) -> Result<(), ReloadError> {
-    let what = match scope {
-        Scope::Extension(_) => Some("scope `extension`"),
-        Scope::All(all) if !all.extensions.is_empty() => Some("`extensions` in scope `all`"),
-        _ => None,
-    };
-    match what {
-        Some(what) => Err(ReloadError::Unsupported(format!("{what} is not supported by this node yet"))),
-        None => Ok(()),
-    }
 }

@@ -16,6 +16,7 @@
 //! *Architecture invariant*: only this module changes the registry.
 
 mod app;
+mod extension;
 mod migrate;
 mod module;
 
@@ -196,6 +197,9 @@ pub struct Metadata {
     pub compile: Option<CompileReport>,
     /// Scope `all`: how its children fared.
     pub counts: Option<Counts>,
+    /// Scope `extension` (and the extension children of `all`): the modules it
+    /// loaded.
+    pub compiled_modules: Vec<String>,
 }
 
 /// The one result shape of every reload (CONTRACT.md §5).
@@ -301,9 +305,6 @@ pub enum ReloadError {
     /// The reload lock is held (`CONFLICT`), or could not be reached.
     #[error(transparent)]
     Lock(#[from] LockError),
-    /// A part of the request whose machinery this node does not have yet.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// How the children of a `system` reload fared (`metadata.counts`).
@@ -348,6 +349,16 @@ impl ReloadResult {
         self.metadata.swaps.extend(child.metadata.swaps.iter().cloned());
         self.results.push(child);
     }
+
+    /// Takes over a child's outcomes without listing it as a child (an
+    /// extension's module step).
+    pub(crate) fn merge(&mut self, child: ReloadResult) {
+        self.reloaded.extend(child.reloaded);
+        self.skipped.extend(child.skipped);
+        self.errors.extend(child.errors);
+        self.metadata.unchanged.extend(child.metadata.unchanged);
+        self.metadata.swaps.extend(child.metadata.swaps);
+    }
 }
 
 /// Runs a request whose lock is held, as one telemetry operation.
@@ -363,7 +374,7 @@ pub(crate) fn run(shared: &Arc<Shared>, request: &ReloadRequest, request_id: &st
         Scope::Module(name) => app::reload_module_scope(shared, name, options, request_id),
         Scope::App(name) => app::reload_app(shared, app::AppSource::Name(name), options, request_id),
         Scope::All(all) => app::reload_system(shared, all, options, request_id),
-        Scope::Extension(_) => unreachable!("refused by Node::reload before the lock"),
+            Scope::Extension(path) => reload_extension(shared, path, options),
     })
 }
 
@@ -376,6 +387,41 @@ pub(crate) fn reload_loose_module(
     options: &ReloadOptions,
 ) -> ReloadResult {
     module::run(shared, name, source, options).finish()
+}
+
+/// Scope `extension`: the file at `path`, checked, built and loaded.
+pub(crate) fn reload_extension(shared: &Arc<Shared>, path: &Path, options: &ReloadOptions) -> ReloadResult {
+    app::run_plan(shared, extension::plan_extension(shared, path, options), options)
+}
+
+/// Loads the recorded extensions again (a node starting): one child per record.
+/// Records stay recorded whether or not they load, so fixing a source and
+/// reloading it (or restarting) brings it back.
+pub(crate) fn restore_extensions(shared: &Arc<Shared>, request_id: &str) -> ReloadResult {
+    let started = std::time::Instant::now();
+    let mut result = ReloadResult::new(Kind::System, "system");
+    let recovered = shared.extensions.recover();
+    for problem in recovered.problems {
+        tracing::error!(%problem, "an extension record cannot be read");
+        result.errors.push(Failure::new("extensions.json", Reason::InvalidModule, problem));
+    }
+    for record in &recovered.records {
+        shared.extensions.remember(record.clone());
+    }
+    for record in recovered.records {
+        let target = record.path.display().to_string();
+        let child = shared.telemetry.step(Kind::Extension, &target, request_id, || {
+            reload_extension(shared, &record.path, &ReloadOptions::default())
+        });
+        for failure in &child.errors {
+            tracing::error!(extension = %target, reason = %failure.reason, message = %failure.message,
+                "a recorded extension did not load");
+        }
+        result.absorb(child);
+    }
+    result.metadata.counts = Some(Counts::of(&result.results));
+    result.duration = started.elapsed();
+    result
 }
 
 #[cfg(test)]

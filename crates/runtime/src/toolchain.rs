@@ -84,37 +84,52 @@ impl Rustc {
         &self.version
     }
 
-    /// Compiles `source` (one `.rs` file that may `use zest_guest`) into the wasm
-    /// module `out`. `work_dir` keeps the SDK build between calls.
-    pub fn compile_module(
-        &self,
-        source: &Path,
-        out: &Path,
-        work_dir: &Path,
-        timeout: Duration,
-    ) -> Result<(), ToolchainError> {
-        let sdk = self.guest_sdk(work_dir, timeout)?;
-        let crate_name = crate_name(source);
-        let mut command = self.command();
-        command
-            .args(["--crate-type", "cdylib", "--crate-name", &crate_name])
-            .arg("--extern")
-            .arg(format!("zest_guest={}", sdk.display()))
-            .arg("-o")
-            .arg(out)
-            .arg(source);
-        run(command, timeout)
-    }
-
-    /// Builds the guest SDK for this compiler once; returns the rlib.
-    pub fn guest_sdk(&self, work_dir: &Path, timeout: Duration) -> Result<PathBuf, ToolchainError> {
+    /// What a build by this compiler depends on besides its source: the
+    /// compiler's version, the guest SDK's sources and the flags.
+    pub fn build_tag(&self) -> [u8; 32] {
         let mut digest = Sha256::new();
         digest.update(self.version.as_bytes());
         for (name, text) in SDK_SOURCES {
             digest.update(name.as_bytes());
             digest.update(text.as_bytes());
         }
-        let tag = hex::encode(&digest.finalize()[..8]);
+        for arg in self.command().get_args() {
+            digest.update(arg.as_encoded_bytes());
+        }
+        digest.finalize().into()
+    }
+
+    /// Compiles `source` (one `.rs` file that may `use zest_guest`) into the wasm
+    /// module `out`. `work_dir` keeps the SDK build between calls; messages show
+    /// `source`'s directory as `shown_as`. Returns the command line it ran.
+    pub fn compile_module(
+        &self,
+        source: &Path,
+        out: &Path,
+        work_dir: &Path,
+        shown_as: &Path,
+        timeout: Duration,
+    ) -> Result<String, ToolchainError> {
+        let sdk = self.guest_sdk(work_dir, timeout)?;
+        let crate_name = crate_name(source);
+        let mut command = self.command();
+        let source_dir = source.parent().unwrap_or(Path::new("/"));
+        command
+            .args(["--crate-type", "cdylib", "--crate-name", &crate_name])
+            .arg("--extern")
+            .arg(format!("zest_guest={}", sdk.display()))
+            .arg(format!("--remap-path-prefix={}={}", source_dir.display(), shown_as.display()))
+            .arg("-o")
+            .arg(out)
+            .arg(source);
+        let line = format!("{} {}", self.path.display(), shown_as.join(source.file_name().unwrap_or_default()).display());
+        run(command, timeout)?;
+        Ok(line)
+    }
+
+    /// Builds the guest SDK for this compiler once; returns the rlib.
+    pub fn guest_sdk(&self, work_dir: &Path, timeout: Duration) -> Result<PathBuf, ToolchainError> {
+        let tag = hex::encode(&self.build_tag()[..8]);
         let rlib = work_dir.join(format!("libzest_guest-{tag}.rlib"));
         if rlib.is_file() {
             return Ok(rlib);

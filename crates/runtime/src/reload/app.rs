@@ -15,6 +15,7 @@ use super::module::{self, ModuleStep};
 use super::{AllScope, Counts, Failure, Kind, Reason, ReloadOptions, ReloadResult};
 use crate::app::AppManifest;
 use crate::compile::{self, CompileReport};
+use crate::extension::ExtensionRecord;
 use crate::node::Shared;
 use crate::telemetry::EventBody;
 
@@ -26,17 +27,28 @@ pub(crate) enum AppSource<'a> {
     Dir(&'a Path),
 }
 
-/// One app, planned: its result so far, its module steps, and the manifest to
-/// record once it is applied.
-pub(crate) struct AppPlan {
-    result: ReloadResult,
-    steps: Vec<ModuleStep>,
-    manifest: Option<AppManifest>,
-    started: Instant,
+/// One app or extension, planned: its result so far, its module steps, and what
+/// to record once it is applied.
+pub(crate) struct Plan {
+    pub(super) result: ReloadResult,
+    pub(super) steps: Vec<ModuleStep>,
+    pub(super) record: Option<Record>,
+    pub(super) started: Instant,
 }
 
-impl AppPlan {
-    fn error(mut self, failure: Failure) -> AppPlan {
+/// What an applied plan leaves behind: the app's manifest, or the extension's
+/// durable record.
+pub(crate) enum Record {
+    App(AppManifest),
+    Extension(ExtensionRecord),
+}
+
+impl Plan {
+    pub(super) fn new(kind: Kind, target: &str, started: Instant) -> Plan {
+        Plan { result: ReloadResult::new(kind, target), steps: Vec::new(), record: None, started }
+    }
+
+    pub(super) fn error(mut self, failure: Failure) -> Plan {
         self.result.errors.push(failure);
         self
     }
@@ -47,13 +59,13 @@ pub(crate) fn plan_app(
     source: AppSource<'_>,
     options: &ReloadOptions,
     request_id: &str,
-) -> AppPlan {
+) -> Plan {
     let started = Instant::now();
     let target = match source {
         AppSource::Name(name) => name.to_string(),
         AppSource::Dir(dir) => dir.display().to_string(),
     };
-    let plan = AppPlan { result: ReloadResult::new(Kind::App, &target), steps: Vec::new(), manifest: None, started };
+    let plan = Plan::new(Kind::App, &target, started);
     let dir: PathBuf = match source {
         AppSource::Name(name) => match shared.app(name) {
             Some(manifest) => manifest.dir,
@@ -86,6 +98,15 @@ pub(crate) fn plan_app(
             );
             return plan.error(Failure::new(&manifest.name, Reason::InvalidModule, message));
         }
+        if let Some(extension) = shared.extensions.get(&module.name) {
+            let message = format!(
+                "{}: module `{}` is already loaded as the extension {}; module names are unique on a node",
+                manifest.file.display(),
+                module.name,
+                extension.path.display()
+            );
+            return plan.error(Failure::new(&manifest.name, Reason::InvalidModule, message));
+        }
     }
     if options.compile {
         let report = build(shared, &manifest, request_id);
@@ -96,7 +117,7 @@ pub(crate) fn plan_app(
         }
     }
     plan.steps = manifest.modules.iter().map(|m| module::plan(shared, &m.name, Some(&m.path), options.force)).collect();
-    plan.manifest = Some(manifest);
+    plan.record = Some(Record::App(manifest));
     plan
 }
 
@@ -132,7 +153,7 @@ fn build_failure(target: &str, report: &CompileReport) -> Option<Failure> {
 
 /// Commits every staged module of the plans and migrates their processes; with
 /// `atomic`, the migrated processes stay suspended until [`settle`].
-fn apply(shared: &Arc<Shared>, plans: &mut [AppPlan], options: &ReloadOptions) {
+fn apply(shared: &Arc<Shared>, plans: &mut [Plan], options: &ReloadOptions) {
     for step in plans.iter_mut().flat_map(|plan| plan.steps.iter_mut()) {
         module::commit(shared, step);
     }
@@ -144,7 +165,7 @@ fn apply(shared: &Arc<Shared>, plans: &mut [AppPlan], options: &ReloadOptions) {
 /// Ends the request's changes: keeps them, or with `undo` (an atomic request
 /// with a failed step) puts every swap and migration back; then purges (one
 /// drain deadline for the lot).
-fn settle(shared: &Arc<Shared>, plans: &mut [AppPlan], held: Vec<Held>, undo: Option<&str>, options: &ReloadOptions) {
+fn settle(shared: &Arc<Shared>, plans: &mut [Plan], held: Vec<Held>, undo: Option<&str>, options: &ReloadOptions) {
     for step in plans.iter_mut().flat_map(|plan| plan.steps.iter_mut()) {
         module::settle(shared, step, undo);
     }
@@ -156,7 +177,7 @@ fn settle(shared: &Arc<Shared>, plans: &mut [AppPlan], held: Vec<Held>, undo: Op
     }
     if undo.is_some() {
         for plan in plans.iter_mut() {
-            plan.manifest = None;
+            plan.record = None;
         }
     }
     let deadline = Instant::now() + shared.config.limits.drain_timeout;
@@ -166,7 +187,7 @@ fn settle(shared: &Arc<Shared>, plans: &mut [AppPlan], held: Vec<Held>, undo: Op
 }
 
 /// What failed in the plans, as `a, b failed`; `None` when nothing did.
-fn culprits<'a>(plans: &[AppPlan], others: impl Iterator<Item = &'a ReloadResult>) -> Option<String> {
+fn culprits<'a>(plans: &[Plan], others: impl Iterator<Item = &'a ReloadResult>) -> Option<String> {
     let mut culprits: Vec<String> = Vec::new();
     for plan in plans {
         culprits.extend(plan.result.errors.iter().map(|f| f.target.clone()));
@@ -183,7 +204,7 @@ fn culprits<'a>(plans: &[AppPlan], others: impl Iterator<Item = &'a ReloadResult
 
 /// With `atomic`, before anything is swapped: if any plan failed to stage, drops
 /// every staged build and says why. Returns true when the plans may be applied.
-fn settle_staging(plans: &mut [AppPlan]) -> bool {
+fn settle_staging(plans: &mut [Plan]) -> bool {
     let Some(because) = culprits(plans, std::iter::empty()) else {
         return true;
     };
@@ -191,21 +212,28 @@ fn settle_staging(plans: &mut [AppPlan]) -> bool {
         for step in &mut plan.steps {
             step.roll_back(&because);
         }
-        plan.manifest = None;
+        plan.record = None;
     }
     false
 }
 
-/// The app's result: one child per module, their outcomes gathered; records the
-/// manifest when it was applied.
-fn finish_app(shared: &Arc<Shared>, plan: AppPlan) -> ReloadResult {
-    let AppPlan { mut result, steps, manifest, started } = plan;
+/// The plan's result, with what it leaves behind recorded. An app's result has
+/// one child per module; an extension's module step is its own result.
+fn finish(shared: &Arc<Shared>, plan: Plan) -> ReloadResult {
+    let Plan { mut result, steps, record, started } = plan;
     for step in steps {
-        result.absorb(step.finish());
+        match result.kind {
+            Kind::App => result.absorb(step.finish()),
+            _ => result.merge(step.finish()),
+        }
     }
-    if let Some(manifest) = manifest {
-        start_processes(shared, &manifest, &mut result);
-        shared.record_app(manifest);
+    match record {
+        Some(Record::App(manifest)) => {
+            start_processes(shared, &manifest, &mut result);
+            shared.record_app(manifest);
+        }
+        Some(Record::Extension(record)) => super::extension::record(shared, record, &mut result),
+        None => {}
     }
     result.duration = started.elapsed();
     result
@@ -234,21 +262,27 @@ fn start_processes(shared: &Arc<Shared>, manifest: &AppManifest, result: &mut Re
     }
 }
 
-/// Scope `app` (and loading an app): plan, settle, apply, finish.
+/// Scope `app` (and loading an app).
 pub(crate) fn reload_app(
     shared: &Arc<Shared>,
     source: AppSource<'_>,
     options: &ReloadOptions,
     request_id: &str,
 ) -> ReloadResult {
-    let mut plans = [plan_app(shared, source, options, request_id)];
+    run_plan(shared, plan_app(shared, source, options, request_id), options)
+}
+
+/// One planned app or extension, to the end: with `atomic`, nothing is swapped
+/// unless every module staged; then apply, settle, finish.
+pub(crate) fn run_plan(shared: &Arc<Shared>, plan: Plan, options: &ReloadOptions) -> ReloadResult {
+    let mut plans = [plan];
     if !options.atomic || settle_staging(&mut plans) {
         apply(shared, &mut plans, options);
         let undo = if options.atomic { culprits(&plans, std::iter::empty()) } else { None };
         settle(shared, &mut plans, Vec::new(), undo.as_deref(), options);
     }
     let [plan] = plans;
-    finish_app(shared, plan)
+    finish(shared, plan)
 }
 
 /// Scope `module`: the module's app manifest is read again, so a module newly
@@ -276,6 +310,15 @@ pub(crate) fn reload_module_scope(
         if let Some(decl) = manifest.modules.iter().find(|m| m.name == name).cloned() {
             found = Some((manifest, decl.path));
             break;
+        }
+    }
+    if found.is_none() {
+        if let Some(record) = shared.extensions.get(name) {
+            // An extension: loaded again from its file, by the extension rules.
+            let mut result = super::reload_extension(shared, &record.path, options);
+            result.kind = Kind::Module;
+            result.target = name.to_string();
+            return result;
         }
     }
     let mut compile_report = None;
@@ -314,11 +357,11 @@ pub(crate) fn reload_module_scope(
     result
 }
 
-/// Scope `all`: every requested app (default: every loaded app), then every
-/// explicit `code_change` target, each as a child step with its own telemetry,
-/// under the one lock the request holds. With `atomic`, every app is staged
-/// before anything is swapped, and one failed step undoes every swap and
-/// migration of the request.
+/// Scope `all`: every requested app (default: every loaded app), every listed
+/// extension, then every explicit `code_change` target, each as a child step
+/// with its own telemetry, under the one lock the request holds. With `atomic`,
+/// every app and extension is staged before anything is swapped, and one failed
+/// step undoes every swap and migration of the request.
 pub(crate) fn reload_system(
     shared: &Arc<Shared>,
     all: &AllScope,
@@ -326,15 +369,20 @@ pub(crate) fn reload_system(
     request_id: &str,
 ) -> ReloadResult {
     let started = Instant::now();
-    let names: Vec<String> = if all.apps.is_empty() { shared.app_names() } else { all.apps.clone() };
+    let apps: Vec<String> = if all.apps.is_empty() { shared.app_names() } else { all.apps.clone() };
+    let children: Vec<Child<'_>> = apps
+        .iter()
+        .map(|name| Child::App(name))
+        .chain(all.extensions.iter().map(|path| Child::Extension(path)))
+        .collect();
     let mut result = ReloadResult::new(Kind::System, "system");
     let telemetry = &shared.telemetry;
     if options.atomic {
         let start = || EventBody::Start { system_time: std::time::SystemTime::now() };
         let mut plans = Vec::new();
-        for name in &names {
-            telemetry.emit(Kind::App, name, request_id, start());
-            plans.push(plan_app(shared, AppSource::Name(name), options, request_id));
+        for child in &children {
+            telemetry.emit(child.kind(), &child.target(), request_id, start());
+            plans.push(child.plan(shared, options, request_id));
         }
         let mut changes = Vec::new();
         let mut held = Vec::new();
@@ -358,11 +406,11 @@ pub(crate) fn reload_system(
             let held = held.into_iter().map(|(_, held)| held).collect();
             settle(shared, &mut plans, held, undo.as_deref(), options);
         }
-        for (name, plan) in names.iter().zip(plans) {
-            let child = finish_app(shared, plan);
-            let body = EventBody::Stop { duration: child.duration, status: child.status() };
-            telemetry.emit(Kind::App, name, request_id, body);
-            result.absorb(child);
+        for (child, plan) in children.iter().zip(plans) {
+            let done = finish(shared, plan);
+            let body = EventBody::Stop { duration: done.duration, status: done.status() };
+            telemetry.emit(child.kind(), &child.target(), request_id, body);
+            result.absorb(done);
         }
         for child in changes {
             let body = EventBody::Stop { duration: child.duration, status: child.status() };
@@ -370,10 +418,11 @@ pub(crate) fn reload_system(
             result.absorb(child);
         }
     } else {
-        for name in &names {
-            let child = telemetry
-                .step(Kind::App, name, request_id, || reload_app(shared, AppSource::Name(name), options, request_id));
-            result.absorb(child);
+        for child in &children {
+            let done = telemetry.step(child.kind(), &child.target(), request_id, || {
+                run_plan(shared, child.plan(shared, options, request_id), options)
+            });
+            result.absorb(done);
         }
         for target in &all.code_change {
             let name = format!("{}:{}", target.server, target.module);
@@ -385,4 +434,33 @@ pub(crate) fn reload_system(
     result.metadata.counts = Some(Counts::of(&result.results));
     result.duration = started.elapsed();
     result
+}
+
+/// An app or extension child of scope `all`.
+enum Child<'a> {
+    App(&'a str),
+    Extension(&'a Path),
+}
+
+impl Child<'_> {
+    fn kind(&self) -> Kind {
+        match self {
+            Child::App(_) => Kind::App,
+            Child::Extension(_) => Kind::Extension,
+        }
+    }
+
+    fn target(&self) -> String {
+        match self {
+            Child::App(name) => name.to_string(),
+            Child::Extension(path) => path.display().to_string(),
+        }
+    }
+
+    fn plan(&self, shared: &Arc<Shared>, options: &ReloadOptions, request_id: &str) -> Plan {
+        match self {
+            Child::App(name) => plan_app(shared, AppSource::Name(name), options, request_id),
+            Child::Extension(path) => super::extension::plan_extension(shared, path, options),
+        }
+    }
 }

@@ -52,13 +52,34 @@ impl ModuleStep {
     }
 }
 
+/// A module's build, read: where it comes from (recorded as the version's
+/// source), its bytes, and whether they are wat text.
+pub(crate) struct Build {
+    pub(crate) source: PathBuf,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) is_text: bool,
+}
+
 /// Stages module `name` from `source` (or from where it was loaded from): reads
-/// the build, compares its sha256, compiles or loads it from the compile cache,
-/// validates and instantiates it. The registry is not touched.
+/// the build, then [`plan_build`].
 pub(crate) fn plan(shared: &Arc<Shared>, name: &str, source: Option<&Path>, force: bool) -> ModuleStep {
     let started = Instant::now();
+    match read_build(shared, name, source) {
+        Ok(build) => plan_build(shared, name, build, force, started),
+        Err(failure) => {
+            let mut result = ReloadResult::new(Kind::Module, name);
+            result.errors.push(failure);
+            ModuleStep::new(result, None, started)
+        }
+    }
+}
+
+/// Stages module `name` from `build`: compares its sha256 with the current
+/// version's, compiles it or loads it from the compile cache, validates and
+/// instantiates it. The registry is not touched.
+pub(crate) fn plan_build(shared: &Arc<Shared>, name: &str, build: Build, force: bool, started: Instant) -> ModuleStep {
     let mut result = ReloadResult::new(Kind::Module, name);
-    let staged = match stage(shared, name, source, force) {
+    let staged = match stage(shared, name, build, force) {
         Ok(Some(staged)) => Some(staged),
         Ok(None) => {
             result.metadata.unchanged.push(name.to_string());
@@ -69,33 +90,28 @@ pub(crate) fn plan(shared: &Arc<Shared>, name: &str, source: Option<&Path>, forc
             None
         }
     };
-    ModuleStep { result, staged, slot: None, swapped: None, held: Vec::new(), elapsed: started.elapsed() }
+    ModuleStep::new(result, staged, started)
 }
 
-fn stage(shared: &Arc<Shared>, name: &str, source: Option<&Path>, force: bool) -> Result<Option<Staged>, Failure> {
-    crate::abi::check_name(name).map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
-    let slot = shared.registry.slot(name);
-    let path: PathBuf = match (source, &slot) {
-        (Some(path), _) => path.to_path_buf(),
-        (None, Some(slot)) => slot.current().info.source.clone(),
-        (None, None) => {
-            return Err(Failure::new(name, Reason::NotFound, format!("module `{name}` is not loaded")));
-        }
-    };
-    let bytes = read_build(name, &path)?;
-    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-    if let Some(slot) = &slot {
+impl ModuleStep {
+    fn new(result: ReloadResult, staged: Option<Staged>, started: Instant) -> ModuleStep {
+        ModuleStep { result, staged, slot: None, swapped: None, held: Vec::new(), elapsed: started.elapsed() }
+    }
+}
+
+fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<Option<Staged>, Failure> {
+    let sha256: [u8; 32] = Sha256::digest(&build.bytes).into();
+    if let Some(slot) = shared.registry.slot(name) {
         let current = slot.current();
-        if !force && current.sha256 == sha256 && current.info.source == path {
+        if !force && current.sha256 == sha256 && current.info.source == build.source {
             return Ok(None);
         }
     }
-    let is_text = path.extension().is_some_and(|ext| ext == "wat");
     let loaded = shared
         .engines
-        .load(&sha256, &bytes, is_text)
+        .load(&sha256, &build.bytes, build.is_text)
         .map_err(|(reason, message)| Failure::new(name, reason, message))?;
-    let version = Version::new(shared, name, &path, sha256, loaded.module, loaded.compiler)
+    let version = Version::new(shared, name, &build.source, sha256, loaded.module, loaded.compiler)
         .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
     Ok(Some(Staged { version: Arc::new(version), compiled: loaded.compiled }))
 }
@@ -212,16 +228,27 @@ pub(crate) fn purge(step: &mut ModuleStep, deadline: Instant, hard: bool) {
     step.elapsed += started.elapsed();
 }
 
-fn read_build(name: &str, path: &Path) -> Result<Vec<u8>, Failure> {
-    match path.extension().and_then(|ext| ext.to_str()) {
-        Some("wasm" | "wat") => {}
+/// Reads module `name`'s build from `source`, or from the file its current
+/// version came from.
+fn read_build(shared: &Arc<Shared>, name: &str, source: Option<&Path>) -> Result<Build, Failure> {
+    crate::abi::check_name(name).map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    let path: PathBuf = match source {
+        Some(path) => path.to_path_buf(),
+        None => match shared.registry.slot(name) {
+            Some(slot) => slot.current().info.source.clone(),
+            None => return Err(Failure::new(name, Reason::NotFound, format!("module `{name}` is not loaded"))),
+        },
+    };
+    let is_text = match path.extension().and_then(|ext| ext.to_str()) {
+        Some("wat") => true,
+        Some("wasm") => false,
         _ => {
             let message = format!("{}: a module must be a .wasm or .wat file", path.display());
             return Err(Failure::new(name, Reason::UnsupportedExtension, message));
         }
-    }
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Build { source: path, bytes, is_text }),
         Err(err) if err.kind() == std::io::ErrorKind::IsADirectory => {
             let message = format!("{}: is a directory, not a module file", path.display());
             Err(Failure::new(name, Reason::NotAFile, message))

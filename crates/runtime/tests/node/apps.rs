@@ -334,14 +334,6 @@ fn the_lock_excludes_an_overlapping_reload_and_a_waiting_one_runs_after() {
 }
 
 #[test]
-fn parts_this_node_cannot_do_yet_are_refused_before_anything_runs() {
-    let apps = Apps::new();
-    let request = ReloadRequest::new(Scope::Extension("extensions/hello.wat".into()));
-    let err = apps.node.reload(&request).unwrap_err();
-    assert!(matches!(err, ReloadError::Unsupported(_)) && err.to_string().contains("scope `extension`"), "{err}");
-}
-
-#[test]
 fn reloads_are_counted_and_timed_in_prometheus_metrics() {
     let apps = Apps::new();
     let dir = apps.write_app("metered", None, &[("clock", &versioned(1, 0))]);

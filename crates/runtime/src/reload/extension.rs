@@ -1,0 +1,89 @@
+//! Scope `extension` (and the `extensions` of scope `all`): one source file
+//! checked (CONTRACT.md §5.4), turned into a module build, and run through the
+//! same module steps as an app's modules — so swap, drain and migration follow
+//! the same rules.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use super::app::{Plan, Record};
+use super::module::{self, Build};
+use super::{Failure, Kind, Reason, ReloadOptions, ReloadResult};
+use crate::compile::CompileReport;
+use crate::extension::{self, ExtensionRecord, Format};
+use crate::node::Shared;
+
+/// Checks and builds the extension at `given` and stages its module. Nothing is
+/// swapped yet.
+pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &ReloadOptions) -> Plan {
+    let started = Instant::now();
+    let target = given.display().to_string();
+    let plan = Plan::new(Kind::Extension, &target, started);
+    let checked = match extension::check_path(&shared.config.extensions.roots, given) {
+        Ok(checked) => checked,
+        Err(failure) => return plan.error(failure),
+    };
+    if let Some(app) = shared.app_declaring(&checked.name) {
+        let message = format!(
+            "{target}: module `{}` belongs to app `{app}`, and an extension may not replace an app's module; \
+             rename the file",
+            checked.name
+        );
+        return plan.error(Failure::new(&target, Reason::InvalidModule, message));
+    }
+    let source = match std::fs::read(&checked.file) {
+        Ok(source) => source,
+        Err(err) => return plan.error(Failure::new(&target, Reason::Enoent, format!("cannot read {target}: {err}"))),
+    };
+    let record = ExtensionRecord {
+        name: checked.name.clone(),
+        path: std::env::current_dir().map(|cwd| cwd.join(given)).unwrap_or_else(|_| given.to_path_buf()),
+        format: checked.format,
+        source_sha256: hex::encode(Sha256::digest(&source)),
+    };
+    let mut plan = plan;
+    let build = match checked.format {
+        Format::Wat => Build { source: checked.file, bytes: source, is_text: true },
+        Format::Wasm => Build { source: checked.file, bytes: source, is_text: false },
+        Format::Rs => {
+            let timeout = shared.config.limits.build_timeout;
+            match shared.rust.build(&target, &checked.file, &source, timeout) {
+                Ok(built) => {
+                    plan.result.metadata.compile = built.rustc.map(|run| CompileReport {
+                        ran: true,
+                        command: Some(run.command),
+                        duration: run.duration,
+                        exit_code: Some(0),
+                        timed_out: false,
+                        tail: Vec::new(),
+                    });
+                    Build { source: checked.file, bytes: built.wasm, is_text: false }
+                }
+                Err(failure) => return plan.error(failure),
+            }
+        }
+    };
+    plan.steps.push(module::plan_build(shared, &checked.name, build, options.force, started));
+    plan.record = Some(Record::Extension(record));
+    plan
+}
+
+/// Records an applied extension, durably; lists its module in
+/// `metadata.compiled_modules` when it was loaded.
+pub(super) fn record(shared: &Arc<Shared>, record: ExtensionRecord, result: &mut ReloadResult) {
+    if !result.errors.is_empty() {
+        return;
+    }
+    if result.reloaded.contains(&record.name) {
+        result.metadata.compiled_modules.push(record.name.clone());
+    }
+    let name = record.name.clone();
+    if let Err(message) = shared.extensions.record(record) {
+        tracing::error!(extension = %name, %message, "the extension is loaded but not recorded for restarts");
+        let message = format!("loaded, but not recorded for restarts: {message}");
+        result.errors.push(Failure::new(result.target.clone(), Reason::InternalError, message));
+    }
+}
