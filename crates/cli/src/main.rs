@@ -1,16 +1,26 @@
-//! `zest`: the node binary and its command-line client.
+//! `zest`: the node (`zest serve`) and its command-line client (`reload`,
+//! `status`, `call`, `send`), CONTRACT.md §8.
 //!
-//! Today it runs modules locally (`zest run`); `zest serve` and the client
-//! commands of CONTRACT.md §8 arrive with the control plane.
-//!
-//! Exit codes follow CONTRACT.md §8: 0 ok, 2 usage, 4 error.
+//! Exit codes: 0 ok, 1 cannot reach the node or auth refused, 2 usage, 3 partial,
+//! 4 error.
 
+mod auth;
+mod client;
+mod config;
+mod serve;
+mod server;
+mod wire;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use jsonrpsee::core::params::ObjectParams;
+use serde_json::{json, Value};
 use zest_runtime::{Node, NodeConfig, ReloadOptions, Status};
+
+use crate::client::{Paint, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "zest", version, about = "Hot code upgrade for WebAssembly modules")]
@@ -21,49 +31,273 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load every .wat and .wasm file in DIR as a module (named after its file) and
-    /// call MODULE.FUNCTION with JSON args; prints the output.
+    /// Start a node: with no flags, the bundled demo app, ./extensions and data in ./.zest.
+    Serve {
+        /// The node configuration file (CONTRACT.md §9); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:4780).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// An app directory to load (repeatable); replaces the bundled demo.
+        #[arg(long = "app")]
+        apps: Vec<PathBuf>,
+        /// The extension root.
+        #[arg(long)]
+        extensions: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// An admin token for clients (instead of the generated one).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Reload a module, an app, an extension, or all (system.reload).
+    Reload {
+        #[command(subcommand)]
+        scope: ReloadScope,
+        #[command(flatten)]
+        options: ReloadFlags,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Modules, versions, processes and extensions of the node.
+    Status {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Call MODULE.FUNCTION with JSON args (default null) and print its output.
+    Call {
+        module: String,
+        function: String,
+        args: Option<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Send a JSON message (default null) to a process and print its reply.
+    Send {
+        process: String,
+        message: Option<String>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Load every .wat and .wasm file in DIR locally (no node) and call
+    /// MODULE.FUNCTION once.
     Run {
         dir: PathBuf,
         module: String,
         function: String,
-        /// JSON arguments (default: null).
         #[arg(default_value = "null")]
         args: String,
-        /// Data directory for the compile cache.
         #[arg(long, default_value = ".zest")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReloadScope {
+    Module {
+        name: String,
+    },
+    App {
+        name: String,
+    },
+    Extension {
+        path: String,
+    },
+    All {
+        /// Apps to reload, comma-separated (default: every loaded app).
+        #[arg(long, value_delimiter = ',')]
+        apps: Vec<String>,
+        /// An extension to reload too (repeatable).
+        #[arg(long = "extension")]
+        extensions: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ReloadFlags {
+    /// Run the app's build first; its output streams while it runs.
+    #[arg(long, global = true)]
+    compile: bool,
+    /// Reload unchanged modules too, and hard-purge.
+    #[arg(long, global = true)]
+    force: bool,
+    /// All or nothing.
+    #[arg(long, global = true)]
+    atomic: bool,
+    /// Wait this long for the reload lock (default: answer at once).
+    #[arg(long, global = true)]
+    lock_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ClientFlags {
+    #[arg(long, global = true, default_value = "http://127.0.0.1:4780")]
+    url: String,
+    /// Default: ZEST_TOKEN, then ./.zest/admin.token.
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Print the raw JSON result.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// How a command failed, and so its exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// 1: the node cannot be reached, or refused the token.
+    Unreachable(String),
+    /// 2: bad usage.
+    Usage(String),
+    /// 4: the request ran and failed.
+    Failed(String),
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run { dir, module, function, args, data_dir } => {
-            match run(&dir, &module, &function, &args, data_dir) {
-                Ok(output) => {
-                    println!("{output}");
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    ExitCode::from(4)
-                }
-            }
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            let (message, code) = match err {
+                CliError::Unreachable(m) => (m, 1),
+                CliError::Usage(m) => (m, 2),
+                CliError::Failed(m) => (m, 4),
+            };
+            eprintln!("error: {message}");
+            ExitCode::from(code)
         }
     }
 }
 
-fn run(dir: &Path, module: &str, function: &str, args: &str, data_dir: PathBuf) -> anyhow::Result<String> {
-    let node = Node::new(NodeConfig { data_dir: Some(data_dir), ..NodeConfig::default() })?;
+fn run(command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Serve { config, listen, apps, extensions, data_dir, token } => {
+            let flags = config::Flags { config, listen, apps, extensions, data_dir, token };
+            let config = config::ServeConfig::load(&flags).map_err(CliError::Usage)?;
+            serve::serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { scope, options, client } => reload(scope, options, client),
+        Command::Status { client } => {
+            let status = client::request(&target(&client), "system.status", ObjectParams::new())?;
+            if client.json {
+                print_json(&status);
+            } else {
+                print!("{}", client::status_tables(&status, &Paint::stdout()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call { module, function, args, client } => {
+            let mut params = ObjectParams::new();
+            insert(&mut params, "module", json!(module));
+            insert(&mut params, "function", json!(function));
+            insert(&mut params, "args", parse_json("args", args)?);
+            print_json(&client::request(&target(&client), "module.call", params)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send { process, message, client } => {
+            let mut params = ObjectParams::new();
+            insert(&mut params, "process", json!(process));
+            insert(&mut params, "message", parse_json("message", message)?);
+            print_json(&client::request(&target(&client), "process.call", params)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { dir, module, function, args, data_dir } => {
+            println!("{}", run_local(&dir, &module, &function, &args, data_dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn target(client: &ClientFlags) -> Target {
+    Target::new(client.url.clone(), client.token.clone())
+}
+
+fn insert(params: &mut ObjectParams, key: &str, value: Value) {
+    params.insert(key, value).expect("JSON values serialise");
+}
+
+fn parse_json(what: &str, text: Option<String>) -> Result<Value, CliError> {
+    match text {
+        None => Ok(Value::Null),
+        Some(text) => serde_json::from_str(&text).map_err(|err| CliError::Usage(format!("{what} is not JSON: {err}"))),
+    }
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise"));
+}
+
+fn reload(scope: ReloadScope, options: ReloadFlags, client: ClientFlags) -> Result<ExitCode, CliError> {
+    let mut params = ObjectParams::new();
+    match scope {
+        ReloadScope::Module { name } => {
+            insert(&mut params, "scope", json!("module"));
+            insert(&mut params, "module", json!(name));
+        }
+        ReloadScope::App { name } => {
+            insert(&mut params, "scope", json!("app"));
+            insert(&mut params, "app", json!(name));
+        }
+        ReloadScope::Extension { path } => {
+            insert(&mut params, "scope", json!("extension"));
+            insert(&mut params, "path", json!(absolute(&path)));
+        }
+        ReloadScope::All { apps, extensions } => {
+            insert(&mut params, "scope", json!("all"));
+            insert(&mut params, "apps", json!(apps));
+            insert(&mut params, "extensions", json!(extensions.iter().map(|p| absolute(p)).collect::<Vec<_>>()));
+        }
+    }
+    for (key, on) in [("compile", options.compile), ("force", options.force), ("atomic", options.atomic)] {
+        insert(&mut params, key, json!(on));
+    }
+    if let Some(ms) = options.lock_timeout_ms {
+        insert(&mut params, "lock_timeout_ms", json!(ms));
+    }
+    let target = target(&client);
+    let result = if options.compile && !client.json {
+        client::reload_streaming(&target, params)?
+    } else {
+        client::request(&target, "system.reload", params)?
+    };
+    if client.json {
+        print_json(&result);
+    } else {
+        print!("{}", client::summary(&result, &Paint::stdout()));
+    }
+    Ok(match result["status"].as_str() {
+        Some("ok") => ExitCode::SUCCESS,
+        Some("partial") => ExitCode::from(3),
+        _ => ExitCode::from(4),
+    })
+}
+
+/// An extension path from the client's working directory, so the node (which
+/// may run elsewhere on the same machine) sees the same file.
+fn absolute(path: &str) -> String {
+    if path.trim().is_empty() || Path::new(path).is_absolute() {
+        return path.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(path).display().to_string(),
+        Err(_) => path.to_string(),
+    }
+}
+
+fn run_local(dir: &Path, module: &str, function: &str, args: &str, data_dir: PathBuf) -> Result<String, CliError> {
+    let failed = |message: String| CliError::Failed(message);
+    let node = Node::new(NodeConfig { data_dir: Some(data_dir), ..NodeConfig::default() })
+        .map_err(|e| failed(e.to_string()))?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the module directory {}", dir.display()))?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+        .map_err(|err| failed(format!("cannot read the module directory {}: {err}", dir.display())))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     let mut loaded = 0;
     for path in entries {
@@ -74,12 +308,12 @@ fn run(dir: &Path, module: &str, function: &str, args: &str, data_dir: PathBuf) 
         let result = node.load_module(name, &path, &ReloadOptions::default());
         if result.status() == Status::Error {
             let failure = &result.errors[0];
-            bail!("{}: {} ({})", path.display(), failure.message, failure.reason);
+            return Err(failed(format!("{}: {} ({})", path.display(), failure.message, failure.reason)));
         }
         loaded += 1;
     }
     if loaded == 0 {
-        bail!("{} holds no .wat or .wasm module", dir.display());
+        return Err(failed(format!("{} holds no .wat or .wasm module", dir.display())));
     }
-    Ok(node.call(module, function, args)?)
+    node.call(module, function, args).map_err(|err| failed(err.to_string()))
 }

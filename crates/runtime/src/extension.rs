@@ -234,10 +234,9 @@ impl Extensions {
         let Some(entries) = entries else {
             let aside = file.with_extension("json.broken");
             let kept = fs::rename(file, &aside).map(|()| format!("; kept as {}", aside.display())).unwrap_or_default();
-            recovered.problems.push(format!(
-                "{} is not a version-{RECORDS_VERSION} extension record file{kept}",
-                file.display()
-            ));
+            recovered
+                .problems
+                .push(format!("{} is not a version-{RECORDS_VERSION} extension record file{kept}", file.display()));
             return recovered;
         };
         for (index, entry) in entries.into_iter().enumerate() {

@@ -127,8 +127,8 @@ impl Node {
     /// A node whose reloads take `lock` (a cluster-wide lock, say).
     pub fn with_lock(config: NodeConfig, lock: Box<dyn ReloadLock>) -> Result<Node, NodeError> {
         let engines = Engines::new(&config)?;
-        let rust = RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref())
-            .map_err(NodeError::TempDir)?;
+        let rust =
+            RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref()).map_err(NodeError::TempDir)?;
         let shared = Shared {
             extensions: Extensions::new(config.data_dir.as_deref()),
             rust,
@@ -191,9 +191,7 @@ impl Node {
     /// extension that no longer loads, is an error in the result, never a reason
     /// not to go on. Load the node's apps first, so name clashes are seen.
     pub fn restore_extensions(&self) -> ReloadResult {
-        self.with_lock_waited(Kind::System, "system", |request_id| {
-            reload::restore_extensions(&self.shared, request_id)
-        })
+        self.with_lock_waited(Kind::System, "system", |request_id| reload::restore_extensions(&self.shared, request_id))
     }
 
     /// Reloads module `name` from the file it was loaded from. Waits for the

@@ -374,7 +374,7 @@ pub(crate) fn run(shared: &Arc<Shared>, request: &ReloadRequest, request_id: &st
         Scope::Module(name) => app::reload_module_scope(shared, name, options, request_id),
         Scope::App(name) => app::reload_app(shared, app::AppSource::Name(name), options, request_id),
         Scope::All(all) => app::reload_system(shared, all, options, request_id),
-            Scope::Extension(path) => reload_extension(shared, path, options),
+        Scope::Extension(path) => reload_extension(shared, path, options),
     })
 }
 

@@ -122,7 +122,8 @@ impl Rustc {
             .arg("-o")
             .arg(out)
             .arg(source);
-        let line = format!("{} {}", self.path.display(), shown_as.join(source.file_name().unwrap_or_default()).display());
+        let line =
+            format!("{} {}", self.path.display(), shown_as.join(source.file_name().unwrap_or_default()).display());
         run(command, timeout)?;
         Ok(line)
     }

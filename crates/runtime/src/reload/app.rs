@@ -54,12 +54,7 @@ impl Plan {
     }
 }
 
-pub(crate) fn plan_app(
-    shared: &Arc<Shared>,
-    source: AppSource<'_>,
-    options: &ReloadOptions,
-    request_id: &str,
-) -> Plan {
+pub(crate) fn plan_app(shared: &Arc<Shared>, source: AppSource<'_>, options: &ReloadOptions, request_id: &str) -> Plan {
     let started = Instant::now();
     let target = match source {
         AppSource::Name(name) => name.to_string(),

@@ -61,10 +61,8 @@ pub(crate) fn processes(
     }
     let chunk = processes.len().div_ceil(threads);
     let outcomes: Vec<(Vec<Held>, Vec<Failure>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = processes
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || migrate_all(part, target, force, hold)))
-            .collect();
+        let workers: Vec<_> =
+            processes.chunks(chunk).map(|part| scope.spawn(move || migrate_all(part, target, force, hold))).collect();
         workers.into_iter().map(|worker| worker.join().expect("a migration worker panicked")).collect()
     });
     let mut held = Vec::new();

@@ -321,7 +321,10 @@ fn scope_all_reloads_extensions_as_children_and_atomic_undoes_them_with_the_rest
 fn an_extension_reload_racing_another_reload_meets_the_lock() {
     let ext = Arc::new(Ext::new());
     ext.write("app/clock.wat", versioned(1, 0));
-    ext.write("app/zest.toml", "[app]\nname = \"slow\"\nbuild = \"sleep 0.5\"\n[[modules]]\nname = \"clock\"\npath = \"clock.wat\"\n");
+    ext.write(
+        "app/zest.toml",
+        "[app]\nname = \"slow\"\nbuild = \"sleep 0.5\"\n[[modules]]\nname = \"clock\"\npath = \"clock.wat\"\n",
+    );
     assert_eq!(ext.node.load_app(ext.path("app")).status(), Status::Ok);
     let path = ext.write("extensions/timer.wat", versioned(10, 0));
 

@@ -1,0 +1,323 @@
+//! The client commands of CONTRACT.md §8: `reload`, `status`, `call`, `send`,
+//! speaking JSON-RPC to a node. Exit codes: 0 ok, 1 cannot reach the node or
+//! auth refused, 2 usage, 3 partial, 4 error.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use jsonrpsee::core::client::{ClientT, Error as ClientError, SubscriptionClientT};
+use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::http_client::HttpClientBuilder;
+use jsonrpsee::ws_client::WsClientBuilder;
+use serde_json::Value;
+
+use crate::CliError;
+
+/// Long enough for a reload with a build (`limits.build_timeout_ms` is 10 min).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// `--token`, else `ZEST_TOKEN`, else `./.zest/admin.token`.
+    pub fn new(url: String, token: Option<String>) -> Target {
+        let token = token
+            .or_else(|| std::env::var("ZEST_TOKEN").ok().filter(|t| !t.trim().is_empty()))
+            .or_else(|| std::fs::read_to_string(Path::new(".zest/admin.token")).ok())
+            .map(|t| t.trim().to_string());
+        Target { url, token }
+    }
+
+    fn headers(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        if let Some(token) = &self.token {
+            if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
+        }
+        headers
+    }
+
+    fn ws_url(&self) -> String {
+        if let Some(rest) = self.url.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.url.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.url.clone()
+        }
+    }
+}
+
+/// Maps a client error to the message and exit code the user sees.
+fn failure(target: &Target, err: ClientError) -> CliError {
+    match err {
+        ClientError::Call(call) => {
+            let code = call.data().and_then(|d| serde_json::from_str::<Value>(d.get()).ok());
+            let code = code.as_ref().and_then(|d| d.get("code")).and_then(Value::as_str).unwrap_or("").to_string();
+            let message = format!("{} ({code})", call.message());
+            match code.as_str() {
+                "UNAUTHORIZED" | "FORBIDDEN" => CliError::Unreachable(message),
+                "INVALID_PARAMS" => CliError::Usage(message),
+                _ => CliError::Failed(message),
+            }
+        }
+        ClientError::Transport(err) => {
+            let text = err.to_string();
+            if text.contains("401") {
+                CliError::Unreachable(format!(
+                    "{} refused the token (UNAUTHORIZED); pass --token, set ZEST_TOKEN, or run where .zest/admin.token is",
+                    target.url
+                ))
+            } else {
+                CliError::Unreachable(format!("cannot reach the node at {}: {text}", target.url))
+            }
+        }
+        ClientError::RequestTimeout => CliError::Unreachable(format!("{} did not answer in time", target.url)),
+        other => CliError::Unreachable(format!("{}: {other}", target.url)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| CliError::Failed(format!("cannot start the async runtime: {err}")))
+}
+
+/// One request over HTTP.
+pub fn request(target: &Target, method: &str, params: ObjectParams) -> Result<Value, CliError> {
+    runtime()?.block_on(async {
+        let client = HttpClientBuilder::default()
+            .set_headers(target.headers())
+            .request_timeout(REQUEST_TIMEOUT)
+            .max_response_size(u32::MAX)
+            .build(&target.url)
+            .map_err(|err| CliError::Usage(format!("bad --url {}: {err}", target.url)))?;
+        client.request::<Value, _>(method, params).await.map_err(|err| failure(target, err))
+    })
+}
+
+/// `system.reload` over WebSocket, printing each line of the build's output (the
+/// `zest.build.output` events of this node) to stderr as it arrives.
+pub fn reload_streaming(target: &Target, params: ObjectParams) -> Result<Value, CliError> {
+    runtime()?.block_on(async {
+        let client = WsClientBuilder::default()
+            .set_headers(target.headers())
+            .request_timeout(REQUEST_TIMEOUT)
+            .max_response_size(u32::MAX)
+            .build(target.ws_url())
+            .await
+            .map_err(|err| failure(target, err))?;
+        let mut events = client
+            .subscribe::<Value, _>("system.subscribe_events", jsonrpsee::rpc_params![], crate::server::UNSUBSCRIBE)
+            .await
+            .map_err(|err| failure(target, err))?;
+        let printer = tokio::spawn(async move {
+            while let Some(Ok(event)) = events.next().await {
+                if event["event"] == "zest.build.output" {
+                    eprintln!("  | {}", event["metadata"]["line"].as_str().unwrap_or(""));
+                }
+            }
+        });
+        let result = client.request::<Value, _>("system.reload", params).await.map_err(|err| failure(target, err));
+        // Let the last lines arrive before the summary.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        printer.abort();
+        result
+    })
+}
+
+/// Colours for a terminal, nothing otherwise (or with `NO_COLOR`).
+pub struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    pub fn stdout() -> Paint {
+        Paint { on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+    }
+
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    pub fn status(&self, status: &str) -> String {
+        match status {
+            "ok" | "running" => self.wrap("32", status),
+            "partial" | "suspended" => self.wrap("33", status),
+            _ => self.wrap("31", status),
+        }
+    }
+
+    pub fn dim(&self, text: &str) -> String {
+        self.wrap("2", text)
+    }
+}
+
+/// The readable summary of a reload result.
+pub fn summary(result: &Value, paint: &Paint) -> String {
+    let mut out = String::new();
+    summarise(result, paint, 0, &mut out);
+    out
+}
+
+fn list(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn summarise(result: &Value, paint: &Paint, depth: usize, out: &mut String) {
+    let pad = "  ".repeat(depth);
+    let text = |key: &str| result[key].as_str().unwrap_or("").to_string();
+    out.push_str(&format!(
+        "{pad}{} {} {} {}\n",
+        paint.status(&text("status")),
+        text("kind"),
+        text("target"),
+        paint.dim(&format!("({} ms)", result["duration_ms"]))
+    ));
+    let reloaded = list(&result["reloaded"]);
+    if !reloaded.is_empty() && depth == 0 {
+        out.push_str(&format!("{pad}  reloaded: {}\n", reloaded.join(", ")));
+    }
+    let unchanged = list(&result["metadata"]["unchanged"]);
+    if !unchanged.is_empty() && depth == 0 {
+        out.push_str(&format!("{pad}  unchanged: {}\n", unchanged.join(", ")));
+    }
+    if let Some(compile) = result["metadata"].get("compile").filter(|c| c["ran"] == true) {
+        out.push_str(&format!(
+            "{pad}  build: {} (exit {}, {} ms)\n",
+            compile["command"].as_str().unwrap_or(""),
+            compile["exit_code"],
+            compile["duration_ms"]
+        ));
+    }
+    if depth == 0 {
+        for skip in result["skipped"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{pad}  skipped {}: {}\n",
+                skip["target"].as_str().unwrap_or(""),
+                skip["reason"].as_str().unwrap_or("")
+            ));
+        }
+        for error in result["errors"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{pad}  {} {}: {}\n",
+                paint.status("error"),
+                error["target"].as_str().unwrap_or(""),
+                error["reason"].as_str().unwrap_or("")
+            ));
+            for line in error["message"].as_str().unwrap_or("").lines() {
+                out.push_str(&format!("{pad}      {line}\n"));
+            }
+        }
+    }
+    for child in result["results"].as_array().into_iter().flatten() {
+        summarise(child, paint, depth + 1, out);
+    }
+}
+
+/// The status as tables.
+pub fn status_tables(status: &Value, paint: &Paint) -> String {
+    let mut out = String::new();
+    let rows = |key: &str| status[key].as_array().cloned().unwrap_or_default();
+    let modules: Vec<Vec<String>> = rows("modules")
+        .iter()
+        .map(|m| {
+            vec![
+                m["name"].as_str().unwrap_or("").into(),
+                m["current"]["vsn"].as_str().unwrap_or("").into(),
+                m["app"].as_str().unwrap_or("-").into(),
+                m["current"]["loaded_at"].as_str().unwrap_or("").into(),
+                m["old"].as_array().map_or(0, Vec::len).to_string(),
+                list(&m["pinned_by"]).join(","),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["MODULE", "VSN", "APP", "LOADED AT", "OLD", "PINNED BY"], &modules));
+    let processes: Vec<Vec<String>> = rows("processes")
+        .iter()
+        .map(|p| {
+            vec![
+                p["name"].as_str().unwrap_or("").into(),
+                p["module"].as_str().unwrap_or("").into(),
+                p["vsn"].as_str().unwrap_or("-").into(),
+                paint.status(p["state"].as_str().unwrap_or("")),
+                p["queued"].to_string(),
+                p["handled"].to_string(),
+                p["restarts"].to_string(),
+            ]
+        })
+        .collect();
+    if !processes.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["PROCESS", "MODULE", "VSN", "STATE", "QUEUED", "HANDLED", "RESTARTS"], &processes));
+    }
+    let extensions: Vec<Vec<String>> = rows("extensions")
+        .iter()
+        .map(|e| {
+            vec![
+                e["name"].as_str().unwrap_or("").into(),
+                e["format"].as_str().unwrap_or("").into(),
+                if e["loaded"] == true { "yes".into() } else { paint.status("no") },
+                e["path"].as_str().unwrap_or("").into(),
+            ]
+        })
+        .collect();
+    if !extensions.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["EXTENSION", "FORMAT", "LOADED", "PATH"], &extensions));
+    }
+    out
+}
+
+/// Left-aligned columns; widths count visible characters (colour codes excluded).
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let visible = |s: &str| {
+        let mut n = 0;
+        let mut in_escape = false;
+        for c in s.chars() {
+            match (in_escape, c) {
+                (false, '\x1b') => in_escape = true,
+                (true, 'm') => in_escape = false,
+                (false, _) => n += 1,
+                _ => {}
+            }
+        }
+        n
+    };
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(visible(cell));
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            text.push_str(cell);
+            if i + 1 < cells.len() {
+                text.push_str(&" ".repeat(widths[i] - visible(cell) + 2));
+            }
+        }
+        text.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}

@@ -1,0 +1,265 @@
+//! `zest serve`'s configuration: the file of CONTRACT.md §9, then the flags of
+//! §8 over it. Every setting has a default, so no file is needed. Relative paths
+//! in the file are taken from the file's directory; relative flags from the
+//! working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use zest_runtime::{ExtensionsConfig, Limits};
+
+use crate::auth::Scope;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tokens: Vec<TokenSource>,
+    /// App directories; empty means the bundled demo app.
+    pub apps: Vec<PathBuf>,
+    pub extensions: ExtensionsConfig,
+    pub limits: Limits,
+    pub max_request_bytes: u32,
+}
+
+/// Where a token comes from, and what it may do.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    File {
+        path: PathBuf,
+        scopes: Vec<Scope>,
+    },
+    /// `--token T`: an admin token given on the command line.
+    Inline(String),
+}
+
+/// The flags of `zest serve`.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub apps: Vec<PathBuf>,
+    pub extensions: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4780";
+const DEFAULT_MAX_REQUEST_BYTES: u32 = 4 << 20;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    node: NodeSection,
+    #[serde(default)]
+    control: ControlSection,
+    #[serde(default)]
+    apps: Vec<AppEntry>,
+    #[serde(default)]
+    extensions: ExtensionsSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    listen: Option<String>,
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+    max_request_bytes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    token_file: PathBuf,
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppEntry {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtensionsSection {
+    roots: Option<Vec<PathBuf>>,
+    rustc: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    call_timeout_ms: Option<u64>,
+    memory_mb: Option<u32>,
+    build_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+    instances: Option<u32>,
+}
+
+impl ServeConfig {
+    /// The file (when given), then the flags over it. Errors name the file and
+    /// the problem.
+    pub fn load(flags: &Flags) -> Result<ServeConfig, String> {
+        let (file, base) = match &flags.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+                let file: File = toml::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
+                (file, path.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            None => (File::default(), PathBuf::new()),
+        };
+        let origin = flags.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "flags".into());
+        let at = |key: &str, problem: String| format!("{origin}: {key}: {problem}");
+        let in_file = |path: &Path| if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+
+        let listen = match (&flags.listen, &file.control.listen) {
+            (Some(addr), _) => *addr,
+            (None, Some(text)) => text.parse().map_err(|err| at("control.listen", format!("{text:?}: {err}")))?,
+            (None, None) => DEFAULT_LISTEN.parse().expect("the default address parses"),
+        };
+        let mut tokens = Vec::new();
+        for (index, entry) in file.control.tokens.iter().enumerate() {
+            let key = format!("control.tokens[{index}].scopes");
+            if entry.scopes.is_empty() {
+                return Err(at(&key, "a token needs at least one scope (read, call, admin)".into()));
+            }
+            let scopes = entry
+                .scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s).ok_or_else(|| at(&key, format!("unknown scope {s:?}; use read, call or admin")))
+                })
+                .collect::<Result<_, _>>()?;
+            tokens.push(TokenSource::File { path: in_file(&entry.token_file), scopes });
+        }
+        if let Some(token) = &flags.token {
+            if token.trim().is_empty() {
+                return Err(at("--token", "the token is empty".into()));
+            }
+            tokens.push(TokenSource::Inline(token.trim().to_string()));
+        }
+        let apps = if flags.apps.is_empty() {
+            file.apps.iter().map(|app| in_file(&app.dir)).collect()
+        } else {
+            flags.apps.clone()
+        };
+        let defaults = ExtensionsConfig::default();
+        let roots = match (&flags.extensions, &file.extensions.roots) {
+            (Some(dir), _) => vec![dir.clone()],
+            (None, Some(roots)) => roots.iter().map(|root| in_file(root)).collect(),
+            (None, None) => defaults.roots,
+        };
+        let rustc = match file.extensions.rustc.as_deref() {
+            None | Some("auto") => None,
+            Some(path) => Some(in_file(Path::new(path))),
+        };
+        let data_dir = match (&flags.data_dir, &file.node.data_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) => in_file(dir),
+            (None, None) => PathBuf::from(".zest"),
+        };
+        let mut limits = Limits::default();
+        let l = &file.limits;
+        let positive = |key: &str, value: u64| {
+            if value == 0 {
+                Err(at(&format!("limits.{key}"), "must be greater than 0".into()))
+            } else {
+                Ok(value)
+            }
+        };
+        if let Some(ms) = l.call_timeout_ms {
+            limits.call_timeout = Duration::from_millis(positive("call_timeout_ms", ms)?);
+        }
+        if let Some(mb) = l.memory_mb {
+            limits.memory_mb = positive("memory_mb", mb.into())? as u32;
+        }
+        if let Some(ms) = l.build_timeout_ms {
+            limits.build_timeout = Duration::from_millis(positive("build_timeout_ms", ms)?);
+        }
+        if let Some(ms) = l.drain_timeout_ms {
+            limits.drain_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = l.instances {
+            limits.instances = positive("instances", n.into())? as u32;
+        }
+        let max_request_bytes = file.control.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        Ok(ServeConfig {
+            data_dir,
+            listen,
+            tokens,
+            apps,
+            extensions: ExtensionsConfig { roots, rustc },
+            limits,
+            max_request_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_is_read_relative_to_itself_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            r#"
+[node]
+data_dir = "state"
+[control]
+listen = "127.0.0.1:5000"
+[[control.tokens]]
+token_file = "secrets/ops.token"
+scopes = ["admin"]
+[[apps]]
+dir = "apps/demo"
+[extensions]
+roots = ["ext"]
+rustc = "auto"
+[limits]
+call_timeout_ms = 100
+memory_mb = 64
+"#,
+        )
+        .unwrap();
+        let flags = Flags { config: Some(file.clone()), ..Flags::default() };
+        let config = ServeConfig::load(&flags).unwrap();
+        assert_eq!(config.data_dir, dir.path().join("state"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(config.apps, [dir.path().join("apps/demo")]);
+        assert_eq!(config.extensions.roots, [dir.path().join("ext")]);
+        assert_eq!((config.limits.call_timeout.as_millis(), config.limits.memory_mb), (100, 64));
+        assert!(matches!(&config.tokens[0], TokenSource::File { scopes, .. } if scopes == &[Scope::Admin]));
+
+        let flags = Flags { config: Some(file), listen: Some("127.0.0.1:6000".parse().unwrap()), ..Flags::default() };
+        assert_eq!(ServeConfig::load(&flags).unwrap().listen.to_string(), "127.0.0.1:6000");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "[limits]\nmemory_mb = 64\nbanana = 1\n").unwrap();
+        let err = ServeConfig::load(&Flags { config: Some(file.clone()), ..Flags::default() }).unwrap_err();
+        assert!(err.contains("node.toml") && err.contains("banana"), "{err}");
+        std::fs::write(&file, "[[control.tokens]]\ntoken_file = \"t\"\nscopes = [\"root\"]\n").unwrap();
+        let err = ServeConfig::load(&Flags { config: Some(file), ..Flags::default() }).unwrap_err();
+        assert!(err.contains("control.tokens[0].scopes") && err.contains("\"root\""), "{err}");
+    }
+}

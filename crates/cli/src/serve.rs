@@ -1,0 +1,147 @@
+//! `zest serve`: a node with its apps and extensions, behind the control plane,
+//! until SIGTERM or SIGINT (SIGHUP reloads everything).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+use zest_runtime::{AllScope, Node, NodeConfig, ReloadOptions, ReloadRequest, ReloadResult, Scope, Status};
+
+use crate::auth::Tokens;
+use crate::config::ServeConfig;
+use crate::{server, CliError};
+
+/// The bundled demo app, written to `<data_dir>/demo` on first start.
+const DEMO: [(&str, &str); 4] = [
+    ("zest.toml", include_str!("../../../examples/demo/zest.toml")),
+    ("clock.wat", include_str!("../../../examples/demo/clock.wat")),
+    ("front.wat", include_str!("../../../examples/demo/front.wat")),
+    ("counter.wat", include_str!("../../../examples/demo/counter.wat")),
+];
+
+pub fn serve(config: ServeConfig) -> Result<(), CliError> {
+    if !config.listen.ip().is_loopback() && config.tokens.is_empty() {
+        return Err(CliError::Usage(format!(
+            "refusing to listen on {} without a configured token: add [[control.tokens]] to the config or pass --token",
+            config.listen
+        )));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|err| {
+        CliError::Failed(format!("cannot create the data directory {}: {err}", config.data_dir.display()))
+    })?;
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            tracing::warn!(%err, "metrics are not recorded");
+            None
+        }
+    };
+    let (tokens, created) = Tokens::load(&config.tokens, &config.data_dir).map_err(CliError::Failed)?;
+    if let Some(path) = created {
+        eprintln!("admin token: {} (the CLI reads it from there)", path.display());
+    }
+    for root in &config.extensions.roots {
+        if let Err(err) = std::fs::create_dir_all(root) {
+            tracing::warn!(root = %root.display(), %err, "cannot create the extension root");
+        }
+    }
+    let node = Node::new(NodeConfig {
+        data_dir: Some(config.data_dir.clone()),
+        limits: config.limits.clone(),
+        extensions: config.extensions.clone(),
+        ..NodeConfig::default()
+    })
+    .map_err(|err| CliError::Failed(err.to_string()))?;
+    let node = Arc::new(node);
+    let apps = if config.apps.is_empty() { vec![bundled_demo(&config.data_dir)?] } else { config.apps.clone() };
+    for dir in &apps {
+        report_start(&format!("app {}", dir.display()), &node.load_app(dir));
+    }
+    let restored = node.restore_extensions();
+    if !restored.results.is_empty() || !restored.errors.is_empty() {
+        report_start("recorded extensions", &restored);
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("zest-control")
+        .build()
+        .map_err(|err| CliError::Failed(format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(async move {
+        // Watched before the node says it is listening, so no signal finds the
+        // default action (exit) in place.
+        let signal_err = |err: std::io::Error| CliError::Failed(format!("cannot watch signals: {err}"));
+        let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
+        let bound = server::start(
+            Arc::clone(&node),
+            SystemTime::now(),
+            config.listen,
+            Arc::new(tokens),
+            metrics,
+            config.max_request_bytes,
+        )
+        .await;
+        let (handle, addr) = bound.map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", config.listen)))?;
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let node = Arc::clone(&node);
+                    tokio::task::spawn_blocking(move || {
+                        let options = ReloadOptions { lock_timeout: Duration::from_secs(60), ..ReloadOptions::default() };
+                        let request = ReloadRequest { scope: Scope::All(AllScope::default()), options, request_id: None };
+                        match node.reload(&request) {
+                            Ok(result) => report_start("SIGHUP reload", &result),
+                            Err(err) => tracing::error!(%err, "SIGHUP reload did not run"),
+                        }
+                    });
+                }
+            }
+        }
+        eprintln!("shutting down: finishing calls in flight");
+        let _ = handle.stop();
+        handle.stopped().await;
+        let node = Arc::clone(&node);
+        let _ = tokio::task::spawn_blocking(move || node.stop_all_processes()).await;
+        eprintln!("stopped");
+        Ok(())
+    })
+}
+
+/// Writes the bundled demo app into `<data_dir>/demo` unless it is there (an
+/// operator's edits survive restarts); returns its directory.
+fn bundled_demo(data_dir: &Path) -> Result<PathBuf, CliError> {
+    let dir = data_dir.join("demo");
+    let fail = |err: std::io::Error| CliError::Failed(format!("cannot write the demo app to {}: {err}", dir.display()));
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    for (file, text) in DEMO {
+        let path = dir.join(file);
+        if !path.exists() {
+            std::fs::write(&path, text).map_err(fail)?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Logs how a start-up load went; failures are reported, never fatal.
+fn report_start(what: &str, result: &ReloadResult) {
+    match result.status() {
+        Status::Ok => tracing::info!(target: "zest", "{what}: loaded {}", result.reloaded.join(", ")),
+        status => {
+            for failure in &result.errors {
+                tracing::error!(target: "zest", "{what}: {}: {} ({})", failure.target, failure.message, failure.reason);
+            }
+            for skip in &result.skipped {
+                tracing::warn!(target: "zest", "{what}: {} skipped ({})", skip.target, skip.reason);
+            }
+            tracing::warn!(target: "zest", "{what}: {}", status.as_str());
+        }
+    }
+}

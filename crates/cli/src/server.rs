@@ -1,0 +1,352 @@
+//! The control plane (CONTRACT.md §4): JSON-RPC 2.0 over HTTP `POST /` and
+//! WebSocket `/` on one address, built on jsonrpsee, which does the framing,
+//! batches, the size limit and subscriptions.
+//!
+//! In front of it sits one HTTP layer, the [`Gate`]: it answers `GET /health`
+//! (no auth) and `GET /metrics`, resolves the bearer token of every request and
+//! WebSocket handshake into a [`Caller`] the methods check, refuses a WebSocket
+//! handshake without a known token, and gives jsonrpsee's own protocol errors
+//! (parse error, invalid request, unknown method, oversized request) the
+//! `data.code` every error carries.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt;
+use jsonrpsee::core::BoxError;
+use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse, RpcModule, Server, ServerConfig, ServerHandle};
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::{Extensions, PendingSubscriptionSink};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tower::{Layer, Service};
+use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError};
+
+use crate::auth::{bearer, Caller, Scope, Tokens};
+use crate::wire::{self, NodeInfo};
+
+/// The notification method of `system.subscribe_events`, and how to unsubscribe.
+pub const EVENT_NOTIFICATION: &str = "system.event";
+pub const UNSUBSCRIBE: &str = "system.unsubscribe_events";
+
+/// A JSON-RPC error of §4, with its stable `data.code`.
+pub fn error(code: &str, message: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(numeric(code), message.into(), Some(json!({"code": code})))
+}
+
+fn numeric(code: &str) -> i32 {
+    match code {
+        "PARSE_ERROR" => -32700,
+        "INVALID_REQUEST" => -32600,
+        "METHOD_NOT_FOUND" => -32601,
+        "INVALID_PARAMS" => -32602,
+        "UNAUTHORIZED" => -32001,
+        "FORBIDDEN" => -32003,
+        "NOT_FOUND" => -32004,
+        "CONFLICT" => -32009,
+        "CALL_FAILED" => -32010,
+        "REQUEST_TOO_LARGE" => -32007,
+        _ => -32603,
+    }
+}
+
+/// The `data.code` of a numeric code jsonrpsee produced on its own.
+fn code_of(numeric: i64) -> &'static str {
+    match numeric {
+        -32700 => "PARSE_ERROR",
+        -32600 => "INVALID_REQUEST",
+        -32601 => "METHOD_NOT_FOUND",
+        -32602 => "INVALID_PARAMS",
+        -32007 => "REQUEST_TOO_LARGE",
+        _ => "INTERNAL_ERROR",
+    }
+}
+
+fn allowed(extensions: &Extensions, scope: Scope) -> Result<(), ErrorObjectOwned> {
+    let caller = extensions.get::<Caller>().cloned().unwrap_or_default();
+    caller.check(scope).map_err(|code| match code {
+        "UNAUTHORIZED" => error(code, "a valid bearer token is required (Authorization: Bearer <token>)"),
+        _ => error(code, format!("this token lacks the `{}` scope", scope.as_str())),
+    })
+}
+
+/// Params as one JSON value (absent: null).
+fn params_value(params: &Params<'_>) -> Result<Value, ErrorObjectOwned> {
+    match params.as_str() {
+        None => Ok(Value::Null),
+        Some(text) => serde_json::from_str(text).map_err(|err| error("INVALID_PARAMS", err.to_string())),
+    }
+}
+
+fn object_field<'a>(params: &'a Value, key: &str) -> Result<&'a str, ErrorObjectOwned> {
+    params
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| error("INVALID_PARAMS", format!("{key} is required (a string)")))
+}
+
+struct Ctx {
+    node: Arc<Node>,
+    info: NodeInfo,
+}
+
+fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
+    let mut module = RpcModule::new(Ctx { node, info });
+    module
+        .register_blocking_method("system.reload", |params, ctx, extensions| {
+            allowed(&extensions, Scope::Admin)?;
+            let request = wire::reload_request(&params_value(&params)?).map_err(|m| error("INVALID_PARAMS", m))?;
+            match ctx.node.reload(&request) {
+                Ok(result) => Ok(wire::result(&result)),
+                Err(ReloadError::Lock(LockError::Conflict)) => {
+                    Err(error("CONFLICT", "A reload is already in progress"))
+                }
+                Err(ReloadError::Lock(err)) => Err(error("CONFLICT", err.to_string())),
+            }
+        })
+        .expect("method names are unique");
+    module
+        .register_method("system.status", |_params, ctx, extensions| {
+            allowed(extensions, Scope::Read)?;
+            Ok::<_, ErrorObjectOwned>(wire::status(&ctx.node.status(), &ctx.info))
+        })
+        .expect("method names are unique");
+    module
+        .register_method("module.call", |params, ctx, extensions| {
+            // Calls are short (a deadline bounds them); run in place, telling the
+            // runtime this worker blocks so other tasks move to another one.
+            tokio::task::block_in_place(|| {
+                allowed(extensions, Scope::Call)?;
+                let params = params_value(&params)?;
+                let (module, function) = (object_field(&params, "module")?, object_field(&params, "function")?);
+                let args = params.get("args").map_or_else(|| "null".to_string(), Value::to_string);
+                match ctx.node.call(module, function, &args) {
+                    Ok(output) => Ok(RawValue::from_string(output).expect("outputs are checked JSON")),
+                    Err(err @ (CallError::ModuleNotFound { .. } | CallError::FunctionNotFound { .. })) => {
+                        Err(error("NOT_FOUND", err.to_string()))
+                    }
+                    Err(err @ CallError::InvalidArgs { .. }) => Err(error("INVALID_PARAMS", err.to_string())),
+                    Err(err) => Err(error("CALL_FAILED", err.to_string())),
+                }
+            })
+        })
+        .expect("method names are unique");
+    module
+        .register_method("process.call", |params, ctx, extensions| {
+            tokio::task::block_in_place(|| {
+                allowed(extensions, Scope::Call)?;
+                let params = params_value(&params)?;
+                let process = object_field(&params, "process")?;
+                let message = params.get("message").map_or_else(|| "null".to_string(), Value::to_string);
+                match ctx.node.call_process(process, &message) {
+                    Ok(reply) => Ok(RawValue::from_string(reply).expect("replies are checked JSON")),
+                    Err(err @ ProcessError::NotFound { .. }) => Err(error("NOT_FOUND", err.to_string())),
+                    Err(err @ ProcessError::InvalidJson { .. }) => Err(error("INVALID_PARAMS", err.to_string())),
+                    Err(err) => Err(error("CALL_FAILED", err.to_string())),
+                }
+            })
+        })
+        .expect("method names are unique");
+    module
+        .register_subscription(
+            "system.subscribe_events",
+            EVENT_NOTIFICATION,
+            UNSUBSCRIBE,
+            |_params, pending: PendingSubscriptionSink, ctx, extensions| async move {
+                if let Err(err) = allowed(&extensions, Scope::Read) {
+                    pending.reject(err).await;
+                    return Ok(());
+                }
+                let mut feed = ctx.node.telemetry().subscribe();
+                let sink = pending.accept().await?;
+                loop {
+                    let event = match feed.recv().await {
+                        Ok(event) => event,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "an event subscriber fell behind; events were dropped for it");
+                            continue;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    let message = serde_json::value::to_raw_value(&wire::event(&event))?;
+                    if sink.send(message).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            },
+        )
+        .expect("method names are unique");
+    module
+}
+
+/// Starts the server on `listen`; returns its handle and the bound address.
+pub async fn start(
+    node: Arc<Node>,
+    started_at: std::time::SystemTime,
+    listen: SocketAddr,
+    tokens: Arc<Tokens>,
+    metrics: Option<PrometheusHandle>,
+    max_request_bytes: u32,
+) -> std::io::Result<(ServerHandle, SocketAddr)> {
+    let config =
+        ServerConfig::builder().max_request_body_size(max_request_bytes).max_response_body_size(u32::MAX).build();
+    let gate = tower::ServiceBuilder::new().layer(GateLayer { tokens, metrics });
+    let server = Server::builder().set_config(config).set_http_middleware(gate).build(listen).await?;
+    let addr = server.local_addr()?;
+    let info = NodeInfo { listen: addr.to_string(), started_at };
+    let handle = server.start(methods(node, info));
+    Ok((handle, addr))
+}
+
+#[derive(Clone)]
+struct GateLayer {
+    tokens: Arc<Tokens>,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl<S> Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate { inner, tokens: Arc::clone(&self.tokens), metrics: self.metrics.clone() }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    tokens: Arc<Tokens>,
+    metrics: Option<PrometheusHandle>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+fn respond(status: http::StatusCode, content_type: &str, body: impl Into<HttpBody>) -> HttpResponse {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(body.into())
+        .expect("static response parts are valid")
+}
+
+impl<S> Service<HttpRequest<HttpBody>> for Gate<S>
+where
+    S: Service<HttpRequest<HttpBody>, Response = HttpResponse> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: HttpRequest<HttpBody>) -> Self::Future {
+        let get = request.method() == http::Method::GET;
+        let path = request.uri().path().to_string();
+        if get && path == "/health" {
+            return Box::pin(async { Ok(respond(http::StatusCode::OK, "application/json", r#"{"status":"ok"}"#)) });
+        }
+        let caller = self.tokens.caller(bearer(request.headers().get(http::header::AUTHORIZATION)));
+        let websocket = request
+            .headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if get && path == "/metrics" {
+            let response = match (caller.check(Scope::Read), &self.metrics) {
+                (Err(_), _) => unauthorized(),
+                (Ok(()), Some(metrics)) => respond(http::StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                (Ok(()), None) => respond(http::StatusCode::NOT_FOUND, "text/plain", "metrics are not recorded\n"),
+            };
+            return Box::pin(async move { Ok(response) });
+        }
+        if websocket && caller.0.is_none() {
+            return Box::pin(async { Ok(unauthorized()) });
+        }
+        request.extensions_mut().insert(caller);
+        if request.method() == http::Method::POST && !websocket {
+            // `curl -d` and friends send a form content type; the body is JSON
+            // whatever the header says, and jsonrpsee would refuse it.
+            let json = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if !json {
+                request
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            }
+        }
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await.map_err(Into::into)?;
+            if websocket {
+                return Ok(response);
+            }
+            with_error_codes(response).await
+        })
+    }
+}
+
+fn unauthorized() -> HttpResponse {
+    let body = json!({"jsonrpc": "2.0", "id": null,
+        "error": {"code": -32001, "message": "a valid bearer token is required (Authorization: Bearer <token>)",
+                  "data": {"code": "UNAUTHORIZED"}}});
+    let mut response = respond(http::StatusCode::UNAUTHORIZED, "application/json", body.to_string());
+    response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Adds `data.code` to every error in a JSON-RPC response that lacks one
+/// (jsonrpsee's own errors); anything else passes through untouched.
+async fn with_error_codes(response: HttpResponse) -> Result<HttpResponse, BoxError> {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    let patched = serde_json::from_slice::<Value>(&bytes).ok().and_then(|mut value| {
+        let mut changed = false;
+        match &mut value {
+            Value::Array(items) => items.iter_mut().for_each(|item| changed |= add_code(item)),
+            item => changed = add_code(item),
+        }
+        changed.then(|| value.to_string())
+    });
+    let body = match patched {
+        Some(text) => HttpBody::from(text),
+        None => HttpBody::from(bytes.to_vec()),
+    };
+    let mut response = http::Response::from_parts(parts, body);
+    response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    Ok(response)
+}
+
+fn add_code(response: &mut Value) -> bool {
+    let Some(error) = response.get_mut("error").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    if error.get("data").and_then(|d| d.get("code")).is_some() {
+        return false;
+    }
+    let code = code_of(error.get("code").and_then(Value::as_i64).unwrap_or(-32603));
+    match error.get_mut("data") {
+        Some(Value::Object(data)) => {
+            data.insert("code".into(), json!(code));
+        }
+        Some(other) => {
+            let detail = other.take();
+            error.insert("data".into(), json!({"code": code, "detail": detail}));
+        }
+        None => {
+            error.insert("data".into(), json!({"code": code}));
+        }
+    }
+    true
+}
