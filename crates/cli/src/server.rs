@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
+use jsonrpsee::core::middleware::{Batch, BatchEntry, Notification, RpcServiceBuilder, RpcServiceT};
 use jsonrpsee::core::BoxError;
 use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse, RpcModule, Server, ServerConfig, ServerHandle};
-use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::types::{ErrorObjectOwned, Params, Request};
 use jsonrpsee::{Extensions, PendingSubscriptionSink};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::value::RawValue;
@@ -28,6 +29,14 @@ use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError};
 
 use crate::auth::{bearer, Caller, Scope, Tokens};
 use crate::wire::{self, NodeInfo};
+
+/// The methods a client may call; any other name reaches [`NOT_FOUND_METHOD`].
+const METHODS: [&str; 6] =
+    ["system.reload", "system.status", "module.call", "process.call", "system.subscribe_events", UNSUBSCRIBE];
+
+/// Where [`KnownMethods`] sends calls of unknown methods, so their error carries
+/// `data.code` on every transport.
+const NOT_FOUND_METHOD: &str = "zest.method_not_found";
 
 /// The notification method of `system.subscribe_events`, and how to unsubscribe.
 pub const EVENT_NOTIFICATION: &str = "system.event";
@@ -96,6 +105,12 @@ struct Ctx {
 
 fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
     let mut module = RpcModule::new(Ctx { node, info });
+    module
+        .register_method(NOT_FOUND_METHOD, |_params, _ctx, extensions| {
+            let name = extensions.get::<UnknownMethod>().map_or(NOT_FOUND_METHOD, |unknown| unknown.0.as_str());
+            Err::<(), _>(error("METHOD_NOT_FOUND", format!("Method not found: {name}")))
+        })
+        .expect("method names are unique");
     module
         .register_blocking_method("system.reload", |params, ctx, extensions| {
             allowed(&extensions, Scope::Admin)?;
@@ -195,11 +210,59 @@ pub async fn start(
     let config =
         ServerConfig::builder().max_request_body_size(max_request_bytes).max_response_body_size(u32::MAX).build();
     let gate = tower::ServiceBuilder::new().layer(GateLayer { tokens, metrics });
-    let server = Server::builder().set_config(config).set_http_middleware(gate).build(listen).await?;
+    let rpc = RpcServiceBuilder::new().layer_fn(|inner| KnownMethods { inner });
+    let server =
+        Server::builder().set_config(config).set_http_middleware(gate).set_rpc_middleware(rpc).build(listen).await?;
     let addr = server.local_addr()?;
     let info = NodeInfo { listen: addr.to_string(), started_at };
     let handle = server.start(methods(node, info));
     Ok((handle, addr))
+}
+
+/// The name of an unknown method a request asked for.
+#[derive(Debug, Clone)]
+struct UnknownMethod(String);
+
+/// Sends calls of unknown methods to [`NOT_FOUND_METHOD`] (single calls and
+/// batch entries alike, over HTTP and WebSocket).
+#[derive(Clone)]
+struct KnownMethods<S> {
+    inner: S,
+}
+
+fn redirect_unknown(request: &mut Request<'_>) {
+    if !METHODS.contains(&request.method_name()) {
+        let name = request.method_name().to_string();
+        request.extensions.insert(UnknownMethod(name));
+        request.method = NOT_FOUND_METHOD.into();
+    }
+}
+
+impl<S> RpcServiceT for KnownMethods<S>
+where
+    S: RpcServiceT + Send + Sync + Clone + 'static,
+{
+    type MethodResponse = S::MethodResponse;
+    type NotificationResponse = S::NotificationResponse;
+    type BatchResponse = S::BatchResponse;
+
+    fn call<'a>(&self, mut request: Request<'a>) -> impl Future<Output = Self::MethodResponse> + Send + 'a {
+        redirect_unknown(&mut request);
+        self.inner.call(request)
+    }
+
+    fn batch<'a>(&self, mut batch: Batch<'a>) -> impl Future<Output = Self::BatchResponse> + Send + 'a {
+        for entry in batch.iter_mut() {
+            if let Ok(BatchEntry::Call(request)) = entry {
+                redirect_unknown(request);
+            }
+        }
+        self.inner.batch(batch)
+    }
+
+    fn notification<'a>(&self, n: Notification<'a>) -> impl Future<Output = Self::NotificationResponse> + Send + 'a {
+        self.inner.notification(n)
+    }
 }
 
 #[derive(Clone)]

@@ -357,6 +357,17 @@ fn a_websocket_client_calls_and_watches_a_reload_as_events() {
             _ => {}
         }
     }
+    // Errors over WebSocket carry their data.code too.
+    ws.send(tungstenite::Message::text(json!({"jsonrpc": "2.0", "id": 4, "method": "system.banana"}).to_string()))
+        .unwrap();
+    loop {
+        let message: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+        if message["id"] == 4 {
+            assert_eq!(code(&message), (-32601, "METHOD_NOT_FOUND"));
+            assert_eq!(message["error"]["message"], "Method not found: system.banana");
+            break;
+        }
+    }
     let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(names[..2], ["zest.reload.start", "zest.reload.stop"]);
     assert_eq!(events[1]["metadata"]["kind"], "module");
