@@ -95,8 +95,11 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
                 _ = hup.recv() => {
                     let node = Arc::clone(&node);
                     tokio::task::spawn_blocking(move || {
+                        // Every app, and every recorded extension.
+                        let extensions = node.status().extensions.into_iter().map(|e| e.record.path).collect();
+                        let all = AllScope { extensions, ..AllScope::default() };
                         let options = ReloadOptions { lock_timeout: Duration::from_secs(60), ..ReloadOptions::default() };
-                        let request = ReloadRequest { scope: Scope::All(AllScope::default()), options, request_id: None };
+                        let request = ReloadRequest { scope: Scope::All(all), options, request_id: None };
                         match node.reload(&request) {
                             Ok(result) => report_start("SIGHUP reload", &result),
                             Err(err) => tracing::error!(%err, "SIGHUP reload did not run"),

@@ -463,6 +463,11 @@ fn a_reload_left_partial_exits_3_and_compile_streams_the_build_output() {
 #[test]
 fn signals_reload_on_hup_and_stop_cleanly_on_term() {
     let node = Served::start(&[], |_| {});
+    let ticker = node.path("extensions/ticker.wat");
+    std::fs::write(&ticker, slow_module(1)).unwrap();
+    let loaded = node.rpc("system.reload", json!({"scope": "extension", "path": ticker}));
+    assert_eq!(loaded["result"]["metadata"]["compiled_modules"], json!(["ticker"]), "{loaded}");
+    std::fs::write(&ticker, slow_module(2)).unwrap();
     let clock = node.path(".zest/demo/clock.wat");
     let wat = std::fs::read_to_string(&clock).unwrap();
     std::fs::write(&clock, wat.replace(r#"(data (i32.const 512) "1.0.0")"#, r#"(data (i32.const 512) "9.9.9")"#))
@@ -471,10 +476,11 @@ fn signals_reload_on_hup_and_stop_cleanly_on_term() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = node.rpc("system.status", json!(null));
-        if status["result"]["modules"][0]["current"]["vsn"] == "9.9.9" {
+        let tick = node.rpc("module.call", json!({"module": "ticker", "function": "get"}));
+        if status["result"]["modules"][0]["current"]["vsn"] == "9.9.9" && tick["result"] == json!({"v": 2}) {
             break;
         }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload: {status}");
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the app and the extension: {status} {tick}");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(node.stop(), 0, "SIGTERM stops the node cleanly");
