@@ -116,7 +116,11 @@ pub fn reload_streaming(target: &Target, params: ObjectParams) -> Result<Value, 
             .await
             .map_err(|err| failure(target, err))?;
         let mut events = client
-            .subscribe::<Value, _>("system.subscribe_events", jsonrpsee::rpc_params![], crate::server::UNSUBSCRIBE)
+            .subscribe::<Value, _>(
+                "system.subscribe_events",
+                jsonrpsee::rpc_params![],
+                zest_control::server::UNSUBSCRIBE,
+            )
             .await
             .map_err(|err| failure(target, err))?;
         let printer = tokio::spawn(async move {

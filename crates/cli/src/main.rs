@@ -4,12 +4,8 @@
 //! Exit codes: 0 ok, 1 cannot reach the node or auth refused, 2 usage, 3 partial,
 //! 4 error.
 
-mod auth;
 mod client;
-mod config;
 mod serve;
-mod server;
-mod wire;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,8 +173,8 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Serve { config, listen, apps, extensions, data_dir, token } => {
-            let flags = config::Flags { config, listen, apps, extensions, data_dir, token };
-            let config = config::ServeConfig::load(&flags).map_err(CliError::Usage)?;
+            let flags = zest_control::config::Flags { config, listen, apps, extensions, data_dir, token };
+            let config = zest_control::config::ServeConfig::load(&flags).map_err(CliError::Usage)?;
             serve::serve(config)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use zest_runtime::{AllScope, Node, NodeConfig, ReloadOptions, ReloadRequest, ReloadResult, Scope, Status};
 
-use crate::auth::Tokens;
-use crate::config::ServeConfig;
-use crate::{server, CliError};
+use zest_control::auth::Tokens;
+use zest_control::config::ServeConfig;
+use zest_control::server;
+
+use crate::CliError;
 
 /// The bundled demo app, written to `<data_dir>/demo` on first start.
 const DEMO: [(&str, &str); 4] = [

@@ -336,12 +336,23 @@ fn a_websocket_client_calls_and_watches_a_reload_as_events() {
         tungstenite::client::IntoClientRequest::into_client_request(node.url.replace("http://", "ws://")).unwrap();
     request.headers_mut().insert("authorization", format!("Bearer {}", node.token).parse().unwrap());
     let (mut ws, _) = tungstenite::connect(request).unwrap();
-    let mut send = |value: Value| ws.send(tungstenite::Message::text(value.to_string())).unwrap();
-    send(json!({"jsonrpc": "2.0", "id": 1, "method": "system.subscribe_events"}));
+    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = ws.get_ref() {
+        // A missing answer fails the test instead of hanging it.
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let mut send = |ws: &mut tungstenite::WebSocket<_>, value: Value| {
+        ws.send(tungstenite::Message::text(value.to_string())).unwrap()
+    };
+    // The subscription is in place once it is answered; only then reload.
+    send(&mut ws, json!({"jsonrpc": "2.0", "id": 1, "method": "system.subscribe_events"}));
+    let subscribed: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert!(subscribed["result"].is_string() || subscribed["result"].is_number(), "{subscribed}");
     send(
+        &mut ws,
         json!({"jsonrpc": "2.0", "id": 2, "method": "module.call", "params": {"module": "front", "function": "time"}}),
     );
     send(
+        &mut ws,
         json!({"jsonrpc": "2.0", "id": 3, "method": "system.reload", "params": {"scope": "module", "module": "clock", "force": true}}),
     );
     let mut events = Vec::new();
@@ -358,8 +369,7 @@ fn a_websocket_client_calls_and_watches_a_reload_as_events() {
         }
     }
     // Errors over WebSocket carry their data.code too.
-    ws.send(tungstenite::Message::text(json!({"jsonrpc": "2.0", "id": 4, "method": "system.banana"}).to_string()))
-        .unwrap();
+    send(&mut ws, json!({"jsonrpc": "2.0", "id": 4, "method": "system.banana"}));
     loop {
         let message: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
         if message["id"] == 4 {

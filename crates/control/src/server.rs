@@ -281,7 +281,7 @@ impl<S> Layer<S> for GateLayer {
 
 /// See the module documentation.
 #[derive(Clone)]
-pub struct Gate<S> {
+struct Gate<S> {
     inner: S,
     tokens: Arc<Tokens>,
     metrics: Option<PrometheusHandle>,

@@ -1,4 +1,4 @@
-//! `zest serve`'s configuration: the file of CONTRACT.md §9, then the flags of
+//! A node's configuration (what `zest serve` reads): the file of CONTRACT.md §9, then the flags of
 //! §8 over it. Every setting has a default, so no file is needed. Relative paths
 //! in the file are taken from the file's directory; relative flags from the
 //! working directory.
