@@ -340,7 +340,7 @@ fn a_websocket_client_calls_and_watches_a_reload_as_events() {
         // A missing answer fails the test instead of hanging it.
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     }
-    let mut send = |ws: &mut tungstenite::WebSocket<_>, value: Value| {
+    let send = |ws: &mut tungstenite::WebSocket<_>, value: Value| {
         ws.send(tungstenite::Message::text(value.to_string())).unwrap()
     };
     // The subscription is in place once it is answered; only then reload.
