@@ -179,7 +179,12 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
                 let mut feed = ctx.node.telemetry().subscribe();
                 let sink = pending.accept().await?;
                 loop {
-                    let event = match feed.recv().await {
+                    let received = tokio::select! {
+                        received = feed.recv() => received,
+                        // Unsubscribed or disconnected: stop at once, not at the next event.
+                        () = sink.closed() => return Ok(()),
+                    };
+                    let event = match received {
                         Ok(event) => event,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                             tracing::warn!(missed, "an event subscriber fell behind; events were dropped for it");
