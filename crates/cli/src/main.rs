@@ -231,6 +231,11 @@ fn print_json(value: &Value) {
 
 fn reload(scope: ReloadScope, options: ReloadFlags, client: ClientFlags) -> Result<ExitCode, CliError> {
     let mut params = ObjectParams::new();
+    let extension_paths = match &scope {
+        ReloadScope::Extension { .. } => 1,
+        ReloadScope::All { extensions, .. } => extensions.len(),
+        _ => 0,
+    };
     match scope {
         ReloadScope::Module { name } => {
             insert(&mut params, "scope", json!("module"));
@@ -257,7 +262,9 @@ fn reload(scope: ReloadScope, options: ReloadFlags, client: ClientFlags) -> Resu
         insert(&mut params, "lock_timeout_ms", json!(ms));
     }
     let target = target(&client);
-    let result = if options.compile && !client.json {
+    // Builds (an app's, or rustc for an extension) stream their output while they run.
+    let builds = options.compile || extension_paths > 0;
+    let result = if builds && !client.json {
         client::reload_streaming(&target, params)?
     } else {
         client::request(&target, "system.reload", params)?

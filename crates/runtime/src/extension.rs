@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::reload::{Failure, Reason};
-use crate::toolchain::{Rustc, ToolchainError};
+use crate::toolchain::{OnLine, Rustc, ToolchainError};
 
 /// `[extensions]` of the node configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,7 +310,7 @@ impl RustBuilds {
 
     /// The wasm for `source` (the text of `file`): the kept artifact when there
     /// is one, else `rustc` runs in a private temporary directory, killed after
-    /// `timeout`. Errors: `compile_error` with the compiler's words (its paths
+    /// `timeout`, each line it prints going to `on_line`. Errors: `compile_error` with the compiler's words (its paths
     /// name `file`), `timeout`, or `compile_failed` when no compiler can run.
     pub(crate) fn build(
         &self,
@@ -318,6 +318,7 @@ impl RustBuilds {
         file: &Path,
         source: &[u8],
         timeout: std::time::Duration,
+        on_line: OnLine<'_>,
     ) -> Result<RustBuild, Failure> {
         let failed = |err: ToolchainError| {
             let reason = match &err {
@@ -346,7 +347,7 @@ impl RustBuilds {
         let out = private.path().join("out.wasm");
         let shown_as = file.parent().unwrap_or(Path::new("/"));
         let started = std::time::Instant::now();
-        let command = rustc.compile_module(&copy, &out, &self.dir, shown_as, timeout).map_err(failed)?;
+        let command = rustc.compile_module(&copy, &out, &self.dir, shown_as, timeout, on_line).map_err(failed)?;
         let duration = started.elapsed();
         let wasm = fs::read(&out).map_err(io)?;
         // Keep the artifact (tmp + rename, so a crash never leaves half a file).

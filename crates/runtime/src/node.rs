@@ -181,8 +181,8 @@ impl Node {
     /// for the reload lock.
     pub fn load_extension(&self, path: impl AsRef<Path>, options: &ReloadOptions) -> ReloadResult {
         let path = path.as_ref();
-        self.with_lock_waited(Kind::Extension, &path.display().to_string(), |_| {
-            reload::reload_extension(&self.shared, path, options)
+        self.with_lock_waited(Kind::Extension, &path.display().to_string(), |request_id| {
+            reload::reload_extension(&self.shared, path, options, request_id)
         })
     }
 

@@ -374,7 +374,7 @@ pub(crate) fn run(shared: &Arc<Shared>, request: &ReloadRequest, request_id: &st
         Scope::Module(name) => app::reload_module_scope(shared, name, options, request_id),
         Scope::App(name) => app::reload_app(shared, app::AppSource::Name(name), options, request_id),
         Scope::All(all) => app::reload_system(shared, all, options, request_id),
-        Scope::Extension(path) => reload_extension(shared, path, options),
+        Scope::Extension(path) => reload_extension(shared, path, options, request_id),
     })
 }
 
@@ -390,8 +390,13 @@ pub(crate) fn reload_loose_module(
 }
 
 /// Scope `extension`: the file at `path`, checked, built and loaded.
-pub(crate) fn reload_extension(shared: &Arc<Shared>, path: &Path, options: &ReloadOptions) -> ReloadResult {
-    app::run_plan(shared, extension::plan_extension(shared, path, options), options)
+pub(crate) fn reload_extension(
+    shared: &Arc<Shared>,
+    path: &Path,
+    options: &ReloadOptions,
+    request_id: &str,
+) -> ReloadResult {
+    app::run_plan(shared, extension::plan_extension(shared, path, options, request_id), options)
 }
 
 /// Loads the recorded extensions again (a node starting): one child per record.
@@ -411,7 +416,7 @@ pub(crate) fn restore_extensions(shared: &Arc<Shared>, request_id: &str) -> Relo
     for record in recovered.records {
         let target = record.path.display().to_string();
         let child = shared.telemetry.step(Kind::Extension, &target, request_id, || {
-            reload_extension(shared, &record.path, &ReloadOptions::default())
+            reload_extension(shared, &record.path, &ReloadOptions::default(), request_id)
         });
         for failure in &child.errors {
             tracing::error!(extension = %target, reason = %failure.reason, message = %failure.message,

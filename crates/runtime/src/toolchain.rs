@@ -8,6 +8,7 @@
 //! the `wasm32-unknown-unknown` target.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -101,7 +102,8 @@ impl Rustc {
 
     /// Compiles `source` (one `.rs` file that may `use zest_guest`) into the wasm
     /// module `out`. `work_dir` keeps the SDK build between calls; messages show
-    /// `source`'s directory as `shown_as`. Returns the command line it ran.
+    /// `source`'s directory as `shown_as`; each line rustc prints goes to `on_line`.
+    /// Returns the command line it ran.
     pub fn compile_module(
         &self,
         source: &Path,
@@ -109,8 +111,9 @@ impl Rustc {
         work_dir: &Path,
         shown_as: &Path,
         timeout: Duration,
+        on_line: OnLine<'_>,
     ) -> Result<String, ToolchainError> {
-        let sdk = self.guest_sdk(work_dir, timeout)?;
+        let sdk = self.guest_sdk(work_dir, timeout, on_line)?;
         let crate_name = crate_name(source);
         let mut command = self.command();
         let source_dir = source.parent().unwrap_or(Path::new("/"));
@@ -124,12 +127,17 @@ impl Rustc {
             .arg(source);
         let line =
             format!("{} {}", self.path.display(), shown_as.join(source.file_name().unwrap_or_default()).display());
-        run(command, timeout)?;
+        run(command, timeout, on_line)?;
         Ok(line)
     }
 
     /// Builds the guest SDK for this compiler once; returns the rlib.
-    pub fn guest_sdk(&self, work_dir: &Path, timeout: Duration) -> Result<PathBuf, ToolchainError> {
+    pub fn guest_sdk(
+        &self,
+        work_dir: &Path,
+        timeout: Duration,
+        on_line: OnLine<'_>,
+    ) -> Result<PathBuf, ToolchainError> {
         let tag = hex::encode(&self.build_tag()[..8]);
         let rlib = work_dir.join(format!("libzest_guest-{tag}.rlib"));
         if rlib.is_file() {
@@ -147,7 +155,7 @@ impl Rustc {
             .args(["--crate-type", "rlib", "--crate-name", "zest_guest", "-o"])
             .arg(&built)
             .arg(staging.path().join("lib.rs"));
-        run(command, timeout)?;
+        run(command, timeout, on_line)?;
         fs::rename(&built, &rlib).map_err(work_err)?;
         Ok(rlib)
     }
@@ -190,9 +198,12 @@ fn capture(program: &Path, args: &[&str]) -> Result<String, ToolchainError> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-/// Runs `command` to completion, killing it after `timeout`; its stderr is the
-/// error when it fails.
-fn run(mut command: Command, timeout: Duration) -> Result<(), ToolchainError> {
+/// Each line a compiler prints, as it prints it (progress for a long build).
+pub type OnLine<'a> = &'a (dyn Fn(&str) + Sync);
+
+/// Runs `command` to completion, killing it after `timeout`; each line of its
+/// stderr goes to `on_line` as it comes, and the whole is the error when it fails.
+fn run(mut command: Command, timeout: Duration, on_line: OnLine<'_>) -> Result<(), ToolchainError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
         .stdin(Stdio::null())
@@ -200,24 +211,34 @@ fn run(mut command: Command, timeout: Duration) -> Result<(), ToolchainError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| ToolchainError::Spawn { program: program.clone(), source })?;
-    // Read stderr on a thread so a chatty compiler never blocks on a full pipe.
     let stderr = child.stderr.take().expect("stderr is piped");
-    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let status = match child.wait_timeout(timeout) {
-        Ok(Some(status)) => status,
-        Ok(None) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(ToolchainError::TimedOut { seconds: timeout.as_secs() });
+    std::thread::scope(|scope| {
+        // Read stderr on a thread so a chatty compiler never blocks on a full pipe.
+        let reader = scope.spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                on_line(&line);
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let status = match child.wait_timeout(timeout) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ToolchainError::TimedOut { seconds: timeout.as_secs() });
+            }
+            Err(source) => return Err(ToolchainError::Spawn { program, source }),
+        };
+        let stderr = reader.join().unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ToolchainError::Failed { output: stderr.trim_end().to_string() })
         }
-        Err(source) => return Err(ToolchainError::Spawn { program, source }),
-    };
-    let stderr = reader.join().unwrap_or_default();
-    if status.success() {
-        Ok(())
-    } else {
-        Err(ToolchainError::Failed { output: stderr.trim_end().to_string() })
-    }
+    })
 }
 
 #[cfg(test)]

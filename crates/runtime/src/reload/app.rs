@@ -310,7 +310,7 @@ pub(crate) fn reload_module_scope(
     if found.is_none() {
         if let Some(record) = shared.extensions.get(name) {
             // An extension: loaded again from its file, by the extension rules.
-            let mut result = super::reload_extension(shared, &record.path, options);
+            let mut result = super::reload_extension(shared, &record.path, options, request_id);
             result.kind = Kind::Module;
             result.target = name.to_string();
             return result;
@@ -455,7 +455,7 @@ impl Child<'_> {
     fn plan(&self, shared: &Arc<Shared>, options: &ReloadOptions, request_id: &str) -> Plan {
         match self {
             Child::App(name) => plan_app(shared, AppSource::Name(name), options, request_id),
-            Child::Extension(path) => super::extension::plan_extension(shared, path, options),
+            Child::Extension(path) => super::extension::plan_extension(shared, path, options, request_id),
         }
     }
 }

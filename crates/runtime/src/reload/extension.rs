@@ -15,10 +15,12 @@ use super::{Failure, Kind, Reason, ReloadOptions, ReloadResult};
 use crate::compile::CompileReport;
 use crate::extension::{self, ExtensionRecord, Format};
 use crate::node::Shared;
+use crate::telemetry::{EventBody, Stream};
 
 /// Checks and builds the extension at `given` and stages its module. Nothing is
 /// swapped yet.
-pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &ReloadOptions) -> Plan {
+/// rustc's output is published as `zest.build.output` events of `request_id`.
+pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &ReloadOptions, request_id: &str) -> Plan {
     let started = Instant::now();
     let target = given.display().to_string();
     let plan = Plan::new(Kind::Extension, &target, started);
@@ -50,7 +52,11 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
         Format::Wasm => Build { source: checked.file, bytes: source, is_text: false },
         Format::Rs => {
             let timeout = shared.config.limits.build_timeout;
-            match shared.rust.build(&target, &checked.file, &source, timeout) {
+            let on_line = |line: &str| {
+                let body = EventBody::BuildOutput { stream: Stream::Stderr, line: line.to_string() };
+                shared.telemetry.emit(Kind::Extension, &target, request_id, body);
+            };
+            match shared.rust.build(&target, &checked.file, &source, timeout, &on_line) {
                 Ok(built) => {
                     plan.result.metadata.compile = built.rustc.map(|run| CompileReport {
                         ran: true,

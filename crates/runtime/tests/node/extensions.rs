@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use zest_runtime::{
-    AllScope, ExtensionsConfig, Format, Kind, LockError, Node, NodeConfig, Reason, ReloadError, ReloadOptions,
-    ReloadRequest, ReloadResult, Scope, Status,
+    AllScope, EventBody, ExtensionsConfig, Format, Kind, LockError, Node, NodeConfig, Reason, ReloadError,
+    ReloadOptions, ReloadRequest, ReloadResult, Scope, Status,
 };
 
 use super::support::{counter, versioned};
@@ -192,7 +192,19 @@ fn a_rust_extension_compiles_once_per_source_and_reports_rustcs_words() {
     assert_eq!(ext.node.call("greeter", "greet", r#"{"name":"ops"}"#).unwrap(), r#"{"greeting":"HELLO, ops"}"#);
 
     ext.write("extensions/greeter.rs", RUST_EXTENSION.replace("Ok(Json", "Ok(Jsn"));
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    ext.node.telemetry().attach(move |event| {
+        if let EventBody::BuildOutput { line, .. } = &event.body {
+            sink.lock().unwrap().push((event.kind, line.clone()));
+        }
+    });
     let broken = ext.reload(&path);
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines.iter().any(|(kind, line)| *kind == Kind::Extension && line.starts_with("error")),
+        "rustc's lines are published as they come: {lines:?}"
+    );
     let (reason, message) = only_error(&broken);
     assert_eq!(reason, Reason::CompileError);
     let shown = format!("{}:7", ext.path("extensions/greeter.rs").display());

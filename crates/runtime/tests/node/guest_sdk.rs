@@ -17,7 +17,7 @@ fn the_example_rust_module_builds_loads_and_calls_other_modules() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guests/hello.rs");
     let wasm = fx.path("hello.wasm");
     rustc
-        .compile_module(&source, &wasm, &fx.path("build"), source.parent().unwrap(), Duration::from_secs(300))
+        .compile_module(&source, &wasm, &fx.path("build"), source.parent().unwrap(), Duration::from_secs(300), &|_| {})
         .unwrap_or_else(|err| panic!("{} could not build the example: {err}", rustc.version()));
 
     let result = fx.node.load_module("hello", &wasm, &Default::default());
@@ -51,7 +51,14 @@ fn a_rust_module_that_does_not_compile_reports_rustcs_words() {
     let fx = Fixture::new();
     let source = fx.write("broken.rs", "fn main() {\n    let x: u32 = \"nope\";\n}\n");
     let err = rustc
-        .compile_module(&source, &fx.path("broken.wasm"), &fx.path("build"), fx.dir.path(), Duration::from_secs(300))
+        .compile_module(
+            &source,
+            &fx.path("broken.wasm"),
+            &fx.path("build"),
+            fx.dir.path(),
+            Duration::from_secs(300),
+            &|_| {},
+        )
         .unwrap_err();
     let message = err.to_string();
     assert!(message.contains("mismatched types") && message.contains("broken.rs:2"), "{message}");
