@@ -177,7 +177,8 @@ fn every_method_works_over_http_with_the_admin_token_the_node_created() {
 
     let now = &node.rpc("module.call", json!({"module": "front", "function": "time"}))["result"];
     assert!(now["now_ms"].as_i64().unwrap() > 1_700_000_000_000, "{now}");
-    let count = &node.rpc("process.call", json!({"process": "counter", "message": {"add": 5}}))["result"];
+    let count =
+        &node.rpc("process.call", json!({"process": "counter", "message": {"add": 5}, "timeout_ms": 1000}))["result"];
     assert_eq!(count, &json!({"count": 5}));
 
     let unchanged = &node.rpc("system.reload", json!({"scope": "module", "moduleName": "clock"}))["result"];
@@ -234,6 +235,8 @@ fn every_error_code_and_protocol_error_carries_its_data_code() {
     assert_eq!(code(&node.rpc("module.call", json!({"module": "nope", "function": "get"}))), (-32004, "NOT_FOUND"));
     assert_eq!(code(&node.rpc("module.call", json!({"module": "slow", "function": "nope"}))), (-32004, "NOT_FOUND"));
     assert_eq!(code(&node.rpc("process.call", json!({"process": "nope", "message": 1}))), (-32004, "NOT_FOUND"));
+    let bad_timeout = node.rpc("process.call", json!({"process": "nope", "message": 1, "timeout_ms": "soon"}));
+    assert_eq!(code(&bad_timeout), (-32602, "INVALID_PARAMS"));
     let boom = node.rpc("module.call", json!({"module": "slow", "function": "boom"}));
     assert_eq!(code(&boom), (-32010, "CALL_FAILED"));
     assert!(boom["error"]["message"].as_str().unwrap().contains("trapped"), "{boom}");

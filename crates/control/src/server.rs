@@ -157,7 +157,14 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
                 let params = params_value(&params)?;
                 let process = object_field(&params, "process")?;
                 let message = params.get("message").map_or_else(|| "null".to_string(), Value::to_string);
-                match ctx.node.call_process(process, &message) {
+                let timeout = match params.get("timeout_ms") {
+                    None | Some(Value::Null) => ctx.node.config().limits.call_timeout,
+                    Some(value) => match value.as_u64().filter(|ms| *ms > 0) {
+                        Some(ms) => std::time::Duration::from_millis(ms),
+                        None => return Err(error("INVALID_PARAMS", "timeout_ms must be an integer ≥ 1")),
+                    },
+                };
+                match ctx.node.call_process_timeout(process, &message, timeout) {
                     Ok(reply) => Ok(RawValue::from_string(reply).expect("replies are checked JSON")),
                     Err(err @ ProcessError::NotFound { .. }) => Err(error("NOT_FOUND", err.to_string())),
                     Err(err @ ProcessError::InvalidJson { .. }) => Err(error("INVALID_PARAMS", err.to_string())),
