@@ -180,6 +180,8 @@ fn every_method_works_over_http_with_the_admin_token_the_node_created() {
     let count =
         &node.rpc("process.call", json!({"process": "counter", "message": {"add": 5}, "timeout_ms": 1000}))["result"];
     assert_eq!(count, &json!({"count": 5}));
+    let forever = json!({"process": "counter", "message": "get", "timeout_ms": u64::MAX});
+    assert_eq!(node.rpc("process.call", forever)["result"], json!({"count": 5}), "a huge timeout is no timeout");
 
     let unchanged = &node.rpc("system.reload", json!({"scope": "module", "moduleName": "clock"}))["result"];
     assert_eq!((unchanged["status"].as_str(), unchanged["kind"].as_str()), (Some("ok"), Some("module")));

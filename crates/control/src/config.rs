@@ -48,6 +48,12 @@ pub struct Flags {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4780";
 const DEFAULT_MAX_REQUEST_BYTES: u32 = 4 << 20;
+const A_DAY_MS: u64 = 24 * 3600 * 1000;
+const MAX_MEMORY_MB: u32 = 4096;
+/// wasmtime's default guard region after each linear memory.
+const GUARD_MIB: u64 = 32;
+/// Of the 128 TiB a Linux process may address, what the instance pools may take.
+const MAX_RESERVED_MIB: u64 = 64 << 20;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +183,8 @@ impl ServeConfig {
         let positive = |key: &str, value: u64| {
             if value == 0 {
                 Err(at(&format!("limits.{key}"), "must be greater than 0".into()))
+            } else if key.ends_with("_ms") && value > A_DAY_MS {
+                Err(at(&format!("limits.{key}"), format!("must be at most {A_DAY_MS} (a day)")))
             } else {
                 Ok(value)
             }
@@ -191,10 +199,30 @@ impl ServeConfig {
             limits.build_timeout = Duration::from_millis(positive("build_timeout_ms", ms)?);
         }
         if let Some(ms) = l.drain_timeout_ms {
+            if ms > A_DAY_MS {
+                return Err(at("limits.drain_timeout_ms", format!("must be at most {A_DAY_MS} (a day)")));
+            }
             limits.drain_timeout = Duration::from_millis(ms);
         }
         if let Some(n) = l.instances {
             limits.instances = positive("instances", n.into())? as u32;
+        }
+        if limits.memory_mb > MAX_MEMORY_MB {
+            return Err(at("limits.memory_mb", format!("must be at most {MAX_MEMORY_MB} (a wasm32 memory's 4 GiB)")));
+        }
+        // Each engine reserves instances × (memory + guard) of address space.
+        let reserved_mib = 2 * u64::from(limits.instances) * (u64::from(limits.memory_mb) + GUARD_MIB);
+        if reserved_mib > MAX_RESERVED_MIB {
+            return Err(at(
+                "limits.instances",
+                format!(
+                    "{} instances of {} MiB would reserve {} TiB of address space (at most {} TiB); lower instances or memory_mb",
+                    limits.instances,
+                    limits.memory_mb,
+                    reserved_mib >> 20,
+                    MAX_RESERVED_MIB >> 20
+                ),
+            ));
         }
         let max_request_bytes = file.control.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
         Ok(ServeConfig {
@@ -258,6 +286,12 @@ memory_mb = 64
         std::fs::write(&file, "[limits]\nmemory_mb = 64\nbanana = 1\n").unwrap();
         let err = ServeConfig::load(&Flags { config: Some(file.clone()), ..Flags::default() }).unwrap_err();
         assert!(err.contains("node.toml") && err.contains("banana"), "{err}");
+        std::fs::write(&file, "[limits]\ncall_timeout_ms = 100000000000\n").unwrap();
+        let err = ServeConfig::load(&Flags { config: Some(file.clone()), ..Flags::default() }).unwrap_err();
+        assert!(err.contains("limits.call_timeout_ms: must be at most 86400000"), "{err}");
+        std::fs::write(&file, "[limits]\ninstances = 1000000\n").unwrap();
+        let err = ServeConfig::load(&Flags { config: Some(file.clone()), ..Flags::default() }).unwrap_err();
+        assert!(err.contains("limits.instances") && err.contains("TiB of address space"), "{err}");
         std::fs::write(&file, "[[control.tokens]]\ntoken_file = \"t\"\nscopes = [\"root\"]\n").unwrap();
         let err = ServeConfig::load(&Flags { config: Some(file), ..Flags::default() }).unwrap_err();
         assert!(err.contains("control.tokens[0].scopes") && err.contains("\"root\""), "{err}");

@@ -65,6 +65,12 @@ impl Limits {
     pub(crate) fn memory_bytes(&self) -> usize {
         (self.memory_mb as usize) << 20
     }
+
+    /// When a drain starting now gives up; a timeout too long to add means a year.
+    pub(crate) fn drain_deadline(&self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        now.checked_add(self.drain_timeout).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+    }
 }
 
 /// Which wasmtime compiler turns a module into machine code.

@@ -38,7 +38,8 @@ impl Clock {
 
     /// The tick at which a call starting now and allowed `timeout` is overdue.
     pub(crate) fn deadline(&self, timeout: Duration) -> u64 {
-        self.now() + timeout.as_millis() as u64 + 1
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.now().saturating_add(ms).saturating_add(1)
     }
 }
 

@@ -230,7 +230,8 @@ impl Process {
     /// withdrawn, never handled.
     pub(crate) fn call(&self, message: &str, timeout: Duration) -> Result<String, ProcessError> {
         check_json(message).map_err(|message| ProcessError::InvalidJson { process: self.name.clone(), message })?;
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add to now means no deadline at all.
+        let deadline = Instant::now().checked_add(timeout);
         let mut inner = self.lock();
         let ticket = inner.next_ticket;
         inner.next_ticket += 1;
@@ -244,14 +245,19 @@ impl Process {
                 break;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|deadline| now >= deadline) {
                 self.withdraw(&mut inner, ticket);
                 return Err(ProcessError::Timeout {
                     process: self.name.clone(),
                     timeout_ms: timeout.as_millis() as u64,
                 });
             }
-            inner = self.turn.wait_timeout(inner, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            inner = match deadline {
+                Some(deadline) => {
+                    self.turn.wait_timeout(inner, deadline - now).unwrap_or_else(PoisonError::into_inner).0
+                }
+                None => self.turn.wait(inner).unwrap_or_else(PoisonError::into_inner),
+            };
         }
         let mut body = inner.body.take().expect("a running process that is not busy has its body");
         inner.busy = true;

@@ -175,7 +175,7 @@ fn settle(shared: &Arc<Shared>, plans: &mut [Plan], held: Vec<Held>, undo: Optio
             plan.record = None;
         }
     }
-    let deadline = Instant::now() + shared.config.limits.drain_timeout;
+    let deadline = shared.config.limits.drain_deadline();
     for step in plans.iter_mut().flat_map(|plan| plan.steps.iter_mut()) {
         module::purge(step, deadline, options.force);
     }

@@ -208,7 +208,7 @@ pub(crate) fn run(shared: &Arc<Shared>, name: &str, source: Option<&Path>, optio
     migrate(shared, &mut step, options.force, options.atomic);
     let undo = (options.atomic && step.failed()).then(|| format!("{name} failed"));
     settle(shared, &mut step, undo.as_deref());
-    purge(&mut step, Instant::now() + shared.config.limits.drain_timeout, options.force);
+    purge(&mut step, shared.config.limits.drain_deadline(), options.force);
     step
 }
 
