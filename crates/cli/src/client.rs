@@ -236,7 +236,16 @@ fn summarise(result: &Value, paint: &Paint, depth: usize, out: &mut String) {
 
 /// The status as tables.
 pub fn status_tables(status: &Value, paint: &Paint) -> String {
-    let mut out = String::new();
+    let node = &status["node"];
+    let mut out = format!(
+        "{}\n\n",
+        paint.dim(&format!(
+            "zest {} at {}, up {}",
+            node["version"].as_str().unwrap_or("?"),
+            node["listen"].as_str().unwrap_or("?"),
+            uptime(node["uptime_ms"].as_u64().unwrap_or(0))
+        ))
+    );
     let rows = |key: &str| status[key].as_array().cloned().unwrap_or_default();
     let modules: Vec<Vec<String>> = rows("modules")
         .iter()
@@ -286,6 +295,15 @@ pub fn status_tables(status: &Value, paint: &Paint) -> String {
         out.push_str(&table(&["EXTENSION", "FORMAT", "LOADED", "PATH"], &extensions));
     }
     out
+}
+
+fn uptime(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+    }
 }
 
 /// Left-aligned columns; widths count visible characters (colour codes excluded).

@@ -397,7 +397,8 @@ fn the_cli_finds_the_token_prints_tables_and_summaries_and_exits_by_the_contract
     let node = Served::start(&[], |_| {});
     let (code, out, _) = node.cli(&["status"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("MODULE") && out.contains("counter") && out.contains("PROCESS"), "{out}");
+    assert!(out.starts_with(&format!("zest 0.1.0 at {}, up ", node.url.trim_start_matches("http://"))), "{out}");
+    assert!(out.contains("\nMODULE") && out.contains("counter") && out.contains("PROCESS"), "{out}");
     let (code, out, _) = node.cli(&["status", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["processes"][0]["name"], "counter");
