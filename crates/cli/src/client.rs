@@ -11,6 +11,7 @@ use jsonrpsee::core::params::ObjectParams;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::ws_client::WsClientBuilder;
 use serde_json::Value;
+use zest_control::wire::Code;
 
 use crate::CliError;
 
@@ -59,12 +60,11 @@ impl Target {
 fn failure(target: &Target, err: ClientError) -> CliError {
     match err {
         ClientError::Call(call) => {
-            let code = call.data().and_then(|d| serde_json::from_str::<Value>(d.get()).ok());
-            let code = code.as_ref().and_then(|d| d.get("code")).and_then(Value::as_str).unwrap_or("").to_string();
-            let message = format!("{} ({code})", call.message());
-            match code.as_str() {
-                "UNAUTHORIZED" | "FORBIDDEN" => CliError::Unreachable(message),
-                "INVALID_PARAMS" => CliError::Usage(message),
+            let code = Code::of_numeric(call.code().into());
+            let message = format!("{} ({})", call.message(), code.as_str());
+            match code {
+                Code::Unauthorized | Code::Forbidden => CliError::Unreachable(message),
+                Code::InvalidParams => CliError::Usage(message),
                 _ => CliError::Failed(message),
             }
         }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::TokenSource;
+use crate::wire::Code;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -43,12 +44,12 @@ impl Scope {
 pub struct Caller(pub Option<Vec<Scope>>);
 
 impl Caller {
-    /// `Err` is the JSON-RPC error code string: `UNAUTHORIZED` or `FORBIDDEN`.
-    pub fn check(&self, needed: Scope) -> Result<(), &'static str> {
+    /// `Err` is `Unauthorized` (no known token) or `Forbidden` (lacks the scope).
+    pub fn check(&self, needed: Scope) -> Result<(), Code> {
         match &self.0 {
-            None => Err("UNAUTHORIZED"),
+            None => Err(Code::Unauthorized),
             Some(scopes) if scopes.contains(&Scope::Admin) || scopes.contains(&needed) => Ok(()),
-            Some(_) => Err("FORBIDDEN"),
+            Some(_) => Err(Code::Forbidden),
         }
     }
 }
@@ -149,8 +150,8 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
         assert_eq!(tokens.caller(Some(&token)).check(Scope::Admin), Ok(()));
-        assert_eq!(tokens.caller(Some("nope")).check(Scope::Read), Err("UNAUTHORIZED"));
-        assert_eq!(tokens.caller(None).check(Scope::Read), Err("UNAUTHORIZED"));
+        assert_eq!(tokens.caller(Some("nope")).check(Scope::Read), Err(Code::Unauthorized));
+        assert_eq!(tokens.caller(None).check(Scope::Read), Err(Code::Unauthorized));
         let (again, _) = Tokens::load(&[], dir.path()).unwrap();
         assert_eq!(again.caller(Some(&token)).check(Scope::Call), Ok(()), "the same token after a restart");
     }
@@ -163,7 +164,7 @@ mod tests {
         let (tokens, created) = Tokens::load(&sources, dir.path()).unwrap();
         assert!(created.is_none(), "no admin token is made when tokens are configured");
         let reader = tokens.caller(Some("reader"));
-        assert_eq!((reader.check(Scope::Read), reader.check(Scope::Call)), (Ok(()), Err("FORBIDDEN")));
+        assert_eq!((reader.check(Scope::Read), reader.check(Scope::Call)), (Ok(()), Err(Code::Forbidden)));
         let header = http::HeaderValue::from_static("Bearer abc");
         assert_eq!(bearer(Some(&header)), Some("abc"));
         assert_eq!(bearer(Some(&http::HeaderValue::from_static("Basic abc"))), None);

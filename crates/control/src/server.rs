@@ -28,7 +28,7 @@ use tower::{Layer, Service};
 use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError};
 
 use crate::auth::{bearer, Caller, Scope, Tokens};
-use crate::wire::{self, NodeInfo};
+use crate::wire::{self, Code, NodeInfo};
 
 /// The methods a client may call; any other name reaches [`NOT_FOUND_METHOD`].
 const METHODS: [&str; 6] =
@@ -42,43 +42,17 @@ const NOT_FOUND_METHOD: &str = "zest.method_not_found";
 pub const EVENT_NOTIFICATION: &str = "system.event";
 pub const UNSUBSCRIBE: &str = "system.unsubscribe_events";
 
+const TOKEN_REQUIRED: &str = "a valid bearer token is required (Authorization: Bearer <token>)";
+
 /// A JSON-RPC error of §4, with its stable `data.code`.
-pub fn error(code: &str, message: impl Into<String>) -> ErrorObjectOwned {
-    ErrorObjectOwned::owned(numeric(code), message.into(), Some(json!({"code": code})))
-}
-
-fn numeric(code: &str) -> i32 {
-    match code {
-        "PARSE_ERROR" => -32700,
-        "INVALID_REQUEST" => -32600,
-        "METHOD_NOT_FOUND" => -32601,
-        "INVALID_PARAMS" => -32602,
-        "UNAUTHORIZED" => -32001,
-        "FORBIDDEN" => -32003,
-        "NOT_FOUND" => -32004,
-        "CONFLICT" => -32009,
-        "CALL_FAILED" => -32010,
-        "REQUEST_TOO_LARGE" => -32007,
-        _ => -32603,
-    }
-}
-
-/// The `data.code` of a numeric code jsonrpsee produced on its own.
-fn code_of(numeric: i64) -> &'static str {
-    match numeric {
-        -32700 => "PARSE_ERROR",
-        -32600 => "INVALID_REQUEST",
-        -32601 => "METHOD_NOT_FOUND",
-        -32602 => "INVALID_PARAMS",
-        -32007 => "REQUEST_TOO_LARGE",
-        _ => "INTERNAL_ERROR",
-    }
+pub fn error(code: Code, message: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(code.numeric(), message.into(), Some(json!({"code": code.as_str()})))
 }
 
 fn allowed(extensions: &Extensions, scope: Scope) -> Result<(), ErrorObjectOwned> {
     let caller = extensions.get::<Caller>().cloned().unwrap_or_default();
     caller.check(scope).map_err(|code| match code {
-        "UNAUTHORIZED" => error(code, "a valid bearer token is required (Authorization: Bearer <token>)"),
+        Code::Unauthorized => error(code, TOKEN_REQUIRED),
         _ => error(code, format!("this token lacks the `{}` scope", scope.as_str())),
     })
 }
@@ -87,7 +61,7 @@ fn allowed(extensions: &Extensions, scope: Scope) -> Result<(), ErrorObjectOwned
 fn params_value(params: &Params<'_>) -> Result<Value, ErrorObjectOwned> {
     match params.as_str() {
         None => Ok(Value::Null),
-        Some(text) => serde_json::from_str(text).map_err(|err| error("INVALID_PARAMS", err.to_string())),
+        Some(text) => serde_json::from_str(text).map_err(|err| error(Code::InvalidParams, err.to_string())),
     }
 }
 
@@ -95,7 +69,7 @@ fn object_field<'a>(params: &'a Value, key: &str) -> Result<&'a str, ErrorObject
     params
         .get(key)
         .and_then(Value::as_str)
-        .ok_or_else(|| error("INVALID_PARAMS", format!("{key} is required (a string)")))
+        .ok_or_else(|| error(Code::InvalidParams, format!("{key} is required (a string)")))
 }
 
 struct Ctx {
@@ -108,19 +82,19 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
     module
         .register_method(NOT_FOUND_METHOD, |_params, _ctx, extensions| {
             let name = extensions.get::<UnknownMethod>().map_or(NOT_FOUND_METHOD, |unknown| unknown.0.as_str());
-            Err::<(), _>(error("METHOD_NOT_FOUND", format!("Method not found: {name}")))
+            Err::<(), _>(error(Code::MethodNotFound, format!("Method not found: {name}")))
         })
         .expect("method names are unique");
     module
         .register_blocking_method("system.reload", |params, ctx, extensions| {
             allowed(&extensions, Scope::Admin)?;
-            let request = wire::reload_request(&params_value(&params)?).map_err(|m| error("INVALID_PARAMS", m))?;
+            let request = wire::reload_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
             match ctx.node.reload(&request) {
                 Ok(result) => Ok(wire::result(&result)),
                 Err(ReloadError::Lock(LockError::Conflict)) => {
-                    Err(error("CONFLICT", "A reload is already in progress"))
+                    Err(error(Code::Conflict, "A reload is already in progress"))
                 }
-                Err(ReloadError::Lock(err)) => Err(error("CONFLICT", err.to_string())),
+                Err(ReloadError::Lock(err)) => Err(error(Code::Conflict, err.to_string())),
             }
         })
         .expect("method names are unique");
@@ -142,10 +116,10 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
                 match ctx.node.call(module, function, &args) {
                     Ok(output) => Ok(RawValue::from_string(output).expect("outputs are checked JSON")),
                     Err(err @ (CallError::ModuleNotFound { .. } | CallError::FunctionNotFound { .. })) => {
-                        Err(error("NOT_FOUND", err.to_string()))
+                        Err(error(Code::NotFound, err.to_string()))
                     }
-                    Err(err @ CallError::InvalidArgs { .. }) => Err(error("INVALID_PARAMS", err.to_string())),
-                    Err(err) => Err(error("CALL_FAILED", err.to_string())),
+                    Err(err @ CallError::InvalidArgs { .. }) => Err(error(Code::InvalidParams, err.to_string())),
+                    Err(err) => Err(error(Code::CallFailed, err.to_string())),
                 }
             })
         })
@@ -161,14 +135,14 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
                     None | Some(Value::Null) => ctx.node.config().limits.call_timeout,
                     Some(value) => match value.as_u64().filter(|ms| *ms > 0) {
                         Some(ms) => std::time::Duration::from_millis(ms),
-                        None => return Err(error("INVALID_PARAMS", "timeout_ms must be an integer ≥ 1")),
+                        None => return Err(error(Code::InvalidParams, "timeout_ms must be an integer ≥ 1")),
                     },
                 };
                 match ctx.node.call_process_timeout(process, &message, timeout) {
                     Ok(reply) => Ok(RawValue::from_string(reply).expect("replies are checked JSON")),
-                    Err(err @ ProcessError::NotFound { .. }) => Err(error("NOT_FOUND", err.to_string())),
-                    Err(err @ ProcessError::InvalidJson { .. }) => Err(error("INVALID_PARAMS", err.to_string())),
-                    Err(err) => Err(error("CALL_FAILED", err.to_string())),
+                    Err(err @ ProcessError::NotFound { .. }) => Err(error(Code::NotFound, err.to_string())),
+                    Err(err @ ProcessError::InvalidJson { .. }) => Err(error(Code::InvalidParams, err.to_string())),
+                    Err(err) => Err(error(Code::CallFailed, err.to_string())),
                 }
             })
         })
@@ -373,9 +347,7 @@ where
 }
 
 fn unauthorized() -> HttpResponse {
-    let body = json!({"jsonrpc": "2.0", "id": null,
-        "error": {"code": -32001, "message": "a valid bearer token is required (Authorization: Bearer <token>)",
-                  "data": {"code": "UNAUTHORIZED"}}});
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": error(Code::Unauthorized, TOKEN_REQUIRED)});
     let mut response = respond(http::StatusCode::UNAUTHORIZED, "application/json", body.to_string());
     response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     response
@@ -386,14 +358,17 @@ fn unauthorized() -> HttpResponse {
 async fn with_error_codes(response: HttpResponse) -> Result<HttpResponse, BoxError> {
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    let patched = serde_json::from_slice::<Value>(&bytes).ok().and_then(|mut value| {
-        let mut changed = false;
-        match &mut value {
-            Value::Array(items) => items.iter_mut().for_each(|item| changed |= add_code(item)),
-            item => changed = add_code(item),
-        }
-        changed.then(|| value.to_string())
-    });
+    // Most answers hold no error at all: those are not parsed again.
+    let may_hold_error = bytes.windows(7).any(|window| window == b"\"error\"");
+    let patched =
+        may_hold_error.then(|| serde_json::from_slice::<Value>(&bytes).ok()).flatten().and_then(|mut value| {
+            let mut changed = false;
+            match &mut value {
+                Value::Array(items) => items.iter_mut().for_each(|item| changed |= add_code(item)),
+                item => changed = add_code(item),
+            }
+            changed.then(|| value.to_string())
+        });
     let body = match patched {
         Some(text) => HttpBody::from(text),
         None => HttpBody::from(bytes.to_vec()),
@@ -410,7 +385,7 @@ fn add_code(response: &mut Value) -> bool {
     if error.get("data").and_then(|d| d.get("code")).is_some() {
         return false;
     }
-    let code = code_of(error.get("code").and_then(Value::as_i64).unwrap_or(-32603));
+    let code = Code::of_numeric(error.get("code").and_then(Value::as_i64).unwrap_or(-32603)).as_str();
     match error.get_mut("data") {
         Some(Value::Object(data)) => {
             data.insert("code".into(), json!(code));

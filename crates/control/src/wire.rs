@@ -11,6 +11,57 @@ use zest_runtime::{
     VersionInfo,
 };
 
+/// The `data.code` of every JSON-RPC error: CONTRACT.md §4's, plus two for
+/// errors jsonrpsee raises itself (`PARSE_ERROR`, `REQUEST_TOO_LARGE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    ParseError,
+    InvalidRequest,
+    MethodNotFound,
+    InvalidParams,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    CallFailed,
+    RequestTooLarge,
+    InternalError,
+}
+
+/// Each code, its string and its JSON-RPC number: the one table of both.
+const CODES: [(Code, &str, i32); 11] = [
+    (Code::ParseError, "PARSE_ERROR", -32700),
+    (Code::InvalidRequest, "INVALID_REQUEST", -32600),
+    (Code::MethodNotFound, "METHOD_NOT_FOUND", -32601),
+    (Code::InvalidParams, "INVALID_PARAMS", -32602),
+    (Code::Unauthorized, "UNAUTHORIZED", -32001),
+    (Code::Forbidden, "FORBIDDEN", -32003),
+    (Code::NotFound, "NOT_FOUND", -32004),
+    (Code::Conflict, "CONFLICT", -32009),
+    (Code::CallFailed, "CALL_FAILED", -32010),
+    (Code::RequestTooLarge, "REQUEST_TOO_LARGE", -32007),
+    (Code::InternalError, "INTERNAL_ERROR", -32603),
+];
+
+impl Code {
+    fn entry(self) -> (Code, &'static str, i32) {
+        *CODES.iter().find(|(code, ..)| *code == self).expect("every code is in the table")
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.entry().1
+    }
+
+    pub fn numeric(self) -> i32 {
+        self.entry().2
+    }
+
+    /// The code of a JSON-RPC number; an unknown one is an internal error.
+    pub fn of_numeric(numeric: i64) -> Code {
+        CODES.iter().find(|(.., n)| i64::from(*n) == numeric).map_or(Code::InternalError, |(code, ..)| *code)
+    }
+}
+
 /// Milliseconds with microsecond precision, as a JSON number.
 fn ms(duration: Duration) -> Value {
     json!((duration.as_secs_f64() * 1e6).round() / 1e3)
@@ -227,6 +278,16 @@ fn code_change_targets(value: Option<&Value>) -> Result<Vec<CodeChangeTarget>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_the_contract_strings_and_numbers() {
+        assert_eq!((Code::Conflict.as_str(), Code::Conflict.numeric()), ("CONFLICT", -32009));
+        assert_eq!((Code::Forbidden.as_str(), Code::Forbidden.numeric()), ("FORBIDDEN", -32003));
+        for (code, _, numeric) in CODES {
+            assert_eq!(Code::of_numeric(numeric.into()), code);
+        }
+        assert_eq!(Code::of_numeric(-1), Code::InternalError);
+    }
 
     #[test]
     fn params_follow_the_seed_names_and_defaults() {

@@ -172,9 +172,16 @@ pub(crate) struct Recovered {
 /// The extensions the node has loaded, by module name, kept on disk.
 #[derive(Debug)]
 pub(crate) struct Extensions {
-    records: Mutex<BTreeMap<String, ExtensionRecord>>,
+    records: Mutex<Records>,
     /// `None`: nothing is kept across restarts.
     file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    by_name: BTreeMap<String, ExtensionRecord>,
+    /// The file lags behind `by_name` (its last write failed).
+    unsaved: bool,
 }
 
 const RECORDS_VERSION: u32 = 1;
@@ -184,31 +191,41 @@ impl Extensions {
         Extensions { records: Mutex::default(), file: data_dir.map(|dir| dir.join("extensions.json")) }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<ExtensionRecord> {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+        self.lock().by_name.get(name).cloned()
     }
 
     pub(crate) fn all(&self) -> Vec<ExtensionRecord> {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+        self.lock().by_name.values().cloned().collect()
     }
 
     /// Keeps `record` in memory only (a record read back at start).
     pub(crate) fn remember(&self, record: ExtensionRecord) {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner).insert(record.name.clone(), record);
+        self.lock().by_name.insert(record.name.clone(), record);
     }
 
     /// Records `record` and writes the file: a temporary file, fsync, rename,
-    /// fsync of the directory. A failure to write is returned; the record is
-    /// kept in memory either way.
+    /// fsync of the directory. A record already on disk as it is (an unchanged
+    /// extension reloaded) writes nothing. A failure to write is returned; the
+    /// record is kept in memory either way, and the next record retries.
     pub(crate) fn record(&self, record: ExtensionRecord) -> Result<(), String> {
-        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        records.insert(record.name.clone(), record);
+        let mut records = self.lock();
+        if records.by_name.get(&record.name) == Some(&record) && !records.unsaved {
+            return Ok(());
+        }
+        records.by_name.insert(record.name.clone(), record);
         let Some(file) = &self.file else {
             return Ok(());
         };
-        let body = RecordsFile { version: RECORDS_VERSION, extensions: records.values().collect() };
+        let body = RecordsFile { version: RECORDS_VERSION, extensions: records.by_name.values().collect() };
         let text = serde_json::to_string_pretty(&body).expect("records serialise");
-        write_durably(file, text.as_bytes()).map_err(|err| format!("cannot write {}: {err}", file.display()))
+        let written = write_durably(file, text.as_bytes());
+        records.unsaved = written.is_err();
+        written.map_err(|err| format!("cannot write {}: {err}", file.display()))
     }
 
     /// Reads the records file. A record that cannot be read is reported and left
