@@ -82,7 +82,7 @@ pub fn result(result: &ReloadResult) -> Value {
             .iter()
             .map(|swap| {
                 json!({"module": swap.module, "old_vsn": swap.old_vsn, "new_vsn": swap.new_vsn,
-                       "sha256": swap.sha256, "compiler": format!("{:?}", swap.compiler).to_lowercase(),
+                       "sha256": swap.sha256, "compiler": swap.compiler.as_str(),
                        "compiled": swap.compiled})
             })
             .collect();
@@ -128,7 +128,7 @@ pub fn result(result: &ReloadResult) -> Value {
 fn version(info: &VersionInfo) -> Value {
     json!({"vsn": info.vsn, "sha256": info.sha256, "loaded_at": time(info.loaded_at),
            "source": info.source.display().to_string(),
-           "compiler": format!("{:?}", info.compiler).to_lowercase()})
+           "compiler": info.compiler.as_str()})
 }
 
 /// What `system.status` answers.
@@ -146,7 +146,7 @@ pub fn status(status: &NodeStatus, node: &NodeInfo) -> Value {
         })).collect::<Vec<_>>(),
         "extensions": status.extensions.iter().map(|e| json!({
             "name": e.record.name, "path": e.record.path.display().to_string(),
-            "format": format!("{:?}", e.record.format).to_lowercase(),
+            "format": e.record.format.as_str(),
             "source_sha256": e.record.source_sha256, "loaded": e.loaded,
         })).collect::<Vec<_>>(),
         "processes": status.processes.iter().map(|p| json!({

@@ -85,3 +85,14 @@ pub enum Compiler {
     Winch,
     Auto,
 }
+
+impl Compiler {
+    /// Its name in configuration and on the wire: `cranelift`, `winch`, `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compiler::Cranelift => "cranelift",
+            Compiler::Winch => "winch",
+            Compiler::Auto => "auto",
+        }
+    }
+}

@@ -233,10 +233,8 @@ impl Backend {
         let engine = wasmtime::Engine::new(&wasm_config).map_err(|err| NodeError::Engine(format!("{err:#}")))?;
         let mut linker = Linker::new(&engine);
         host::register(&mut linker).map_err(|err| NodeError::Engine(format!("{err:#}")))?;
-        let label = match compiler {
-            Compiler::Winch => "winch",
-            Compiler::Cranelift | Compiler::Auto => "cranelift",
-        };
+        // `Auto` never reaches a backend: it picks Cranelift or Winch per build.
+        let label = if compiler == Compiler::Winch { Compiler::Winch } else { Compiler::Cranelift }.as_str();
         let cache = match &config.data_dir {
             Some(dir) => Some(CompileCache::open(dir, &engine, label)?),
             None => None,

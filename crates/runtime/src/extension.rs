@@ -48,6 +48,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// Its name on the wire and in the records: the file extension.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Wat => "wat",
+            Format::Wasm => "wasm",
+            Format::Rs => "rs",
+        }
+    }
+
     fn of(path: &Path) -> Option<Format> {
         match path.extension()?.to_str()? {
             "wat" => Some(Format::Wat),
