@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::abi::check_name;
-use crate::reload::Reason;
+use crate::reason::Reason;
 
 /// The manifest's file name inside an app directory.
 pub const MANIFEST: &str = "zest.toml";

@@ -1,11 +1,10 @@
-//! Node settings that the runtime itself consumes (CONTRACT.md §9, `[node]` and
-//! `[limits]`); parsing the TOML file is the binary's business.
+//! Node settings that the runtime itself consumes (CONTRACT.md §9: `[node]`,
+//! `[extensions]`, `[limits]`, and the restart policy of processes); parsing the
+//! TOML file is the control plane's business. Every type here is plain data, so
+//! any file of the crate may read its settings without reaching up.
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::extension::ExtensionsConfig;
-use crate::process::RestartPolicy;
 
 /// Everything a [`crate::Node`] needs to start; every field has a default.
 #[derive(Debug, Clone)]
@@ -94,5 +93,52 @@ impl Compiler {
             Compiler::Winch => "winch",
             Compiler::Auto => "auto",
         }
+    }
+}
+
+/// `[extensions]` of the node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionsConfig {
+    /// Where extension files may live; links are resolved before the check.
+    /// Default: `<cwd>/extensions`.
+    pub roots: Vec<PathBuf>,
+    /// `extensions.rustc`: the compiler for `.rs` files; `None` is `auto`, the
+    /// first wasm32-capable one found.
+    pub rustc: Option<PathBuf>,
+}
+
+impl Default for ExtensionsConfig {
+    fn default() -> Self {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        ExtensionsConfig { roots: vec![cwd.join("extensions")], rustc: None }
+    }
+}
+
+/// When a crashed process is restarted, and when it is given up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// More crashes than this within `window` and the process is given up on.
+    pub max_restarts: usize,
+    pub window: Duration,
+    /// The wait before the first restart; it doubles with each crash in the window.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            window: Duration::from_secs(10),
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RestartPolicy {
+    pub(crate) fn backoff_after(&self, crashes: usize) -> Duration {
+        let doublings = crashes.saturating_sub(1).min(20) as u32;
+        self.backoff.saturating_mul(1 << doublings).min(self.max_backoff)
     }
 }

@@ -18,7 +18,7 @@ use crate::cache::CompileCache;
 use crate::config::{Compiler, NodeConfig};
 use crate::error::NodeError;
 use crate::host::{self, HostState};
-use crate::reload::Reason;
+use crate::reason::Reason;
 
 /// The epoch period: a running call notices its deadline or a hard purge within
 /// about this long. Deadlines are counted in these ticks (milliseconds).

@@ -17,26 +17,9 @@ use std::sync::{Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::reload::{Failure, Reason};
+pub use crate::config::ExtensionsConfig;
+use crate::reason::{Failure, Reason};
 use crate::toolchain::{OnLine, Rustc, ToolchainError};
-
-/// `[extensions]` of the node configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtensionsConfig {
-    /// Where extension files may live; links are resolved before the check.
-    /// Default: `<cwd>/extensions`.
-    pub roots: Vec<PathBuf>,
-    /// `extensions.rustc`: the compiler for `.rs` files; `None` is `auto`, the
-    /// first wasm32-capable one found.
-    pub rustc: Option<PathBuf>,
-}
-
-impl Default for ExtensionsConfig {
-    fn default() -> Self {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        ExtensionsConfig { roots: vec![cwd.join("extensions")], rustc: None }
-    }
-}
 
 /// What an extension file is written in, from its file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

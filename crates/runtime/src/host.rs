@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Error, Linker, Memory, ResourceLimiter, StoreContextMut, Trap, TypedFunc, UpdateDeadline};
 
+use crate::config::Limits;
 use crate::engine::Clock;
 use crate::error::CallError;
 use crate::instance::{pack, unpack, CallCtx};
-use crate::node::Shared;
+use crate::registry::Registry;
 use crate::version::Life;
 
 /// The import module every import must come from.
@@ -67,22 +68,30 @@ pub(crate) struct HostState {
     memory: MemoryLimiter,
     clock: Arc<Clock>,
     life: Arc<Life>,
-    node: Weak<Shared>,
+    env: Arc<Env>,
+}
+
+/// What every store of one node shares: its limits, its clock, and the way back
+/// to its registry for nested calls — weak, so stores never keep the node alive.
+#[derive(Debug)]
+pub(crate) struct Env {
+    pub(crate) limits: Limits,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) registry: Weak<Registry>,
 }
 
 impl HostState {
-    pub(crate) fn new(module: Arc<str>, shared: &Arc<Shared>, life: Arc<Life>) -> Self {
-        let limits = &shared.config.limits;
-        let clock = Arc::clone(&shared.engines.clock);
+    pub(crate) fn new(module: Arc<str>, env: &Arc<Env>, life: Arc<Life>) -> Self {
+        let limits = &env.limits;
         HostState {
             module,
             guest: None,
-            ctx: CallCtx::root(&clock, limits.call_timeout),
+            ctx: CallCtx::root(&env.clock, limits.call_timeout),
             call_timeout: limits.call_timeout,
             memory: MemoryLimiter { max_bytes: limits.memory_bytes() },
-            clock,
+            clock: Arc::clone(&env.clock),
             life,
-            node: Arc::downgrade(shared),
+            env: Arc::clone(env),
         }
     }
 
@@ -178,7 +187,7 @@ fn guest_call(
     if state.ctx.depth + 1 >= MAX_CALL_DEPTH {
         return Err(callee_failed(CallError::DepthExceeded { module, function, limit: MAX_CALL_DEPTH }));
     }
-    let Some(node) = state.node.upgrade() else {
+    let Some(registry) = state.env.registry.upgrade() else {
         let message = "the node is shutting down".to_string();
         return Err(callee_failed(CallError::Engine { module, function, message }));
     };
@@ -188,8 +197,8 @@ fn guest_call(
     };
     let ctx = CallCtx { deadline: state.ctx.deadline, depth: state.ctx.depth + 1 };
     let args = if args.is_empty() { "null" } else { args.as_str() };
-    let output = node.registry.call(&module, &function, args, ctx).map_err(callee_failed)?;
-    drop(node);
+    let output = registry.call(&module, &function, args, ctx).map_err(callee_failed)?;
+    drop(registry);
     let len = i32::try_from(output.len()).map_err(|_| Error::new(Abort::BadOutput("output too large".into())))?;
     let ptr = guest.alloc.call(&mut caller, len)?;
     guest

@@ -19,11 +19,15 @@
 //! - [`telemetry`]: reload events, their subscribers and metrics;
 //! - `abi`: validation of a module against guest ABI version 1;
 //! - `host`: the `"zest"` imports;
-//! - [`reload`]: the reload orchestrator and its one result type;
+//! - [`reload`]: the reload request, its one result type, and the [`Plan`] API
+//!   of its phases (stage, commit, settle or undo, finish);
+//! - [`reason`]: the reason strings every report uses;
+//! - `artifact`: builds by sha256, for other members and later rollbacks;
 //! - [`toolchain`]: finding a wasm32-capable `rustc` and running it.
 
 pub mod abi;
 pub mod app;
+mod artifact;
 mod cache;
 pub mod compile;
 pub mod config;
@@ -35,6 +39,7 @@ mod instance;
 pub mod lock;
 pub mod node;
 pub mod process;
+pub mod reason;
 mod registry;
 pub mod reload;
 pub mod telemetry;
@@ -42,15 +47,19 @@ pub mod toolchain;
 mod version;
 
 pub use app::{AppManifest, ManifestError};
+pub use artifact::Bytes;
 pub use compile::CompileReport;
+pub use config::ExtensionsConfig;
+pub use config::RestartPolicy;
 pub use config::{Compiler, Limits, NodeConfig};
 pub use error::{CallError, NodeError, ProcessError};
-pub use extension::{ExtensionRecord, ExtensionsConfig, Format};
+pub use extension::{ExtensionRecord, Format};
 pub use lock::{LocalLock, LockError, LockGuard, ReloadLock};
 pub use node::{AppStatus, ExtensionStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
-pub use process::{ProcessState, ProcessStatus, RestartPolicy};
+pub use process::{ProcessState, ProcessStatus};
+pub use reason::{Failure, Reason, Skip};
 pub use reload::{
-    AllScope, CodeChangeTarget, Counts, Failure, Kind, Metadata, Reason, ReloadError, ReloadOptions, ReloadRequest,
-    ReloadResult, Scope, Skip, Status, Swap,
+    AllScope, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, Counts, Kind, Metadata, Phase,
+    Plan, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, Scope, Session, Status, Swap,
 };
 pub use telemetry::{Event, EventBody, Telemetry};

@@ -31,7 +31,7 @@ pub trait ReloadLock: Send + Sync + fmt::Debug {
 }
 
 /// What an implementation hands out for one holding of the lock; released on drop.
-pub trait Lease: Send + fmt::Debug {
+pub trait Lease: Send + Sync + fmt::Debug {
     /// False once the lock was lost (a lease expired); the holder should stop.
     fn is_held(&self) -> bool;
 }

@@ -7,16 +7,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
 use crate::app::AppManifest;
+use crate::artifact::{parse_sha256, Artifacts, Bytes};
 use crate::config::NodeConfig;
 use crate::engine::Engines;
 use crate::error::{CallError, NodeError, ProcessError};
 use crate::extension::{ExtensionRecord, Extensions, RustBuilds};
+use crate::host::Env;
 use crate::instance::CallCtx;
-use crate::lock::{LocalLock, ReloadLock};
+use crate::lock::{LocalLock, LockError, ReloadLock};
 use crate::process::{Process, ProcessStatus, ProcessTable};
 use crate::registry::Registry;
-use crate::reload::{self, Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult};
+use crate::reload::plan::Work;
+use crate::reload::{Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, Scope, Session};
 use crate::telemetry::Telemetry;
 
 pub use crate::version::VersionInfo;
@@ -36,7 +41,10 @@ pub struct Node {
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) engines: Engines,
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<Registry>,
+    /// What every store shares (limits, clock, the registry for nested calls).
+    pub(crate) env: Arc<Env>,
+    pub(crate) artifacts: Artifacts,
     pub(crate) telemetry: Telemetry,
     pub(crate) processes: ProcessTable,
     pub(crate) extensions: Extensions,
@@ -129,12 +137,20 @@ impl Node {
         let engines = Engines::new(&config)?;
         let rust =
             RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref()).map_err(NodeError::TempDir)?;
+        let registry = Arc::new(Registry::default());
+        let env = Arc::new(Env {
+            limits: config.limits.clone(),
+            clock: Arc::clone(&engines.clock),
+            registry: Arc::downgrade(&registry),
+        });
         let shared = Shared {
             extensions: Extensions::new(config.data_dir.as_deref()),
+            artifacts: Artifacts::new(config.data_dir.as_deref()),
             rust,
             config,
             engines,
-            registry: Registry::default(),
+            registry,
+            env,
             telemetry: Telemetry::default(),
             processes: ProcessTable::default(),
             lock,
@@ -153,12 +169,28 @@ impl Node {
         &self.shared.telemetry
     }
 
-    /// Runs one `system.reload` request. Errors only when it cannot run at all:
-    /// the lock is held past `lock_timeout` (`CONFLICT`).
+    /// Runs one `system.reload` request: takes the reload lock, then stages,
+    /// commits, settles and finishes the plan (`reload/plan.rs`) as one
+    /// telemetry operation. Errors only when it cannot run at all: the lock is
+    /// held past `lock_timeout` (`CONFLICT`).
     pub fn reload(&self, request: &ReloadRequest) -> Result<ReloadResult, ReloadError> {
-        let _guard = self.shared.lock.acquire(request.options.lock_timeout)?;
-        let request_id = self.request_id(request.request_id.as_deref());
-        Ok(reload::run(&self.shared, request, &request_id))
+        let session = self.session(request.options.lock_timeout, request.request_id.as_deref())?;
+        let (kind, target) = match &request.scope {
+            Scope::Module(name) => (Kind::Module, name.clone()),
+            Scope::App(name) => (Kind::App, name.clone()),
+            Scope::Extension(path) => (Kind::Extension, path.display().to_string()),
+            Scope::All(_) => (Kind::System, "system".to_string()),
+        };
+        let request_id = session.request_id().to_string();
+        Ok(self.shared.telemetry.step(kind, &target, &request_id, || session.plan(request).run()))
+    }
+
+    /// Takes the node's reload lock, waiting up to `wait`, for a plan driven
+    /// step by step (a cluster drives its phases on every member this way).
+    /// `request_id` is carried in every event; the node makes one up when `None`.
+    pub fn session(&self, wait: Duration, request_id: Option<&str>) -> Result<Session, LockError> {
+        let guard = self.shared.lock.acquire(wait)?;
+        Ok(Session::new(&self.shared, guard, self.request_id(request_id)))
     }
 
     /// Loads the app in `dir` (its `zest.toml` and every module it declares), or
@@ -166,24 +198,21 @@ impl Node {
     pub fn load_app(&self, dir: impl AsRef<Path>) -> ReloadResult {
         let dir = dir.as_ref();
         let target = dir.display().to_string();
-        self.with_lock_waited(Kind::App, &target, |request_id| {
-            reload::reload_app(&self.shared, reload::AppSource::Dir(dir), &ReloadOptions::default(), request_id)
-        })
+        self.with_lock_waited(Kind::App, &target, Work::LoadApp(dir), &ReloadOptions::default())
     }
 
     /// Loads module `name` from `path` (`.wasm` or `.wat`) outside any app, or
     /// reloads it from `path` (which becomes its source). Waits for the reload lock.
     pub fn load_module(&self, name: &str, path: impl AsRef<Path>, options: &ReloadOptions) -> ReloadResult {
-        self.loose_module(name, Some(path.as_ref()), options)
+        self.with_lock_waited(Kind::Module, name, Work::Loose { name, source: Some(path.as_ref()) }, options)
     }
 
     /// Loads (or reloads) the extension at `path` (scope `extension`). Waits
     /// for the reload lock.
     pub fn load_extension(&self, path: impl AsRef<Path>, options: &ReloadOptions) -> ReloadResult {
-        let path = path.as_ref();
-        self.with_lock_waited(Kind::Extension, &path.display().to_string(), |request_id| {
-            reload::reload_extension(&self.shared, path, options, request_id)
-        })
+        let path = path.as_ref().to_path_buf();
+        let target = path.display().to_string();
+        self.with_lock_waited(Kind::Extension, &target, Work::Scope(&Scope::Extension(path.clone())), options)
     }
 
     /// Loads again the extensions recorded in the data directory, as at start:
@@ -191,34 +220,30 @@ impl Node {
     /// extension that no longer loads, is an error in the result, never a reason
     /// not to go on. Load the node's apps first, so name clashes are seen.
     pub fn restore_extensions(&self) -> ReloadResult {
-        self.with_lock_waited(Kind::System, "system", |request_id| reload::restore_extensions(&self.shared, request_id))
+        self.with_lock_waited(Kind::System, "system", Work::RecordedExtensions, &ReloadOptions::default())
     }
 
     /// Reloads module `name` from the file it was loaded from. Waits for the
     /// reload lock. (Scope `module` of `system.reload`, which also re-reads app
     /// manifests, is [`Node::reload`].)
     pub fn reload_module(&self, name: &str, options: &ReloadOptions) -> ReloadResult {
-        self.loose_module(name, None, options)
-    }
-
-    fn loose_module(&self, name: &str, path: Option<&Path>, options: &ReloadOptions) -> ReloadResult {
-        self.with_lock_waited(Kind::Module, name, |_| reload::reload_loose_module(&self.shared, name, path, options))
+        self.with_lock_waited(Kind::Module, name, Work::Loose { name, source: None }, options)
     }
 
     /// Runs one reload operation of the embedding API: waits for the reload lock
-    /// as long as it takes, then runs `step` between its telemetry events. A lock
-    /// that cannot be had at all (a lost cluster lock) is a `timeout` error.
-    fn with_lock_waited(&self, kind: Kind, target: &str, step: impl FnOnce(&str) -> ReloadResult) -> ReloadResult {
-        let _guard = match self.shared.lock.acquire(Duration::MAX) {
-            Ok(guard) => guard,
+    /// as long as it takes, then runs the plan between its telemetry events. A
+    /// lock that cannot be had at all is a `timeout` error.
+    fn with_lock_waited(&self, kind: Kind, target: &str, work: Work<'_>, options: &ReloadOptions) -> ReloadResult {
+        let session = match self.session(Duration::MAX, None) {
+            Ok(session) => session,
             Err(err) => {
                 let mut result = ReloadResult::new(kind, target);
                 result.errors.push(Failure::new(target, Reason::Timeout, err.to_string()));
                 return result;
             }
         };
-        let request_id = self.request_id(None);
-        self.shared.telemetry.step(kind, target, &request_id, || step(&request_id))
+        let request_id = session.request_id().to_string();
+        self.shared.telemetry.step(kind, target, &request_id, || session.stage(work, options).run())
     }
 
     fn request_id(&self, given: Option<&str>) -> String {
@@ -226,6 +251,25 @@ impl Node {
             Some(id) => id.to_string(),
             None => format!("r{}", self.shared.requests.fetch_add(1, Ordering::Relaxed) + 1),
         }
+    }
+
+    /// The build whose sha256 is `sha256` (hex), if the node holds it: one it
+    /// staged, runs, ran, or was given ([`Node::add_build`]).
+    pub fn build(&self, sha256: &str) -> Option<Bytes> {
+        self.shared.artifacts.get(&parse_sha256(sha256)?)
+    }
+
+    /// Holds `bytes` as a build (fetched from another node), returning its
+    /// sha256 (hex), so that a blueprint naming it can be staged.
+    pub fn add_build(&self, bytes: Bytes) -> String {
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        self.shared.artifacts.keep(&sha256, bytes);
+        hex::encode(sha256)
+    }
+
+    /// True when module `module` runs the build `sha256` (hex) now.
+    pub fn runs_build(&self, module: &str, sha256: &str) -> bool {
+        self.shared.registry.slot(module).is_some_and(|slot| slot.current().info.sha256 == sha256)
     }
 
     /// Calls `module.function` on the module's current version with `args` (JSON

@@ -23,39 +23,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+pub use crate::config::RestartPolicy;
 use crate::error::{CallError, ProcessError};
 use crate::instance::{check_json, Instance};
-use crate::reload::{Failure, Reason};
+use crate::reason::{Failure, Reason};
 use crate::version::{Life, Version};
-
-/// When a crashed process is restarted, and when it is given up on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// More crashes than this within `window` and the process is given up on.
-    pub max_restarts: usize,
-    pub window: Duration,
-    /// The wait before the first restart; it doubles with each crash in the window.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        RestartPolicy {
-            max_restarts: 5,
-            window: Duration::from_secs(10),
-            backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RestartPolicy {
-    fn backoff_after(&self, crashes: usize) -> Duration {
-        let doublings = crashes.saturating_sub(1).min(20) as u32;
-        self.backoff.saturating_mul(1 << doublings).min(self.max_backoff)
-    }
-}
 
 /// Running, suspended (a migration holds it), or down (given up on after crashes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,36 +1,40 @@
-//! The reload orchestrator and its one result type (CONTRACT.md §5).
+//! The reload request and its one result type (CONTRACT.md §5), and the
+//! orchestrator that turns one into the other.
 //!
 //! Every reload, at every level, answers with a [`ReloadResult`] whose status
 //! follows one rule ([`ReloadResult::status`]); a parent gathers its children's
-//! outcomes ([`ReloadResult::absorb`]). A module reload runs in three steps
-//! (`reload/module.rs`) so that apps and the system (`reload/app.rs`) can stage
-//! everything before they swap anything:
+//! outcomes ([`ReloadResult::absorb`]). How a request runs — staged, committed,
+//! settled or undone, finished — is the [`Plan`] API of `reload/plan.rs`, which
+//! a standalone node drives in one go and a cluster drives on every member:
 //!
-//! 1. **stage**: read the build, compare its sha256, compile (or load from the
-//!    compile cache), validate against the ABI and instantiate once — all off the
-//!    call path, while the current version keeps serving;
-//! 2. **commit**: swap the staged version in; the next call gets it;
-//! 3. **purge**: wait (up to `drain_timeout`) for calls still running on older
-//!    versions; with `force`, interrupt them first.
+//! - `reload/plan.rs`: [`Session`] (the node's lock, held) and [`Plan`], the
+//!   phases, and the units a plan is made of (an app, an extension, a module);
+//! - `reload/module.rs`: one module's step: stage a build off the call path,
+//!   swap it in, purge the old versions;
+//! - `reload/app.rs`: units of apps (manifests, builds) and of scope `module`;
+//! - `reload/extension.rs`: units of extensions;
+//! - `reload/blueprint.rs`: what other members need to stage the same builds;
+//! - `reload/migrate.rs`: moving processes onto a new version.
 //!
 //! *Architecture invariant*: only this module changes the registry.
 
 mod app;
+mod blueprint;
 mod extension;
 mod migrate;
 mod module;
+pub(crate) mod plan;
 
-pub(crate) use app::{reload_app, AppSource};
+pub use crate::reason::{Failure, Reason, Skip};
+pub use blueprint::{Blueprint, BlueprintUnit, BuildRef};
+pub use plan::{Plan, Session};
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::compile::CompileReport;
 use crate::config::Compiler;
 use crate::lock::LockError;
-use crate::node::Shared;
 
 /// What a reload was about (`kind` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +44,8 @@ pub enum Kind {
     Extension,
     CodeChange,
     System,
+    /// One member's part of a cluster reload (CONTRACT.md §10).
+    Node,
 }
 
 impl Kind {
@@ -50,6 +56,7 @@ impl Kind {
             Kind::Extension => "extension",
             Kind::CodeChange => "code_change",
             Kind::System => "system",
+            Kind::Node => "node",
         }
     }
 }
@@ -69,107 +76,6 @@ impl Status {
             Status::Partial => "partial",
             Status::Error => "error",
         }
-    }
-}
-
-/// The stable reason strings of CONTRACT.md §5.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    NotFound,
-    AppNotFound,
-    Unchanged,
-    InUse,
-    EmptyPath,
-    Enoent,
-    NotAFile,
-    ForbiddenPath,
-    UnsupportedExtension,
-    CompileError,
-    CompileFailed,
-    InvalidModule,
-    NotRunning,
-    CodeChangeFailed,
-    MissingExport,
-    InvalidCodeChangeTarget,
-    RolledBack,
-    Timeout,
-    /// Not in CONTRACT.md §5.1: a reload step panicked (a bug in zest). See
-    /// `docs/reload.md`.
-    InternalError,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 19] = [
-        Reason::NotFound,
-        Reason::AppNotFound,
-        Reason::Unchanged,
-        Reason::InUse,
-        Reason::EmptyPath,
-        Reason::Enoent,
-        Reason::NotAFile,
-        Reason::ForbiddenPath,
-        Reason::UnsupportedExtension,
-        Reason::CompileError,
-        Reason::CompileFailed,
-        Reason::InvalidModule,
-        Reason::NotRunning,
-        Reason::CodeChangeFailed,
-        Reason::MissingExport,
-        Reason::InvalidCodeChangeTarget,
-        Reason::RolledBack,
-        Reason::Timeout,
-        Reason::InternalError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NotFound => "not_found",
-            Reason::AppNotFound => "app_not_found",
-            Reason::Unchanged => "unchanged",
-            Reason::InUse => "in_use",
-            Reason::EmptyPath => "empty_path",
-            Reason::Enoent => "enoent",
-            Reason::NotAFile => "not_a_file",
-            Reason::ForbiddenPath => "forbidden_path",
-            Reason::UnsupportedExtension => "unsupported_extension",
-            Reason::CompileError => "compile_error",
-            Reason::CompileFailed => "compile_failed",
-            Reason::InvalidModule => "invalid_module",
-            Reason::NotRunning => "not_running",
-            Reason::CodeChangeFailed => "code_change_failed",
-            Reason::MissingExport => "missing_export",
-            Reason::InvalidCodeChangeTarget => "invalid_code_change_target",
-            Reason::RolledBack => "rolled_back",
-            Reason::Timeout => "timeout",
-            Reason::InternalError => "internal_error",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A target left alone, with why (`skipped[]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skip {
-    pub target: String,
-    pub reason: Reason,
-}
-
-/// A target that failed, with why and the human detail (`errors[]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub target: String,
-    pub reason: Reason,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(target: impl Into<String>, reason: Reason, message: impl Into<String>) -> Self {
-        Failure { target: target.into(), reason, message: message.into() }
     }
 }
 
@@ -200,6 +106,33 @@ pub struct Metadata {
     /// Scope `extension` (and the extension children of `all`): the modules it
     /// loaded.
     pub compiled_modules: Vec<String>,
+    /// A reload coordinated across a cluster (CONTRACT.md §10).
+    pub cluster: Option<ClusterOutcome>,
+}
+
+/// `metadata.cluster`: which members a cluster reload reached, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOutcome {
+    pub nodes: Vec<String>,
+    pub phase: Phase,
+    /// The etcd revision of the commit (`None` when aborted).
+    pub revision: Option<i64>,
+}
+
+/// How a cluster reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Committed,
+    Aborted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Committed => "committed",
+            Phase::Aborted => "aborted",
+        }
+    }
 }
 
 /// The one result shape of every reload (CONTRACT.md §5).
@@ -326,7 +259,7 @@ impl Counts {
                 Kind::App => counts.apps += 1,
                 Kind::Extension => counts.extensions += 1,
                 Kind::CodeChange => counts.code_change += 1,
-                Kind::Module | Kind::System => {}
+                Kind::Module | Kind::System | Kind::Node => {}
             }
             match child.status() {
                 Status::Ok => counts.ok += 1,
@@ -340,8 +273,25 @@ impl Counts {
 
 impl ReloadResult {
     /// Adds a child: its outcomes count for this result too, so the status rule
-    /// holds at every level.
-    pub(crate) fn absorb(&mut self, child: ReloadResult) {
+    /// holds at every level. A module reloaded by several children (the members
+    /// of a cluster) is listed once in `reloaded`.
+    pub fn absorb(&mut self, child: ReloadResult) {
+        if child.kind == Kind::Node {
+            for module in &child.reloaded {
+                if !self.reloaded.contains(module) {
+                    self.reloaded.push(module.clone());
+                }
+            }
+            for module in &child.metadata.unchanged {
+                if !self.metadata.unchanged.contains(module) {
+                    self.metadata.unchanged.push(module.clone());
+                }
+            }
+            self.skipped.extend(child.skipped.iter().cloned());
+            self.errors.extend(child.errors.iter().cloned());
+            self.results.push(child);
+            return;
+        }
         self.reloaded.extend(child.reloaded.iter().cloned());
         self.skipped.extend(child.skipped.iter().cloned());
         self.errors.extend(child.errors.iter().cloned());
@@ -359,74 +309,6 @@ impl ReloadResult {
         self.metadata.unchanged.extend(child.metadata.unchanged);
         self.metadata.swaps.extend(child.metadata.swaps);
     }
-}
-
-/// Runs a request whose lock is held, as one telemetry operation.
-pub(crate) fn run(shared: &Arc<Shared>, request: &ReloadRequest, request_id: &str) -> ReloadResult {
-    let options = &request.options;
-    let (kind, target) = match &request.scope {
-        Scope::Module(name) => (Kind::Module, name.clone()),
-        Scope::App(name) => (Kind::App, name.clone()),
-        Scope::Extension(path) => (Kind::Extension, path.display().to_string()),
-        Scope::All(_) => (Kind::System, "system".to_string()),
-    };
-    shared.telemetry.step(kind, &target, request_id, || match &request.scope {
-        Scope::Module(name) => app::reload_module_scope(shared, name, options, request_id),
-        Scope::App(name) => app::reload_app(shared, app::AppSource::Name(name), options, request_id),
-        Scope::All(all) => app::reload_system(shared, all, options, request_id),
-        Scope::Extension(path) => reload_extension(shared, path, options, request_id),
-    })
-}
-
-/// Reloads a module from `source` (or its own file), outside any app: the
-/// embedding API's `load_module` and `reload_module`.
-pub(crate) fn reload_loose_module(
-    shared: &Arc<Shared>,
-    name: &str,
-    source: Option<&Path>,
-    options: &ReloadOptions,
-) -> ReloadResult {
-    module::run(shared, name, source, options).finish()
-}
-
-/// Scope `extension`: the file at `path`, checked, built and loaded.
-pub(crate) fn reload_extension(
-    shared: &Arc<Shared>,
-    path: &Path,
-    options: &ReloadOptions,
-    request_id: &str,
-) -> ReloadResult {
-    app::run_plan(shared, extension::plan_extension(shared, path, options, request_id), options)
-}
-
-/// Loads the recorded extensions again (a node starting): one child per record.
-/// Records stay recorded whether or not they load, so fixing a source and
-/// reloading it (or restarting) brings it back.
-pub(crate) fn restore_extensions(shared: &Arc<Shared>, request_id: &str) -> ReloadResult {
-    let started = std::time::Instant::now();
-    let mut result = ReloadResult::new(Kind::System, "system");
-    let recovered = shared.extensions.recover();
-    for problem in recovered.problems {
-        tracing::error!(%problem, "an extension record cannot be read");
-        result.errors.push(Failure::new("extensions.json", Reason::InvalidModule, problem));
-    }
-    for record in &recovered.records {
-        shared.extensions.remember(record.clone());
-    }
-    for record in recovered.records {
-        let target = record.path.display().to_string();
-        let child = shared.telemetry.step(Kind::Extension, &target, request_id, || {
-            reload_extension(shared, &record.path, &ReloadOptions::default(), request_id)
-        });
-        for failure in &child.errors {
-            tracing::error!(extension = %target, reason = %failure.reason, message = %failure.message,
-                "a recorded extension did not load");
-        }
-        result.absorb(child);
-    }
-    result.metadata.counts = Some(Counts::of(&result.results));
-    result.duration = started.elapsed();
-    result
 }
 
 #[cfg(test)]
@@ -457,34 +339,5 @@ mod tests {
         let mut result = ReloadResult::new(Kind::Module, "clock");
         result.metadata.unchanged.push("clock".into());
         assert_eq!(result.status(), Status::Ok);
-    }
-
-    #[test]
-    fn reasons_are_the_contract_strings() {
-        let strings: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(
-            strings,
-            [
-                "not_found",
-                "app_not_found",
-                "unchanged",
-                "in_use",
-                "empty_path",
-                "enoent",
-                "not_a_file",
-                "forbidden_path",
-                "unsupported_extension",
-                "compile_error",
-                "compile_failed",
-                "invalid_module",
-                "not_running",
-                "code_change_failed",
-                "missing_export",
-                "invalid_code_change_target",
-                "rolled_back",
-                "timeout",
-                "internal_error",
-            ]
-        );
     }
 }

@@ -4,17 +4,18 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use wasmtime::{InstancePre, Module};
 
 use crate::abi::{self, Exports};
 use crate::config::Compiler;
+use crate::engine::Engines;
 use crate::error::CallError;
+use crate::host::Env;
 use crate::host::HostState;
 use crate::instance::{CallCtx, Instance};
-use crate::node::Shared;
 
 /// Idle instances are kept in this many shards, each thread using its own first,
 /// so that callers on different cores do not contend for one lock.
@@ -55,7 +56,7 @@ pub(crate) struct Version {
     #[expect(clippy::vec_box, reason = "a pool hit moves a pointer, not the whole instance")]
     idle: [Mutex<Vec<Box<Instance>>>; SHARDS],
     life: Arc<Life>,
-    node: Weak<Shared>,
+    env: Arc<Env>,
 }
 
 impl fmt::Debug for Version {
@@ -68,7 +69,8 @@ impl Version {
     /// Validates `module` against the ABI and instantiates it once (which also reads
     /// its `zest_vsn`); the instance becomes the first idle one.
     pub(crate) fn new(
-        shared: &Arc<Shared>,
+        engines: &Engines,
+        env: &Arc<Env>,
         name: &str,
         source: &Path,
         sha256: [u8; 32],
@@ -76,9 +78,9 @@ impl Version {
         compiler: Compiler,
     ) -> Result<Version, String> {
         let exports = abi::check(&module)?;
-        let pre = shared.engines.instance_pre(&module, compiler)?;
+        let pre = engines.instance_pre(&module, compiler)?;
         let life = Arc::new(Life::default());
-        let state = HostState::new(Arc::from(name), shared, Arc::clone(&life));
+        let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
         let mut first = Instance::new(&pre, state, exports.functions.len())
             .map_err(|err| format!("cannot instantiate: {err:#}"))?;
         let hex = hex::encode(sha256);
@@ -93,7 +95,7 @@ impl Version {
         };
         let idle = std::array::from_fn(|_| Mutex::new(Vec::new()));
         idle[home_shard()].lock().unwrap_or_else(PoisonError::into_inner).push(Box::new(first));
-        Ok(Version { info, sha256, exports, pre, idle, life, node: Arc::downgrade(shared) })
+        Ok(Version { info, sha256, exports, pre, idle, life, env: Arc::clone(env) })
     }
 
     pub(crate) fn module(&self) -> &Module {
@@ -153,17 +155,10 @@ impl Version {
     /// A fresh instance of this version (`function` names the call it is for, in errors).
     pub(crate) fn instantiate(&self, function: &str) -> Result<Instance, CallError> {
         let module = &self.info.module;
-        let Some(shared) = self.node.upgrade() else {
-            return Err(CallError::Engine {
-                module: module.clone(),
-                function: function.to_string(),
-                message: "the node is shutting down".into(),
-            });
-        };
-        let state = HostState::new(Arc::from(module.as_str()), &shared, Arc::clone(&self.life));
+        let state = HostState::new(Arc::from(module.as_str()), &self.env, Arc::clone(&self.life));
         Instance::new(&self.pre, state, self.exports.functions.len()).map_err(|err| {
             let hint = if err.is::<wasmtime::PoolConcurrencyLimitError>() {
-                format!(" (limits.instances is {}; raise it to run more at once)", shared.config.limits.instances)
+                format!(" (limits.instances is {}; raise it to run more at once)", self.env.limits.instances)
             } else {
                 String::new()
             };

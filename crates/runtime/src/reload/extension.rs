@@ -9,24 +9,25 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use super::app::{Plan, Record};
+use super::app::Record;
 use super::module::{self, Build};
+use super::plan::Unit;
 use super::{Failure, Kind, Reason, ReloadOptions, ReloadResult};
 use crate::compile::CompileReport;
 use crate::extension::{self, ExtensionRecord, Format};
 use crate::node::Shared;
 use crate::telemetry::{EventBody, Stream};
 
-/// Checks and builds the extension at `given` and stages its module. Nothing is
-/// swapped yet.
+/// An extension's unit: the file at `given` checked, built and its module
+/// staged. Nothing is swapped yet.
 /// rustc's output is published as `zest.build.output` events of `request_id`.
-pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &ReloadOptions, request_id: &str) -> Plan {
+pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &ReloadOptions, request_id: &str) -> Unit {
     let started = Instant::now();
     let target = given.display().to_string();
-    let plan = Plan::new(Kind::Extension, &target, started);
+    let unit = Unit::new(Kind::Extension, &target);
     let checked = match extension::check_path(&shared.config.extensions.roots, given) {
         Ok(checked) => checked,
-        Err(failure) => return plan.error(failure),
+        Err(failure) => return unit.error(failure),
     };
     if let Some(app) = shared.app_declaring(&checked.name) {
         let message = format!(
@@ -34,11 +35,11 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
              rename the file",
             checked.name
         );
-        return plan.error(Failure::new(&target, Reason::InvalidModule, message));
+        return unit.error(Failure::new(&target, Reason::InvalidModule, message));
     }
     let source = match std::fs::read(&checked.file) {
         Ok(source) => source,
-        Err(err) => return plan.error(Failure::new(&target, Reason::Enoent, format!("cannot read {target}: {err}"))),
+        Err(err) => return unit.error(Failure::new(&target, Reason::Enoent, format!("cannot read {target}: {err}"))),
     };
     let record = ExtensionRecord {
         name: checked.name.clone(),
@@ -46,10 +47,10 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
         format: checked.format,
         source_sha256: hex::encode(Sha256::digest(&source)),
     };
-    let mut plan = plan;
+    let mut unit = unit;
     let build = match checked.format {
-        Format::Wat => Build { source: checked.file, bytes: source, is_text: true },
-        Format::Wasm => Build { source: checked.file, bytes: source, is_text: false },
+        Format::Wat => Build { source: checked.file, bytes: source.into(), is_text: true },
+        Format::Wasm => Build { source: checked.file, bytes: source.into(), is_text: false },
         Format::Rs => {
             let timeout = shared.config.limits.build_timeout;
             let on_line = |line: &str| {
@@ -58,7 +59,7 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
             };
             match shared.rust.build(&target, &checked.file, &source, timeout, &on_line) {
                 Ok(built) => {
-                    plan.result.metadata.compile = built.rustc.map(|run| CompileReport {
+                    unit.result.metadata.compile = built.rustc.map(|run| CompileReport {
                         ran: true,
                         command: Some(run.command),
                         duration: run.duration,
@@ -66,15 +67,15 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
                         timed_out: false,
                         tail: Vec::new(),
                     });
-                    Build { source: checked.file, bytes: built.wasm, is_text: false }
+                    Build { source: checked.file, bytes: built.wasm.into(), is_text: false }
                 }
-                Err(failure) => return plan.error(failure),
+                Err(failure) => return unit.error(failure),
             }
         }
     };
-    plan.steps.push(module::plan_build(shared, &checked.name, build, options.force, started));
-    plan.record = Some(Record::Extension(record));
-    plan
+    unit.steps.push(module::plan_build(shared, &checked.name, build, options.force, started));
+    unit.record = Some(Record::Extension(record));
+    unit
 }
 
 /// Records an applied extension, durably; lists its module in

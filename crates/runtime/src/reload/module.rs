@@ -1,5 +1,7 @@
-//! One module's part of a reload: plan (stage the new build off the call path),
-//! commit (swap it in), purge (wait for old versions to drain).
+//! One module's part of a reload: stage the new build off the call path, commit
+//! (swap it in and migrate the module's processes), settle (keep or undo), purge
+//! (wait for old versions to drain). `reload/plan.rs` drives these for every
+//! module of a plan.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::blueprint::BuildRef;
 use super::migrate::{self, Held};
-use super::{Failure, Kind, Reason, ReloadOptions, ReloadResult, Skip, Swap};
+use super::{Failure, Kind, Reason, ReloadResult, Skip, Swap};
+use crate::artifact::{parse_sha256, Bytes};
 use crate::node::Shared;
 use crate::registry::Slot;
 use crate::version::Version;
@@ -36,11 +40,34 @@ impl ModuleStep {
         !self.result.errors.is_empty()
     }
 
-    /// Drops the staged build because another step of an atomic request failed.
-    pub(crate) fn roll_back(&mut self, because: &str) {
+    /// A build is staged and waits for commit.
+    pub(crate) fn is_staged(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// The build this step stands for — the staged one, or the current one of a
+    /// module found unchanged — as other members fetch it; `None` when it failed.
+    pub(crate) fn build_ref(&self, shared: &Shared) -> Option<BuildRef> {
+        if self.failed() {
+            return None;
+        }
+        let version = match &self.staged {
+            Some(staged) => Arc::clone(&staged.version),
+            None => shared.registry.slot(&self.result.target)?.current(),
+        };
+        let info = &version.info;
+        Some(BuildRef {
+            module: info.module.clone(),
+            sha256: info.sha256.clone(),
+            vsn: info.vsn.clone(),
+            source: info.source.clone(),
+        })
+    }
+
+    /// Drops the staged build without swapping it (`message` says why).
+    pub(crate) fn roll_back(&mut self, message: &str) {
         if self.staged.take().is_some() {
             let name = self.result.target.clone();
-            let message = format!("not swapped: {because}, and the reload is atomic");
             self.result.errors.push(Failure::new(name, Reason::RolledBack, message));
         }
     }
@@ -56,7 +83,7 @@ impl ModuleStep {
 /// source), its bytes, and whether they are wat text.
 pub(crate) struct Build {
     pub(crate) source: PathBuf,
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Bytes,
     pub(crate) is_text: bool,
 }
 
@@ -93,6 +120,36 @@ pub(crate) fn plan_build(shared: &Arc<Shared>, name: &str, build: Build, force: 
     ModuleStep::new(result, staged, started)
 }
 
+/// Stages module `build.module` from the build named by its sha256, as the
+/// coordinator of a cluster staged it: unchanged when the module runs that
+/// build already (unless `force`), else from the bytes the node holds.
+pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> ModuleStep {
+    let started = Instant::now();
+    let name = build.module.as_str();
+    let fail = |reason, message: String| {
+        let mut result = ReloadResult::new(Kind::Module, name);
+        result.errors.push(Failure::new(name, reason, message));
+        ModuleStep::new(result, None, started)
+    };
+    if let Err(message) = crate::abi::check_name(name) {
+        return fail(Reason::InvalidModule, message);
+    }
+    let Some(sha256) = parse_sha256(&build.sha256) else {
+        return fail(Reason::InvalidModule, format!("`{}` is not a sha256", build.sha256));
+    };
+    let current = shared.registry.slot(name).map(|slot| slot.current());
+    if !force && current.is_some_and(|current| current.sha256 == sha256) {
+        let mut result = ReloadResult::new(Kind::Module, name);
+        result.metadata.unchanged.push(name.to_string());
+        return ModuleStep::new(result, None, started);
+    }
+    let Some(bytes) = shared.artifacts.get(&sha256) else {
+        return fail(Reason::NotFound, format!("this node does not hold build {} of `{name}`", build.sha256));
+    };
+    let is_text = !bytes.starts_with(b"\0asm");
+    plan_build(shared, name, Build { source: build.source.clone(), bytes, is_text }, true, started)
+}
+
 impl ModuleStep {
     fn new(result: ReloadResult, staged: Option<Staged>, started: Instant) -> ModuleStep {
         ModuleStep { result, staged, slot: None, swapped: None, held: Vec::new(), elapsed: started.elapsed() }
@@ -111,8 +168,11 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
         .engines
         .load(&sha256, &build.bytes, build.is_text)
         .map_err(|(reason, message)| Failure::new(name, reason, message))?;
-    let version = Version::new(shared, name, &build.source, sha256, loaded.module, loaded.compiler)
-        .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    let version =
+        Version::new(&shared.engines, &shared.env, name, &build.source, sha256, loaded.module, loaded.compiler)
+            .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    // Held for other members of a cluster, and for a later rollback.
+    shared.artifacts.keep(&sha256, build.bytes);
     Ok(Some(Staged { version: Arc::new(version), compiled: loaded.compiled }))
 }
 
@@ -134,6 +194,7 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
         // build that validated, so a refused build is never cached.
         shared.engines.remember(&staged.version.sha256, staged.version.module(), info.compiler);
     }
+    shared.artifacts.persist(&staged.version.sha256);
     step.result.reloaded.push(name.clone());
     step.result.metadata.swaps.push(Swap {
         module: name,
@@ -200,18 +261,6 @@ pub(crate) fn settle(shared: &Arc<Shared>, step: &mut ModuleStep, undo: Option<&
     }
 }
 
-/// One module reloaded on its own, every step in order: plan, commit, migrate,
-/// settle (with `atomic`, a failed migration undoes the swap), purge.
-pub(crate) fn run(shared: &Arc<Shared>, name: &str, source: Option<&Path>, options: &ReloadOptions) -> ModuleStep {
-    let mut step = plan(shared, name, source, options.force);
-    commit(shared, &mut step);
-    migrate(shared, &mut step, options.force, options.atomic);
-    let undo = (options.atomic && step.failed()).then(|| format!("{name} failed"));
-    settle(shared, &mut step, undo.as_deref());
-    purge(&mut step, shared.config.limits.drain_deadline(), options.force);
-    step
-}
-
 /// Waits (until `deadline`) for the old versions of a committed step to drain;
 /// with `hard`, interrupts what runs on them first. Those still busy are skipped
 /// with `in_use` and go when they drain.
@@ -248,7 +297,7 @@ fn read_build(shared: &Arc<Shared>, name: &str, source: Option<&Path>) -> Result
         }
     };
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Build { source: path, bytes, is_text }),
+        Ok(bytes) => Ok(Build { source: path, bytes: bytes.into(), is_text }),
         Err(err) if err.kind() == std::io::ErrorKind::IsADirectory => {
             let message = format!("{}: is a directory, not a module file", path.display());
             Err(Failure::new(name, Reason::NotAFile, message))

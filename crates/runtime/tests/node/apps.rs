@@ -256,12 +256,14 @@ fn scope_all_reloads_every_app_as_child_steps_and_gathers_their_errors() {
     assert_eq!(
         names,
         [
+            // Every child is staged before any is committed: each child's
+            // step starts with its staging and stops when it is finished.
             ("zest.reload.start", Kind::System, "system"),
             ("zest.reload.start", Kind::App, "one"),
-            ("zest.reload.stop", Kind::App, "one"),
             ("zest.reload.start", Kind::App, "three"),
-            ("zest.reload.stop", Kind::App, "three"),
             ("zest.reload.start", Kind::App, "two"),
+            ("zest.reload.stop", Kind::App, "one"),
+            ("zest.reload.stop", Kind::App, "three"),
             ("zest.reload.stop", Kind::App, "two"),
             ("zest.reload.stop", Kind::System, "system"),
         ]

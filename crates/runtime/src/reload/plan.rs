@@ -1,0 +1,460 @@
+//! The phases of every reload, as an API.
+//!
+//! A reload is a [`Plan`] driven through four phases:
+//!
+//! 1. **stage** ([`Session::plan`], [`Session::plan_blueprint`]): manifests are
+//!    read, builds run, every module is compiled (or taken from the compile
+//!    cache), validated and instantiated once — all off the call path, while the
+//!    current versions keep serving. Nothing is swapped.
+//! 2. **commit** ([`Plan::commit`]): every staged build is swapped in (the next
+//!    call gets it) and the processes of each module migrate to it; in an atomic
+//!    plan they stay suspended, holding both their old and new instances.
+//! 3. **settle** ([`Plan::settle`]): the plan's changes are kept — or, with
+//!    `undo`, every swap and migration is put back — and old versions are purged.
+//! 4. **finish** ([`Plan::finish`]): manifests and extension records are kept,
+//!    declared processes started, and the one result is returned.
+//!
+//! [`Plan::abort`] replaces 2 and 3 when the plan must not be applied at all
+//! (an atomic plan with a build that failed, a cluster that did not prepare):
+//! every staged build is dropped and reports `rolled_back`.
+//!
+//! A standalone node runs the phases in a row ([`Plan::run`], behind
+//! `Node::reload`). A cluster runs stage on the coordinator, stages the same
+//! builds from a [`Blueprint`] on every member (its *prepare*), and commits and
+//! settles on every member once etcd has recorded the decision.
+//!
+//! A [`Session`] is the node's reload lock, held. Each plan keeps a share of
+//! it until the plan is finished or dropped, so holding a plan is holding the
+//! right to change the registry; the session may keep the lock longer (until
+//! the request's last event is out).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::app::{self, AppSource, Record};
+use super::blueprint::{self, Blueprint};
+use super::migrate::{self, Held};
+use super::module::{self, ModuleStep};
+use super::{
+    AllScope, CodeChangeTarget, Counts, Failure, Kind, Reason, ReloadOptions, ReloadRequest, ReloadResult, Scope,
+};
+use crate::lock::LockGuard;
+use crate::node::Shared;
+use crate::telemetry::EventBody;
+
+/// The node's reload lock, held: the right to stage and apply one plan.
+#[derive(Debug)]
+pub struct Session {
+    shared: Arc<Shared>,
+    guard: Arc<LockGuard>,
+    request_id: String,
+}
+
+/// What a session stages (the public entry points, and the embedding API's).
+pub(crate) enum Work<'a> {
+    /// A `system.reload` scope.
+    Scope(&'a Scope),
+    /// Loading an app from its directory (or reloading the app of that name).
+    LoadApp(&'a std::path::Path),
+    /// A module outside any app, from `source` or the file it was loaded from.
+    Loose { name: &'a str, source: Option<&'a std::path::Path> },
+    /// The extensions recorded in the data directory (a node starting).
+    RecordedExtensions,
+}
+
+impl Session {
+    pub(crate) fn new(shared: &Arc<Shared>, guard: LockGuard, request_id: String) -> Session {
+        Session { shared: Arc::clone(shared), guard: Arc::new(guard), request_id }
+    }
+
+    /// Carried in every telemetry event of the plan.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The fencing token of the lock held.
+    pub fn token(&self) -> u64 {
+        self.guard.token()
+    }
+
+    /// Stages `request`: reads, builds, compiles, validates; swaps nothing.
+    pub fn plan(&self, request: &ReloadRequest) -> Plan {
+        self.stage(Work::Scope(&request.scope), &request.options)
+    }
+
+    /// Stages the builds `blueprint` names (the prepare of a cluster member, or
+    /// a member catching up with the cluster). Every build must be held by the
+    /// node ([`crate::Node::add_build`]) unless the module already runs it.
+    pub fn plan_blueprint(&self, blueprint: &Blueprint) -> Plan {
+        let options = ReloadOptions { force: blueprint.force, atomic: blueprint.atomic, ..ReloadOptions::default() };
+        let mut plan = Plan::new(self, blueprint.kind, &blueprint.target, &options);
+        for unit in &blueprint.units {
+            plan.emit_child(unit.kind, &unit.target, EventBody::Start { system_time: SystemTime::now() });
+            plan.units.push(blueprint::stage_unit(&plan.shared, unit, blueprint.force));
+        }
+        plan.code_change = blueprint.code_change.clone();
+        plan
+    }
+
+    pub(crate) fn stage(&self, work: Work<'_>, options: &ReloadOptions) -> Plan {
+        let (kind, target) = match &work {
+            Work::Scope(Scope::Module(name)) => (Kind::Module, name.clone()),
+            Work::Loose { name, .. } => (Kind::Module, name.to_string()),
+            Work::Scope(Scope::App(name)) => (Kind::App, name.clone()),
+            Work::Scope(Scope::Extension(path)) => (Kind::Extension, path.display().to_string()),
+            Work::Scope(Scope::All(_)) | Work::RecordedExtensions => (Kind::System, "system".to_string()),
+            Work::LoadApp(dir) => (Kind::App, dir.display().to_string()),
+        };
+        let mut plan = Plan::new(self, kind, &target, options);
+        let (shared, request_id) = (Arc::clone(&plan.shared), plan.request_id.clone());
+        let unit = match work {
+            Work::Scope(Scope::Module(name)) => app::plan_module_scope(&shared, name, options, &request_id),
+            Work::Scope(Scope::App(name)) => app::plan_app(&shared, AppSource::Name(name), options, &request_id),
+            Work::Scope(Scope::Extension(path)) => {
+                super::extension::plan_extension(&shared, path, options, &request_id)
+            }
+            Work::LoadApp(dir) => app::plan_app(&shared, AppSource::Dir(dir), options, &request_id),
+            Work::Loose { name, source } => {
+                let mut unit = Unit::new(Kind::Module, name);
+                unit.steps.push(module::plan(&shared, name, source, options.force));
+                unit
+            }
+            Work::Scope(Scope::All(all)) => {
+                plan.stage_all(all);
+                return plan;
+            }
+            Work::RecordedExtensions => {
+                plan.stage_recorded_extensions();
+                return plan;
+            }
+        };
+        plan.units.push(unit);
+        plan
+    }
+}
+
+/// One child of a plan: an app, an extension, or a module of scope `module` —
+/// its result so far, its module steps, and what to keep once it is applied.
+pub(crate) struct Unit {
+    pub(crate) result: ReloadResult,
+    pub(crate) steps: Vec<ModuleStep>,
+    pub(crate) record: Option<Record>,
+    pub(crate) started: Instant,
+}
+
+impl Unit {
+    pub(crate) fn new(kind: Kind, target: &str) -> Unit {
+        Unit { result: ReloadResult::new(kind, target), steps: Vec::new(), record: None, started: Instant::now() }
+    }
+
+    /// The unit failed before any module was staged.
+    pub(crate) fn error(mut self, failure: Failure) -> Unit {
+        self.result.errors.push(failure);
+        self
+    }
+
+    /// The unit's result with what it leaves behind recorded: an app's result
+    /// has one child per module; an extension's or a module's step is its own
+    /// result.
+    fn finish(self, shared: &Arc<Shared>) -> ReloadResult {
+        let Unit { mut result, steps, record, started } = self;
+        for step in steps {
+            match result.kind {
+                Kind::App => result.absorb(step.finish()),
+                _ => result.merge(step.finish()),
+            }
+        }
+        match (result.kind, record) {
+            (Kind::App, Some(Record::App(manifest))) => {
+                app::start_processes(shared, &manifest, &mut result);
+                shared.record_app(manifest);
+            }
+            // Scope `module` keeps the manifest it read once its module applied.
+            (_, Some(Record::App(manifest))) if result.errors.is_empty() => shared.record_app(manifest),
+            (_, Some(Record::Extension(record))) => super::extension::record(shared, record, &mut result),
+            _ => {}
+        }
+        result.duration = started.elapsed();
+        result
+    }
+}
+
+/// A staged reload; see the module documentation for its phases.
+pub struct Plan {
+    shared: Arc<Shared>,
+    kind: Kind,
+    target: String,
+    units: Vec<Unit>,
+    /// Failures of the request as a whole (a records file that cannot be read).
+    errors: Vec<Failure>,
+    code_change: Vec<CodeChangeTarget>,
+    /// The results of the `code_change` targets, once committed.
+    changes: Vec<ReloadResult>,
+    /// Processes of `code_change` targets held by an atomic plan, with the index
+    /// of their result in `changes`.
+    held: Vec<(usize, Held)>,
+    options: ReloadOptions,
+    request_id: String,
+    started: Instant,
+    /// The node's reload lock (shared with the session): released once both
+    /// are gone.
+    _lock: Arc<LockGuard>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("kind", &self.kind)
+            .field("target", &self.target)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plan {
+    fn new(session: &Session, kind: Kind, target: &str, options: &ReloadOptions) -> Plan {
+        Plan {
+            shared: Arc::clone(&session.shared),
+            kind,
+            target: target.to_string(),
+            units: Vec::new(),
+            errors: Vec::new(),
+            code_change: Vec::new(),
+            changes: Vec::new(),
+            held: Vec::new(),
+            options: options.clone(),
+            request_id: session.request_id.clone(),
+            started: Instant::now(),
+            _lock: Arc::clone(&session.guard),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    pub fn options(&self) -> &ReloadOptions {
+        &self.options
+    }
+
+    /// What other members need to stage exactly these builds: every module this
+    /// plan staged or found unchanged, by sha256, with the manifests and records
+    /// it applies. Modules whose stage failed are left out.
+    pub fn blueprint(&self) -> Blueprint {
+        blueprint::of_plan(&self.shared, self.kind, &self.target, &self.units, &self.code_change, &self.options)
+    }
+
+    /// Whether committing would change anything: a module staged, a manifest or
+    /// record to keep, a `code_change` target to run.
+    pub fn changes_anything(&self) -> bool {
+        !self.code_change.is_empty()
+            || self.units.iter().any(|unit| unit.record.is_some() || unit.steps.iter().any(ModuleStep::is_staged))
+    }
+
+    /// What failed while staging, as `a, b failed`; `None` when nothing did.
+    pub fn staging_failures(&self) -> Option<String> {
+        culprits(&self.units, std::iter::empty())
+    }
+
+    /// What failed so far — staging, swaps and migrations — as `a, b failed`.
+    pub fn failures(&self) -> Option<String> {
+        culprits(&self.units, self.changes.iter())
+    }
+
+    /// Drops every staged build instead of committing: each reports
+    /// `rolled_back` with `message`, and nothing of the plan is kept.
+    pub fn abort(&mut self, message: &str) {
+        for unit in &mut self.units {
+            for step in &mut unit.steps {
+                step.roll_back(message);
+            }
+            unit.record = None;
+        }
+        for target in std::mem::take(&mut self.code_change) {
+            let name = format!("{}:{}", target.server, target.module);
+            let mut result = ReloadResult::new(Kind::CodeChange, &name);
+            result.errors.push(Failure::new(&name, Reason::RolledBack, message));
+            self.emit_child(Kind::CodeChange, &name, EventBody::Start { system_time: SystemTime::now() });
+            self.changes.push(result);
+        }
+    }
+
+    /// Swaps every staged build in, migrates the processes of every module, then
+    /// runs the `code_change` targets. In an atomic plan the migrated processes
+    /// stay suspended until [`Plan::settle`].
+    pub fn commit(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let (force, hold) = (self.options.force, self.options.atomic);
+        for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
+            module::commit(&shared, step);
+        }
+        for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
+            module::migrate(&shared, step, force, hold);
+        }
+        for target in std::mem::take(&mut self.code_change) {
+            let name = format!("{}:{}", target.server, target.module);
+            self.emit_child(Kind::CodeChange, &name, EventBody::Start { system_time: SystemTime::now() });
+            let (result, held) = migrate::code_change(&shared, &target, hold);
+            if let Some(held) = held {
+                self.held.push((self.changes.len(), held));
+            }
+            self.changes.push(result);
+        }
+    }
+
+    /// Ends the plan's changes: keeps them, or with `undo` (why) puts every swap
+    /// and migration back, each reporting `rolled_back`; then purges the old
+    /// versions (one drain deadline for the lot).
+    pub fn settle(&mut self, undo: Option<&str>) {
+        let shared = Arc::clone(&self.shared);
+        for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
+            module::settle(&shared, step, undo);
+        }
+        for (index, held) in self.held.drain(..) {
+            match undo {
+                Some(because) => {
+                    let change = &mut self.changes[index];
+                    change.reloaded.clear();
+                    let message = format!("undone: {because}, and the reload is atomic");
+                    change.errors.push(Failure::new(change.target.clone(), Reason::RolledBack, message));
+                    held.roll_back();
+                }
+                None => held.commit(),
+            }
+        }
+        if undo.is_some() {
+            for unit in &mut self.units {
+                unit.record = None;
+            }
+        }
+        let deadline = shared.config.limits.drain_deadline();
+        for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
+            module::purge(step, deadline, self.options.force);
+        }
+    }
+
+    /// The result: for scope `all`, one child per app, extension and
+    /// `code_change` target; otherwise the one unit's own result. Manifests and
+    /// extension records are kept, declared processes started.
+    pub fn finish(mut self) -> ReloadResult {
+        let shared = Arc::clone(&self.shared);
+        let units = std::mem::take(&mut self.units);
+        if self.kind != Kind::System {
+            let mut result = match units.into_iter().next() {
+                Some(unit) => unit.finish(&shared),
+                None => ReloadResult::new(self.kind, &self.target),
+            };
+            result.errors.extend(std::mem::take(&mut self.errors));
+            return result;
+        }
+        let mut result = ReloadResult::new(Kind::System, "system");
+        result.errors.append(&mut self.errors);
+        for unit in units {
+            let done = unit.finish(&shared);
+            self.emit_child(done.kind, &done.target, stop(&done));
+            result.absorb(done);
+        }
+        for change in std::mem::take(&mut self.changes) {
+            self.emit_child(Kind::CodeChange, &change.target, stop(&change));
+            result.absorb(change);
+        }
+        result.metadata.counts = Some(Counts::of(&result.results));
+        result.duration = self.started.elapsed();
+        result
+    }
+
+    /// Every phase in a row, as a standalone node runs a request: an atomic plan
+    /// with a failed stage is aborted; otherwise committed, then settled (undone
+    /// when atomic and anything failed).
+    pub fn run(mut self) -> ReloadResult {
+        if self.options.atomic {
+            if let Some(because) = self.staging_failures() {
+                self.abort(&format!("not swapped: {because}, and the reload is atomic"));
+                return self.finish();
+            }
+        }
+        self.commit();
+        let undo = if self.options.atomic { self.failures() } else { None };
+        self.settle(undo.as_deref());
+        self.finish()
+    }
+
+    /// Scope `all`: every requested app (default: every loaded app), then every
+    /// listed extension, each a telemetry step of its own from here to finish.
+    fn stage_all(&mut self, all: &AllScope) {
+        let shared = Arc::clone(&self.shared);
+        let apps: Vec<String> = if all.apps.is_empty() { shared.app_names() } else { all.apps.clone() };
+        for name in &apps {
+            self.emit_child(Kind::App, name, EventBody::Start { system_time: SystemTime::now() });
+            let unit = app::plan_app(&shared, AppSource::Name(name), &self.options, &self.request_id);
+            self.units.push(unit);
+        }
+        for path in &all.extensions {
+            let target = path.display().to_string();
+            self.emit_child(Kind::Extension, &target, EventBody::Start { system_time: SystemTime::now() });
+            self.units.push(super::extension::plan_extension(&shared, path, &self.options, &self.request_id));
+        }
+        self.code_change = all.code_change.clone();
+    }
+
+    /// The recorded extensions: a record that cannot be read is an error of the
+    /// whole, never a reason not to load the others.
+    fn stage_recorded_extensions(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let recovered = shared.extensions.recover();
+        for problem in recovered.problems {
+            tracing::error!(%problem, "an extension record cannot be read");
+            self.errors.push(Failure::new("extensions.json", Reason::InvalidModule, problem));
+        }
+        for record in &recovered.records {
+            shared.extensions.remember(record.clone());
+        }
+        for record in recovered.records {
+            let target = record.path.display().to_string();
+            self.emit_child(Kind::Extension, &target, EventBody::Start { system_time: SystemTime::now() });
+            let unit = super::extension::plan_extension(&shared, &record.path, &self.options, &self.request_id);
+            for failure in &unit.result.errors {
+                tracing::error!(extension = %target, reason = %failure.reason, message = %failure.message,
+                    "a recorded extension did not load");
+            }
+            self.units.push(unit);
+        }
+    }
+
+    /// An event of one child step of scope `all` (the request's own events are
+    /// its caller's).
+    fn emit_child(&self, kind: Kind, target: &str, body: EventBody) {
+        if self.kind == Kind::System {
+            self.shared.telemetry.emit(kind, target, &self.request_id, body);
+        }
+    }
+}
+
+fn stop(result: &ReloadResult) -> EventBody {
+    EventBody::Stop { duration: result.duration, status: result.status() }
+}
+
+/// What failed in the units and in `others`, as `a, b failed`; `None` when
+/// nothing did.
+fn culprits<'a>(units: &[Unit], others: impl Iterator<Item = &'a ReloadResult>) -> Option<String> {
+    let mut culprits: Vec<String> = Vec::new();
+    for unit in units {
+        culprits.extend(unit.result.errors.iter().map(|f| f.target.clone()));
+        for step in &unit.steps {
+            culprits.extend(step.result.errors.iter().map(|f| f.target.clone()));
+        }
+    }
+    for other in others {
+        culprits.extend(other.errors.iter().map(|f| f.target.clone()));
+    }
+    culprits.dedup();
+    (!culprits.is_empty()).then(|| format!("{} failed", culprits.join(", ")))
+}
