@@ -294,7 +294,43 @@ pub fn status_tables(status: &Value, paint: &Paint) -> String {
         out.push('\n');
         out.push_str(&table(&["EXTENSION", "FORMAT", "LOADED", "PATH"], &extensions));
     }
+    if let Some(cluster) = status.get("cluster").filter(|c| c.is_object()) {
+        out.push('\n');
+        out.push_str(&cluster_table(cluster, paint));
+    }
     out
+}
+
+/// The cluster block: this member's view of its cluster, and the members.
+fn cluster_table(cluster: &Value, paint: &Paint) -> String {
+    let me = cluster["node"].as_str().unwrap_or("");
+    let mut heading = format!(
+        "cluster {} — this is {}, applied revision {}",
+        cluster["name"].as_str().unwrap_or("?"),
+        me,
+        cluster["revision"]
+    );
+    if cluster["available"] == false {
+        let problem = cluster["problem"].as_str().unwrap_or("etcd is unreachable");
+        heading.push_str(&format!(", {}", paint.status(&format!("etcd unavailable: {problem}"))));
+    }
+    if cluster["diverged"] == true {
+        heading.push_str(&format!(", {}", paint.status("partial").replace("partial", "diverged (a local reload)")));
+    }
+    let rows: Vec<Vec<String>> = cluster["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let node = m["node"].as_str().unwrap_or("").to_string();
+            vec![
+                if node == me { format!("{node} *") } else { node },
+                m["advertise"].as_str().unwrap_or("").into(),
+                m["since"].as_str().unwrap_or("").into(),
+            ]
+        })
+        .collect();
+    format!("{heading}\n{}", table(&["MEMBER", "ADVERTISE", "SINCE"], &rows))
 }
 
 fn uptime(ms: u64) -> String {

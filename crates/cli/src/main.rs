@@ -124,6 +124,10 @@ struct ReloadFlags {
     /// Wait this long for the reload lock (default: answer at once).
     #[arg(long, global = true)]
     lock_timeout_ms: Option<u64>,
+    /// In a cluster: `all` members (the default), `local` (this node only), or
+    /// member ids, comma-separated.
+    #[arg(long, global = true, value_name = "all|local|ID,ID")]
+    nodes: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +264,19 @@ fn reload(scope: ReloadScope, options: ReloadFlags, client: ClientFlags) -> Resu
     }
     if let Some(ms) = options.lock_timeout_ms {
         insert(&mut params, "lock_timeout_ms", json!(ms));
+    }
+    if let Some(nodes) = &options.nodes {
+        let nodes = match nodes.trim() {
+            "all" | "local" => json!(nodes.trim()),
+            list => {
+                let ids: Vec<&str> = list.split(',').map(str::trim).filter(|id| !id.is_empty()).collect();
+                if ids.is_empty() {
+                    return Err(CliError::Usage("--nodes needs all, local, or member ids (a,b)".into()));
+                }
+                json!(ids)
+            }
+        };
+        insert(&mut params, "nodes", nodes);
     }
     let target = target(&client);
     // Builds (an app's, or rustc for an extension) stream their output while they run.

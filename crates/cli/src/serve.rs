@@ -9,9 +9,16 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use zest_runtime::{AllScope, Node, NodeConfig, ReloadOptions, ReloadRequest, ReloadResult, Scope, Status};
 
-use zest_control::auth::Tokens;
+use zest_control::auth::{read_token, Tokens};
+use zest_control::cluster::Cluster;
 use zest_control::config::ServeConfig;
 use zest_control::server;
+use zest_control::wire::Nodes;
+
+/// Buckets of every duration histogram (`zest_reload_duration_seconds`, …),
+/// in seconds: histograms, unlike summaries, add up across members.
+const DURATION_BUCKETS: [f64; 18] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0];
 
 use crate::CliError;
 
@@ -33,14 +40,22 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|err| {
         CliError::Failed(format!("cannot create the data directory {}: {err}", config.data_dir.display()))
     })?;
-    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&DURATION_BUCKETS)
+        .map_err(|err| CliError::Failed(format!("cannot configure the metrics buckets: {err}")))?;
+    let metrics = match builder.install_recorder() {
         Ok(handle) => Some(handle),
         Err(err) => {
             tracing::warn!(%err, "metrics are not recorded");
             None
         }
     };
-    let (tokens, created) = Tokens::load(&config.tokens, &config.data_dir).map_err(CliError::Failed)?;
+    let cluster_token = match &config.cluster {
+        Some(cluster) => Some(read_token(&cluster.token_file).map_err(CliError::Usage)?),
+        None => None,
+    };
+    let (tokens, created) =
+        Tokens::load(&config.tokens, cluster_token.as_deref(), &config.data_dir).map_err(CliError::Failed)?;
     if let Some(path) = created {
         eprintln!("admin token: {} (the CLI reads it from there)", path.display());
     }
@@ -78,16 +93,27 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
         let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
         let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
         let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
-        let bound = server::start(
+        let cannot_listen = |err: std::io::Error| CliError::Failed(format!("cannot listen on {}: {err}", config.listen));
+        let listener = std::net::TcpListener::bind(config.listen).map_err(cannot_listen)?;
+        let bound = listener.local_addr().map_err(cannot_listen)?;
+        let cluster = match (&config.cluster, cluster_token) {
+            (Some(settings), Some(token)) => {
+                let advertise = settings.advertise.clone().unwrap_or_else(|| format!("http://{bound}"));
+                let joined = Cluster::start(settings.clone(), Arc::clone(&node), advertise, token, &config.data_dir).await;
+                Some(joined.map_err(CliError::Usage)?)
+            }
+            _ => None,
+        };
+        let started = server::start(
             Arc::clone(&node),
+            listener,
             SystemTime::now(),
-            config.listen,
             Arc::new(tokens),
             metrics,
             config.max_request_bytes,
-        )
-        .await;
-        let (handle, addr) = bound.map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", config.listen)))?;
+            cluster.clone(),
+        );
+        let (handle, addr) = started.map_err(cannot_listen)?;
         println!("listening on http://{addr}");
         let _ = std::io::stdout().flush();
         loop {
@@ -95,14 +121,19 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    let node = Arc::clone(&node);
+                    let (node, cluster) = (Arc::clone(&node), cluster.clone());
                     tokio::task::spawn_blocking(move || {
-                        // Every app, and every recorded extension.
+                        // Every app, and every recorded extension; in a cluster,
+                        // on this member only (`nodes: "local"`).
                         let extensions = node.status().extensions.into_iter().map(|e| e.record.path).collect();
                         let all = AllScope { extensions, ..AllScope::default() };
                         let options = ReloadOptions { lock_timeout: Duration::from_secs(60), ..ReloadOptions::default() };
                         let request = ReloadRequest { scope: Scope::All(all), options, request_id: None };
-                        match node.reload(&request) {
+                        let outcome = match &cluster {
+                            Some(cluster) => cluster.reload(&request, &Nodes::Local).map_err(|err| format!("{err:?}")),
+                            None => node.reload(&request).map_err(|err| err.to_string()),
+                        };
+                        match outcome {
                             Ok(result) => report_start("SIGHUP reload", &result),
                             Err(err) => tracing::error!(%err, "SIGHUP reload did not run"),
                         }
@@ -113,6 +144,9 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
         eprintln!("shutting down: finishing calls in flight");
         let _ = handle.stop();
         handle.stopped().await;
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
+        }
         let node = Arc::clone(&node);
         let _ = tokio::task::spawn_blocking(move || node.stop_all_processes()).await;
         eprintln!("stopped");

@@ -2,130 +2,15 @@
 //! process: every method over HTTP and WebSocket, every error code, each auth
 //! scope, batches, limits, signals, and the client commands' exit codes.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const ZEST: &str = env!("CARGO_BIN_EXE_zest");
+mod support;
 
-/// A `zest serve` in its own directory, stopped (SIGTERM) when dropped.
-struct Served {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    url: String,
-    token: String,
-}
-
-impl Served {
-    /// `zest serve --listen 127.0.0.1:0 ARGS...` in a fresh directory prepared by `setup`.
-    fn start(args: &[&str], setup: impl FnOnce(&Path)) -> Served {
-        let dir = tempfile::tempdir().unwrap();
-        setup(dir.path());
-        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        Served::spawn(dir, &all)
-    }
-
-    fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Served {
-        let mut child = Command::new(ZEST)
-            .args(args)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("zest serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url =
-            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line: {line:?}")).to_string();
-        let token =
-            std::fs::read_to_string(dir.path().join(".zest/admin.token")).unwrap_or_default().trim().to_string();
-        Served { dir, child: Some(child), url, token }
-    }
-
-    fn path(&self, relative: &str) -> PathBuf {
-        self.dir.path().join(relative)
-    }
-
-    /// One POST with `token` (`None`: no Authorization header); status and JSON body.
-    fn post_as(&self, token: Option<&str>, body: &str) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut request = agent.post(&self.url).header("content-type", "application/json");
-        if let Some(token) = token {
-            request = request.header("authorization", &format!("Bearer {token}"));
-        }
-        let mut response = request.send(body).unwrap();
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
-    }
-
-    fn rpc_as(&self, token: Option<&str>, method: &str, params: Value) -> Value {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        self.post_as(token, &body.to_string()).1
-    }
-
-    fn rpc(&self, method: &str, params: Value) -> Value {
-        self.rpc_as(Some(&self.token.clone()), method, params)
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut request = agent.get(&format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.header("authorization", &format!("Bearer {token}"));
-        }
-        let mut response = request.call().unwrap();
-        (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
-    }
-
-    /// The CLI as a subprocess, in this node's directory; exit code, stdout, stderr.
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(ZEST)
-            .args(args)
-            .args(["--url", &self.url])
-            .current_dir(self.dir.path())
-            .env_remove("ZEST_TOKEN")
-            .output()
-            .unwrap();
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    /// Stops the node with SIGTERM and returns its exit code.
-    fn stop(mut self) -> i32 {
-        self.signal(15);
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "zest serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use support::{Served, ZEST};
 
 fn code(response: &Value) -> (i64, &str) {
     let error = &response["error"];
@@ -505,7 +390,7 @@ fn signals_reload_on_hup_and_stop_cleanly_on_term() {
 #[test]
 fn a_fresh_directory_serve_with_no_flags_runs_the_demo_on_the_default_address() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Served::spawn(dir, &["serve"]);
+    let node = Served::spawn(dir.path().to_path_buf(), Some(dir), &["serve"], ".zest/admin.token");
     assert_eq!(node.url, "http://127.0.0.1:4780");
     assert!(node.path("extensions").is_dir(), "./extensions is made for the operator");
     assert!(node.path(".zest/demo/zest.toml").is_file());

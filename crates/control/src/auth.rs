@@ -1,6 +1,8 @@
-//! Bearer tokens and their scopes (CONTRACT.md §4): `read` (status, events),
-//! `call` (module and process calls), `admin` (everything). Tokens are compared
-//! in constant time, through their sha256 so lengths leak nothing either.
+//! Bearer tokens and their scopes (CONTRACT.md §4, §10): `read` (status,
+//! events), `call` (module and process calls), `admin` (everything), and
+//! `cluster` (the token members of a cluster share: builds and the node-to-node
+//! methods, nothing else). Tokens are compared in constant time, through their
+//! sha256 so lengths leak nothing either.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ pub enum Scope {
     Read,
     Call,
     Admin,
+    Cluster,
 }
 
 impl Scope {
@@ -24,6 +27,7 @@ impl Scope {
             "read" => Some(Scope::Read),
             "call" => Some(Scope::Call),
             "admin" => Some(Scope::Admin),
+            "cluster" => Some(Scope::Cluster),
             _ => None,
         }
     }
@@ -33,6 +37,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Call => "call",
             Scope::Admin => "admin",
+            Scope::Cluster => "cluster",
         }
     }
 }
@@ -61,9 +66,16 @@ pub struct Tokens {
 
 impl Tokens {
     /// Reads every configured token. With none configured, the node's own admin
-    /// token: `<data_dir>/admin.token`, created (mode 0600) when missing.
-    pub fn load(sources: &[TokenSource], data_dir: &Path) -> Result<(Tokens, Option<PathBuf>), String> {
+    /// token: `<data_dir>/admin.token`, created (mode 0600) when missing. The
+    /// cluster's shared token (scope `cluster` only) is known besides them; it
+    /// does not count as a configured client token.
+    pub fn load(
+        sources: &[TokenSource],
+        cluster: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<(Tokens, Option<PathBuf>), String> {
         let mut known = Vec::new();
+        let cluster = cluster.map(|token| (digest(token), vec![Scope::Cluster]));
         for source in sources {
             match source {
                 TokenSource::File { path, scopes } => {
@@ -74,6 +86,7 @@ impl Tokens {
             }
         }
         if !known.is_empty() {
+            known.extend(cluster);
             return Ok((Tokens { known }, None));
         }
         let path = data_dir.join("admin.token");
@@ -82,7 +95,9 @@ impl Tokens {
             Err(_) if !path.exists() => create_admin_token(&path)?,
             Err(err) => return Err(err),
         };
-        Ok((Tokens { known: vec![(digest(&token), vec![Scope::Admin])] }, Some(path)))
+        known.push((digest(&token), vec![Scope::Admin]));
+        known.extend(cluster);
+        Ok((Tokens { known }, Some(path)))
     }
 
     pub fn caller(&self, presented: Option<&str>) -> Caller {
@@ -105,7 +120,7 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn read_token(path: &Path) -> Result<String, String> {
+pub fn read_token(path: &Path) -> Result<String, String> {
     let text =
         std::fs::read_to_string(path).map_err(|err| format!("cannot read the token file {}: {err}", path.display()))?;
     let token = text.trim();
@@ -145,14 +160,14 @@ mod tests {
     fn the_default_admin_token_is_created_private_and_reused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let (tokens, created) = Tokens::load(&[], dir.path()).unwrap();
+        let (tokens, created) = Tokens::load(&[], None, dir.path()).unwrap();
         let path = created.unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
         assert_eq!(tokens.caller(Some(&token)).check(Scope::Admin), Ok(()));
         assert_eq!(tokens.caller(Some("nope")).check(Scope::Read), Err(Code::Unauthorized));
         assert_eq!(tokens.caller(None).check(Scope::Read), Err(Code::Unauthorized));
-        let (again, _) = Tokens::load(&[], dir.path()).unwrap();
+        let (again, _) = Tokens::load(&[], None, dir.path()).unwrap();
         assert_eq!(again.caller(Some(&token)).check(Scope::Call), Ok(()), "the same token after a restart");
     }
 
@@ -161,12 +176,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("r"), "reader\n").unwrap();
         let sources = [TokenSource::File { path: dir.path().join("r"), scopes: vec![Scope::Read] }];
-        let (tokens, created) = Tokens::load(&sources, dir.path()).unwrap();
+        let (tokens, created) = Tokens::load(&sources, None, dir.path()).unwrap();
         assert!(created.is_none(), "no admin token is made when tokens are configured");
         let reader = tokens.caller(Some("reader"));
         assert_eq!((reader.check(Scope::Read), reader.check(Scope::Call)), (Ok(()), Err(Code::Forbidden)));
         let header = http::HeaderValue::from_static("Bearer abc");
         assert_eq!(bearer(Some(&header)), Some("abc"));
         assert_eq!(bearer(Some(&http::HeaderValue::from_static("Basic abc"))), None);
+    }
+
+    #[test]
+    fn the_cluster_token_reaches_cluster_methods_only_and_an_admin_token_is_still_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tokens, created) = Tokens::load(&[], Some("shared-secret"), dir.path()).unwrap();
+        assert!(created.is_some(), "the cluster token is not a client token: the admin token is made");
+        let peer = tokens.caller(Some("shared-secret"));
+        assert_eq!(peer.check(Scope::Cluster), Ok(()));
+        for scope in [Scope::Read, Scope::Call, Scope::Admin] {
+            assert_eq!(peer.check(scope), Err(Code::Forbidden), "{scope:?}");
+        }
+        let admin = std::fs::read_to_string(created.unwrap()).unwrap();
+        assert_eq!(tokens.caller(Some(admin.trim())).check(Scope::Cluster), Ok(()), "admin implies cluster");
     }
 }

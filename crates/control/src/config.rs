@@ -22,6 +22,22 @@ pub struct ServeConfig {
     pub extensions: ExtensionsConfig,
     pub limits: Limits,
     pub max_request_bytes: u32,
+    /// `[cluster]`: `None` for a standalone node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` (CONTRACT.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// This member's id.
+    pub node: String,
+    pub etcd: Vec<String>,
+    /// Where peers reach this node; `None`: the address it listens on.
+    pub advertise: Option<String>,
+    pub token_file: PathBuf,
+    pub lease_ttl: Duration,
+    pub prepare_timeout: Duration,
 }
 
 /// Where a token comes from, and what it may do.
@@ -68,6 +84,19 @@ struct File {
     extensions: ExtensionsSection,
     #[serde(default)]
     limits: LimitsSection,
+    cluster: Option<ClusterSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    name: Option<String>,
+    node: Option<String>,
+    etcd: Option<Vec<String>>,
+    advertise: Option<String>,
+    token_file: Option<PathBuf>,
+    lease_ttl_ms: Option<u64>,
+    prepare_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,9 +153,9 @@ impl ServeConfig {
                 let text =
                     std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
                 let file: File = toml::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
-                (file, path.parent().map(Path::to_path_buf).unwrap_or_default())
+                (file, absolute(path.parent().unwrap_or(Path::new(""))))
             }
-            None => (File::default(), PathBuf::new()),
+            None => (File::default(), absolute(Path::new(""))),
         };
         let origin = flags.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "flags".into());
         let at = |key: &str, problem: String| format!("{origin}: {key}: {problem}");
@@ -158,10 +187,12 @@ impl ServeConfig {
             }
             tokens.push(TokenSource::Inline(token.trim().to_string()));
         }
+        // App directories are absolute: a cluster member sends its manifests
+        // to others, and status shows where each app lives.
         let apps = if flags.apps.is_empty() {
             file.apps.iter().map(|app| in_file(&app.dir)).collect()
         } else {
-            flags.apps.clone()
+            flags.apps.iter().map(|dir| absolute(dir)).collect()
         };
         let defaults = ExtensionsConfig::default();
         let roots = match (&flags.extensions, &file.extensions.roots) {
@@ -225,6 +256,10 @@ impl ServeConfig {
             ));
         }
         let max_request_bytes = file.control.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        let cluster = match &file.cluster {
+            None => None,
+            Some(section) => Some(cluster_config(section, &at, &in_file)?),
+        };
         Ok(ServeConfig {
             data_dir,
             listen,
@@ -233,8 +268,67 @@ impl ServeConfig {
             extensions: ExtensionsConfig { roots, rustc },
             limits,
             max_request_bytes,
+            cluster,
         })
     }
+}
+
+/// `path` from the working directory (lexically: links are left alone).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+const DEFAULT_LEASE_TTL_MS: u64 = 5000;
+const DEFAULT_PREPARE_TIMEOUT_MS: u64 = 10_000;
+
+fn cluster_config(
+    section: &ClusterSection,
+    at: &dyn Fn(&str, String) -> String,
+    in_file: &dyn Fn(&Path) -> PathBuf,
+) -> Result<ClusterConfig, String> {
+    let id = |key: &str, value: &Option<String>| -> Result<String, String> {
+        let value = value.clone().ok_or_else(|| at(&format!("cluster.{key}"), "is required".into()))?;
+        zest_runtime::abi::check_name(&value).map_err(|problem| at(&format!("cluster.{key}"), problem))?;
+        Ok(value)
+    };
+    let name = id("name", &section.name)?;
+    let node = id("node", &section.node)?;
+    let etcd = section.etcd.clone().unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]);
+    if etcd.is_empty() {
+        return Err(at("cluster.etcd", "needs at least one endpoint".into()));
+    }
+    if let Some(bad) = etcd.iter().find(|endpoint| !endpoint.starts_with("http://")) {
+        return Err(at("cluster.etcd", format!("{bad:?}: endpoints are http://HOST:PORT (TLS is not supported yet)")));
+    }
+    if let Some(advertise) = &section.advertise {
+        if !advertise.starts_with("http://") {
+            return Err(at("cluster.advertise", format!("{advertise:?}: an address is http://HOST:PORT")));
+        }
+    }
+    let token_file = section.token_file.as_deref().map(in_file).ok_or_else(|| {
+        at("cluster.token_file", "is required: members authenticate to each other with the token it holds".into())
+    })?;
+    let lease_ttl_ms = section.lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS);
+    if !(1000..=60_000).contains(&lease_ttl_ms) {
+        return Err(at(
+            "cluster.lease_ttl_ms",
+            "must be between 1000 and 60000 (etcd counts leases in seconds)".into(),
+        ));
+    }
+    let prepare_timeout_ms = section.prepare_timeout_ms.unwrap_or(DEFAULT_PREPARE_TIMEOUT_MS);
+    if prepare_timeout_ms == 0 || prepare_timeout_ms > A_DAY_MS {
+        return Err(at("cluster.prepare_timeout_ms", format!("must be between 1 and {A_DAY_MS}")));
+    }
+    Ok(ClusterConfig {
+        name,
+        node,
+        etcd,
+        advertise: section.advertise.clone(),
+        token_file,
+        lease_ttl: Duration::from_millis(lease_ttl_ms),
+        prepare_timeout: Duration::from_millis(prepare_timeout_ms),
+    })
 }
 
 #[cfg(test)]
@@ -295,5 +389,34 @@ memory_mb = 64
         std::fs::write(&file, "[[control.tokens]]\ntoken_file = \"t\"\nscopes = [\"root\"]\n").unwrap();
         let err = ServeConfig::load(&Flags { config: Some(file), ..Flags::default() }).unwrap_err();
         assert!(err.contains("control.tokens[0].scopes") && err.contains("\"root\""), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_section_needs_a_name_a_node_and_a_token_and_defaults_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            ServeConfig::load(&Flags { config: Some(file.clone()), ..Flags::default() })
+        };
+        let config = load("[cluster]\nname = \"prod\"\nnode = \"a\"\ntoken_file = \"c.token\"\n").unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!((cluster.name.as_str(), cluster.node.as_str()), ("prod", "a"));
+        assert_eq!(cluster.etcd, ["http://127.0.0.1:2379"]);
+        assert_eq!(cluster.token_file, dir.path().join("c.token"));
+        assert_eq!((cluster.lease_ttl.as_millis(), cluster.prepare_timeout.as_millis()), (5000, 10_000));
+        assert!(ServeConfig::load(&Flags::default()).unwrap().cluster.is_none());
+
+        let err = load("[cluster]\nname = \"prod\"\ntoken_file = \"t\"\n").unwrap_err();
+        assert!(err.contains("cluster.node: is required"), "{err}");
+        let err = load("[cluster]\nname = \"prod\"\nnode = \"a\"\n").unwrap_err();
+        assert!(err.contains("cluster.token_file: is required"), "{err}");
+        let err = load("[cluster]\nname = \"prod\"\nnode = \"a b\"\ntoken_file = \"t\"\n").unwrap_err();
+        assert!(err.contains("cluster.node"), "{err}");
+        let err = load("[cluster]\nname = \"p\"\nnode = \"a\"\ntoken_file = \"t\"\nlease_ttl_ms = 10\n").unwrap_err();
+        assert!(err.contains("cluster.lease_ttl_ms"), "{err}");
+        let err =
+            load("[cluster]\nname = \"p\"\nnode = \"a\"\ntoken_file = \"t\"\netcd = [\"https://x\"]\n").unwrap_err();
+        assert!(err.contains("cluster.etcd"), "{err}");
     }
 }

@@ -11,6 +11,7 @@
 //! speaks to one as a client.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod server;
 pub mod wire;

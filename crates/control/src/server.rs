@@ -1,9 +1,13 @@
 //! The control plane (CONTRACT.md §4): JSON-RPC 2.0 over HTTP `POST /` and
 //! WebSocket `/` on one address, built on jsonrpsee, which does the framing,
-//! batches, the size limit and subscriptions.
+//! batches, the size limit and subscriptions. On a cluster member the same
+//! server carries the node-to-node methods (`cluster.prepare`, `.commit`,
+//! `.settle`, `.abort`, scope `cluster`) and `system.reload` goes through the
+//! cluster (`crate::cluster`).
 //!
 //! In front of it sits one HTTP layer, the [`Gate`]: it answers `GET /health`
-//! (no auth) and `GET /metrics`, resolves the bearer token of every request and
+//! (no auth), `GET /metrics` and `GET /artifacts/<sha256>` (the builds this
+//! node holds, for other members), resolves the bearer token of every request and
 //! WebSocket handshake into a [`Caller`] the methods check, refuses a WebSocket
 //! handshake without a known token, and gives jsonrpsee's own protocol errors
 //! (parse error, invalid request, unknown method, oversized request) the
@@ -28,11 +32,22 @@ use tower::{Layer, Service};
 use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError};
 
 use crate::auth::{bearer, Caller, Scope, Tokens};
-use crate::wire::{self, Code, NodeInfo};
+use crate::cluster::{Cluster, Refusal};
+use crate::wire::{self, Code, NodeInfo, Nodes};
 
 /// The methods a client may call; any other name reaches [`NOT_FOUND_METHOD`].
-const METHODS: [&str; 6] =
-    ["system.reload", "system.status", "module.call", "process.call", "system.subscribe_events", UNSUBSCRIBE];
+const METHODS: [&str; 10] = [
+    "system.reload",
+    "system.status",
+    "module.call",
+    "process.call",
+    "system.subscribe_events",
+    UNSUBSCRIBE,
+    "cluster.prepare",
+    "cluster.commit",
+    "cluster.settle",
+    "cluster.abort",
+];
 
 /// Where [`KnownMethods`] sends calls of unknown methods, so their error carries
 /// `data.code` on every transport.
@@ -65,6 +80,14 @@ fn params_value(params: &Params<'_>) -> Result<Value, ErrorObjectOwned> {
     }
 }
 
+/// Params as an object holding only the keys `method` knows (absent: empty).
+fn known_params(params: &Params<'_>, method: &str, known: &[&str]) -> Result<Value, ErrorObjectOwned> {
+    let value = params_value(params)?;
+    let empty = serde_json::Map::new();
+    let object = wire::params_object(method, &value, known, &empty).map_err(|m| error(Code::InvalidParams, m))?;
+    Ok(Value::Object(object.clone()))
+}
+
 fn object_field<'a>(params: &'a Value, key: &str) -> Result<&'a str, ErrorObjectOwned> {
     params
         .get(key)
@@ -75,10 +98,11 @@ fn object_field<'a>(params: &'a Value, key: &str) -> Result<&'a str, ErrorObject
 struct Ctx {
     node: Arc<Node>,
     info: NodeInfo,
+    cluster: Option<Arc<Cluster>>,
 }
 
-fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
-    let mut module = RpcModule::new(Ctx { node, info });
+fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> RpcModule<Ctx> {
+    let mut module = RpcModule::new(Ctx { node, info, cluster });
     module
         .register_method(NOT_FOUND_METHOD, |_params, _ctx, extensions| {
             let name = extensions.get::<UnknownMethod>().map_or(NOT_FOUND_METHOD, |unknown| unknown.0.as_str());
@@ -88,29 +112,62 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
     module
         .register_blocking_method("system.reload", |params, ctx, extensions| {
             allowed(&extensions, Scope::Admin)?;
-            let request = wire::reload_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
+            let (request, nodes) =
+                wire::reload_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
+            let conflict = || error(Code::Conflict, "A reload is already in progress");
+            if let Some(cluster) = &ctx.cluster {
+                return match cluster.reload(&request, &nodes) {
+                    Ok(result) => Ok(wire::result(&result)),
+                    Err(Refusal::Conflict) => Err(conflict()),
+                    Err(Refusal::InvalidParams(message)) => Err(error(Code::InvalidParams, message)),
+                };
+            }
+            if let Nodes::Listed(_) = nodes {
+                return Err(error(Code::InvalidParams, "nodes: this node is not in a cluster (no [cluster] section)"));
+            }
             match ctx.node.reload(&request) {
                 Ok(result) => Ok(wire::result(&result)),
-                Err(ReloadError::Lock(LockError::Conflict)) => {
-                    Err(error(Code::Conflict, "A reload is already in progress"))
-                }
+                Err(ReloadError::Lock(LockError::Conflict)) => Err(conflict()),
                 Err(ReloadError::Lock(err)) => Err(error(Code::Conflict, err.to_string())),
             }
         })
         .expect("method names are unique");
     module
-        .register_method("system.status", |_params, ctx, extensions| {
+        .register_method("system.status", |params, ctx, extensions| {
             allowed(extensions, Scope::Read)?;
-            Ok::<_, ErrorObjectOwned>(wire::status(&ctx.node.status(), &ctx.info))
+            known_params(&params, "system.status", &[])?;
+            let mut status = wire::status(&ctx.node.status(), &ctx.info);
+            if let Some(cluster) = &ctx.cluster {
+                status["cluster"] = cluster.status();
+            }
+            Ok::<_, ErrorObjectOwned>(status)
         })
         .expect("method names are unique");
+    for method in ["cluster.prepare", "cluster.commit", "cluster.settle", "cluster.abort"] {
+        module
+            .register_async_method(method, move |params, ctx, extensions| async move {
+                allowed(&extensions, Scope::Cluster)?;
+                let Some(cluster) = ctx.cluster.clone() else {
+                    return Err(error(Code::MethodNotFound, format!("{method}: this node is not in a cluster")));
+                };
+                let params = params_value(&params)?;
+                let answer = match method {
+                    "cluster.prepare" => cluster.prepare(params).await,
+                    "cluster.commit" => cluster.commit(params).await,
+                    "cluster.settle" => cluster.settle(params).await,
+                    _ => cluster.abort(params).await,
+                };
+                answer.map_err(|message| error(Code::InvalidParams, message))
+            })
+            .expect("method names are unique");
+    }
     module
         .register_method("module.call", |params, ctx, extensions| {
             // Calls are short (a deadline bounds them); run in place, telling the
             // runtime this worker blocks so other tasks move to another one.
             tokio::task::block_in_place(|| {
                 allowed(extensions, Scope::Call)?;
-                let params = params_value(&params)?;
+                let params = known_params(&params, "module.call", &["module", "function", "args"])?;
                 let (module, function) = (object_field(&params, "module")?, object_field(&params, "function")?);
                 let args = params.get("args").map_or_else(|| "null".to_string(), Value::to_string);
                 match ctx.node.call(module, function, &args) {
@@ -128,7 +185,7 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
         .register_method("process.call", |params, ctx, extensions| {
             tokio::task::block_in_place(|| {
                 allowed(extensions, Scope::Call)?;
-                let params = params_value(&params)?;
+                let params = known_params(&params, "process.call", &["process", "message", "timeout_ms"])?;
                 let process = object_field(&params, "process")?;
                 let message = params.get("message").map_or_else(|| "null".to_string(), Value::to_string);
                 let timeout = match params.get("timeout_ms") {
@@ -184,24 +241,31 @@ fn methods(node: Arc<Node>, info: NodeInfo) -> RpcModule<Ctx> {
     module
 }
 
-/// Starts the server on `listen`; returns its handle and the bound address.
-pub async fn start(
+/// Starts the server on `listener` (bound beforehand, so that a cluster
+/// member can advertise its address before it serves); `cluster` when the node
+/// is a cluster member.
+pub fn start(
     node: Arc<Node>,
+    listener: std::net::TcpListener,
     started_at: std::time::SystemTime,
-    listen: SocketAddr,
     tokens: Arc<Tokens>,
     metrics: Option<PrometheusHandle>,
     max_request_bytes: u32,
+    cluster: Option<Arc<Cluster>>,
 ) -> std::io::Result<(ServerHandle, SocketAddr)> {
     let config =
         ServerConfig::builder().max_request_body_size(max_request_bytes).max_response_body_size(u32::MAX).build();
-    let gate = tower::ServiceBuilder::new().layer(GateLayer { tokens, metrics });
+    let gate = tower::ServiceBuilder::new().layer(GateLayer { tokens, metrics, node: Arc::clone(&node) });
     let rpc = RpcServiceBuilder::new().layer_fn(|inner| KnownMethods { inner });
-    let server =
-        Server::builder().set_config(config).set_http_middleware(gate).set_rpc_middleware(rpc).build(listen).await?;
+    listener.set_nonblocking(true)?;
+    let server = Server::builder()
+        .set_config(config)
+        .set_http_middleware(gate)
+        .set_rpc_middleware(rpc)
+        .build_from_tcp(listener)?;
     let addr = server.local_addr()?;
     let info = NodeInfo { listen: addr.to_string(), started_at };
-    let handle = server.start(methods(node, info));
+    let handle = server.start(methods(node, info, cluster));
     Ok((handle, addr))
 }
 
@@ -255,13 +319,14 @@ where
 struct GateLayer {
     tokens: Arc<Tokens>,
     metrics: Option<PrometheusHandle>,
+    node: Arc<Node>,
 }
 
 impl<S> Layer<S> for GateLayer {
     type Service = Gate<S>;
 
     fn layer(&self, inner: S) -> Gate<S> {
-        Gate { inner, tokens: Arc::clone(&self.tokens), metrics: self.metrics.clone() }
+        Gate { inner, tokens: Arc::clone(&self.tokens), metrics: self.metrics.clone(), node: Arc::clone(&self.node) }
     }
 }
 
@@ -271,6 +336,7 @@ struct Gate<S> {
     inner: S,
     tokens: Arc<Tokens>,
     metrics: Option<PrometheusHandle>,
+    node: Arc<Node>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -317,6 +383,10 @@ where
             };
             return Box::pin(async move { Ok(response) });
         }
+        if get && path.starts_with("/artifacts/") {
+            let response = artifact(&self.node, &caller, &path["/artifacts/".len()..]);
+            return Box::pin(async move { Ok(response) });
+        }
         if websocket && caller.0.is_none() {
             return Box::pin(async { Ok(unauthorized()) });
         }
@@ -343,6 +413,20 @@ where
             }
             with_error_codes(response).await
         })
+    }
+}
+
+/// `GET /artifacts/<sha256>`: a build this node holds, for a token with the
+/// `cluster` (or `admin`) scope.
+fn artifact(node: &Node, caller: &Caller, sha256: &str) -> HttpResponse {
+    match caller.check(Scope::Cluster) {
+        Err(Code::Unauthorized) => return unauthorized(),
+        Err(_) => return respond(http::StatusCode::FORBIDDEN, "text/plain", "this token lacks the `cluster` scope\n"),
+        Ok(()) => {}
+    }
+    match node.build(sha256) {
+        Some(bytes) => respond(http::StatusCode::OK, "application/octet-stream", bytes.to_vec()),
+        None => respond(http::StatusCode::NOT_FOUND, "text/plain", "this node holds no build with that sha256\n"),
     }
 }
 

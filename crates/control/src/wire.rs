@@ -1,14 +1,18 @@
-//! The JSON shapes of CONTRACT.md §4–§6: `system.reload` params into a
-//! [`ReloadRequest`], and reload results, node status and telemetry events out.
-//! The runtime's types stay free of serde; this is their one wire mirror.
+//! The JSON shapes of CONTRACT.md §4–§6 and §10: `system.reload` params into a
+//! [`ReloadRequest`]; reload results, node status and telemetry events out; and
+//! both ways for what members of a cluster send each other and keep in etcd —
+//! results, blueprints, manifests, extension records. The runtime's types stay
+//! free of serde; this is their one wire mirror.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
+use zest_runtime::app::{ModuleDecl, ProcessDecl};
 use zest_runtime::{
-    AllScope, CodeChangeTarget, Event, EventBody, NodeStatus, ReloadOptions, ReloadRequest, ReloadResult, Scope,
-    VersionInfo,
+    AllScope, AppManifest, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, CompileReport,
+    Compiler, Counts, Event, EventBody, ExtensionRecord, Failure, Kind, NodeStatus, Phase, Reason, ReloadOptions,
+    ReloadRequest, ReloadResult, Scope, Skip, Swap, VersionInfo,
 };
 
 /// The `data.code` of every JSON-RPC error: CONTRACT.md §4's, plus two for
@@ -110,6 +114,12 @@ pub fn result(result: &ReloadResult) -> Value {
     if !result.metadata.compiled_modules.is_empty() {
         metadata.insert("compiled_modules".into(), json!(result.metadata.compiled_modules));
     }
+    if let Some(cluster) = &result.metadata.cluster {
+        metadata.insert(
+            "cluster".into(),
+            json!({"nodes": cluster.nodes, "phase": cluster.phase.as_str(), "revision": cluster.revision}),
+        );
+    }
     json!({
         "kind": result.kind.as_str(),
         "target": result.target,
@@ -170,7 +180,8 @@ pub fn event(event: &Event) -> Value {
         EventBody::Stop { duration, .. } | EventBody::Exception { duration, .. } => {
             json!({"duration_ms": ms(*duration)})
         }
-        EventBody::BuildOutput { .. } => json!({}),
+        EventBody::BuildOutput { .. } | EventBody::ClusterPrepare { .. } | EventBody::ClusterAbort { .. } => json!({}),
+        EventBody::ClusterCommit { revision, .. } => json!({"revision": revision}),
     };
     let mut metadata = json!({"kind": event.kind.as_str(), "target": event.target, "request_id": event.request_id});
     match &event.body {
@@ -180,19 +191,68 @@ pub fn event(event: &Event) -> Value {
             metadata["stream"] = json!(stream.as_str());
             metadata["line"] = json!(line);
         }
+        EventBody::ClusterPrepare { nodes } | EventBody::ClusterCommit { nodes, .. } => {
+            metadata["nodes"] = json!(nodes);
+        }
+        EventBody::ClusterAbort { nodes, reason, message } => {
+            metadata["nodes"] = json!(nodes);
+            metadata["reason"] = json!(reason.as_str());
+            metadata["message"] = json!(message);
+        }
         EventBody::Start { .. } => {}
     }
     json!({"event": event.name(), "seq": event.seq, "measurements": measurements, "metadata": metadata})
 }
 
-/// `system.reload` params (§4) into a request; `Err` is the invalid-params message.
-pub fn reload_request(params: &Value) -> Result<ReloadRequest, String> {
-    let empty = Map::new();
+/// The params `system.reload` takes; any other is refused, naming it.
+pub const RELOAD_PARAMS: [&str; 13] = [
+    "scope",
+    "module",
+    "moduleName",
+    "app",
+    "path",
+    "apps",
+    "extensions",
+    "code_change",
+    "compile",
+    "force",
+    "atomic",
+    "lock_timeout_ms",
+    "nodes",
+];
+
+/// Which members a cluster reload reaches (`nodes`, CONTRACT.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nodes {
+    All,
+    Local,
+    Listed(Vec<String>),
+}
+
+/// The params of `method` as an object (absent or null: empty), refusing any
+/// key not in `known` with a message naming it.
+pub fn params_object<'a>(
+    method: &str,
+    params: &'a Value,
+    known: &[&str],
+    empty: &'a Map<String, Value>,
+) -> Result<&'a Map<String, Value>, String> {
     let params = match params {
         Value::Object(map) => map,
-        Value::Null => &empty,
-        _ => return Err("params must be an object".into()),
+        Value::Null => empty,
+        _ => return Err(format!("{method} params must be an object")),
     };
+    if let Some(unknown) = params.keys().find(|key| !known.contains(&key.as_str())) {
+        return Err(format!("unknown param `{unknown}`: {method} takes {}", known.join(", ")));
+    }
+    Ok(params)
+}
+
+/// `system.reload` params (§4) into a request and the members it reaches;
+/// `Err` is the invalid-params message.
+pub fn reload_request(params: &Value) -> Result<(ReloadRequest, Nodes), String> {
+    let empty = Map::new();
+    let params = params_object("system.reload", params, &RELOAD_PARAMS, &empty)?;
     let string = |key: &str| -> Result<Option<String>, String> {
         match params.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -247,7 +307,20 @@ pub fn reload_request(params: &Value) -> Result<ReloadRequest, String> {
         }),
         other => return Err(format!("Invalid scope '{other}'. Expected one of: module, app, extension, all")),
     };
-    Ok(ReloadRequest { scope, options, request_id: None })
+    let nodes = match params.get("nodes") {
+        None | Some(Value::Null) => Nodes::All,
+        Some(Value::String(all)) if all == "all" => Nodes::All,
+        Some(Value::String(local)) if local == "local" => Nodes::Local,
+        Some(Value::Array(items)) if !items.is_empty() => Nodes::Listed(
+            items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or("nodes must be \"all\", \"local\" or a non-empty list of member ids")?,
+        ),
+        Some(_) => return Err("nodes must be \"all\", \"local\" or a non-empty list of member ids".into()),
+    };
+    Ok((ReloadRequest { scope, options, request_id: None }, nodes))
 }
 
 /// `code_change` targets. A target that is an object is passed on even when
@@ -275,6 +348,233 @@ fn code_change_targets(value: Option<&Value>) -> Result<Vec<CodeChangeTarget>, S
         .collect()
 }
 
+/// The kind of a result or unit from its wire name.
+pub fn kind_of(text: &str) -> Option<Kind> {
+    [Kind::Module, Kind::App, Kind::Extension, Kind::CodeChange, Kind::System, Kind::Node]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+}
+
+fn text_of(value: &Value, key: &str) -> Result<String, String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("{key} must be a string"))
+}
+
+fn texts_of(value: &Value, key: &str) -> Result<Vec<String>, String> {
+    match value.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_string).ok_or_else(|| format!("{key} must hold strings")))
+            .collect(),
+        Some(_) => Err(format!("{key} must be a list")),
+    }
+}
+
+fn items_of<'a>(value: &'a Value, key: &str) -> Result<&'a [Value], String> {
+    match value.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(format!("{key} must be a list")),
+    }
+}
+
+fn reason_of(value: &Value) -> Result<Reason, String> {
+    let text = text_of(value, "reason")?;
+    Reason::parse(&text).ok_or_else(|| format!("unknown reason {text:?}"))
+}
+
+/// A reload result read back (a member's answer to its coordinator): the
+/// inverse of [`result`].
+pub fn parse_result(value: &Value) -> Result<ReloadResult, String> {
+    let kind = text_of(value, "kind")?;
+    let kind = kind_of(&kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    let mut result = ReloadResult::new(kind, text_of(value, "target")?);
+    result.reloaded = texts_of(value, "reloaded")?;
+    for skip in items_of(value, "skipped")? {
+        result.skipped.push(Skip { target: text_of(skip, "target")?, reason: reason_of(skip)? });
+    }
+    for error in items_of(value, "errors")? {
+        result.errors.push(Failure::new(text_of(error, "target")?, reason_of(error)?, text_of(error, "message")?));
+    }
+    let ms = value.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0).max(0.0);
+    result.duration = Duration::from_secs_f64(ms / 1e3);
+    result.results = items_of(value, "results")?.iter().map(parse_result).collect::<Result<_, _>>()?;
+    let metadata = value.get("metadata").cloned().unwrap_or(Value::Null);
+    result.metadata.unchanged = texts_of(&metadata, "unchanged")?;
+    result.metadata.compiled_modules = texts_of(&metadata, "compiled_modules")?;
+    for swap in items_of(&metadata, "swaps")? {
+        let compiler = match swap.get("compiler").and_then(Value::as_str) {
+            Some("winch") => Compiler::Winch,
+            _ => Compiler::Cranelift,
+        };
+        result.metadata.swaps.push(Swap {
+            module: text_of(swap, "module")?,
+            old_vsn: swap.get("old_vsn").and_then(Value::as_str).map(str::to_string),
+            new_vsn: text_of(swap, "new_vsn")?,
+            sha256: text_of(swap, "sha256")?,
+            compiler,
+            compiled: swap.get("compiled").and_then(Value::as_bool).unwrap_or(false),
+        });
+    }
+    if let Some(compile) = metadata.get("compile").filter(|c| c.is_object()) {
+        let ms = compile.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0).max(0.0);
+        result.metadata.compile = Some(CompileReport {
+            ran: compile.get("ran").and_then(Value::as_bool).unwrap_or(false),
+            command: compile.get("command").and_then(Value::as_str).map(str::to_string),
+            duration: Duration::from_secs_f64(ms / 1e3),
+            exit_code: compile.get("exit_code").and_then(Value::as_i64).map(|code| code as i32),
+            timed_out: compile.get("timed_out").and_then(Value::as_bool).unwrap_or(false),
+            tail: Vec::new(),
+        });
+    }
+    if let Some(counts) = metadata.get("counts").filter(|c| c.is_object()) {
+        let n = |key: &str| counts.get(key).and_then(Value::as_u64).unwrap_or(0) as usize;
+        result.metadata.counts = Some(Counts {
+            apps: n("apps"),
+            extensions: n("extensions"),
+            code_change: n("code_change"),
+            ok: n("ok"),
+            partial: n("partial"),
+            error: n("error"),
+        });
+    }
+    if let Some(cluster) = metadata.get("cluster").filter(|c| c.is_object()) {
+        let phase = match cluster.get("phase").and_then(Value::as_str) {
+            Some("committed") => Phase::Committed,
+            _ => Phase::Aborted,
+        };
+        result.metadata.cluster = Some(ClusterOutcome {
+            nodes: texts_of(cluster, "nodes")?,
+            phase,
+            revision: cluster.get("revision").and_then(Value::as_i64),
+        });
+    }
+    Ok(result)
+}
+
+/// An app manifest as a blueprint and etcd carry it.
+pub fn manifest(manifest: &AppManifest) -> Value {
+    json!({
+        "name": manifest.name,
+        "dir": manifest.dir.display().to_string(),
+        "file": manifest.file.display().to_string(),
+        "build": manifest.build,
+        "modules": manifest.modules.iter()
+            .map(|m| json!({"name": m.name, "path": m.path.display().to_string()}))
+            .collect::<Vec<_>>(),
+        "processes": manifest.processes.iter()
+            .map(|p| json!({"name": p.name, "module": p.module, "init": p.init}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+pub fn parse_manifest(value: &Value) -> Result<AppManifest, String> {
+    let modules = items_of(value, "modules")?
+        .iter()
+        .map(|m| Ok(ModuleDecl { name: text_of(m, "name")?, path: PathBuf::from(text_of(m, "path")?) }))
+        .collect::<Result<_, String>>()?;
+    let processes = items_of(value, "processes")?
+        .iter()
+        .map(|p| {
+            Ok(ProcessDecl {
+                name: text_of(p, "name")?,
+                module: text_of(p, "module")?,
+                init: p.get("init").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(AppManifest {
+        name: text_of(value, "name")?,
+        dir: PathBuf::from(text_of(value, "dir")?),
+        file: PathBuf::from(text_of(value, "file")?),
+        build: value.get("build").and_then(Value::as_str).map(str::to_string),
+        modules,
+        processes,
+    })
+}
+
+/// An extension record as a blueprint and etcd carry it (the records file's form).
+pub fn record(record: &ExtensionRecord) -> Value {
+    serde_json::to_value(record).expect("records serialise")
+}
+
+pub fn parse_record(value: &Value) -> Result<ExtensionRecord, String> {
+    serde_json::from_value(value.clone()).map_err(|err| format!("an extension record: {err}"))
+}
+
+/// A blueprint (what a cluster member prepares) as JSON.
+pub fn blueprint(blueprint: &Blueprint) -> Value {
+    let units: Vec<Value> = blueprint
+        .units
+        .iter()
+        .map(|unit| {
+            json!({
+                "kind": unit.kind.as_str(),
+                "target": unit.target,
+                "builds": unit.builds.iter().map(build_ref).collect::<Vec<_>>(),
+                "app": unit.app.as_ref().map(manifest),
+                "extension": unit.extension.as_ref().map(record),
+            })
+        })
+        .collect();
+    let code_change: Vec<Value> = blueprint
+        .code_change
+        .iter()
+        .map(|t| json!({"server": t.server, "module": t.module, "old_vsn": t.old_vsn, "extra": t.extra}))
+        .collect();
+    json!({
+        "kind": blueprint.kind.as_str(), "target": blueprint.target, "units": units,
+        "code_change": code_change, "force": blueprint.force, "atomic": blueprint.atomic,
+    })
+}
+
+pub fn build_ref(build: &BuildRef) -> Value {
+    json!({"module": build.module, "sha256": build.sha256, "vsn": build.vsn,
+           "source": build.source.display().to_string()})
+}
+
+pub fn parse_build_ref(value: &Value) -> Result<BuildRef, String> {
+    Ok(BuildRef {
+        module: text_of(value, "module")?,
+        sha256: text_of(value, "sha256")?,
+        vsn: text_of(value, "vsn")?,
+        source: PathBuf::from(text_of(value, "source")?),
+    })
+}
+
+pub fn parse_blueprint(value: &Value) -> Result<Blueprint, String> {
+    let kind_named = |value: &Value| -> Result<Kind, String> {
+        let text = text_of(value, "kind")?;
+        kind_of(&text).ok_or_else(|| format!("unknown kind {text:?}"))
+    };
+    let units = items_of(value, "units")?
+        .iter()
+        .map(|unit| {
+            Ok(BlueprintUnit {
+                kind: kind_named(unit)?,
+                target: text_of(unit, "target")?,
+                builds: items_of(unit, "builds")?.iter().map(parse_build_ref).collect::<Result<_, _>>()?,
+                app: match unit.get("app") {
+                    None | Some(Value::Null) => None,
+                    Some(app) => Some(parse_manifest(app)?),
+                },
+                extension: match unit.get("extension") {
+                    None | Some(Value::Null) => None,
+                    Some(record) => Some(parse_record(record)?),
+                },
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Blueprint {
+        kind: kind_named(value)?,
+        target: text_of(value, "target")?,
+        units,
+        code_change: code_change_targets(value.get("code_change"))?,
+        force: value.get("force").and_then(Value::as_bool).unwrap_or(false),
+        atomic: value.get("atomic").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,11 +591,13 @@ mod tests {
 
     #[test]
     fn params_follow_the_seed_names_and_defaults() {
-        let request = reload_request(&json!({"scope": "module", "moduleName": "clock", "force": true})).unwrap();
+        let (request, nodes) =
+            reload_request(&json!({"scope": "module", "moduleName": "clock", "force": true})).unwrap();
+        assert_eq!(nodes, Nodes::All);
         assert_eq!(request.scope, Scope::Module("clock".into()));
         assert!(request.options.force && !request.options.atomic);
-        assert!(matches!(reload_request(&json!({"scope": 7})).unwrap().scope, Scope::All(_)));
-        assert!(matches!(reload_request(&Value::Null).unwrap().scope, Scope::All(_)));
+        assert!(matches!(reload_request(&json!({"scope": 7})).unwrap().0.scope, Scope::All(_)));
+        assert!(matches!(reload_request(&Value::Null).unwrap().0.scope, Scope::All(_)));
         assert_eq!(reload_request(&json!({"scope": "module"})).unwrap_err(), "module is required for scope=module");
         assert_eq!(reload_request(&json!({"scope": "app"})).unwrap_err(), "app is required for scope=app");
         assert_eq!(reload_request(&json!({"scope": "extension"})).unwrap_err(), "path is required for scope=extension");
@@ -305,5 +607,82 @@ mod tests {
         );
         assert!(reload_request(&json!({"lock_timeout_ms": -1})).is_err());
         assert!(reload_request(&json!({"force": "yes"})).is_err());
+    }
+
+    #[test]
+    fn an_unknown_param_is_refused_by_name_so_a_misspelt_option_never_reloads() {
+        let err = reload_request(&json!({"scope": "module", "module": "clock", "dry_rn": true})).unwrap_err();
+        assert!(err.starts_with("unknown param `dry_rn`: system.reload takes scope, module"), "{err}");
+    }
+
+    #[test]
+    fn nodes_is_all_local_or_a_non_empty_list_of_ids() {
+        let nodes = |value: Value| reload_request(&json!({"nodes": value})).map(|(_, nodes)| nodes);
+        assert_eq!(nodes(json!("all")), Ok(Nodes::All));
+        assert_eq!(nodes(json!("local")), Ok(Nodes::Local));
+        assert_eq!(nodes(json!(["a", "c"])), Ok(Nodes::Listed(vec!["a".into(), "c".into()])));
+        for bad in [json!([]), json!("some"), json!(3), json!([1])] {
+            assert!(nodes(bad.clone()).unwrap_err().contains("nodes must be"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn results_blueprints_and_manifests_survive_the_wire_both_ways() {
+        let mut child = ReloadResult::new(Kind::Module, "clock");
+        child.reloaded.push("clock".into());
+        child.skipped.push(Skip { target: "clock".into(), reason: Reason::InUse });
+        child.metadata.swaps.push(Swap {
+            module: "clock".into(),
+            old_vsn: Some("1".into()),
+            new_vsn: "2".into(),
+            sha256: "ab".repeat(32),
+            compiler: Compiler::Winch,
+            compiled: true,
+        });
+        let mut node = ReloadResult::new(Kind::Node, "b");
+        node.errors.push(Failure::new("b", Reason::NodeUnreachable, "no answer"));
+        node.results.push(child);
+        node.metadata.cluster =
+            Some(ClusterOutcome { nodes: vec!["a".into(), "b".into()], phase: Phase::Aborted, revision: None });
+        node.duration = Duration::from_micros(1500);
+        assert_eq!(parse_result(&result(&node)).unwrap(), node);
+
+        let manifest = AppManifest {
+            name: "demo".into(),
+            dir: PathBuf::from("/apps/demo"),
+            file: PathBuf::from("/apps/demo/zest.toml"),
+            build: None,
+            modules: vec![ModuleDecl { name: "clock".into(), path: PathBuf::from("/apps/demo/clock.wat") }],
+            processes: vec![ProcessDecl {
+                name: "counter".into(),
+                module: "counter".into(),
+                init: json!({"start": 0}),
+            }],
+        };
+        let blueprint = Blueprint {
+            kind: Kind::App,
+            target: "demo".into(),
+            units: vec![BlueprintUnit {
+                kind: Kind::App,
+                target: "demo".into(),
+                builds: vec![BuildRef {
+                    module: "clock".into(),
+                    sha256: "cd".repeat(32),
+                    vsn: "1.0.1".into(),
+                    source: PathBuf::from("/apps/demo/clock.wat"),
+                }],
+                app: Some(manifest),
+                extension: None,
+            }],
+            code_change: vec![],
+            force: false,
+            atomic: true,
+        };
+        assert_eq!(parse_blueprint(&self::blueprint(&blueprint)).unwrap(), blueprint);
+        assert!(parse_result(
+            &json!({"kind": "module", "target": "x", "errors": [{"target": "x", "reason": "nope", "message": ""}]})
+        )
+        .unwrap_err()
+        .contains("unknown reason"));
     }
 }

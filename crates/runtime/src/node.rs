@@ -249,8 +249,18 @@ impl Node {
     fn request_id(&self, given: Option<&str>) -> String {
         match given {
             Some(id) => id.to_string(),
-            None => format!("r{}", self.shared.requests.fetch_add(1, Ordering::Relaxed) + 1),
+            None => self.next_request_id(),
         }
+    }
+
+    /// A request id no other request of this node carries (`r1`, `r2`, …).
+    pub fn next_request_id(&self) -> String {
+        format!("r{}", self.shared.requests.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// The manifest of loaded app `name`, as last applied.
+    pub fn app_manifest(&self, name: &str) -> Option<AppManifest> {
+        self.shared.app(name)
     }
 
     /// The build whose sha256 is `sha256` (hex), if the node holds it: one it

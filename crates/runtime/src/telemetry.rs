@@ -9,7 +9,10 @@
 //!   `zest_reload_duration_seconds{kind}`, which a Prometheus exporter serves.
 //!
 //! Besides the three reload events, `zest.build.output` carries each line a build
-//! prints (`compile: true`) as it arrives, so a client can stream it.
+//! prints (`compile: true`) as it arrives, so a client can stream it, and the
+//! coordinator of a cluster reload emits `zest.cluster.prepare`, `.commit` and
+//! `.abort` (counted as `zest_cluster_prepares_total`, `zest_cluster_commits_total`
+//! and `zest_cluster_aborts_total{reason}`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +50,12 @@ pub enum EventBody {
     Exception { duration: Duration, error: String },
     /// `zest.build.output`: one line of a build's output.
     BuildOutput { stream: Stream, line: String },
+    /// `zest.cluster.prepare`: the coordinator asks these members to prepare.
+    ClusterPrepare { nodes: Vec<String> },
+    /// `zest.cluster.commit`: etcd recorded the request at this revision.
+    ClusterCommit { nodes: Vec<String>, revision: i64 },
+    /// `zest.cluster.abort`: nothing was swapped on any member, because of this.
+    ClusterAbort { nodes: Vec<String>, reason: Reason, message: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +81,9 @@ impl Event {
             EventBody::Stop { .. } => "zest.reload.stop",
             EventBody::Exception { .. } => "zest.reload.exception",
             EventBody::BuildOutput { .. } => "zest.build.output",
+            EventBody::ClusterPrepare { .. } => "zest.cluster.prepare",
+            EventBody::ClusterCommit { .. } => "zest.cluster.commit",
+            EventBody::ClusterAbort { .. } => "zest.cluster.abort",
         }
     }
 }
@@ -129,7 +141,8 @@ impl Telemetry {
         self.feed.subscribe()
     }
 
-    pub(crate) fn emit(&self, kind: Kind, target: &str, request_id: &str, body: EventBody) {
+    /// Sends one event to every handler, subscriber, the log and the metrics.
+    pub fn emit(&self, kind: Kind, target: &str, request_id: &str, body: EventBody) {
         let event = Event {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             kind,
@@ -149,7 +162,7 @@ impl Telemetry {
 
     /// Runs one reload step between a `start` and a `stop` event. A panic inside
     /// the step becomes an `exception` event and an `internal_error` in the result.
-    pub(crate) fn step(
+    pub fn step(
         &self,
         kind: Kind,
         target: &str,
@@ -217,6 +230,18 @@ fn record(event: &Event) {
         }
         EventBody::BuildOutput { stream, line } => {
             tracing::debug!(target: "zest::build", request_id, stream = stream.as_str(), "{line}");
+        }
+        EventBody::ClusterPrepare { nodes } => {
+            tracing::info!(target: "zest::cluster", request_id, nodes = ?nodes, "cluster prepare");
+            metrics::counter!("zest_cluster_prepares_total").increment(1);
+        }
+        EventBody::ClusterCommit { nodes, revision } => {
+            tracing::info!(target: "zest::cluster", request_id, nodes = ?nodes, revision, "cluster commit");
+            metrics::counter!("zest_cluster_commits_total").increment(1);
+        }
+        EventBody::ClusterAbort { nodes, reason, message } => {
+            tracing::warn!(target: "zest::cluster", request_id, nodes = ?nodes, reason = reason.as_str(), message, "cluster abort");
+            metrics::counter!("zest_cluster_aborts_total", "reason" => reason.as_str()).increment(1);
         }
     }
 }

@@ -252,11 +252,9 @@ impl Plan {
         blueprint::of_plan(&self.shared, self.kind, &self.target, &self.units, &self.code_change, &self.options)
     }
 
-    /// Whether committing would change anything: a module staged, a manifest or
-    /// record to keep, a `code_change` target to run.
-    pub fn changes_anything(&self) -> bool {
-        !self.code_change.is_empty()
-            || self.units.iter().any(|unit| unit.record.is_some() || unit.steps.iter().any(ModuleStep::is_staged))
+    /// Whether any module has a build staged (something to swap).
+    pub fn stages_anything(&self) -> bool {
+        self.units.iter().any(|unit| unit.steps.iter().any(ModuleStep::is_staged))
     }
 
     /// What failed while staging, as `a, b failed`; `None` when nothing did.

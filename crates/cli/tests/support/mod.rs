@@ -1,0 +1,320 @@
+//! Fixtures shared by the end-to-end tests and the cluster benchmark: a real
+//! `zest serve` child ([`Served`]) and a real etcd ([`Etcd`]), each stopped by
+//! pid when dropped, whatever happened, and every wait bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const ZEST: &str = env!("CARGO_BIN_EXE_zest");
+
+/// How long a `zest serve` may take to say it is listening.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `zest serve` child in its directory, killed when dropped.
+pub struct Served {
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    pub url: String,
+    pub token: String,
+}
+
+/// How a `zest serve` ended before it listened: its exit code and stderr.
+#[derive(Debug)]
+pub struct Refused {
+    pub code: i32,
+    pub stderr: String,
+}
+
+impl Served {
+    /// `zest serve --listen 127.0.0.1:0 ARGS...` in a fresh directory prepared by `setup`.
+    pub fn start(args: &[&str], setup: impl FnOnce(&Path)) -> Served {
+        let temp = tempfile::tempdir().unwrap();
+        setup(temp.path());
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let dir = temp.path().to_path_buf();
+        Served::spawn(dir, Some(temp), &all, ".zest/admin.token")
+    }
+
+    /// `zest ARGS...` in `dir`, waiting for `listening on`; `token_file` (from
+    /// `dir`) holds the admin token it uses. Panics if it does not listen.
+    pub fn spawn(dir: PathBuf, temp: Option<tempfile::TempDir>, args: &[&str], token_file: &str) -> Served {
+        match Served::try_spawn(dir, temp, args, token_file, &[]) {
+            Ok(served) => served,
+            Err(refused) => panic!("zest serve exited {} before listening:\n{}", refused.code, refused.stderr),
+        }
+    }
+
+    /// As [`Served::spawn`], with extra environment; a child that exits before
+    /// it listens is returned as [`Refused`].
+    pub fn try_spawn(
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        args: &[&str],
+        token_file: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Served, Refused> {
+        let mut child = Command::new(ZEST)
+            .args(args)
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zest serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (lines, first) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = lines.send(line);
+        });
+        let (errs, captured) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Forward the child's log to ours (the test harness captures it),
+            // keeping a copy for a child that exits early.
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                eprint!("{}", String::from_utf8_lossy(&buf[..n]));
+                all.extend_from_slice(&buf[..n]);
+            }
+            let _ = errs.send(String::from_utf8_lossy(&all).into_owned());
+        });
+        let line = first.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let Some(url) = line.trim().strip_prefix("listening on ").map(str::to_string) else {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let code = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status.code().unwrap_or(-1);
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break -1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let stderr = captured.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+            return Err(Refused { code, stderr });
+        };
+        let token = std::fs::read_to_string(dir.join(token_file)).unwrap_or_default().trim().to_string();
+        Ok(Served { dir, _temp: temp, child: Some(child), url, token })
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// One POST with `token` (`None`: no Authorization header); status and JSON body.
+    pub fn post_as(&self, token: Option<&str>, body: &str) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let mut request = agent.post(&self.url).header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.send(body).unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+    }
+
+    pub fn rpc_as(&self, token: Option<&str>, method: &str, params: Value) -> Value {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        self.post_as(token, &body.to_string()).1
+    }
+
+    pub fn rpc(&self, method: &str, params: Value) -> Value {
+        self.rpc_as(Some(&self.token.clone()), method, params)
+    }
+
+    /// `system.reload` with `params`: its result (panics on a JSON-RPC error).
+    pub fn reload(&self, params: Value) -> Value {
+        let response = self.rpc("system.reload", params);
+        response.get("result").cloned().unwrap_or_else(|| panic!("system.reload failed: {response}"))
+    }
+
+    pub fn status(&self) -> Value {
+        self.rpc("system.status", json!(null))["result"].clone()
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let (status, body) = self.get_bytes(path, token);
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub fn get_bytes(&self, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut request = agent.get(&format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.call().unwrap();
+        (response.status().as_u16(), response.body_mut().read_to_vec().unwrap())
+    }
+
+    /// The CLI as a subprocess, in this node's directory; exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(ZEST)
+            .args(args)
+            .args(["--url", &self.url])
+            .current_dir(&self.dir)
+            .env_remove("ZEST_TOKEN")
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Stops the node with SIGTERM and returns its exit code.
+    pub fn stop(mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        wait_exit(&mut child, Duration::from_secs(20)).expect("zest serve did not stop on SIGTERM")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A SIGSTOPped child would never die of SIGTERM; SIGKILL works on it.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `within` passes.
+pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real etcd (`/usr/bin/etcd`, Debian's `etcd-server`) on free loopback
+/// ports with its own data directory; it can be stopped and started again on
+/// the same ports and data. Killed when dropped.
+pub struct Etcd {
+    pub client: String,
+    peer: String,
+    data: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+pub const ETCD: &str = "/usr/bin/etcd";
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: install Debian's etcd-server (./scripts/test.sh does) to run the cluster tests"
+        );
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let mut etcd = Etcd { client, peer, data: tempfile::tempdir().unwrap(), child: None };
+        etcd.resume();
+        etcd
+    }
+
+    /// Starts etcd again (after [`Etcd::stop`]) and waits until it answers.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let child = Command::new(ETCD)
+            .args(["--name", "zest-test", "--data-dir"])
+            .arg(self.data.path().join("etcd"))
+            .args(["--listen-client-urls", &self.client, "--advertise-client-urls", &self.client])
+            .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
+            .arg("--initial-cluster")
+            .arg(format!("zest-test={}", self.peer))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        self.child = Some(child);
+        let health = format!("{}/health", self.client);
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
+        let up = eventually(Duration::from_secs(20), || {
+            let mut response = agent.get(&health).call().ok()?;
+            let body = response.body_mut().read_to_string().ok()?;
+            body.contains("true").then_some(())
+        });
+        assert!(up.is_some(), "etcd did not become healthy at {}", self.client);
+    }
+
+    /// Kills etcd (the data stays for [`Etcd::resume`]).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

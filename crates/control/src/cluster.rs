@@ -1,0 +1,384 @@
+//! The cluster (CONTRACT.md §10): nodes that share a `[cluster]` section,
+//! coordinated through etcd, so that one `system.reload` upgrades every member
+//! or none.
+//!
+//! The cluster is a layer above the runtime's plan API (`zest_runtime::Plan`):
+//! the runtime knows how to stage, commit, settle and finish a plan on one
+//! node; this layer drives those phases on every member, with etcd deciding
+//! between prepare and commit:
+//!
+//! ```text
+//!  coordinator (got the request)           etcd                     every other target
+//!  ─────────────────────────────           ────                     ──────────────────
+//!  take the lock (fencing token) ────────▶ lock on its lease
+//!  read members, stage (build, compile)
+//!  cluster.prepare(blueprint) ───────────────────────────────────▶  fetch builds by sha256, stage
+//!                            ◀─────────────────────────────────────  prepared (or not: abort all)
+//!  commit: one txn guarded by the token ─▶ desired state, commits/<id>
+//!  cluster.commit ───────────────────────────────────────────────▶  swap, migrate, purge
+//!  (and the same locally)    ◀─────────────────────────────────────  its result: a `node` child
+//!  release the lock ─────────────────────▶
+//! ```
+//!
+//! - `cluster/etcd.rs`: the keys, the member's lease, the lock, the desired state;
+//! - `cluster/peer.rs`: calls to the other members and fetching their builds;
+//! - `cluster/coordinator.rs`: a reload this member received;
+//! - `cluster/member.rs`: this member as a target — plans prepared and waiting
+//!   for the decision — and catching up with what the cluster committed.
+//!
+//! A standalone node has no `Cluster`, and none of this is on its path.
+
+mod coordinator;
+pub mod etcd;
+mod member;
+pub mod peer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+use zest_runtime::{Node, ReloadRequest, ReloadResult};
+
+use crate::config::ClusterConfig;
+use crate::wire::Nodes;
+use etcd::{EtcdError, EtcdLock, LeaseCell, MemberRecord, Store};
+use member::Pending;
+use peer::Peers;
+
+pub use coordinator::Refusal;
+
+/// How often a member checks etcd for commits it missed (besides its watch).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
+
+/// This member of a cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    node: Arc<Node>,
+    store: Store,
+    peers: Peers,
+    lease: Arc<LeaseCell>,
+    lock: EtcdLock,
+    /// Where the other members reach this one.
+    advertise: String,
+    /// Tells this member's earlier incarnations (same data directory) from
+    /// another process that claims the same id.
+    instance: String,
+    since: String,
+    state: Mutex<State>,
+    /// Plans prepared for a coordinator, by request id, until it decides.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Wakes the catch-up loop (a change in etcd, a request resolved).
+    wake: tokio::sync::Notify,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("name", &self.config.name).field("node", &self.config.node).finish()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// etcd answers, and this member holds a lease.
+    available: bool,
+    /// Why not, when it is not.
+    problem: Option<String>,
+    /// The revision of the last commit this member applied.
+    applied: i64,
+    /// A `nodes: "local"` reload changed this member alone.
+    diverged: bool,
+    members: Vec<MemberRecord>,
+}
+
+/// Why a member could not join its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Joining {
+    Unavailable(String),
+    /// Another process holds this member id.
+    Duplicate(MemberRecord),
+}
+
+impl Cluster {
+    /// Joins the cluster: connects to etcd, registers this member (refusing to
+    /// start when another live process holds its id), and starts the loops that
+    /// keep its lease, watch the cluster and catch up with its commits. When
+    /// etcd cannot be reached the member starts anyway, serving its own code,
+    /// and joins by itself once etcd answers.
+    pub async fn start(
+        config: ClusterConfig,
+        node: Arc<Node>,
+        advertise: String,
+        token: String,
+        data_dir: &Path,
+    ) -> Result<Arc<Cluster>, String> {
+        let store = Store::connect(&config.etcd, &config.name).await?;
+        let instance = instance_id(data_dir)?;
+        let lease = Arc::new(LeaseCell::default());
+        let handle = tokio::runtime::Handle::current();
+        let lock = EtcdLock {
+            store: store.clone(),
+            lease: Arc::clone(&lease),
+            node: config.node.clone(),
+            handle: handle.clone(),
+        };
+        let cluster = Arc::new(Cluster {
+            since: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            peers: Peers::new(token),
+            config,
+            node,
+            store,
+            lease,
+            lock,
+            advertise,
+            instance,
+            state: Mutex::new(State::default()),
+            pending: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            handle,
+        });
+        match cluster.join().await {
+            Ok(()) => {}
+            Err(Joining::Duplicate(other)) => {
+                return Err(format!(
+                    "a member with id `{}` is already alive in cluster `{}` (at {}, since {}); give this node another cluster.node",
+                    other.node, cluster.config.name, other.advertise, other.since
+                ));
+            }
+            Err(Joining::Unavailable(problem)) => {
+                tracing::warn!(%problem, "etcd is unreachable: serving this node's own code until it answers");
+                cluster.set_unavailable(problem);
+            }
+        }
+        tokio::spawn(Arc::clone(&cluster).keep_lease());
+        tokio::spawn(Arc::clone(&cluster).watch());
+        tokio::spawn(Arc::clone(&cluster).catch_up_loop());
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_unavailable(&self, problem: String) {
+        let mut state = self.state();
+        state.available = false;
+        state.problem = Some(problem);
+    }
+
+    fn record(&self) -> MemberRecord {
+        MemberRecord {
+            node: self.config.node.clone(),
+            advertise: self.advertise.clone(),
+            since: self.since.clone(),
+            instance: self.instance.clone(),
+            lease: 0,
+        }
+    }
+
+    /// Registers this member on a fresh lease. An earlier incarnation of this
+    /// member (a process killed before its lease expired) is replaced at once;
+    /// another live process with this id is waited for (its lease may be
+    /// expiring) for one lease TTL and a second, then refused.
+    async fn join(&self) -> Result<(), Joining> {
+        let unavailable = |err: EtcdError| Joining::Unavailable(err.to_string());
+        let give_up = Instant::now() + self.config.lease_ttl + Duration::from_secs(1);
+        loop {
+            let lease = self.store.grant(self.config.lease_ttl).await.map_err(unavailable)?;
+            let existing = match self.store.register(&self.record(), lease).await {
+                Ok(existing) => existing,
+                Err(err) => {
+                    let _ = self.store.revoke(lease).await;
+                    return Err(unavailable(err));
+                }
+            };
+            let Some(existing) = existing else {
+                self.lease.set(Some(lease));
+                let mut state = self.state();
+                state.available = true;
+                state.problem = None;
+                drop(state);
+                tracing::info!(node = %self.config.node, cluster = %self.config.name, "joined the cluster");
+                return Ok(());
+            };
+            let _ = self.store.revoke(lease).await;
+            if existing.instance == self.instance {
+                tracing::info!(node = %self.config.node, "replacing this member's previous incarnation");
+                let _ = self.store.revoke(existing.lease).await;
+                continue;
+            }
+            if Instant::now() >= give_up {
+                return Err(Joining::Duplicate(existing));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Keeps this member's lease alive; when it is lost (etcd unreachable for
+    /// longer than its TTL, or expired), joins again on a new one.
+    async fn keep_lease(self: Arc<Self>) {
+        let ttl = self.config.lease_ttl;
+        let mut last_renewed = Instant::now();
+        loop {
+            let Some(lease) = self.lease.get() else {
+                match self.join().await {
+                    Ok(()) => {
+                        last_renewed = Instant::now();
+                        self.wake.notify_one();
+                    }
+                    Err(Joining::Unavailable(problem)) => {
+                        self.set_unavailable(problem);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(Joining::Duplicate(other)) => {
+                        let problem =
+                            format!("member id `{}` is held by another process at {}", other.node, other.advertise);
+                        tracing::error!(%problem, "cannot rejoin the cluster");
+                        self.set_unavailable(problem);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            };
+            let renewed = self
+                .store
+                .keep_alive(lease, ttl / 3, || {
+                    let mut state = self.state();
+                    if !state.available {
+                        state.available = true;
+                        state.problem = None;
+                        self.wake.notify_one();
+                    }
+                })
+                .await;
+            match renewed {
+                // etcd says the lease is gone: join again.
+                Ok(()) => self.lease.set(None),
+                Err(err) => {
+                    self.set_unavailable(err.to_string());
+                    if self.lease.get().is_some() && last_renewed.elapsed() > ttl {
+                        self.lease.set(None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if self.lease.get().is_some() {
+                last_renewed = Instant::now();
+            }
+        }
+    }
+
+    /// Keeps the member list current and wakes the catch-up loop whenever the
+    /// desired state changes.
+    async fn watch(self: Arc<Self>) {
+        loop {
+            let watched = async {
+                let (members, revision) = self.store.members().await?;
+                self.state().members = members;
+                let mut watch = self.store.watch(revision + 1).await?;
+                self.wake.notify_one();
+                loop {
+                    let keys = watch.next().await?;
+                    if keys.iter().any(|key| key.starts_with("members/")) {
+                        let (members, _) = self.store.members().await?;
+                        self.state().members = members;
+                    }
+                    if keys.iter().any(|key| key.starts_with("desired/")) {
+                        self.wake.notify_one();
+                    }
+                }
+            };
+            let err: EtcdError = match watched.await {
+                Ok(()) => continue,
+                Err(err) => err,
+            };
+            tracing::debug!(%err, "the cluster watch broke; watching again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn catch_up_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(CATCH_UP_EVERY) => {}
+            }
+            if !self.state().available {
+                continue;
+            }
+            let cluster = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || cluster.catch_up()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(problem)) => tracing::warn!(%problem, "cannot catch up with the cluster yet"),
+                Err(err) => tracing::error!(%err, "catching up with the cluster panicked"),
+            }
+        }
+    }
+
+    /// Leaves the cluster (a clean shutdown): the member key goes at once.
+    pub async fn leave(&self) {
+        if let Some(lease) = self.lease.get() {
+            self.lease.set(None);
+            let _ = self.store.revoke(lease).await;
+        }
+    }
+
+    /// Runs one `system.reload` on the cluster, as its coordinator. Blocks
+    /// (the whole two-phase reload): call it from a blocking thread.
+    pub fn reload(self: &Arc<Self>, request: &ReloadRequest, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
+        coordinator::reload(self, request, nodes)
+    }
+
+    /// The `cluster` block of `system.status`.
+    pub fn status(&self) -> Value {
+        let state = self.state();
+        let members: Vec<Value> =
+            state.members.iter().map(|m| json!({"node": m.node, "advertise": m.advertise, "since": m.since})).collect();
+        let mut status = json!({
+            "name": self.config.name,
+            "node": self.config.node,
+            "advertise": self.advertise,
+            "members": members,
+            "revision": state.applied,
+            "available": state.available,
+            "diverged": state.diverged,
+        });
+        if let Some(problem) = &state.problem {
+            status["problem"] = json!(problem);
+        }
+        status
+    }
+
+    /// Notes that this member applied the commit at `revision`.
+    fn applied(&self, revision: i64) {
+        let mut state = self.state();
+        state.applied = state.applied.max(revision);
+        state.diverged = false;
+    }
+
+    fn members(&self) -> Vec<MemberRecord> {
+        self.state().members.clone()
+    }
+}
+
+/// This data directory's member instance id, made once and kept.
+fn instance_id(data_dir: &Path) -> Result<String, String> {
+    let path = data_dir.join("cluster.instance");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|err| format!("no randomness for the member instance id: {err}"))?;
+    let id = hex::encode(bytes);
+    std::fs::write(&path, format!("{id}\n")).map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    Ok(id)
+}

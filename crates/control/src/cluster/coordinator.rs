@@ -1,0 +1,565 @@
+//! A reload this member received, run across the cluster (CONTRACT.md §10):
+//!
+//! 1. take the cluster lock (its create revision is the fencing token), then
+//!    read the members and pick the targets;
+//! 2. stage here — read, build, compile — and take the plan's blueprint;
+//! 3. prepare: every other target fetches the builds by sha256 and stages them,
+//!    in waves so that members that have a build serve it to the next ones;
+//! 4. commit: one etcd transaction, guarded by the fencing token, records the
+//!    desired state — or, when any target did not prepare, abort everywhere;
+//! 5. apply: every target swaps, migrates and purges (an atomic request holds
+//!    its processes until every target reported, then keeps or undoes it
+//!    everywhere), each answering its own result, a `node` child.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use zest_runtime::{
+    Blueprint, ClusterOutcome, EventBody, Failure, Kind, LockError, Phase, Plan, Reason, ReloadRequest, ReloadResult,
+    Scope,
+};
+
+use super::etcd::{Changes, EtcdError, MemberRecord};
+use super::peer::PeerError;
+use super::Cluster;
+use crate::wire::{self, Nodes};
+
+/// How many members fetch a build from one holder in one wave of prepares.
+const FANOUT: usize = 8;
+
+/// Why a cluster reload did not run at all (a JSON-RPC error, not a result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The lock is held (`CONFLICT`).
+    Conflict,
+    /// `nodes` names a member the cluster does not have (`INVALID_PARAMS`).
+    InvalidParams(String),
+}
+
+fn scope_of(request: &ReloadRequest) -> (Kind, String) {
+    match &request.scope {
+        Scope::Module(name) => (Kind::Module, name.clone()),
+        Scope::App(name) => (Kind::App, name.clone()),
+        Scope::Extension(path) => (Kind::Extension, path.display().to_string()),
+        Scope::All(_) => (Kind::System, "system".to_string()),
+    }
+}
+
+/// A member's result as a child of the cluster's: `{"kind": "node", "target": id, ...}`.
+fn node_child(node: &str, mut result: ReloadResult) -> ReloadResult {
+    result.kind = Kind::Node;
+    result.target = node.to_string();
+    result
+}
+
+fn node_failure(node: &str, reason: Reason, message: impl Into<String>) -> ReloadResult {
+    let mut result = ReloadResult::new(Kind::Node, node);
+    result.errors.push(Failure::new(node, reason, message));
+    result
+}
+
+/// The result of a request that changed nothing anywhere because etcd could
+/// not be reached.
+fn unavailable(kind: Kind, target: &str, message: &str) -> ReloadResult {
+    let mut result = ReloadResult::new(kind, target);
+    let message = format!("{message}; nothing was changed");
+    result.errors.push(Failure::new(target, Reason::ClusterUnavailable, message));
+    result.metadata.cluster = Some(ClusterOutcome { nodes: Vec::new(), phase: Phase::Aborted, revision: None });
+    result
+}
+
+pub(super) fn reload(cluster: &Arc<Cluster>, request: &ReloadRequest, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
+    let started = Instant::now();
+    let (kind, target) = scope_of(request);
+    let guard = match zest_runtime::ReloadLock::acquire(&cluster.lock, request.options.lock_timeout) {
+        Ok(guard) => guard,
+        Err(LockError::Conflict) => return Err(Refusal::Conflict),
+        Err(LockError::Unavailable(message)) => {
+            let mut result = unavailable(kind, &target, &message);
+            result.duration = started.elapsed();
+            return Ok(result);
+        }
+    };
+    let token = guard.token() as i64;
+    let members = match cluster.handle.block_on(cluster.store.members()) {
+        Ok((members, _)) => members,
+        Err(err) => {
+            let mut result = unavailable(kind, &target, &err.to_string());
+            result.duration = started.elapsed();
+            return Ok(result);
+        }
+    };
+    let targets = targets(cluster, &members, nodes)?;
+    let request_id = request.request_id.clone().unwrap_or_else(|| cluster.node.next_request_id());
+    let run =
+        Run { cluster, request, nodes, kind, target: target.clone(), request_id: request_id.clone(), token, targets };
+    let mut result = cluster.node.telemetry().step(kind, &target, &request_id, || run.coordinate());
+    result.duration = started.elapsed();
+    drop(guard);
+    Ok(result)
+}
+
+/// The members a request reaches: every member, this one, or those listed.
+fn targets(cluster: &Cluster, members: &[MemberRecord], nodes: &Nodes) -> Result<Vec<MemberRecord>, Refusal> {
+    let me = || members.iter().find(|m| m.node == cluster.config.node).cloned().unwrap_or_else(|| cluster.record());
+    match nodes {
+        Nodes::All => {
+            let mut all = members.to_vec();
+            if !all.iter().any(|m| m.node == cluster.config.node) {
+                all.push(me());
+            }
+            Ok(all)
+        }
+        Nodes::Local => Ok(vec![me()]),
+        Nodes::Listed(ids) => {
+            let mut listed: Vec<MemberRecord> = Vec::new();
+            for id in ids {
+                if listed.iter().any(|m| &m.node == id) {
+                    continue;
+                }
+                match members.iter().find(|m| &m.node == id) {
+                    Some(member) => listed.push(member.clone()),
+                    None => {
+                        let known: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
+                        return Err(Refusal::InvalidParams(format!(
+                            "nodes: `{id}` is not a member of cluster `{}` (members: {})",
+                            cluster.config.name,
+                            known.join(", ")
+                        )));
+                    }
+                }
+            }
+            Ok(listed)
+        }
+    }
+}
+
+/// How one target's prepare went.
+enum Prepared {
+    Yes,
+    No {
+        reason: Reason,
+        message: String,
+        result: Option<Box<ReloadResult>>,
+    },
+    /// Never asked: the request was aborted before its wave.
+    NotAsked,
+}
+
+struct Run<'a> {
+    cluster: &'a Arc<Cluster>,
+    request: &'a ReloadRequest,
+    nodes: &'a Nodes,
+    kind: Kind,
+    target: String,
+    request_id: String,
+    token: i64,
+    targets: Vec<MemberRecord>,
+}
+
+impl Run<'_> {
+    fn me(&self) -> &str {
+        &self.cluster.config.node
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.targets.iter().map(|m| m.node.clone()).collect()
+    }
+
+    fn emit(&self, body: EventBody) {
+        self.cluster.node.telemetry().emit(self.kind, &self.target, &self.request_id, body);
+    }
+
+    fn result(&self, children: Vec<ReloadResult>, phase: Phase, revision: Option<i64>) -> ReloadResult {
+        let mut result = ReloadResult::new(self.kind, &self.target);
+        let mut children = children;
+        children.sort_by(|a, b| a.target.cmp(&b.target));
+        for child in children {
+            result.absorb(child);
+        }
+        result.metadata.cluster = Some(ClusterOutcome { nodes: self.ids(), phase, revision });
+        result
+    }
+
+    fn coordinate(&self) -> ReloadResult {
+        let cluster = self.cluster;
+        let wait = cluster.config.prepare_timeout;
+        let session = match cluster.node.session(wait, Some(&self.request_id)) {
+            Ok(session) => session,
+            Err(err) => {
+                let child = node_failure(self.me(), Reason::PrepareFailed, format!("this member is busy: {err}"));
+                return self.result(vec![child], Phase::Aborted, None);
+            }
+        };
+        let mut plan = session.plan(self.request);
+        let local = self.targets.iter().any(|m| m.node == self.me());
+        if *self.nodes == Nodes::Local {
+            let mine = plan.run();
+            cluster.state().diverged = true;
+            return self.result(vec![node_child(self.me(), mine)], Phase::Committed, None);
+        }
+        if plan.options().atomic {
+            if let Some(because) = plan.staging_failures() {
+                let message = format!("not swapped: {because}, and the reload is atomic");
+                plan.abort(&message);
+                let mine = plan.finish();
+                self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: Reason::PrepareFailed, message });
+                return self.coordinator_only(mine, local, Phase::Aborted);
+            }
+        }
+        let blueprint = plan.blueprint();
+        let remote: Vec<MemberRecord> = self.targets.iter().filter(|m| m.node != self.me()).cloned().collect();
+        self.emit(EventBody::ClusterPrepare { nodes: self.ids() });
+        let outcomes = cluster.handle.block_on(self.prepare_all(&remote, &blueprint));
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter_map(|(member, outcome)| match outcome {
+                Prepared::No { message, .. } => Some(format!("{} did not prepare ({message})", member.node)),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            let why = failed.join("; ");
+            return self.abort(plan, local, outcomes, Reason::PrepareFailed, &why);
+        }
+        let changes = changes_of(&blueprint);
+        let listed: Option<Vec<String>> = match self.nodes {
+            Nodes::Listed(_) => Some(self.ids()),
+            _ => None,
+        };
+        let before = if plan.options().atomic {
+            match cluster.handle.block_on(cluster.store.current(&changes, listed.as_deref())) {
+                Ok(before) => before,
+                Err(err) => return self.abort(plan, local, outcomes, Reason::ClusterUnavailable, &err.to_string()),
+            }
+        } else {
+            Vec::new()
+        };
+        let members: Vec<String> = cluster.members().into_iter().map(|m| m.node).collect();
+        let committed = cluster.handle.block_on(cluster.store.commit(
+            self.token,
+            &self.request_id,
+            &changes,
+            listed.as_deref(),
+            &members,
+            plan.options().atomic,
+        ));
+        let revision = match committed {
+            Ok(revision) => revision,
+            Err(EtcdError::LeaseLost) => {
+                let why = "the lock's lease was lost before the commit";
+                return self.abort(plan, local, outcomes, Reason::LeaseLost, why);
+            }
+            Err(err) => match cluster.handle.block_on(cluster.store.committed(&self.request_id)) {
+                Ok(Some(revision)) => revision,
+                _ => return self.abort(plan, local, outcomes, Reason::ClusterUnavailable, &err.to_string()),
+            },
+        };
+        self.emit(EventBody::ClusterCommit { nodes: self.ids(), revision });
+        if plan.options().atomic {
+            self.apply_atomic(plan, local, &remote, revision, &before, listed.as_deref())
+        } else {
+            self.apply(plan, local, &remote, revision)
+        }
+    }
+
+    /// The request ended before any other member was asked: only this
+    /// member's own result (its errors at the top when it is not a target).
+    fn coordinator_only(&self, mine: ReloadResult, local: bool, phase: Phase) -> ReloadResult {
+        if local {
+            return self.result(vec![node_child(self.me(), mine)], phase, None);
+        }
+        let mut result = self.result(Vec::new(), phase, None);
+        result.errors.extend(mine.errors.into_iter().filter(|f| f.reason != Reason::RolledBack));
+        result
+    }
+
+    /// Asks every remote target to prepare, in waves: the first `FANOUT`
+    /// fetch builds from this member, and every member that prepared serves
+    /// `FANOUT` more in the next wave. Stops at the first wave with a failure.
+    async fn prepare_all(&self, remote: &[MemberRecord], blueprint: &Blueprint) -> Vec<(MemberRecord, Prepared)> {
+        let cluster = self.cluster;
+        let blueprint = wire::blueprint(blueprint);
+        let mut holders = vec![cluster.advertise.clone()];
+        let mut outcomes = Vec::new();
+        let mut rest: Vec<MemberRecord> = remote.to_vec();
+        rest.sort_by(|a, b| a.node.cmp(&b.node));
+        let mut failed = false;
+        while !rest.is_empty() {
+            let wave: Vec<MemberRecord> = rest.drain(..rest.len().min(FANOUT * holders.len())).collect();
+            if failed {
+                outcomes.extend(wave.into_iter().map(|member| (member, Prepared::NotAsked)));
+                continue;
+            }
+            let mut calls = JoinSet::new();
+            for (index, member) in wave.into_iter().enumerate() {
+                let mut sources = holders.clone();
+                sources.rotate_left(index % holders.len());
+                let params = json!({
+                    "request_id": self.request_id, "token": self.token, "coordinator": cluster.config.node,
+                    "sources": sources, "blueprint": blueprint,
+                });
+                let cluster = Arc::clone(cluster);
+                let timeout = cluster.config.prepare_timeout;
+                calls.spawn(async move {
+                    let answer = cluster.peers.call(&member.advertise, "cluster.prepare", params, timeout).await;
+                    (member, answer)
+                });
+            }
+            while let Some(joined) = calls.join_next().await {
+                let Ok((member, answer)) = joined else { continue };
+                let outcome = match answer {
+                    Ok(answer) if answer["prepared"] == true => {
+                        holders.push(member.advertise.clone());
+                        Prepared::Yes
+                    }
+                    Ok(answer) => {
+                        let result = wire::parse_result(&answer["result"]).ok().map(Box::new);
+                        let message = result
+                            .as_ref()
+                            .and_then(|r| r.errors.first().map(|f| format!("{}: {}", f.target, f.message)))
+                            .unwrap_or_else(|| "it could not stage the builds".into());
+                        Prepared::No { reason: Reason::PrepareFailed, message, result }
+                    }
+                    Err(PeerError::Unreachable(message)) => {
+                        Prepared::No { reason: Reason::NodeUnreachable, message, result: None }
+                    }
+                    Err(PeerError::Refused(message)) => {
+                        Prepared::No { reason: Reason::PrepareFailed, message, result: None }
+                    }
+                };
+                failed |= matches!(outcome, Prepared::No { .. });
+                outcomes.push((member, outcome));
+            }
+        }
+        outcomes
+    }
+
+    /// Nothing is swapped on any member: those that prepared drop their plans,
+    /// this member drops its own, and each says why.
+    fn abort(
+        &self,
+        mut plan: Plan,
+        local: bool,
+        outcomes: Vec<(MemberRecord, Prepared)>,
+        reason: Reason,
+        why: &str,
+    ) -> ReloadResult {
+        self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason, message: why.to_string() });
+        let message = format!("not swapped: {why}");
+        let prepared: Vec<MemberRecord> =
+            outcomes.iter().filter(|(_, o)| matches!(o, Prepared::Yes)).map(|(m, _)| m.clone()).collect();
+        let params = json!({"request_id": self.request_id, "message": message});
+        let answers = self.call_all(&prepared, "cluster.abort", &params);
+        let mut children = Vec::new();
+        for (member, outcome) in outcomes {
+            let child = match outcome {
+                Prepared::Yes => match answers.iter().find(|(node, _)| *node == member.node) {
+                    Some((_, Ok(answer))) => match wire::parse_result(answer) {
+                        Ok(result) => node_child(&member.node, result),
+                        Err(err) => node_failure(&member.node, Reason::PrepareFailed, err),
+                    },
+                    Some((_, Err(err))) => node_failure(
+                        &member.node,
+                        Reason::NodeUnreachable,
+                        format!("prepared, then not reachable to abort ({err}); it drops the plan at its deadline"),
+                    ),
+                    None => node_failure(&member.node, Reason::PrepareFailed, message.clone()),
+                },
+                Prepared::No { reason: own, message: detail, result } => {
+                    let mut child = node_failure(&member.node, own, detail);
+                    if let Some(result) = result {
+                        child.errors.extend(result.errors.into_iter().filter(|f| f.target != member.node));
+                    }
+                    child
+                }
+                Prepared::NotAsked => node_failure(&member.node, Reason::PrepareFailed, format!("not asked: {why}")),
+            };
+            children.push(child);
+        }
+        plan.abort(&message);
+        let mine = plan.finish();
+        if reason != Reason::PrepareFailed && reason != Reason::NodeUnreachable {
+            let mut result = self.result(children, Phase::Aborted, None);
+            result.errors.push(Failure::new(&self.target, reason, format!("{why}; nothing was swapped")));
+            if local {
+                result.absorb(node_child(self.me(), mine));
+            }
+            return result;
+        }
+        if local {
+            children.push(node_child(self.me(), mine));
+        }
+        self.result(children, Phase::Aborted, None)
+    }
+
+    /// Calls `method` on every member of `members`, blocking until all answered.
+    fn call_all(
+        &self,
+        members: &[MemberRecord],
+        method: &'static str,
+        params: &Value,
+    ) -> Vec<(String, Result<Value, PeerError>)> {
+        let cluster = Arc::clone(self.cluster);
+        self.cluster.handle.block_on(call_all(cluster, members.to_vec(), method, params.clone()))
+    }
+
+    /// Commits everywhere at once (this member on this thread meanwhile); each
+    /// target answers its own result.
+    fn apply(&self, mut plan: Plan, local: bool, remote: &[MemberRecord], revision: i64) -> ReloadResult {
+        let cluster = self.cluster;
+        let params = json!({"request_id": self.request_id, "revision": revision});
+        // The other members commit while this one does.
+        let calls = cluster.handle.spawn(call_all(Arc::clone(cluster), remote.to_vec(), "cluster.commit", params));
+        let mut children = Vec::new();
+        let mut result_errors = Vec::new();
+        if local {
+            plan.commit();
+            plan.settle(None);
+            children.push(node_child(self.me(), plan.finish()));
+            cluster.applied(revision);
+        } else {
+            // Built here only to hand out its blueprint: nothing is swapped.
+            plan.abort("not swapped: this member is not a target");
+            let mine = plan.finish();
+            result_errors.extend(mine.errors.into_iter().filter(|f| f.reason != Reason::RolledBack));
+        }
+        let answers = cluster.handle.block_on(calls).unwrap_or_default();
+        for member in remote {
+            let child = match answers.iter().find(|(node, _)| *node == member.node) {
+                Some((_, Ok(answer))) => match wire::parse_result(answer) {
+                    Ok(result) => node_child(&member.node, result),
+                    Err(err) => node_failure(&member.node, Reason::InternalError, err),
+                },
+                Some((_, Err(err))) => node_failure(
+                    &member.node,
+                    Reason::NodeUnreachable,
+                    format!("committed, but it did not answer ({err}); it applies the commit when it catches up"),
+                ),
+                None => node_failure(&member.node, Reason::NodeUnreachable, "committed, but no answer"),
+            };
+            children.push(child);
+        }
+        let mut result = self.result(children, Phase::Committed, Some(revision));
+        result.errors.extend(result_errors);
+        result
+    }
+
+    /// An atomic request: every target swaps and migrates holding its
+    /// processes; when every one succeeded they all keep it, else they all undo
+    /// it and etcd gets its previous desired state back.
+    fn apply_atomic(
+        &self,
+        mut plan: Plan,
+        local: bool,
+        remote: &[MemberRecord],
+        revision: i64,
+        before: &[(String, Option<Value>)],
+        listed: Option<&[String]>,
+    ) -> ReloadResult {
+        let cluster = self.cluster;
+        let params = json!({"request_id": self.request_id, "revision": revision});
+        let held = self.call_all(remote, "cluster.commit", &params);
+        let mut culprits = Vec::new();
+        if local {
+            plan.commit();
+            if let Some(failures) = plan.failures() {
+                culprits.push(format!("{}: {failures}", self.me()));
+            }
+        }
+        for member in remote {
+            match held.iter().find(|(node, _)| *node == member.node) {
+                Some((_, Ok(answer))) => {
+                    if let Some(failures) = answer["failures"].as_str() {
+                        culprits.push(format!("{}: {failures}", member.node));
+                    }
+                }
+                Some((_, Err(err))) => culprits.push(format!("{} did not answer ({err})", member.node)),
+                None => culprits.push(format!("{} did not answer", member.node)),
+            }
+        }
+        let undo = (!culprits.is_empty()).then(|| culprits.join("; "));
+        let mut reverted = false;
+        if undo.is_some() {
+            match cluster.handle.block_on(cluster.store.revert(self.token, &self.request_id, before, listed)) {
+                Ok(_) => reverted = true,
+                Err(err) => tracing::error!(%err, request_id = %self.request_id,
+                    "an atomic cluster reload was undone on its members but etcd still records it"),
+            }
+        }
+        let params = json!({"request_id": self.request_id, "revision": revision, "undo": undo});
+        let answers = self.call_all(remote, "cluster.settle", &params);
+        let mut children = Vec::new();
+        if local {
+            plan.settle(undo.as_deref());
+            children.push(node_child(self.me(), plan.finish()));
+            if undo.is_none() {
+                cluster.applied(revision);
+            }
+        } else {
+            plan.abort("not swapped: this member is not a target");
+            drop(plan.finish());
+        }
+        for member in remote {
+            let child = match answers.iter().find(|(node, _)| *node == member.node) {
+                Some((_, Ok(answer))) => match wire::parse_result(answer) {
+                    Ok(result) => node_child(&member.node, result),
+                    Err(err) => node_failure(&member.node, Reason::InternalError, err),
+                },
+                Some((_, Err(err))) => node_failure(&member.node, Reason::NodeUnreachable, err.to_string()),
+                None => node_failure(&member.node, Reason::NodeUnreachable, "no answer"),
+            };
+            children.push(child);
+        }
+        match undo {
+            Some(_) if reverted => self.result(children, Phase::Aborted, None),
+            _ => self.result(children, Phase::Committed, Some(revision)),
+        }
+    }
+}
+
+/// Calls `method` on every member of `members` at once; answers by member id.
+async fn call_all(
+    cluster: Arc<Cluster>,
+    members: Vec<MemberRecord>,
+    method: &'static str,
+    params: Value,
+) -> Vec<(String, Result<Value, PeerError>)> {
+    let limits = cluster.node.config().limits.clone();
+    let timeout = cluster.config.prepare_timeout + limits.drain_timeout + Duration::from_secs(5);
+    let mut calls = JoinSet::new();
+    for member in members {
+        let (cluster, params) = (Arc::clone(&cluster), params.clone());
+        calls.spawn(async move {
+            let answer = cluster.peers.call(&member.advertise, method, params, timeout).await;
+            (member.node, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers
+}
+
+/// The desired-state keys a blueprint's commit writes.
+fn changes_of(blueprint: &Blueprint) -> Changes {
+    let mut changes = Changes::default();
+    for unit in &blueprint.units {
+        for build in &unit.builds {
+            let value = json!({"sha256": build.sha256, "vsn": build.vsn, "source": build.source.display().to_string()});
+            changes.puts.push(("module", build.module.clone(), value));
+        }
+        if let Some(app) = &unit.app {
+            changes.puts.push(("app", app.name.clone(), wire::manifest(app)));
+        }
+        if let Some(record) = &unit.extension {
+            changes.puts.push(("extension", record.name.clone(), wire::record(record)));
+        }
+    }
+    changes
+}

@@ -1,0 +1,405 @@
+//! This member as a target of another member's reload, and catching up with
+//! what the cluster committed.
+//!
+//! A prepare fetches the builds the coordinator's blueprint names and stages
+//! them into a plan that waits here — holding the node's reload lock — for the
+//! coordinator's decision: commit (then, for an atomic request, settle) or
+//! abort. A coordinator that goes silent cannot strand it: at the plan's
+//! deadline this member asks etcd. Committed: it applies the plan on its own.
+//! Not committed and the coordinator's lock gone: it drops the plan.
+//!
+//! Catching up: whenever etcd holds a commit for this member newer than the
+//! last one it applied — it started, restarted, came back from a partition, or
+//! was not reachable when the commit was sent — it stages what the cluster
+//! committed for it (the base with its overrides over it), fetching builds it
+//! lacks from any member, and runs that plan, whatever its own files say.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+use zest_runtime::{Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Plan, Reason, ReloadResult, Session};
+
+use super::etcd::{Desired, DesiredBuild};
+use super::Cluster;
+use crate::wire;
+
+/// How many times a prepared plan's deadline is pushed back while its
+/// coordinator still holds the lock (or etcd cannot say) before it is dropped.
+const MAX_EXTENSIONS: u32 = 3;
+
+/// A plan prepared for a coordinator, waiting for its decision.
+pub(crate) struct Pending {
+    plan: Plan,
+    /// The node's reload lock, held from prepare to the end.
+    _session: Session,
+    /// The coordinator's fencing token.
+    token: i64,
+    /// Committed and waiting to be settled (an atomic request).
+    held: bool,
+    deadline: Instant,
+    extended: u32,
+}
+
+fn field<'a>(params: &'a Value, key: &str) -> Result<&'a Value, String> {
+    params.get(key).ok_or_else(|| format!("{key} is required"))
+}
+
+fn text(params: &Value, key: &str) -> Result<String, String> {
+    field(params, key)?.as_str().map(str::to_string).ok_or_else(|| format!("{key} must be a string"))
+}
+
+fn number(params: &Value, key: &str) -> Result<i64, String> {
+    field(params, key)?.as_i64().ok_or_else(|| format!("{key} must be an integer"))
+}
+
+impl Cluster {
+    /// `cluster.prepare`: fetch the builds, stage the blueprint, wait for the
+    /// decision. Answers `{"prepared": true}`, or `{"prepared": false,
+    /// "result"}` with what failed.
+    pub async fn prepare(self: &Arc<Self>, params: Value) -> Result<Value, String> {
+        let request_id = text(&params, "request_id")?;
+        let token = number(&params, "token")?;
+        let sources: Vec<String> = field(&params, "sources")?
+            .as_array()
+            .map(|items| items.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .ok_or("sources must be a list of member addresses")?;
+        let blueprint = wire::parse_blueprint(field(&params, "blueprint")?)?;
+        if self.pending_lock().contains_key(&request_id) {
+            return Err(format!("request {request_id} is already prepared here"));
+        }
+        let cluster = Arc::clone(self);
+        let id = request_id.clone();
+        let prepared = tokio::task::spawn_blocking(move || cluster.stage(&id, token, &blueprint, &sources))
+            .await
+            .map_err(|err| format!("preparing panicked: {err}"))?;
+        match prepared {
+            Ok(()) => {
+                tokio::spawn(Arc::clone(self).decide_when_due(request_id));
+                Ok(json!({"prepared": true}))
+            }
+            Err(result) => Ok(json!({"prepared": false, "result": wire::result(&result)})),
+        }
+    }
+
+    /// Fetches what the blueprint needs and stages it; keeps the plan pending.
+    fn stage(
+        &self,
+        request_id: &str,
+        token: i64,
+        blueprint: &Blueprint,
+        sources: &[String],
+    ) -> Result<(), Box<ReloadResult>> {
+        let failed = |failure: Failure| {
+            let mut result = ReloadResult::new(blueprint.kind, &blueprint.target);
+            result.errors.push(failure);
+            Box::new(result)
+        };
+        self.fetch_missing(blueprint, sources).map_err(failed)?;
+        let wait = self.config.prepare_timeout;
+        let session = self.node.session(wait, Some(request_id)).map_err(|err| {
+            failed(Failure::new(&self.config.node, Reason::PrepareFailed, format!("this member is busy: {err}")))
+        })?;
+        let telemetry = self.node.telemetry();
+        telemetry.emit(
+            blueprint.kind,
+            &blueprint.target,
+            request_id,
+            EventBody::Start { system_time: SystemTime::now() },
+        );
+        let mut plan = session.plan_blueprint(blueprint);
+        if let Some(because) = plan.staging_failures() {
+            plan.abort(&format!("not swapped: {because} on {}", self.config.node));
+            return Err(Box::new(self.finish(plan)));
+        }
+        let pending = Pending {
+            plan,
+            _session: session,
+            token,
+            held: false,
+            deadline: Instant::now() + self.config.prepare_timeout,
+            extended: 0,
+        };
+        self.pending_lock().insert(request_id.to_string(), pending);
+        Ok(())
+    }
+
+    /// Fetches every build of `blueprint` this node neither runs nor holds.
+    fn fetch_missing(&self, blueprint: &Blueprint, sources: &[String]) -> Result<(), Failure> {
+        let missing: Vec<&BuildRef> = blueprint
+            .builds()
+            .filter(|build| blueprint.force || !self.node.runs_build(&build.module, &build.sha256))
+            .filter(|build| self.node.build(&build.sha256).is_none())
+            .collect();
+        for build in missing {
+            let bytes = self.peers.fetch(&build.module, &build.sha256, sources)?;
+            self.node.add_build(bytes);
+        }
+        Ok(())
+    }
+
+    /// Finishes a plan and emits its `stop` event.
+    fn finish(&self, plan: Plan) -> ReloadResult {
+        let (kind, target, request_id) = (plan.kind(), plan.target().to_string(), plan.request_id().to_string());
+        let result = plan.finish();
+        let body = EventBody::Stop { duration: result.duration, status: result.status() };
+        self.node.telemetry().emit(kind, &target, &request_id, body);
+        result
+    }
+
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self, request_id: &str, held: bool) -> Result<Pending, String> {
+        let mut pending = self.pending_lock();
+        match pending.get(request_id) {
+            Some(entry) if entry.held == held => Ok(pending.remove(request_id).expect("present")),
+            Some(_) if held => Err(format!("request {request_id} is prepared here, not committed")),
+            Some(_) => Err(format!("request {request_id} is already committed here")),
+            None => Err(format!("request {request_id} is not prepared here (it was decided already, or timed out)")),
+        }
+    }
+
+    /// `cluster.commit`: swap, migrate, purge. An atomic request stays held
+    /// (processes suspended) until `cluster.settle`, and answers
+    /// `{"held": true, "failures"}`; otherwise the answer is this member's result.
+    pub async fn commit(self: &Arc<Self>, params: Value) -> Result<Value, String> {
+        let request_id = text(&params, "request_id")?;
+        let revision = number(&params, "revision")?;
+        let mut pending = self.take(&request_id, false)?;
+        let cluster = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            pending.plan.commit();
+            if pending.plan.options().atomic {
+                let failures = pending.plan.failures();
+                pending.held = true;
+                pending.deadline = Instant::now() + cluster.config.prepare_timeout;
+                cluster.pending_lock().insert(request_id, pending);
+                return json!({"held": true, "failures": failures});
+            }
+            pending.plan.settle(None);
+            let result = cluster.finish(pending.plan);
+            cluster.applied(revision);
+            cluster.wake.notify_one();
+            wire::result(&result)
+        })
+        .await
+        .map_err(|err| format!("committing panicked: {err}"))
+    }
+
+    /// `cluster.settle`: keeps a held (atomic) request, or undoes it; answers
+    /// this member's result.
+    pub async fn settle(self: &Arc<Self>, params: Value) -> Result<Value, String> {
+        let request_id = text(&params, "request_id")?;
+        let revision = number(&params, "revision")?;
+        let undo = match params.get("undo") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(because)) => Some(because.clone()),
+            Some(_) => return Err("undo must be a string or null".into()),
+        };
+        let mut pending = self.take(&request_id, true)?;
+        let cluster = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            pending.plan.settle(undo.as_deref());
+            let result = cluster.finish(pending.plan);
+            if undo.is_none() {
+                cluster.applied(revision);
+            }
+            cluster.wake.notify_one();
+            wire::result(&result)
+        })
+        .await
+        .map_err(|err| format!("settling panicked: {err}"))
+    }
+
+    /// `cluster.abort`: drops a prepared plan; answers this member's result
+    /// (every staged module `rolled_back` with `message`).
+    pub async fn abort(self: &Arc<Self>, params: Value) -> Result<Value, String> {
+        let request_id = text(&params, "request_id")?;
+        let message = text(&params, "message")?;
+        let mut pending = self.take(&request_id, false)?;
+        let cluster = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            pending.plan.abort(&message);
+            let result = cluster.finish(pending.plan);
+            cluster.wake.notify_one();
+            wire::result(&result)
+        })
+        .await
+        .map_err(|err| format!("aborting panicked: {err}"))
+    }
+
+    /// Waits for a pending plan's deadline; if its coordinator has not decided
+    /// by then, etcd decides.
+    pub(super) async fn decide_when_due(self: Arc<Self>, request_id: String) {
+        loop {
+            let deadline = match self.pending_lock().get(&request_id) {
+                Some(pending) => pending.deadline,
+                None => return,
+            };
+            tokio::time::sleep_until(deadline.into()).await;
+            let (token, due) = match self.pending_lock().get(&request_id) {
+                Some(pending) => (pending.token, Instant::now() >= pending.deadline),
+                None => return,
+            };
+            if !due {
+                continue;
+            }
+            let committed = self.store.committed(&request_id).await;
+            let decision = match committed {
+                Ok(Some(revision)) => Some(Ok(revision)),
+                Ok(None) => match self.store.lock_held(token).await {
+                    Ok(false) => Some(Err("its coordinator released the lock without committing".to_string())),
+                    Ok(true) | Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            let decision = match decision {
+                Some(decision) => decision,
+                None => {
+                    let mut pending = self.pending_lock();
+                    let Some(entry) = pending.get_mut(&request_id) else { return };
+                    if entry.extended < MAX_EXTENSIONS {
+                        entry.extended += 1;
+                        entry.deadline = Instant::now() + self.config.prepare_timeout;
+                        continue;
+                    }
+                    Err("no decision came in time".to_string())
+                }
+            };
+            let Some(mut pending) = self.pending_lock().remove(&request_id) else { return };
+            let cluster = Arc::clone(&self);
+            let id = request_id.clone();
+            let resolved = tokio::task::spawn_blocking(move || {
+                match decision {
+                    Ok(revision) => {
+                        tracing::warn!(request_id = %id, revision, "the coordinator committed and went silent: applying on our own");
+                        if !pending.held {
+                            pending.plan.commit();
+                        }
+                        pending.plan.settle(None);
+                        cluster.finish(pending.plan);
+                        cluster.applied(revision);
+                    }
+                    Err(why) => {
+                        tracing::warn!(request_id = %id, %why, "dropping a prepared reload");
+                        if pending.held {
+                            pending.plan.settle(Some(&why));
+                        } else {
+                            pending.plan.abort(&format!("not swapped: {why}"));
+                        }
+                        cluster.finish(pending.plan);
+                    }
+                }
+                cluster.wake.notify_one();
+            })
+            .await;
+            if let Err(err) = resolved {
+                tracing::error!(%err, "resolving a prepared reload panicked");
+            }
+            return;
+        }
+    }
+
+    /// Applies what the cluster committed for this member, if etcd holds a
+    /// commit newer than the last one it applied. Blocks.
+    pub(super) fn catch_up(&self) -> Result<(), String> {
+        let request_id = format!("catch-up-{}", self.node.next_request_id());
+        let Ok(session) = self.node.session(Duration::from_millis(100), Some(&request_id)) else {
+            // A reload runs here now; it will wake us when it is done.
+            return Ok(());
+        };
+        let desired = self.handle.block_on(self.store.desired(&self.config.node)).map_err(|err| err.to_string())?;
+        if desired.revision <= self.state().applied {
+            return Ok(());
+        }
+        let blueprint = blueprint_of(&desired)?;
+        if !self.differs(&blueprint) {
+            self.applied(desired.revision);
+            return Ok(());
+        }
+        let sources: Vec<String> = self
+            .members()
+            .into_iter()
+            .filter(|member| member.node != self.config.node)
+            .map(|member| member.advertise)
+            .collect();
+        self.fetch_missing(&blueprint, &sources).map_err(|failure| failure.message)?;
+        let telemetry = self.node.telemetry();
+        tracing::info!(revision = desired.revision, "catching up with what the cluster committed");
+        let result = telemetry.step(Kind::System, "system", &request_id, || session.plan_blueprint(&blueprint).run());
+        for failure in &result.errors {
+            tracing::error!(target = %failure.target, reason = %failure.reason, message = %failure.message,
+                "catching up with the cluster");
+        }
+        self.applied(desired.revision);
+        Ok(())
+    }
+
+    /// Whether this node serves anything else than `blueprint` says.
+    fn differs(&self, blueprint: &Blueprint) -> bool {
+        let extensions: Vec<_> = self.node.status().extensions.into_iter().map(|e| e.record).collect();
+        blueprint.builds().any(|build| !self.node.runs_build(&build.module, &build.sha256))
+            || blueprint.units.iter().any(|unit| {
+                unit.app.as_ref().is_some_and(|app| self.node.app_manifest(&app.name).as_ref() != Some(app))
+                    || unit.extension.as_ref().is_some_and(|record| !extensions.contains(record))
+            })
+    }
+}
+
+fn build_ref(module: &str, build: &DesiredBuild) -> BuildRef {
+    BuildRef {
+        module: module.to_string(),
+        sha256: build.sha256.clone(),
+        vsn: build.vsn.clone(),
+        source: build.source.clone().into(),
+    }
+}
+
+/// What the cluster committed for a member, as a blueprint: one unit per app
+/// (its manifest and the builds of its modules), per extension, and per module
+/// that belongs to neither.
+fn blueprint_of(desired: &Desired) -> Result<Blueprint, String> {
+    let mut units = Vec::new();
+    let mut claimed = BTreeSet::new();
+    for (name, value) in &desired.apps {
+        let manifest =
+            wire::parse_manifest(value).map_err(|err| format!("the desired manifest of app {name}: {err}"))?;
+        let builds = manifest
+            .modules
+            .iter()
+            .filter_map(|module| desired.modules.get(&module.name).map(|build| build_ref(&module.name, build)))
+            .collect();
+        claimed.extend(manifest.modules.iter().map(|module| module.name.clone()));
+        units.push(BlueprintUnit {
+            kind: Kind::App,
+            target: name.clone(),
+            builds,
+            app: Some(manifest),
+            extension: None,
+        });
+    }
+    for (name, value) in &desired.extensions {
+        let record = wire::parse_record(value).map_err(|err| format!("the desired extension {name}: {err}"))?;
+        let builds = desired.modules.get(name).map(|build| build_ref(name, build)).into_iter().collect();
+        claimed.insert(name.clone());
+        let target = record.path.display().to_string();
+        units.push(BlueprintUnit { kind: Kind::Extension, target, builds, app: None, extension: Some(record) });
+    }
+    for (name, build) in &desired.modules {
+        if !claimed.contains(name) {
+            let builds = vec![build_ref(name, build)];
+            units.push(BlueprintUnit { kind: Kind::Module, target: name.clone(), builds, app: None, extension: None });
+        }
+    }
+    Ok(Blueprint {
+        kind: Kind::System,
+        target: "system".into(),
+        units,
+        code_change: Vec::new(),
+        force: false,
+        atomic: false,
+    })
+}
