@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need when it
-# is missing (a wasm32-capable rustc for the guest SDK tests), then checks
-# formatting and lints and runs every test.
+# is missing (a wasm32-capable rustc for the guest SDK tests, etcd for the
+# cluster tests), then checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,12 +14,19 @@ has_wasm32_rustc() {
   return 1
 }
 
+packages=()
 if ! has_wasm32_rustc; then
-  echo "==> installing a wasm32 rustc (Debian: rustc libstd-rust-dev-wasm32 lld-14)"
+  packages+=(rustc libstd-rust-dev-wasm32 lld-14)
+fi
+if [ ! -x /usr/bin/etcd ]; then
+  packages+=(etcd-server)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  echo "==> installing what the tests need (Debian: ${packages[*]})"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustc libstd-rust-dev-wasm32 lld-14
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
 fi
 
 echo "==> cargo fmt --check"

@@ -69,6 +69,8 @@ pub struct Cluster {
     state: Mutex<State>,
     /// Plans prepared for a coordinator, by request id, until it decides.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Requests aborted before this member prepared them (newest last).
+    aborted: Mutex<std::collections::VecDeque<String>>,
     /// Wakes the catch-up loop (a change in etcd, a request resolved).
     wake: tokio::sync::Notify,
     handle: tokio::runtime::Handle,
@@ -136,6 +138,7 @@ impl Cluster {
             instance,
             state: Mutex::new(State::default()),
             pending: Mutex::new(HashMap::new()),
+            aborted: Mutex::new(std::collections::VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             handle,
         });

@@ -153,9 +153,10 @@ impl ServeConfig {
                 let text =
                     std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
                 let file: File = toml::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
-                (file, absolute(path.parent().unwrap_or(Path::new(""))))
+                let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                (file, absolute(dir))
             }
-            None => (File::default(), absolute(Path::new(""))),
+            None => (File::default(), absolute(Path::new("."))),
         };
         let origin = flags.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "flags".into());
         let at = |key: &str, problem: String| format!("{origin}: {key}: {problem}");

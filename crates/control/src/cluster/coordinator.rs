@@ -92,7 +92,9 @@ pub(super) fn reload(cluster: &Arc<Cluster>, request: &ReloadRequest, nodes: &No
         }
     };
     let targets = targets(cluster, &members, nodes)?;
-    let request_id = request.request_id.clone().unwrap_or_else(|| cluster.node.next_request_id());
+    // Unique in the cluster, whichever member coordinates and however often
+    // it restarts: the fencing token is.
+    let request_id = request.request_id.clone().unwrap_or_else(|| format!("{}-{token}", cluster.config.node));
     let run =
         Run { cluster, request, nodes, kind, target: target.clone(), request_id: request_id.clone(), token, targets };
     let mut result = cluster.node.telemetry().step(kind, &target, &request_id, || run.coordinate());
@@ -210,7 +212,24 @@ impl Run<'_> {
             }
         }
         let blueprint = plan.blueprint();
+        if blueprint.is_empty() {
+            // Every build failed here: no member has anything to prepare.
+            let message = plan.staging_failures().unwrap_or_else(|| "nothing to reload".into());
+            plan.abort(&format!("not swapped: {message}"));
+            let mine = plan.finish();
+            self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: Reason::PrepareFailed, message });
+            return self.coordinator_only(mine, local, Phase::Aborted);
+        }
         let remote: Vec<MemberRecord> = self.targets.iter().filter(|m| m.node != self.me()).cloned().collect();
+        // A build may take minutes; a holder stalled past its lease stops here.
+        match cluster.handle.block_on(cluster.store.lock_held(self.token)) {
+            Ok(true) => {}
+            Ok(false) => {
+                let why = "the lock's lease was lost while this member staged the request";
+                return self.abort(plan, local, Vec::new(), Reason::LeaseLost, why);
+            }
+            Err(err) => return self.abort(plan, local, Vec::new(), Reason::ClusterUnavailable, &err.to_string()),
+        }
         self.emit(EventBody::ClusterPrepare { nodes: self.ids() });
         let outcomes = cluster.handle.block_on(self.prepare_all(&remote, &blueprint));
         let failed: Vec<String> = outcomes
@@ -238,6 +257,7 @@ impl Run<'_> {
             Vec::new()
         };
         let members: Vec<String> = cluster.members().into_iter().map(|m| m.node).collect();
+        pause("before-commit");
         let committed = cluster.handle.block_on(cluster.store.commit(
             self.token,
             &self.request_id,
@@ -252,11 +272,12 @@ impl Run<'_> {
                 let why = "the lock's lease was lost before the commit";
                 return self.abort(plan, local, outcomes, Reason::LeaseLost, why);
             }
-            Err(err) => match cluster.handle.block_on(cluster.store.committed(&self.request_id)) {
+            Err(err) => match cluster.handle.block_on(cluster.store.committed(self.token)) {
                 Ok(Some(revision)) => revision,
                 _ => return self.abort(plan, local, outcomes, Reason::ClusterUnavailable, &err.to_string()),
             },
         };
+        pause("after-commit");
         self.emit(EventBody::ClusterCommit { nodes: self.ids(), revision });
         if plan.options().atomic {
             self.apply_atomic(plan, local, &remote, revision, &before, listed.as_deref())
@@ -352,6 +373,11 @@ impl Run<'_> {
         let prepared: Vec<MemberRecord> =
             outcomes.iter().filter(|(_, o)| matches!(o, Prepared::Yes)).map(|(m, _)| m.clone()).collect();
         let params = json!({"request_id": self.request_id, "message": message});
+        // Those that did not answer hear it too, without waiting for them: a
+        // member that was only slow then stages nothing when its prepare runs.
+        let silent: Vec<MemberRecord> =
+            outcomes.iter().filter(|(_, o)| !matches!(o, Prepared::Yes)).map(|(m, _)| m.clone()).collect();
+        drop(self.cluster.handle.spawn(call_all(Arc::clone(self.cluster), silent, "cluster.abort", params.clone())));
         let answers = self.call_all(&prepared, "cluster.abort", &params);
         let mut children = Vec::new();
         for (member, outcome) in outcomes {
@@ -544,6 +570,19 @@ async fn call_all(
         }
     }
     answers
+}
+
+/// A fault-injection hook for tests: with `ZEST_CLUSTER_PAUSE=before-commit:MS`
+/// (or `after-commit:MS`) in its environment, a coordinator waits that long
+/// just before (after) its etcd commit, so that a test can kill it there
+/// (`docs/cluster.md`, "Testing hooks").
+fn pause(at: &str) {
+    let Ok(spec) = std::env::var("ZEST_CLUSTER_PAUSE") else { return };
+    let ms = spec.strip_prefix(at).and_then(|rest| rest.strip_prefix(':')).and_then(|ms| ms.parse::<u64>().ok());
+    if let Some(ms) = ms {
+        tracing::warn!(at, ms, "pausing, as ZEST_CLUSTER_PAUSE asks");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
 
 /// The desired-state keys a blueprint's commit writes.

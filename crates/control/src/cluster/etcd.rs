@@ -6,13 +6,13 @@
 //! | key | value | written |
 //! |---|---|---|
 //! | `members/<node>` | `{"node", "advertise", "since", "instance"}` | on the member's lease, at start |
-//! | `lock` | `{"node", "request_id"}` | on the holder's lease; its create revision is the fencing token |
+//! | `lock` | `{"node", "since"}` | on the holder's lease; its create revision is the fencing token |
 //! | `desired/base/module/<name>` | `{"sha256", "vsn", "source"}` | by a commit with `nodes: "all"` |
 //! | `desired/base/app/<name>` | the app's manifest as the coordinator read it | by a commit with `nodes: "all"` |
 //! | `desired/base/extension/<name>` | the extension's record | by a commit with `nodes: "all"` |
 //! | `desired/override/<node>/...` | the same, for one member | by a commit listing members |
 //! | `desired/revision/base`, `desired/revision/<node>` | `{"request_id"}` | by every commit: their mod revisions are the last commit for everyone, for one member |
-//! | `commits/<request_id>` | `{"nodes", "atomic"}` | by every commit: how a member that prepared learns the outcome |
+//! | `commits/<token>` | `{"request_id", "nodes", "atomic"}` | by every commit, under its fencing token: how a member that prepared learns the outcome |
 //!
 //! A commit is one transaction guarded by the fencing token: it applies only
 //! while the coordinator still holds the lock it took. Every call here is
@@ -376,8 +376,8 @@ impl Store {
                 }
             }
         }
-        let record = json!({"nodes": nodes.map(<[String]>::to_vec), "atomic": atomic});
-        ops.push(TxnOp::put(self.key(&format!("commits/{request_id}")), record.to_string(), None));
+        let record = json!({"request_id": request_id, "nodes": nodes.map(<[String]>::to_vec), "atomic": atomic});
+        ops.push(TxnOp::put(self.key(&format!("commits/{token}")), record.to_string(), None));
         self.guarded(token, ops).await
     }
 
@@ -406,7 +406,7 @@ impl Store {
                 }
             }
         }
-        ops.push(TxnOp::delete(self.key(&format!("commits/{request_id}")), None));
+        ops.push(TxnOp::delete(self.key(&format!("commits/{token}")), None));
         self.guarded(token, ops).await
     }
 
@@ -420,10 +420,10 @@ impl Store {
         Ok(response.header().map_or(0, |h| h.revision()))
     }
 
-    /// The revision of request `request_id`'s commit, if it was committed.
-    pub async fn committed(&self, request_id: &str) -> Result<Option<i64>, EtcdError> {
+    /// The revision of the commit made under fencing token `token`, if any.
+    pub async fn committed(&self, token: i64) -> Result<Option<i64>, EtcdError> {
         let mut client = self.client.clone();
-        let response = bounded(client.get(self.key(&format!("commits/{request_id}")), None)).await?;
+        let response = bounded(client.get(self.key(&format!("commits/{token}")), None)).await?;
         Ok(response.kvs().first().map(|kv| kv.mod_revision()))
     }
 

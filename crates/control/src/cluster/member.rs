@@ -29,6 +29,10 @@ use crate::wire;
 /// coordinator still holds the lock (or etcd cannot say) before it is dropped.
 const MAX_EXTENSIONS: u32 = 3;
 
+/// How many aborted request ids a member remembers (for prepares that arrive
+/// after their abort).
+pub(crate) const ABORTED_KEPT: usize = 64;
+
 /// A plan prepared for a coordinator, waiting for its decision.
 pub(crate) struct Pending {
     plan: Plan,
@@ -65,9 +69,17 @@ impl Cluster {
             .as_array()
             .map(|items| items.iter().filter_map(Value::as_str).map(str::to_string).collect())
             .ok_or("sources must be a list of member addresses")?;
-        let blueprint = wire::parse_blueprint(field(&params, "blueprint")?)?;
+        let mut blueprint = wire::parse_blueprint(field(&params, "blueprint")?)?;
+        self.localize(&mut blueprint);
         if self.pending_lock().contains_key(&request_id) {
             return Err(format!("request {request_id} is already prepared here"));
+        }
+        // A prepare that arrives late (this member was stopped, the network
+        // slow) must not stage a request its coordinator already gave up.
+        match self.store.lock_held(token).await {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("request {request_id} is over: its coordinator no longer holds the lock")),
+            Err(err) => return Err(err.to_string()),
         }
         let cluster = Arc::clone(self);
         let id = request_id.clone();
@@ -97,7 +109,8 @@ impl Cluster {
             Box::new(result)
         };
         self.fetch_missing(blueprint, sources).map_err(failed)?;
-        let wait = self.config.prepare_timeout;
+        // Leave the coordinator time to hear the answer within its own timeout.
+        let wait = self.config.prepare_timeout * 3 / 4;
         let session = self.node.session(wait, Some(request_id)).map_err(|err| {
             failed(Failure::new(&self.config.node, Reason::PrepareFailed, format!("this member is busy: {err}")))
         })?;
@@ -121,6 +134,11 @@ impl Cluster {
             deadline: Instant::now() + self.config.prepare_timeout,
             extended: 0,
         };
+        if self.was_aborted(request_id) {
+            let mut plan = pending.plan;
+            plan.abort("not swapped: the coordinator aborted the request while this member prepared it");
+            return Err(Box::new(self.finish(plan)));
+        }
         self.pending_lock().insert(request_id.to_string(), pending);
         Ok(())
     }
@@ -146,6 +164,10 @@ impl Cluster {
         let body = EventBody::Stop { duration: result.duration, status: result.status() };
         self.node.telemetry().emit(kind, &target, &request_id, body);
         result
+    }
+
+    fn was_aborted(&self, request_id: &str) -> bool {
+        self.aborted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|id| id == request_id)
     }
 
     fn pending_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
@@ -215,11 +237,22 @@ impl Cluster {
     }
 
     /// `cluster.abort`: drops a prepared plan; answers this member's result
-    /// (every staged module `rolled_back` with `message`).
+    /// (every staged module `rolled_back` with `message`). An abort that
+    /// overtakes its prepare is remembered, so the prepare stages nothing.
     pub async fn abort(self: &Arc<Self>, params: Value) -> Result<Value, String> {
         let request_id = text(&params, "request_id")?;
         let message = text(&params, "message")?;
-        let mut pending = self.take(&request_id, false)?;
+        let mut pending = match self.take(&request_id, false) {
+            Ok(pending) => pending,
+            Err(err) => {
+                let mut aborted = self.aborted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                aborted.push_back(request_id);
+                while aborted.len() > ABORTED_KEPT {
+                    aborted.pop_front();
+                }
+                return Err(err);
+            }
+        };
         let cluster = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             pending.plan.abort(&message);
@@ -247,7 +280,7 @@ impl Cluster {
             if !due {
                 continue;
             }
-            let committed = self.store.committed(&request_id).await;
+            let committed = self.store.committed(token).await;
             let decision = match committed {
                 Ok(Some(revision)) => Some(Ok(revision)),
                 Ok(None) => match self.store.lock_held(token).await {
@@ -315,7 +348,8 @@ impl Cluster {
         if desired.revision <= self.state().applied {
             return Ok(());
         }
-        let blueprint = blueprint_of(&desired)?;
+        let mut blueprint = blueprint_of(&desired)?;
+        self.localize(&mut blueprint);
         if !self.differs(&blueprint) {
             self.applied(desired.revision);
             return Ok(());
@@ -336,6 +370,26 @@ impl Cluster {
         }
         self.applied(desired.revision);
         Ok(())
+    }
+
+    /// Points the manifests of `blueprint` at this member's own directory of
+    /// each app it has loaded (keeping the coordinator's modules and
+    /// processes), so that what runs here locally — a `nodes: "local"` reload,
+    /// SIGHUP — reads this member's files, not paths of the coordinator's.
+    fn localize(&self, blueprint: &mut Blueprint) {
+        for app in blueprint.units.iter_mut().filter_map(|unit| unit.app.as_mut()) {
+            let Some(local) = self.node.app_manifest(&app.name) else { continue };
+            if local.dir == app.dir {
+                continue;
+            }
+            for module in &mut app.modules {
+                if let Ok(relative) = module.path.strip_prefix(&app.dir) {
+                    module.path = local.dir.join(relative);
+                }
+            }
+            app.dir = local.dir;
+            app.file = local.file;
+        }
     }
 
     /// Whether this node serves anything else than `blueprint` says.

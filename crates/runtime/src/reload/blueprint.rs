@@ -56,6 +56,13 @@ pub struct BuildRef {
 }
 
 impl Blueprint {
+    /// True when committing it would change nothing anywhere: no build, no
+    /// manifest, no record, no `code_change` target.
+    pub fn is_empty(&self) -> bool {
+        self.code_change.is_empty()
+            && self.units.iter().all(|unit| unit.builds.is_empty() && unit.app.is_none() && unit.extension.is_none())
+    }
+
     /// Every build the blueprint names.
     pub fn builds(&self) -> impl Iterator<Item = &BuildRef> {
         self.units.iter().flat_map(|unit| unit.builds.iter())
@@ -72,18 +79,25 @@ pub(super) fn of_plan(
 ) -> Blueprint {
     let units = units
         .iter()
-        .map(|unit| BlueprintUnit {
-            kind: unit.result.kind,
-            target: unit.result.target.clone(),
-            builds: unit.steps.iter().filter_map(|step| step.build_ref(shared)).collect(),
-            app: match &unit.record {
-                Some(Record::App(manifest)) => Some(manifest.clone()),
-                _ => None,
-            },
-            extension: match &unit.record {
-                Some(Record::Extension(record)) => Some(record.clone()),
-                _ => None,
-            },
+        .map(|unit| {
+            // A unit whose planning failed keeps nothing; nor does scope
+            // `module` keep its manifest when its one module failed.
+            let failed = !unit.result.errors.is_empty()
+                || (unit.result.kind != Kind::App && unit.steps.iter().any(ModuleStep::failed));
+            let record = if failed { None } else { unit.record.as_ref() };
+            BlueprintUnit {
+                kind: unit.result.kind,
+                target: unit.result.target.clone(),
+                builds: unit.steps.iter().filter_map(|step| step.build_ref(shared)).collect(),
+                app: match record {
+                    Some(Record::App(manifest)) => Some(manifest.clone()),
+                    _ => None,
+                },
+                extension: match record {
+                    Some(Record::Extension(record)) => Some(record.clone()),
+                    _ => None,
+                },
+            }
         })
         .collect();
     Blueprint {

@@ -1,0 +1,613 @@
+//! A cluster (CONTRACT.md §10) of real `zest serve` members on one machine,
+//! coordinated through a real etcd started by the test on free ports: one
+//! reload reaches every member or none, a member that stops answering aborts
+//! it, a restarted member catches up whatever its files say, the lock of a
+//! killed holder frees, etcd can go away and come back, atomic holds across
+//! members, and calls never fail while reloads run.
+//!
+//! The tests run one at a time (they time leases and deadlines, which two
+//! cores shared by many processes would blur).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use support::{eventually, Etcd, Served};
+
+/// The lease of every member in these tests.
+const LEASE_TTL: Duration = Duration::from_millis(2000);
+const PREPARE_TIMEOUT: Duration = Duration::from_millis(3000);
+
+const ADMIN: &str = "admin-secret";
+const READER: &str = "reader-secret";
+const PEER: &str = "cluster-secret";
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// etcd and the members, each in `<dir>/<id>` with its own copy of the demo app.
+struct Fleet {
+    etcd: Etcd,
+    dir: tempfile::TempDir,
+    name: String,
+    members: Vec<(String, Option<Served>)>,
+}
+
+impl Fleet {
+    fn start(ids: &[&str]) -> Fleet {
+        Fleet::start_with(ids, "", &[])
+    }
+
+    /// Members `ids`, with `extra` lines in their `[cluster]` section and
+    /// `env` for every child.
+    fn start_with(ids: &[&str], extra: &str, env: &[(&str, &str)]) -> Fleet {
+        let etcd = Etcd::start();
+        let dir = tempfile::tempdir().unwrap();
+        for (file, token) in [("admin.token", ADMIN), ("read.token", READER), ("cluster.token", PEER)] {
+            std::fs::write(dir.path().join(file), format!("{token}\n")).unwrap();
+        }
+        static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+        let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
+        let mut fleet = Fleet { etcd, dir, name, members: Vec::new() };
+        for id in ids {
+            fleet.write_member(id, extra);
+            fleet.members.push((id.to_string(), None));
+        }
+        // One after the other, so that members list in a known order.
+        for id in ids {
+            fleet.spawn(id, env);
+        }
+        fleet
+    }
+
+    fn member_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id)
+    }
+
+    fn write_member(&self, id: &str, extra: &str) {
+        let dir = self.member_dir(id);
+        let app = dir.join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        for (file, text) in [
+            ("zest.toml", include_str!("../../../examples/demo/zest.toml")),
+            ("clock.wat", include_str!("../../../examples/demo/clock.wat")),
+            ("front.wat", include_str!("../../../examples/demo/front.wat")),
+            ("counter.wat", include_str!("../../../examples/demo/counter.wat")),
+        ] {
+            std::fs::write(app.join(file), text).unwrap();
+        }
+        let config = format!(
+            r#"[node]
+data_dir = "data"
+[control]
+listen = "127.0.0.1:0"
+[[control.tokens]]
+token_file = "../admin.token"
+scopes = ["admin"]
+[[control.tokens]]
+token_file = "../read.token"
+scopes = ["read"]
+[[apps]]
+dir = "app"
+[cluster]
+name = "{name}"
+node = "{id}"
+etcd = ["{etcd}"]
+token_file = "../cluster.token"
+lease_ttl_ms = {ttl}
+prepare_timeout_ms = {prepare}
+{extra}
+"#,
+            name = self.name,
+            etcd = self.etcd.client,
+            ttl = LEASE_TTL.as_millis(),
+            prepare = PREPARE_TIMEOUT.as_millis(),
+        );
+        std::fs::write(dir.join("node.toml"), config).unwrap();
+    }
+
+    /// Starts member `id` (again).
+    fn spawn(&mut self, id: &str, env: &[(&str, &str)]) {
+        let served = self.try_spawn(id, env).unwrap_or_else(|refused| panic!("member {id}: {refused:?}"));
+        self.slot(id).1 = Some(served);
+    }
+
+    fn try_spawn(&self, id: &str, env: &[(&str, &str)]) -> Result<Served, support::Refused> {
+        let mut served = Served::try_spawn(self.member_dir(id), None, &["serve", "--config", "node.toml"], "", env)?;
+        served.token = ADMIN.to_string();
+        Ok(served)
+    }
+
+    fn slot(&mut self, id: &str) -> &mut (String, Option<Served>) {
+        self.members.iter_mut().find(|(member, _)| member == id).expect("a member of the fleet")
+    }
+
+    fn member(&self, id: &str) -> &Served {
+        self.members.iter().find(|(member, _)| member == id).and_then(|(_, s)| s.as_ref()).expect("running")
+    }
+
+    fn take(&mut self, id: &str) -> Served {
+        self.slot(id).1.take().expect("running")
+    }
+
+    /// Rewrites the version string of member `id`'s own clock (five
+    /// characters, as the demo's `zest_vsn` returns five bytes).
+    fn set_clock(&self, id: &str, vsn: &str) {
+        assert_eq!(vsn.len(), 5, "the demo clock's vsn is five characters");
+        let path = self.member_dir(id).join("app/clock.wat");
+        let wat = std::fs::read_to_string(&path).unwrap();
+        let marker = "(data (i32.const 512) \"";
+        let start = wat.find(marker).expect("the demo clock's vsn moved; update the test") + marker.len();
+        std::fs::write(&path, format!("{}{vsn}{}", &wat[..start], &wat[start + 5..])).unwrap();
+    }
+
+    fn vsn(&self, id: &str, module: &str) -> String {
+        module_vsn(&self.member(id).status(), module)
+    }
+}
+
+fn module_vsn(status: &Value, module: &str) -> String {
+    let modules = status["modules"].as_array().unwrap_or_else(|| panic!("no modules in {status}"));
+    let found = modules.iter().find(|m| m["name"] == module).unwrap_or_else(|| panic!("no {module} in {status}"));
+    found["current"]["vsn"].as_str().unwrap().to_string()
+}
+
+fn node_targets(result: &Value) -> Vec<String> {
+    result["results"].as_array().unwrap().iter().map(|r| r["target"].as_str().unwrap().to_string()).collect()
+}
+
+fn reasons(result: &Value) -> Vec<(String, String)> {
+    result["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["target"].as_str().unwrap().to_string(), e["reason"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn members_of(status: &Value) -> Vec<String> {
+    status["cluster"]["members"].as_array().unwrap().iter().map(|m| m["node"].as_str().unwrap().to_string()).collect()
+}
+
+fn error_code(response: &Value) -> &str {
+    response["error"]["data"]["code"].as_str().unwrap_or_else(|| panic!("not an error: {response}"))
+}
+
+#[test]
+fn one_reload_reaches_every_member_through_prepare_and_commit() {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start(&["a", "b", "c"]);
+    let a = fleet.member("a");
+    let status = a.status();
+    assert_eq!(status["cluster"]["name"], fleet.name.as_str());
+    assert_eq!((status["cluster"]["node"].as_str(), status["cluster"]["available"].as_bool()), (Some("a"), Some(true)));
+    assert_eq!(members_of(&status), ["a", "b", "c"]);
+
+    // The events of the coordinator, over its WebSocket subscription.
+    let mut events = Subscription::open(a);
+    fleet.set_clock("a", "1.0.1");
+    let result = a.reload(json!({"scope": "module", "module": "clock"}));
+    assert_eq!((result["status"].as_str(), result["kind"].as_str()), (Some("ok"), Some("module")), "{result}");
+    assert_eq!(result["reloaded"], json!(["clock"]), "each module once, however many members reloaded it");
+    assert_eq!(node_targets(&result), ["a", "b", "c"]);
+    for child in result["results"].as_array().unwrap() {
+        assert_eq!((child["kind"].as_str(), child["status"].as_str()), (Some("node"), Some("ok")), "{child}");
+        assert_eq!(child["reloaded"], json!(["clock"]));
+    }
+    let cluster = &result["metadata"]["cluster"];
+    assert_eq!((cluster["phase"].as_str(), &cluster["nodes"]), (Some("committed"), &json!(["a", "b", "c"])));
+    let revision = cluster["revision"].as_i64().unwrap();
+    for id in ["a", "b", "c"] {
+        let status = fleet.member(id).status();
+        assert_eq!(module_vsn(&status, "clock"), "1.0.1", "member {id}");
+        assert_eq!(status["cluster"]["revision"], revision, "member {id} shows the commit it applied");
+    }
+    let names = events.until("zest.cluster.commit");
+    assert!(names.contains(&"zest.cluster.prepare".to_string()), "{names:?}");
+    let (_, metrics) = a.get("/metrics", Some(READER));
+    assert!(metrics.contains("zest_cluster_prepares_total 1"), "{metrics}");
+    assert!(metrics.contains("zest_cluster_commits_total 1"), "{metrics}");
+    assert!(metrics.contains("zest_reload_duration_seconds_bucket{kind=\"module\",le=\"0.005\"}"), "{metrics}");
+
+    // Listed members only: a canary on b.
+    fleet.set_clock("a", "1.0.2");
+    let canary = a.reload(json!({"scope": "module", "module": "clock", "nodes": ["b"]}));
+    assert_eq!((canary["status"].as_str(), node_targets(&canary)), (Some("ok"), vec!["b".to_string()]), "{canary}");
+    assert_eq!(
+        [fleet.vsn("a", "clock"), fleet.vsn("b", "clock"), fleet.vsn("c", "clock")],
+        ["1.0.1", "1.0.2", "1.0.1"]
+    );
+    let b_revision = fleet.member("b").status()["cluster"]["revision"].as_i64().unwrap();
+    assert!(b_revision > revision);
+    assert_eq!(a.status()["cluster"]["revision"], revision, "a was not part of it");
+
+    // This member only: never recorded, and status says it diverged.
+    let c = fleet.member("c");
+    fleet.set_clock("c", "9.9.9");
+    let local = c.reload(json!({"scope": "module", "module": "clock", "nodes": "local"}));
+    assert_eq!((local["status"].as_str(), node_targets(&local)), (Some("ok"), vec!["c".to_string()]), "{local}");
+    assert_eq!([fleet.vsn("a", "clock"), fleet.vsn("c", "clock")], ["1.0.1", "9.9.9"]);
+    assert_eq!(c.status()["cluster"]["diverged"], true);
+
+    // Bad `nodes`.
+    let unknown = a.rpc("system.reload", json!({"scope": "module", "module": "clock", "nodes": ["b", "zz"]}));
+    assert_eq!(error_code(&unknown), "INVALID_PARAMS");
+    assert!(unknown["error"]["message"].as_str().unwrap().contains("`zz` is not a member"), "{unknown}");
+    let empty = a.rpc("system.reload", json!({"scope": "module", "module": "clock", "nodes": []}));
+    assert_eq!(error_code(&empty), "INVALID_PARAMS");
+
+    // Builds by sha256, for tokens with the cluster (or admin) scope only.
+    let sha = a.status()["modules"].as_array().unwrap().iter().find(|m| m["name"] == "clock").unwrap()["current"]
+        ["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, bytes) = a.get_bytes(&format!("/artifacts/{sha}"), Some(PEER));
+    assert_eq!(code, 200);
+    assert_eq!(hex(&Sha256::digest(&bytes)), sha, "the bytes are the build");
+    assert_eq!(a.get_bytes(&format!("/artifacts/{sha}"), None).0, 401);
+    assert_eq!(a.get_bytes(&format!("/artifacts/{sha}"), Some(READER)).0, 403);
+    assert_eq!(a.get_bytes(&format!("/artifacts/{sha}"), Some(ADMIN)).0, 200);
+    assert_eq!(a.get_bytes(&format!("/artifacts/{}", "0".repeat(64)), Some(PEER)).0, 404);
+    // The cluster token reaches nothing else.
+    assert_eq!(error_code(&a.rpc_as(Some(PEER), "system.status", json!(null))), "FORBIDDEN");
+    assert_eq!(error_code(&a.rpc_as(Some(PEER), "system.reload", json!({}))), "FORBIDDEN");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `system.subscribe_events` subscription over WebSocket.
+struct Subscription {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+}
+
+impl Subscription {
+    fn open(node: &Served) -> Subscription {
+        let url = node.url.replace("http://", "ws://");
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        let (mut ws, _) = tungstenite::connect(request).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = ws.get_ref() {
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "system.subscribe_events"});
+        ws.send(tungstenite::Message::text(subscribe.to_string())).unwrap();
+        let answer: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+        assert!(answer.get("result").is_some(), "{answer}");
+        Subscription { ws }
+    }
+
+    /// Event names, up to and including the first `name`.
+    fn until(&mut self, name: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        loop {
+            let message: Value = serde_json::from_str(self.ws.read().unwrap().to_text().unwrap()).unwrap();
+            if let Some(event) = message["params"]["result"]["event"].as_str() {
+                names.push(event.to_string());
+                if event == name {
+                    return names;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_member_that_stops_answering_aborts_the_reload_on_every_member() {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start(&["a", "b", "c"]);
+    let b = fleet.member("b");
+    b.signal(libc::SIGSTOP);
+    fleet.set_clock("a", "1.0.1");
+    let started = Instant::now();
+    let result = fleet.member("a").reload(json!({"scope": "module", "module": "clock"}));
+    assert!(started.elapsed() < PREPARE_TIMEOUT + Duration::from_secs(3), "{:?}", started.elapsed());
+    b.signal(libc::SIGCONT);
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(result["metadata"]["cluster"]["phase"], "aborted");
+    let errors = reasons(&result);
+    assert!(errors.contains(&("b".into(), "node_unreachable".into())), "{errors:?}");
+    assert!(
+        errors.contains(&("clock".into(), "rolled_back".into())),
+        "prepared members dropped their build: {errors:?}"
+    );
+    for id in ["a", "b", "c"] {
+        assert_eq!(fleet.vsn(id, "clock"), "1.0.0", "member {id} swapped nothing");
+    }
+    let (_, metrics) = fleet.member("a").get("/metrics", Some(READER));
+    assert!(metrics.contains("zest_cluster_aborts_total{reason=\"prepare_failed\"} 1"), "{metrics}");
+    // Nothing was left holding a lock or a process: the next reload runs.
+    let again = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 10000}));
+    assert_eq!(again["status"], "ok", "{again}");
+    for id in ["a", "b", "c"] {
+        assert_eq!(fleet.vsn(id, "clock"), "1.0.1", "member {id}");
+    }
+}
+
+#[test]
+fn a_restarted_member_serves_what_the_cluster_committed_whatever_its_files_say() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start(&["a", "b", "c"]);
+    fleet.take("b").kill();
+    let killed = Instant::now();
+    let gone = eventually(Duration::from_secs(10), || {
+        (members_of(&fleet.member("a").status()) == ["a", "c"]).then(|| killed.elapsed())
+    });
+    let gone = gone.expect("b leaves the member list");
+    assert!(gone <= LEASE_TTL + Duration::from_secs(1) + Duration::from_millis(300), "b left after {gone:?}");
+
+    fleet.set_clock("a", "2.0.0");
+    let result = fleet.member("a").reload(json!({"scope": "module", "module": "clock"}));
+    assert_eq!((result["status"].as_str(), node_targets(&result)), (Some("ok"), vec!["a".into(), "c".into()]));
+    let revision = result["metadata"]["cluster"]["revision"].as_i64().unwrap();
+
+    // b's own files still say 1.0.0.
+    fleet.spawn("b", &[]);
+    let restarted = Instant::now();
+    let caught_up = eventually(Duration::from_secs(10), || {
+        let status = fleet.member("b").status();
+        (module_vsn(&status, "clock") == "2.0.0" && status["cluster"]["revision"] == revision).then_some(())
+    });
+    assert!(caught_up.is_some(), "b did not catch up: {}", fleet.member("b").status());
+    assert!(restarted.elapsed() < Duration::from_secs(10));
+    let source =
+        fleet.member("b").status()["modules"].as_array().unwrap().iter().find(|m| m["name"] == "clock").unwrap()
+            ["current"]["source"]
+            .clone();
+    assert_eq!(source, fleet.member_dir("a").join("app/clock.wat").display().to_string(), "a's build, fetched");
+}
+
+#[test]
+fn the_lock_of_a_killed_holder_frees_within_its_lease_and_a_stalled_holder_cannot_commit() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start(&["a", "b", "c"]);
+    // a builds for a long time under the lock.
+    let manifest = fleet.member_dir("a").join("app/zest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("name = \"demo\"", "name = \"demo\"\nbuild = \"sleep 30\"")).unwrap();
+    let url = fleet.member("a").url.clone();
+    let builder = std::thread::spawn(move || {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "system.reload",
+                          "params": {"scope": "app", "app": "demo", "compile": true}});
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
+        agent.post(&url).header("authorization", &format!("Bearer {ADMIN}")).send(body.to_string()).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let busy = fleet.member("b").rpc("system.reload", json!({"scope": "module", "module": "clock"}));
+    assert_eq!(error_code(&busy), "CONFLICT", "a holds the lock: {busy}");
+    fleet.take("a").kill();
+    let killed = Instant::now();
+    let result = fleet.member("b").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 15000}));
+    let waited = killed.elapsed();
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(node_targets(&result), ["b", "c"], "a left with its lease");
+    assert!(
+        waited <= LEASE_TTL + Duration::from_secs(1) + Duration::from_millis(700),
+        "the lock freed after {waited:?}"
+    );
+    assert!(!builder.join().unwrap(), "a's request died with it");
+
+    // A holder that stalls past its lease (SIGSTOP mid-build) finds its lock
+    // gone when it comes back, and commits nothing.
+    let manifest = fleet.member_dir("b").join("app/zest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("name = \"demo\"", "name = \"demo\"\nbuild = \"sleep 1.5\"")).unwrap();
+    fleet.set_clock("b", "3.0.0");
+    let url = fleet.member("b").url.clone();
+    let stalled = std::thread::spawn(move || {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "system.reload",
+                          "params": {"scope": "app", "app": "demo", "compile": true}});
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
+        let mut response =
+            agent.post(&url).header("authorization", &format!("Bearer {ADMIN}")).send(body.to_string()).unwrap();
+        serde_json::from_str::<Value>(&response.body_mut().read_to_string().unwrap()).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let b = fleet.member("b");
+    b.signal(libc::SIGSTOP);
+    std::thread::sleep(LEASE_TTL + Duration::from_millis(2500));
+    b.signal(libc::SIGCONT);
+    let response = stalled.join().unwrap();
+    let result = &response["result"];
+    let errors = reasons(result);
+    assert!(errors.iter().any(|(_, reason)| reason == "lease_lost"), "{response}");
+    assert_eq!(result["metadata"]["cluster"]["phase"], "aborted");
+    assert_eq!(fleet.vsn("c", "clock"), "1.0.0", "nothing was committed");
+}
+
+#[test]
+fn with_etcd_gone_reloads_answer_cluster_unavailable_calls_go_on_and_members_rejoin() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start(&["a", "b"]);
+    fleet.etcd.stop();
+    let a = fleet.member("a");
+    let started = Instant::now();
+    let result = a.reload(json!({"scope": "module", "module": "clock", "force": true}));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(reasons(&result), [("clock".to_string(), "cluster_unavailable".to_string())], "{result}");
+    let call = a.rpc("module.call", json!({"module": "front", "function": "time"}));
+    assert!(call["result"]["now_ms"].is_i64(), "calls are served: {call}");
+    let down = eventually(Duration::from_secs(8), || (a.status()["cluster"]["available"] == false).then_some(()));
+    assert!(down.is_some(), "status says etcd is unreachable: {}", a.status());
+
+    fleet.etcd.resume();
+    let up = eventually(Duration::from_secs(15), || {
+        let (a, b) = (fleet.member("a").status(), fleet.member("b").status());
+        (a["cluster"]["available"] == true && members_of(&a) == ["a", "b"] && b["cluster"]["available"] == true)
+            .then_some(())
+    });
+    assert!(up.is_some(), "members rejoin: {}", fleet.member("a").status());
+    fleet.set_clock("a", "1.2.3");
+    let result = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 5000}));
+    assert_eq!((result["status"].as_str(), node_targets(&result)), (Some("ok"), vec!["a".into(), "b".into()]));
+}
+
+#[test]
+fn a_second_member_with_an_id_already_alive_refuses_to_start() {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start(&["a"]);
+    // Another directory (another member instance) claiming id `a`.
+    let twin = fleet.dir.path().join("twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    std::fs::copy(fleet.member_dir("a").join("node.toml"), twin.join("node.toml")).unwrap();
+    copy_dir(&fleet.member_dir("a").join("app"), &twin.join("app"));
+    let refused = Served::try_spawn(twin, None, &["serve", "--config", "node.toml"], "", &[]);
+    let refused = refused.err().expect("the twin must not start");
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("a member with id `a` is already alive"), "{}", refused.stderr);
+    assert_eq!(members_of(&fleet.member("a").status()), ["a"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn calls_never_fail_on_any_member_while_ten_cluster_reloads_run() {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start(&["a", "b", "c"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            let (url, stop) = (fleet.member(id).url.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let agent: ureq::Agent =
+                    ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
+                let body = json!({"jsonrpc": "2.0", "id": 1, "method": "module.call",
+                                  "params": {"module": "front", "function": "time"}})
+                .to_string();
+                let (mut calls, mut failed) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = agent
+                        .post(&url)
+                        .header("authorization", &format!("Bearer {ADMIN}"))
+                        .send(body.as_str())
+                        .map_err(|err| err.to_string())
+                        .and_then(|mut r| r.body_mut().read_to_string().map_err(|err| err.to_string()));
+                    calls += 1;
+                    match answer.map(|text| serde_json::from_str::<Value>(&text)) {
+                        Ok(Ok(value)) if value["result"]["now_ms"].is_i64() => {}
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (calls, failed)
+            })
+        })
+        .collect();
+    for round in 0..10 {
+        fleet.set_clock("a", if round % 2 == 0 { "1.0.1" } else { "1.0.2" });
+        let result = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 5000}));
+        assert_eq!(result["status"], "ok", "round {round}: {result}");
+        assert_eq!(node_targets(&result), ["a", "b", "c"]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (caller, id) in callers.into_iter().zip(["a", "b", "c"]) {
+        let (calls, failed) = caller.join().unwrap();
+        assert!(calls > 20, "member {id} was called {calls} times");
+        assert!(failed.is_empty(), "member {id}: {} of {calls} calls failed: {:?}", failed.len(), &failed[..1]);
+    }
+    for id in ["a", "b", "c"] {
+        assert_eq!(fleet.vsn(id, "clock"), "1.0.2");
+    }
+}
+
+#[test]
+fn a_coordinator_killed_after_its_commit_cannot_stop_the_others_and_one_killed_before_changes_nothing() {
+    let _serial = one_at_a_time();
+    // Killed after the commit: the others apply it on their own.
+    let mut fleet = Fleet::start_with(&["a", "b", "c"], "", &[]);
+    fleet.take("a").kill();
+    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "after-commit:20000")]);
+    fleet.set_clock("a", "4.0.0");
+    let url = fleet.member("a").url.clone();
+    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.take("a").kill();
+    let _ = request.join();
+    let applied = eventually(Duration::from_secs(12), || {
+        (fleet.vsn("b", "clock") == "4.0.0" && fleet.vsn("c", "clock") == "4.0.0").then_some(())
+    });
+    assert!(applied.is_some(), "b and c apply the commit: b {} c {}", fleet.vsn("b", "clock"), fleet.vsn("c", "clock"));
+
+    // Killed before the commit: nothing applies, and the members are free again.
+    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "before-commit:20000")]);
+    fleet.set_clock("a", "5.0.0");
+    let url = fleet.member("a").url.clone();
+    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.take("a").kill();
+    let _ = request.join();
+    std::thread::sleep(PREPARE_TIMEOUT + LEASE_TTL + Duration::from_secs(1));
+    assert_eq!([fleet.vsn("b", "clock"), fleet.vsn("c", "clock")], ["4.0.0", "4.0.0"], "nothing of 5.0.0 applied");
+    let result = fleet
+        .member("b")
+        .reload(json!({"scope": "module", "module": "clock", "force": true, "lock_timeout_ms": 10000}));
+    assert_eq!(result["status"], "ok", "b's node lock was released: {result}");
+}
+
+fn send_reload(url: &str, params: Value) -> Option<Value> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "system.reload", "params": params});
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
+    let mut response =
+        agent.post(url).header("authorization", &format!("Bearer {ADMIN}")).send(body.to_string()).ok()?;
+    serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+}
+
+#[test]
+fn atomic_holds_across_members_a_migration_failing_on_one_undoes_every_member() {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start(&["a", "b", "c"]);
+    // b's counter holds more than the new version can take.
+    let b = fleet.member("b");
+    let count = b.rpc("process.call", json!({"process": "counter", "message": {"add": 500}}));
+    assert_eq!(count["result"], json!({"count": 500}));
+    let counter = fleet.member_dir("a").join("app/counter.wat");
+    let wat = std::fs::read_to_string(&counter).unwrap();
+    let refusing = wat.replace(r#"(data (i32.const 0) "1")"#, r#"(data (i32.const 0) "2")"#).replace(
+        "(global.set $count (call $after (local.get $ptr) (local.get $len) (i32.const 16) (i32.const 7)))",
+        "(global.set $count (call $after (local.get $ptr) (local.get $len) (i32.const 16) (i32.const 7)))
+    (if (i64.gt_s (global.get $count) (i64.const 100)) (then unreachable))",
+    );
+    assert_ne!(refusing, wat, "the counter's code_change moved; update the test");
+    std::fs::write(&counter, refusing).unwrap();
+    fleet.set_clock("a", "1.0.1");
+
+    let result = fleet.member("a").reload(json!({"scope": "app", "app": "demo", "atomic": true}));
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(result["metadata"]["cluster"]["phase"], "aborted", "{result}");
+    let errors = reasons(&result);
+    assert!(errors.contains(&("process:counter".into(), "code_change_failed".into())), "{errors:?}");
+    assert!(errors.iter().filter(|(_, reason)| reason == "rolled_back").count() >= 3, "{errors:?}");
+    for id in ["a", "b", "c"] {
+        let status = fleet.member(id).status();
+        assert_eq!(
+            (module_vsn(&status, "clock"), module_vsn(&status, "counter")),
+            ("1.0.0".into(), "1".into()),
+            "{id}"
+        );
+    }
+    let kept = fleet.member("b").rpc("process.call", json!({"process": "counter", "message": "get"}));
+    assert_eq!(kept["result"], json!({"count": 500}), "b's counter kept its state on its old version");
+
+    // Without atomic, the members that can migrate do, and b reports why it could not.
+    let result = fleet.member("a").reload(json!({"scope": "app", "app": "demo"}));
+    assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
+    assert!(reasons(&result).contains(&("process:counter".into(), "code_change_failed".into())));
+    assert_eq!([fleet.vsn("a", "counter"), fleet.vsn("c", "counter")], ["2", "2"]);
+}
