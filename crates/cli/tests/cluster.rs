@@ -10,153 +10,24 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{eventually, Etcd, Served};
+use support::{eventually, module_vsn, Fleet, Served};
 
-/// The lease of every member in these tests.
-const LEASE_TTL: Duration = Duration::from_millis(2000);
-const PREPARE_TIMEOUT: Duration = Duration::from_millis(3000);
-
-const ADMIN: &str = "admin-secret";
-const READER: &str = "reader-secret";
-const PEER: &str = "cluster-secret";
+const LEASE_TTL: Duration = support::LEASE_TTL;
+const PREPARE_TIMEOUT: Duration = support::PREPARE_TIMEOUT;
+const ADMIN: &str = support::ADMIN;
+const READER: &str = support::READER;
+const PEER: &str = support::PEER;
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// etcd and the members, each in `<dir>/<id>` with its own copy of the demo app.
-struct Fleet {
-    etcd: Etcd,
-    dir: tempfile::TempDir,
-    name: String,
-    members: Vec<(String, Option<Served>)>,
-}
-
-impl Fleet {
-    fn start(ids: &[&str]) -> Fleet {
-        Fleet::start_with(ids, "", &[])
-    }
-
-    /// Members `ids`, with `extra` lines in their `[cluster]` section and
-    /// `env` for every child.
-    fn start_with(ids: &[&str], extra: &str, env: &[(&str, &str)]) -> Fleet {
-        let etcd = Etcd::start();
-        let dir = tempfile::tempdir().unwrap();
-        for (file, token) in [("admin.token", ADMIN), ("read.token", READER), ("cluster.token", PEER)] {
-            std::fs::write(dir.path().join(file), format!("{token}\n")).unwrap();
-        }
-        static CLUSTERS: AtomicU64 = AtomicU64::new(0);
-        let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
-        let mut fleet = Fleet { etcd, dir, name, members: Vec::new() };
-        for id in ids {
-            fleet.write_member(id, extra);
-            fleet.members.push((id.to_string(), None));
-        }
-        // One after the other, so that members list in a known order.
-        for id in ids {
-            fleet.spawn(id, env);
-        }
-        fleet
-    }
-
-    fn member_dir(&self, id: &str) -> PathBuf {
-        self.dir.path().join(id)
-    }
-
-    fn write_member(&self, id: &str, extra: &str) {
-        let dir = self.member_dir(id);
-        let app = dir.join("app");
-        std::fs::create_dir_all(&app).unwrap();
-        for (file, text) in [
-            ("zest.toml", include_str!("../../../examples/demo/zest.toml")),
-            ("clock.wat", include_str!("../../../examples/demo/clock.wat")),
-            ("front.wat", include_str!("../../../examples/demo/front.wat")),
-            ("counter.wat", include_str!("../../../examples/demo/counter.wat")),
-        ] {
-            std::fs::write(app.join(file), text).unwrap();
-        }
-        let config = format!(
-            r#"[node]
-data_dir = "data"
-[control]
-listen = "127.0.0.1:0"
-[[control.tokens]]
-token_file = "../admin.token"
-scopes = ["admin"]
-[[control.tokens]]
-token_file = "../read.token"
-scopes = ["read"]
-[[apps]]
-dir = "app"
-[cluster]
-name = "{name}"
-node = "{id}"
-etcd = ["{etcd}"]
-token_file = "../cluster.token"
-lease_ttl_ms = {ttl}
-prepare_timeout_ms = {prepare}
-{extra}
-"#,
-            name = self.name,
-            etcd = self.etcd.client,
-            ttl = LEASE_TTL.as_millis(),
-            prepare = PREPARE_TIMEOUT.as_millis(),
-        );
-        std::fs::write(dir.join("node.toml"), config).unwrap();
-    }
-
-    /// Starts member `id` (again).
-    fn spawn(&mut self, id: &str, env: &[(&str, &str)]) {
-        let served = self.try_spawn(id, env).unwrap_or_else(|refused| panic!("member {id}: {refused:?}"));
-        self.slot(id).1 = Some(served);
-    }
-
-    fn try_spawn(&self, id: &str, env: &[(&str, &str)]) -> Result<Served, support::Refused> {
-        let mut served = Served::try_spawn(self.member_dir(id), None, &["serve", "--config", "node.toml"], "", env)?;
-        served.token = ADMIN.to_string();
-        Ok(served)
-    }
-
-    fn slot(&mut self, id: &str) -> &mut (String, Option<Served>) {
-        self.members.iter_mut().find(|(member, _)| member == id).expect("a member of the fleet")
-    }
-
-    fn member(&self, id: &str) -> &Served {
-        self.members.iter().find(|(member, _)| member == id).and_then(|(_, s)| s.as_ref()).expect("running")
-    }
-
-    fn take(&mut self, id: &str) -> Served {
-        self.slot(id).1.take().expect("running")
-    }
-
-    /// Rewrites the version string of member `id`'s own clock (five
-    /// characters, as the demo's `zest_vsn` returns five bytes).
-    fn set_clock(&self, id: &str, vsn: &str) {
-        assert_eq!(vsn.len(), 5, "the demo clock's vsn is five characters");
-        let path = self.member_dir(id).join("app/clock.wat");
-        let wat = std::fs::read_to_string(&path).unwrap();
-        let marker = "(data (i32.const 512) \"";
-        let start = wat.find(marker).expect("the demo clock's vsn moved; update the test") + marker.len();
-        std::fs::write(&path, format!("{}{vsn}{}", &wat[..start], &wat[start + 5..])).unwrap();
-    }
-
-    fn vsn(&self, id: &str, module: &str) -> String {
-        module_vsn(&self.member(id).status(), module)
-    }
-}
-
-fn module_vsn(status: &Value, module: &str) -> String {
-    let modules = status["modules"].as_array().unwrap_or_else(|| panic!("no modules in {status}"));
-    let found = modules.iter().find(|m| m["name"] == module).unwrap_or_else(|| panic!("no {module} in {status}"));
-    found["current"]["vsn"].as_str().unwrap().to_string()
 }
 
 fn node_targets(result: &Value) -> Vec<String> {
@@ -531,7 +402,7 @@ fn calls_never_fail_on_any_member_while_ten_cluster_reloads_run() {
 fn a_coordinator_killed_after_its_commit_cannot_stop_the_others_and_one_killed_before_changes_nothing() {
     let _serial = one_at_a_time();
     // Killed after the commit: the others apply it on their own.
-    let mut fleet = Fleet::start_with(&["a", "b", "c"], "", &[]);
+    let mut fleet = Fleet::start(&["a", "b", "c"]);
     fleet.take("a").kill();
     fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "after-commit:20000")]);
     fleet.set_clock("a", "4.0.0");

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -317,4 +318,155 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The lease of every member of a [`Fleet`].
+pub const LEASE_TTL: Duration = Duration::from_millis(2000);
+pub const PREPARE_TIMEOUT: Duration = Duration::from_millis(3000);
+
+pub const ADMIN: &str = "admin-secret";
+pub const READER: &str = "reader-secret";
+pub const PEER: &str = "cluster-secret";
+
+/// etcd and cluster members, each in `<dir>/<id>` with its own copy of an app
+/// (the demo's, unless told otherwise).
+pub struct Fleet {
+    pub etcd: Etcd,
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    members: Vec<(String, Option<Served>)>,
+    /// The files of each member's own copy of the app (`app/`).
+    app: Vec<(String, String)>,
+}
+
+impl Fleet {
+    pub fn start(ids: &[&str]) -> Fleet {
+        Fleet::start_with(ids, demo_app(), PREPARE_TIMEOUT, &[])
+    }
+
+    /// Members `ids`, each with its own copy of `app` (file name, text), the
+    /// cluster's `prepare_timeout_ms`, and `env` for every child.
+    pub fn start_with(ids: &[&str], app: Vec<(String, String)>, prepare: Duration, env: &[(&str, &str)]) -> Fleet {
+        let etcd = Etcd::start();
+        let dir = tempfile::tempdir().unwrap();
+        for (file, token) in [("admin.token", ADMIN), ("read.token", READER), ("cluster.token", PEER)] {
+            std::fs::write(dir.path().join(file), format!("{token}\n")).unwrap();
+        }
+        static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+        let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
+        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app };
+        for id in ids {
+            fleet.write_member(id, prepare);
+            fleet.members.push((id.to_string(), None));
+        }
+        // One after the other, so that members list in a known order.
+        for id in ids {
+            fleet.spawn(id, env);
+        }
+        fleet
+    }
+
+    pub fn member_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id)
+    }
+
+    fn write_member(&self, id: &str, prepare: Duration) {
+        let dir = self.member_dir(id);
+        let app = dir.join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        for (file, text) in &self.app {
+            std::fs::write(app.join(file), text).unwrap();
+        }
+        let config = format!(
+            r#"[node]
+data_dir = "data"
+[control]
+listen = "127.0.0.1:0"
+[[control.tokens]]
+token_file = "../admin.token"
+scopes = ["admin"]
+[[control.tokens]]
+token_file = "../read.token"
+scopes = ["read"]
+[[apps]]
+dir = "app"
+[cluster]
+name = "{name}"
+node = "{id}"
+etcd = ["{etcd}"]
+token_file = "../cluster.token"
+lease_ttl_ms = {ttl}
+prepare_timeout_ms = {prepare}
+"#,
+            name = self.name,
+            etcd = self.etcd.client,
+            ttl = LEASE_TTL.as_millis(),
+            prepare = prepare.as_millis(),
+        );
+        std::fs::write(dir.join("node.toml"), config).unwrap();
+    }
+
+    /// Starts member `id` (again).
+    pub fn spawn(&mut self, id: &str, env: &[(&str, &str)]) {
+        let served = self.try_spawn(id, env).unwrap_or_else(|refused| panic!("member {id}: {refused:?}"));
+        self.slot(id).1 = Some(served);
+    }
+
+    pub fn try_spawn(&self, id: &str, env: &[(&str, &str)]) -> Result<Served, Refused> {
+        let mut served = Served::try_spawn(self.member_dir(id), None, &["serve", "--config", "node.toml"], "", env)?;
+        served.token = ADMIN.to_string();
+        Ok(served)
+    }
+
+    /// Member ids, in the order they started.
+    pub fn ids(&self) -> Vec<String> {
+        self.members.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn slot(&mut self, id: &str) -> &mut (String, Option<Served>) {
+        self.members.iter_mut().find(|(member, _)| member == id).expect("a member of the fleet")
+    }
+
+    pub fn member(&self, id: &str) -> &Served {
+        self.members.iter().find(|(member, _)| member == id).and_then(|(_, s)| s.as_ref()).expect("running")
+    }
+
+    pub fn take(&mut self, id: &str) -> Served {
+        self.slot(id).1.take().expect("running")
+    }
+
+    /// Rewrites the version string of member `id`'s own clock (five
+    /// characters, as the demo's `zest_vsn` returns five bytes).
+    pub fn set_clock(&self, id: &str, vsn: &str) {
+        assert_eq!(vsn.len(), 5, "the demo clock's vsn is five characters");
+        let path = self.member_dir(id).join("app/clock.wat");
+        let wat = std::fs::read_to_string(&path).unwrap();
+        let marker = "(data (i32.const 512) \"";
+        let start = wat.find(marker).expect("the demo clock's vsn moved; update the test") + marker.len();
+        std::fs::write(&path, format!("{}{vsn}{}", &wat[..start], &wat[start + 5..])).unwrap();
+    }
+
+    pub fn vsn(&self, id: &str, module: &str) -> String {
+        module_vsn(&self.member(id).status(), module)
+    }
+}
+
+/// The current vsn of `module` in a `system.status` answer.
+pub fn module_vsn(status: &Value, module: &str) -> String {
+    let modules = status["modules"].as_array().unwrap_or_else(|| panic!("no modules in {status}"));
+    let found = modules.iter().find(|m| m["name"] == module).unwrap_or_else(|| panic!("no {module} in {status}"));
+    found["current"]["vsn"].as_str().unwrap().to_string()
+}
+
+/// The bundled demo app's files.
+pub fn demo_app() -> Vec<(String, String)> {
+    [
+        ("zest.toml", include_str!("../../../../examples/demo/zest.toml")),
+        ("clock.wat", include_str!("../../../../examples/demo/clock.wat")),
+        ("front.wat", include_str!("../../../../examples/demo/front.wat")),
+        ("counter.wat", include_str!("../../../../examples/demo/counter.wat")),
+    ]
+    .into_iter()
+    .map(|(file, text)| (file.to_string(), text.to_string()))
+    .collect()
 }
