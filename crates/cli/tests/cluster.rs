@@ -482,3 +482,28 @@ fn atomic_holds_across_members_a_migration_failing_on_one_undoes_every_member() 
     assert!(reasons(&result).contains(&("process:counter".into(), "code_change_failed".into())));
     assert_eq!([fleet.vsn("a", "counter"), fleet.vsn("c", "counter")], ["2", "2"]);
 }
+
+#[test]
+fn a_members_override_survives_its_restart_until_a_reload_for_everyone_replaces_it() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start(&["a", "b"]);
+    fleet.set_clock("a", "1.0.2");
+    let canary = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "nodes": ["b"]}));
+    assert_eq!(canary["status"], "ok", "{canary}");
+    let restart = |fleet: &mut Fleet, expected: &str| {
+        fleet.take("b").kill();
+        std::thread::sleep(LEASE_TTL + Duration::from_millis(500));
+        fleet.spawn("b", &[]);
+        let seen = eventually(Duration::from_secs(10), || (fleet.vsn("b", "clock") == expected).then_some(()));
+        assert!(seen.is_some(), "b serves {} after its restart, not {expected}", fleet.vsn("b", "clock"));
+    };
+    // b's own files say 1.0.0; the cluster committed 1.0.2 for b alone.
+    restart(&mut fleet, "1.0.2");
+    assert_eq!(fleet.vsn("a", "clock"), "1.0.0");
+
+    fleet.set_clock("a", "1.0.3");
+    let all = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 5000}));
+    assert_eq!(all["status"], "ok", "{all}");
+    restart(&mut fleet, "1.0.3");
+    assert_eq!(fleet.vsn("a", "clock"), "1.0.3");
+}

@@ -256,14 +256,12 @@ impl Run<'_> {
         } else {
             Vec::new()
         };
-        let members: Vec<String> = cluster.members().into_iter().map(|m| m.node).collect();
         pause("before-commit");
         let committed = cluster.handle.block_on(cluster.store.commit(
             self.token,
             &self.request_id,
             &changes,
             listed.as_deref(),
-            &members,
             plan.options().atomic,
         ));
         let revision = match committed {

@@ -10,7 +10,7 @@
 //! | `desired/base/module/<name>` | `{"sha256", "vsn", "source"}` | by a commit with `nodes: "all"` |
 //! | `desired/base/app/<name>` | the app's manifest as the coordinator read it | by a commit with `nodes: "all"` |
 //! | `desired/base/extension/<name>` | the extension's record | by a commit with `nodes: "all"` |
-//! | `desired/override/<node>/...` | the same, for one member | by a commit listing members |
+//! | `desired/override/<kind>/<name>/<node>` | the same, for one member | by a commit listing members (a commit for everyone drops a key's overrides with one prefix delete, however many members) |
 //! | `desired/revision/base`, `desired/revision/<node>` | `{"request_id"}` | by every commit: their mod revisions are the last commit for everyone, for one member |
 //! | `commits/<token>` | `{"request_id", "nodes", "atomic"}` | by every commit, under its fencing token: how a member that prepared learns the outcome |
 //!
@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use serde_json::{json, Value};
 use zest_runtime::lock::Lease;
@@ -284,7 +284,7 @@ impl Store {
         let mut client = self.client.clone();
         let response = bounded(client.get(self.key("desired/"), Some(GetOptions::new().with_prefix()))).await?;
         let base = self.key("desired/base/");
-        let mine = self.key(&format!("desired/override/{node}/"));
+        let overridden = self.key("desired/override/");
         let revisions = [self.key("desired/revision/base"), self.key(&format!("desired/revision/{node}"))];
         let mut desired = Desired::default();
         let mut overrides = Vec::new();
@@ -294,8 +294,10 @@ impl Store {
                 desired.revision = desired.revision.max(kv.mod_revision());
             } else if let Some(rest) = key.strip_prefix(&base) {
                 desired.set(rest, parse(kv.key(), kv.value())?, &key)?;
-            } else if let Some(rest) = key.strip_prefix(&mine) {
-                overrides.push((rest.to_string(), parse(kv.key(), kv.value())?, key.clone()));
+            } else if let Some((rest, member)) = key.strip_prefix(&overridden).and_then(|rest| rest.rsplit_once('/')) {
+                if member == node {
+                    overrides.push((rest.to_string(), parse(kv.key(), kv.value())?, key.clone()));
+                }
             }
         }
         for (rest, value, key) in overrides {
@@ -320,6 +322,17 @@ impl Store {
             };
             values.push((key, value));
         }
+        if nodes.is_none() {
+            // A commit for everyone drops the overrides of what it changes.
+            for (kind, name, _) in &changes.puts {
+                let prefix = self.key(&format!("desired/override/{kind}/{name}/"));
+                let response = bounded(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+                for kv in response.kvs() {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    values.push((key, Some(parse(kv.key(), kv.value())?)));
+                }
+            }
+        }
         Ok(values)
     }
 
@@ -329,7 +342,7 @@ impl Store {
             match nodes {
                 None => keys.push(self.key(&format!("desired/base/{kind}/{name}"))),
                 Some(nodes) => {
-                    keys.extend(nodes.iter().map(|node| self.key(&format!("desired/override/{node}/{kind}/{name}"))))
+                    keys.extend(nodes.iter().map(|node| self.key(&format!("desired/override/{kind}/{name}/{node}"))))
                 }
             }
         }
@@ -346,7 +359,6 @@ impl Store {
         request_id: &str,
         changes: &Changes,
         nodes: Option<&[String]>,
-        members: &[String],
         atomic: bool,
     ) -> Result<i64, EtcdError> {
         let mut ops = Vec::new();
@@ -364,9 +376,8 @@ impl Store {
         match nodes {
             None => {
                 for (kind, name, _) in &changes.puts {
-                    for member in members {
-                        ops.push(TxnOp::delete(self.key(&format!("desired/override/{member}/{kind}/{name}")), None));
-                    }
+                    let overrides = self.key(&format!("desired/override/{kind}/{name}/"));
+                    ops.push(TxnOp::delete(overrides, Some(DeleteOptions::new().with_prefix())));
                 }
                 ops.push(TxnOp::put(self.key("desired/revision/base"), stamp.clone(), None));
             }

@@ -140,3 +140,47 @@ impl Peers {
         Err(Failure::new(module, reason, format!("cannot fetch build {sha256} of `{module}`: {tried}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A one-route HTTP server answering every request with `body`; its address.
+    fn serving(body: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn bytes_that_do_not_hash_to_the_build_are_refused_and_the_next_source_is_tried() {
+        let wanted = b"(module)";
+        let sha256 = hex::encode(Sha256::digest(wanted));
+        let liar = serving(b"(module $evil)");
+        let honest = serving(wanted);
+        let peers = Peers::new("token".into());
+
+        let refused = peers.fetch("clock", &sha256, std::slice::from_ref(&liar)).unwrap_err();
+        assert_eq!(refused.reason, Reason::ArtifactMismatch);
+        assert!(refused.message.contains("served bytes whose sha256 is"), "{}", refused.message);
+
+        let fetched = peers.fetch("clock", &sha256, &[liar, honest]).unwrap();
+        assert_eq!(&fetched[..], wanted);
+
+        let nobody = peers.fetch("clock", &sha256, &[]).unwrap_err();
+        assert_eq!(nobody.reason, Reason::PrepareFailed);
+    }
+}
