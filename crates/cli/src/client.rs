@@ -312,10 +312,10 @@ fn cluster_table(cluster: &Value, paint: &Paint) -> String {
     );
     if cluster["available"] == false {
         let problem = cluster["problem"].as_str().unwrap_or("etcd is unreachable");
-        heading.push_str(&format!(", {}", paint.status(&format!("etcd unavailable: {problem}"))));
+        heading.push_str(&format!(", {}", paint.wrap("31", &format!("etcd unavailable: {problem}"))));
     }
     if cluster["diverged"] == true {
-        heading.push_str(&format!(", {}", paint.status("partial").replace("partial", "diverged (a local reload)")));
+        heading.push_str(&format!(", {}", paint.wrap("33", "diverged (a local reload)")));
     }
     let rows: Vec<Vec<String>> = cluster["members"]
         .as_array()
