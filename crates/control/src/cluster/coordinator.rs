@@ -54,6 +54,19 @@ fn node_child(node: &str, mut result: ReloadResult) -> ReloadResult {
     result
 }
 
+/// Member `node`'s answer (its result) as a `node` child; `silent` says what
+/// it means that it did not answer.
+fn answered(answers: &[(String, Result<Value, PeerError>)], node: &str, silent: &str) -> ReloadResult {
+    match answers.iter().find(|(id, _)| id == node) {
+        Some((_, Ok(answer))) => match wire::parse_result(answer) {
+            Ok(result) => node_child(node, result),
+            Err(err) => node_failure(node, Reason::InternalError, format!("its answer cannot be read: {err}")),
+        },
+        Some((_, Err(err))) => node_failure(node, Reason::NodeUnreachable, format!("{silent} ({err})")),
+        None => node_failure(node, Reason::NodeUnreachable, silent),
+    }
+}
+
 fn node_failure(node: &str, reason: Reason, message: impl Into<String>) -> ReloadResult {
     let mut result = ReloadResult::new(Kind::Node, node);
     result.errors.push(Failure::new(node, reason, message));
@@ -380,18 +393,11 @@ impl Run<'_> {
         let mut children = Vec::new();
         for (member, outcome) in outcomes {
             let child = match outcome {
-                Prepared::Yes => match answers.iter().find(|(node, _)| *node == member.node) {
-                    Some((_, Ok(answer))) => match wire::parse_result(answer) {
-                        Ok(result) => node_child(&member.node, result),
-                        Err(err) => node_failure(&member.node, Reason::PrepareFailed, err),
-                    },
-                    Some((_, Err(err))) => node_failure(
-                        &member.node,
-                        Reason::NodeUnreachable,
-                        format!("prepared, then not reachable to abort ({err}); it drops the plan at its deadline"),
-                    ),
-                    None => node_failure(&member.node, Reason::PrepareFailed, message.clone()),
-                },
+                Prepared::Yes => answered(
+                    &answers,
+                    &member.node,
+                    "prepared, then not reachable to abort; it drops the plan at its deadline",
+                ),
                 Prepared::No { reason: own, message: detail, result } => {
                     let mut child = node_failure(&member.node, own, detail);
                     if let Some(result) = result {
@@ -452,19 +458,8 @@ impl Run<'_> {
         }
         let answers = cluster.handle.block_on(calls).unwrap_or_default();
         for member in remote {
-            let child = match answers.iter().find(|(node, _)| *node == member.node) {
-                Some((_, Ok(answer))) => match wire::parse_result(answer) {
-                    Ok(result) => node_child(&member.node, result),
-                    Err(err) => node_failure(&member.node, Reason::InternalError, err),
-                },
-                Some((_, Err(err))) => node_failure(
-                    &member.node,
-                    Reason::NodeUnreachable,
-                    format!("committed, but it did not answer ({err}); it applies the commit when it catches up"),
-                ),
-                None => node_failure(&member.node, Reason::NodeUnreachable, "committed, but no answer"),
-            };
-            children.push(child);
+            let silent = "committed, but it did not answer; it applies the commit when it catches up";
+            children.push(answered(&answers, &member.node, silent));
         }
         let mut result = self.result(children, Phase::Committed, Some(revision));
         result.errors.extend(result_errors);
@@ -527,15 +522,8 @@ impl Run<'_> {
             drop(plan.finish());
         }
         for member in remote {
-            let child = match answers.iter().find(|(node, _)| *node == member.node) {
-                Some((_, Ok(answer))) => match wire::parse_result(answer) {
-                    Ok(result) => node_child(&member.node, result),
-                    Err(err) => node_failure(&member.node, Reason::InternalError, err),
-                },
-                Some((_, Err(err))) => node_failure(&member.node, Reason::NodeUnreachable, err.to_string()),
-                None => node_failure(&member.node, Reason::NodeUnreachable, "no answer"),
-            };
-            children.push(child);
+            let silent = "it did not answer the settle; at its deadline it keeps or undoes as etcd records";
+            children.push(answered(&answers, &member.node, silent));
         }
         match undo {
             Some(_) if reverted => self.result(children, Phase::Aborted, None),
