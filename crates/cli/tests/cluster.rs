@@ -507,3 +507,49 @@ fn a_members_override_survives_its_restart_until_a_reload_for_everyone_replaces_
     restart(&mut fleet, "1.0.3");
     assert_eq!(fleet.vsn("a", "clock"), "1.0.3");
 }
+
+#[test]
+fn an_extension_and_scope_all_with_a_code_change_target_reach_every_member() {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start(&["a", "b", "c"]);
+    let extension = fleet.member_dir("a").join("extensions/shout.wat");
+    std::fs::create_dir_all(extension.parent().unwrap()).unwrap();
+    std::fs::write(
+        &extension,
+        r#"(module (memory (export "memory") 1)
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 8192)
+  (data (i32.const 16) "\"HEY\"")
+  (func (export "shout") (param i32 i32) (result i64) i64.const 68719476741))"#,
+    )
+    .unwrap();
+    let path = extension.display().to_string();
+    let result = fleet.member("a").reload(json!({"scope": "extension", "path": path}));
+    assert_eq!((result["status"].as_str(), result["kind"].as_str()), (Some("ok"), Some("extension")), "{result}");
+    assert_eq!(node_targets(&result), ["a", "b", "c"]);
+    for id in ["a", "b", "c"] {
+        let call = fleet.member(id).rpc("module.call", json!({"module": "shout", "function": "shout"}));
+        assert_eq!(call["result"], "HEY", "member {id}: {call}");
+        let extensions = fleet.member(id).status()["extensions"].clone();
+        assert_eq!(extensions[0]["name"], "shout", "member {id} records the extension: {extensions}");
+    }
+
+    // Scope all, with an explicit state migration of every member's counter.
+    for id in ["a", "b", "c"] {
+        fleet.member(id).rpc("process.call", json!({"process": "counter", "message": {"add": 7}}));
+    }
+    let all = fleet.member("a").reload(json!({
+        "scope": "all", "force": true,
+        "code_change": [{"server": "counter", "module": "counter", "extra": {"why": "test"}}],
+    }));
+    assert_eq!((all["status"].as_str(), all["kind"].as_str()), (Some("ok"), Some("system")), "{all}");
+    for child in all["results"].as_array().unwrap() {
+        let kinds: Vec<&str> =
+            child["results"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["app", "code_change"], "member {}: {child}", child["target"]);
+        assert!(child["reloaded"].as_array().unwrap().contains(&json!("process:counter")), "{child}");
+    }
+    for id in ["a", "b", "c"] {
+        let count = fleet.member(id).rpc("process.call", json!({"process": "counter", "message": "get"}));
+        assert_eq!(count["result"], json!({"count": 7}), "member {id} kept its counter's state");
+    }
+}
