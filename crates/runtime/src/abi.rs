@@ -59,8 +59,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Validates a compiled module against ABI version 1.
-pub(crate) fn check(module: &Module) -> Result<Exports, String> {
+/// Validates a compiled module against ABI version 1. `callables` are the
+/// callable exports the loader moved behind the dispatcher (`dispatch.rs`),
+/// in dispatch order; every other function export is checked here.
+pub(crate) fn check(module: &Module, callables: &[Box<str>]) -> Result<Exports, String> {
     for import in module.imports() {
         let ty = import.ty();
         if import.module() != IMPORT_MODULE {
@@ -83,6 +85,9 @@ pub(crate) fn check(module: &Module) -> Result<Exports, String> {
     }
 
     let mut exports = Exports::default();
+    for (index, name) in callables.iter().enumerate() {
+        exports.functions.insert(name.clone(), index);
+    }
     let mut has_memory = false;
     for export in module.exports() {
         let name = export.name();
@@ -100,6 +105,9 @@ pub(crate) fn check(module: &Module) -> Result<Exports, String> {
         let ExternType::Func(_) = &ty else {
             continue; // globals and tables are the guest's own business
         };
+        if name == crate::dispatch::DISPATCH {
+            continue; // the loader's, not the guest's
+        }
         let have = describe(&ty);
         if let Some(&(reserved, want)) = RESERVED.iter().find(|(reserved, _)| *reserved == name) {
             if have != want {
@@ -115,11 +123,9 @@ pub(crate) fn check(module: &Module) -> Result<Exports, String> {
             }
         } else if name.starts_with("zest_") {
             tracing::warn!(export = name, "ignoring an unknown export in the reserved `zest_` namespace");
-        } else if have != CALLABLE {
-            return Err(format!("export `{name}` has type {have}; a callable function has type {CALLABLE}"));
         } else {
-            let index = exports.functions.len();
-            exports.functions.insert(name.into(), index);
+            // A callable of the right type was moved behind the dispatcher.
+            return Err(format!("export `{name}` has type {have}; a callable function has type {CALLABLE}"));
         }
     }
     if !has_memory {
@@ -170,8 +176,9 @@ mod tests {
 
     fn check_wat(body: &str) -> Result<Exports, String> {
         let engine = wasmtime::Engine::default();
-        let module = Module::new(&engine, wat::parse_str(format!("(module {body})")).unwrap()).unwrap();
-        check(&module)
+        let rewritten = crate::dispatch::rewrite(&wat::parse_str(format!("(module {body})")).unwrap())?;
+        let module = Module::new(&engine, rewritten.wasm).unwrap();
+        check(&module, &rewritten.callables)
     }
 
     const BASE: &str = r#"(memory (export "memory") 1)

@@ -4,9 +4,10 @@
 //! Entries live in `<data_dir>/cache/<compiler>-<engine fingerprint>/<sha256>.cwasm`.
 //! The fingerprint changes with the wasmtime version and every engine setting, so
 //! a foreign entry is never even looked at. Each file starts with a header that
-//! names the build it belongs to and the sha256 of the machine code; an entry whose
-//! header or checksum does not match, or that the engine refuses, is deleted and
-//! the build compiled again. Writes go to a temporary file and are renamed into
+//! names the build it belongs to and the sha256 of the rest: the names of the
+//! build's callables (in dispatch order, `dispatch.rs`), then the machine code. An
+//! entry whose header or checksum does not match, or that the engine refuses, is
+//! deleted and the build compiled again. Writes go to a temporary file and are renamed into
 //! place, so a crash leaves no half-written entry.
 //!
 //! Deserialising machine code trusts it to be what the engine wrote: the data
@@ -20,9 +21,10 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
+use crate::dispatch::Callables;
 use crate::error::NodeError;
 
-const MAGIC: &[u8; 8] = b"ZESTMOD1";
+const MAGIC: &[u8; 8] = b"ZESTMOD2";
 const HEADER_LEN: usize = MAGIC.len() + 32 + 32;
 
 #[derive(Debug)]
@@ -46,12 +48,13 @@ impl CompileCache {
         self.dir.join(format!("{}.cwasm", hex::encode(key)))
     }
 
-    /// The cached machine code of build `key`, if a sound entry exists.
-    pub(crate) fn load(&self, engine: &Engine, key: &[u8; 32]) -> Option<Module> {
+    /// The cached machine code of build `key` and its callables, if a sound
+    /// entry exists.
+    pub(crate) fn load(&self, engine: &Engine, key: &[u8; 32]) -> Option<(Module, Callables)> {
         let path = self.path(key);
         let bytes = fs::read(&path).ok()?;
-        let payload = match verify(&bytes, key) {
-            Ok(payload) => payload,
+        let (callables, payload) = match verify(&bytes, key).and_then(split_callables) {
+            Ok(parts) => parts,
             Err(problem) => {
                 tracing::warn!(path = %path.display(), problem, "discarding a corrupt compile-cache entry");
                 let _ = fs::remove_file(&path);
@@ -62,7 +65,7 @@ impl CompileCache {
         // engine configuration (checked against the sha256 in its header), in a
         // directory only the node's user can write.
         match unsafe { Module::deserialize(engine, payload) } {
-            Ok(module) => Some(module),
+            Ok(module) => Some((module, callables)),
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %err, "discarding an incompatible compile-cache entry");
                 let _ = fs::remove_file(&path);
@@ -72,19 +75,25 @@ impl CompileCache {
     }
 
     /// Writes the machine code of build `key`; a failure is logged, never fatal.
-    pub(crate) fn store(&self, key: &[u8; 32], module: &Module) {
-        if let Err(err) = self.try_store(key, module) {
+    pub(crate) fn store(&self, key: &[u8; 32], module: &Module, callables: &Callables) {
+        if let Err(err) = self.try_store(key, module, callables) {
             tracing::warn!(dir = %self.dir.display(), error = %err, "cannot write a compile-cache entry");
         }
     }
 
-    fn try_store(&self, key: &[u8; 32], module: &Module) -> Result<(), Box<dyn std::error::Error>> {
-        let payload = module.serialize().map_err(|err| format!("{err:#}"))?;
+    fn try_store(
+        &self,
+        key: &[u8; 32],
+        module: &Module,
+        callables: &Callables,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut body = encode_callables(callables);
+        body.extend_from_slice(&module.serialize().map_err(|err| format!("{err:#}"))?);
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
         file.write_all(MAGIC)?;
         file.write_all(key)?;
-        file.write_all(&Sha256::digest(&payload))?;
-        file.write_all(&payload)?;
+        file.write_all(&Sha256::digest(&body))?;
+        file.write_all(&body)?;
         file.persist(self.path(key))?;
         Ok(())
     }
@@ -104,6 +113,40 @@ fn verify<'a>(bytes: &'a [u8], key: &[u8; 32]) -> Result<&'a [u8], &'static str>
         return Err("checksum mismatch");
     }
     Ok(payload)
+}
+
+/// The callables block: their count, then each name's length and bytes
+/// (little-endian u32s).
+fn encode_callables(callables: &Callables) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(callables.len() as u32).to_le_bytes());
+    for name in callables.iter() {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    out
+}
+
+/// A verified body: its callables, then the machine code.
+fn split_callables(body: &[u8]) -> Result<(Callables, &[u8]), &'static str> {
+    let mut rest = body;
+    let mut take = |n: usize| -> Result<&[u8], &'static str> {
+        if rest.len() < n {
+            return Err("truncated callables");
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let word = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().expect("four bytes")) as usize;
+    let count = word(take(4)?);
+    let mut names = Vec::with_capacity(count.min(1 << 20));
+    for _ in 0..count {
+        let len = word(take(4)?);
+        let name = std::str::from_utf8(take(len)?).map_err(|_| "a callable name is not UTF-8")?;
+        names.push(Box::from(name));
+    }
+    Ok((names.into(), rest))
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -144,6 +187,12 @@ mod tests {
         let key = [7u8; 32];
         let good = entry(&key, b"machine code");
         assert_eq!(verify(&good, &key), Ok(&b"machine code"[..]));
+        let callables: Callables = vec![Box::from("get"), Box::from("f1")].into();
+        let mut body = encode_callables(&callables);
+        body.extend_from_slice(b"code");
+        let (names, code) = split_callables(&body).unwrap();
+        assert_eq!((&names[..], code), (&callables[..], &b"code"[..]));
+        assert_eq!(split_callables(&body[..6]).unwrap_err(), "truncated callables");
         assert_eq!(verify(&good, &[8u8; 32]), Err("entry belongs to another build"));
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;

@@ -16,6 +16,7 @@ use wasmtime::{
 
 use crate::cache::CompileCache;
 use crate::config::{Compiler, NodeConfig};
+use crate::dispatch::{self, Callables};
 use crate::error::NodeError;
 use crate::host::{self, HostState};
 use crate::reason::Reason;
@@ -74,22 +75,24 @@ struct RecentEntry {
     key: [u8; 32],
     compiler: Compiler,
     module: Module,
+    callables: Callables,
 }
 
 impl Recent {
-    fn get(&self, key: &[u8; 32], compiler: Compiler) -> Option<Module> {
+    fn get(&self, key: &[u8; 32], compiler: Compiler) -> Option<(Module, Callables)> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let index = entries.iter().position(|e| &e.key == key && e.compiler == compiler)?;
         let entry = entries.remove(index);
-        let module = entry.module.clone();
+        let found = (entry.module.clone(), Arc::clone(&entry.callables));
         entries.insert(0, entry);
-        Some(module)
+        Some(found)
     }
 
-    fn put(&self, key: &[u8; 32], compiler: Compiler, module: &Module) {
+    fn put(&self, key: &[u8; 32], compiler: Compiler, module: &Module, callables: &Callables) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.retain(|e| !(&e.key == key && e.compiler == compiler));
-        entries.insert(0, RecentEntry { key: *key, compiler, module: module.clone() });
+        let entry = RecentEntry { key: *key, compiler, module: module.clone(), callables: Arc::clone(callables) };
+        entries.insert(0, entry);
         let mut bytes = 0;
         let keep = entries
             .iter()
@@ -125,7 +128,10 @@ struct Backend {
 
 /// A build turned into machine code.
 pub(crate) struct Loaded {
+    /// The build as rewritten for dispatch (`dispatch.rs`), compiled.
     pub(crate) module: Module,
+    /// Its callables, in dispatch order.
+    pub(crate) callables: Callables,
     pub(crate) compiler: Compiler,
     /// False when it came from the compile cache.
     pub(crate) compiled: bool,
@@ -158,15 +164,16 @@ impl Engines {
             Compiler::Auto => &[Compiler::Cranelift, Compiler::Winch],
         };
         for &compiler in candidates {
-            if let Some(module) = self.recent.get(key, compiler) {
-                return Ok(Loaded { module, compiler, compiled: false });
+            if let Some((module, callables)) = self.recent.get(key, compiler) {
+                return Ok(Loaded { module, callables, compiler, compiled: false });
             }
         }
         for &compiler in candidates {
             let backend = self.backend(compiler);
-            if let Some(module) = backend.cache.as_ref().and_then(|cache| cache.load(&backend.engine, key)) {
-                self.recent.put(key, compiler, &module);
-                return Ok(Loaded { module, compiler, compiled: false });
+            if let Some((module, callables)) = backend.cache.as_ref().and_then(|cache| cache.load(&backend.engine, key))
+            {
+                self.recent.put(key, compiler, &module, &callables);
+                return Ok(Loaded { module, callables, compiler, compiled: false });
             }
         }
         let wasm = if is_text {
@@ -179,17 +186,18 @@ impl Engines {
             Compiler::Auto => Compiler::Cranelift,
             fixed => fixed,
         };
-        let module = Module::new(&self.backend(compiler).engine, &wasm)
+        let rewritten = dispatch::rewrite(&wasm).map_err(|message| (Reason::InvalidModule, message))?;
+        let module = Module::new(&self.backend(compiler).engine, &rewritten.wasm)
             .map_err(|err| (Reason::InvalidModule, format!("{err:#}")))?;
-        Ok(Loaded { module, compiler, compiled: true })
+        Ok(Loaded { module, callables: rewritten.callables.into(), compiler, compiled: true })
     }
 
     /// Keeps freshly compiled machine code, in memory and in the on-disk cache
     /// (a failure to write is logged).
-    pub(crate) fn remember(&self, key: &[u8; 32], module: &Module, compiler: Compiler) {
-        self.recent.put(key, compiler, module);
+    pub(crate) fn remember(&self, key: &[u8; 32], module: &Module, callables: &Callables, compiler: Compiler) {
+        self.recent.put(key, compiler, module, callables);
         if let Some(cache) = &self.backend(compiler).cache {
-            cache.store(key, module);
+            cache.store(key, module, callables);
         }
     }
 

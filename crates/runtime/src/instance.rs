@@ -33,20 +33,21 @@ pub(crate) fn unpack(packed: i64) -> (u32, u32) {
     ((packed as u64 >> 32) as u32, packed as u64 as u32)
 }
 
-type GuestFn = TypedFunc<(i32, i32), i64>;
+/// `(index, ptr, len) -> packed`: the loader's dispatcher (`dispatch.rs`).
+type Dispatch = TypedFunc<(i32, i32, i32), i64>;
 
 pub(crate) struct Instance {
     store: Store<HostState>,
     instance: wasmtime::Instance,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
-    /// Typed handles of the functions called so far, by export index.
-    funcs: Vec<Option<GuestFn>>,
+    /// `None` for a build without callables.
+    dispatch: Option<Dispatch>,
 }
 
 impl Instance {
-    /// Instantiates `pre`; `functions` is how many callable exports it has.
-    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState, functions: usize) -> wasmtime::Result<Instance> {
+    /// Instantiates `pre`.
+    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState) -> wasmtime::Result<Instance> {
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(HostState::limiter);
         store.epoch_deadline_callback(host::on_epoch);
@@ -59,10 +60,14 @@ impl Instance {
             .ok_or_else(|| Error::msg("the module exports no memory named `memory`"))?;
         let alloc = instance.get_typed_func::<i32, i32>(&mut store, "zest_alloc")?;
         store.data_mut().guest = Some(GuestExports { memory, alloc: alloc.clone() });
-        Ok(Instance { store, instance, memory, alloc, funcs: vec![None; functions] })
+        let dispatch = match instance.get_export(&mut store, crate::dispatch::DISPATCH) {
+            Some(_) => Some(instance.get_typed_func::<(i32, i32, i32), i64>(&mut store, crate::dispatch::DISPATCH)?),
+            None => None,
+        };
+        Ok(Instance { store, instance, memory, alloc, dispatch })
     }
 
-    /// Calls `function` (export number `index`) with `input` (UTF-8 JSON) and
+    /// Calls `function` (callable number `index`) with `input` (UTF-8 JSON) and
     /// returns its output, checked.
     pub(crate) fn invoke(
         &mut self,
@@ -79,17 +84,17 @@ impl Instance {
     }
 
     fn invoke_inner(&mut self, index: usize, function: &str, input: &[u8]) -> wasmtime::Result<String> {
-        let Instance { store, instance, memory, alloc, funcs } = self;
-        let func = match &mut funcs[index] {
-            Some(func) => func,
-            slot => slot.insert(instance.get_typed_func::<(i32, i32), i64>(&mut *store, function)?),
+        let Instance { store, memory, alloc, dispatch, .. } = self;
+        let Some(dispatch) = dispatch else {
+            return Err(Error::msg(format!("no callable `{function}`")));
         };
+        let index = i32::try_from(index).map_err(|_| Error::msg("callable index out of range"))?;
         let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
         let ptr = alloc.call(&mut *store, len)?;
         memory
             .write(&mut *store, ptr as u32 as usize, input)
             .map_err(|_| bad_output(format!("zest_alloc({len}) returned an out-of-bounds pointer {ptr}")))?;
-        let packed = func.call(&mut *store, (ptr, len))?;
+        let packed = dispatch.call(&mut *store, (index, ptr, len))?;
         read_output(memory, &*store, packed)
     }
 

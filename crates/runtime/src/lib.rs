@@ -31,6 +31,7 @@ mod artifact;
 mod cache;
 pub mod compile;
 pub mod config;
+mod dispatch;
 mod engine;
 pub mod error;
 pub mod extension;

@@ -11,7 +11,7 @@ use wasmtime::{InstancePre, Module};
 
 use crate::abi::{self, Exports};
 use crate::config::Compiler;
-use crate::engine::Engines;
+use crate::engine::{Engines, Loaded};
 use crate::error::CallError;
 use crate::host::Env;
 use crate::host::HostState;
@@ -74,15 +74,14 @@ impl Version {
         name: &str,
         source: &Path,
         sha256: [u8; 32],
-        module: Module,
-        compiler: Compiler,
+        loaded: &Loaded,
     ) -> Result<Version, String> {
-        let exports = abi::check(&module)?;
-        let pre = engines.instance_pre(&module, compiler)?;
+        let (module, compiler) = (&loaded.module, loaded.compiler);
+        let exports = abi::check(module, &loaded.callables)?;
+        let pre = engines.instance_pre(module, compiler)?;
         let life = Arc::new(Life::default());
         let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
-        let mut first = Instance::new(&pre, state, exports.functions.len())
-            .map_err(|err| format!("cannot instantiate: {err:#}"))?;
+        let mut first = Instance::new(&pre, state).map_err(|err| format!("cannot instantiate: {err:#}"))?;
         let hex = hex::encode(sha256);
         let vsn = if exports.vsn { first.read_vsn()? } else { hex[..16].to_string() };
         let info = VersionInfo {
@@ -156,7 +155,7 @@ impl Version {
     pub(crate) fn instantiate(&self, function: &str) -> Result<Instance, CallError> {
         let module = &self.info.module;
         let state = HostState::new(Arc::from(module.as_str()), &self.env, Arc::clone(&self.life));
-        Instance::new(&self.pre, state, self.exports.functions.len()).map_err(|err| {
+        Instance::new(&self.pre, state).map_err(|err| {
             let hint = if err.is::<wasmtime::PoolConcurrencyLimitError>() {
                 format!(" (limits.instances is {}; raise it to run more at once)", self.env.limits.instances)
             } else {

@@ -32,6 +32,7 @@ pub(crate) struct ModuleStep {
 
 struct Staged {
     version: Arc<Version>,
+    callables: crate::dispatch::Callables,
     compiled: bool,
 }
 
@@ -168,12 +169,11 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
         .engines
         .load(&sha256, &build.bytes, build.is_text)
         .map_err(|(reason, message)| Failure::new(name, reason, message))?;
-    let version =
-        Version::new(&shared.engines, &shared.env, name, &build.source, sha256, loaded.module, loaded.compiler)
-            .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    let version = Version::new(&shared.engines, &shared.env, name, &build.source, sha256, &loaded)
+        .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
     // Held for other members of a cluster, and for a later rollback.
     shared.artifacts.keep(&sha256, build.bytes);
-    Ok(Some(Staged { version: Arc::new(version), compiled: loaded.compiled }))
+    Ok(Some(Staged { version: Arc::new(version), callables: loaded.callables, compiled: loaded.compiled }))
 }
 
 /// Swaps the staged build in; the next call gets it. No-op for a step that
@@ -192,7 +192,7 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
     if staged.compiled {
         // After the swap, so serialising never delays the new code; and only for a
         // build that validated, so a refused build is never cached.
-        shared.engines.remember(&staged.version.sha256, staged.version.module(), info.compiler);
+        shared.engines.remember(&staged.version.sha256, staged.version.module(), &staged.callables, info.compiler);
     }
     shared.artifacts.persist(&staged.version.sha256);
     step.result.reloaded.push(name.clone());
