@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
+use crate::background::Background;
+
 /// How many bytes of builds the memory side keeps, most recently used first.
 const MEMORY_MAX_BYTES: usize = 256 << 20;
 
@@ -75,10 +77,10 @@ impl Artifacts {
         Some(bytes)
     }
 
-    /// Writes the build `sha256` to disk if it is held in memory and not there
-    /// yet. A failure is logged: the build still serves, it just would not be
-    /// found again after a restart.
-    pub(crate) fn persist(&self, sha256: &[u8; 32]) {
+    /// Writes the build `sha256` to disk, by `background`, if it is held in
+    /// memory and not there yet. A failure is logged: the build still serves,
+    /// it just would not be found again after a restart.
+    pub(crate) fn persist(&self, sha256: &[u8; 32], background: &Background) {
         let Some(path) = self.path(sha256) else {
             return;
         };
@@ -92,9 +94,11 @@ impl Artifacts {
                 None => return,
             }
         };
-        if let Err(err) = write_new(&path, &bytes) {
-            tracing::warn!(path = %path.display(), error = %err, "cannot keep a build on disk");
-        }
+        background.run(move || {
+            if let Err(err) = write_new(&path, &bytes) {
+                tracing::warn!(path = %path.display(), error = %err, "cannot keep a build on disk");
+            }
+        });
     }
 
     fn path(&self, sha256: &[u8; 32]) -> Option<PathBuf> {
@@ -131,7 +135,9 @@ mod tests {
         assert!(artifacts.get(&sha256).is_none());
         artifacts.keep(&sha256, Arc::clone(&bytes));
         assert_eq!(artifacts.get(&sha256).as_deref(), Some(&bytes[..]));
-        artifacts.persist(&sha256);
+        let background = Background::start("test", 0).unwrap();
+        artifacts.persist(&sha256, &background);
+        background.finish();
 
         let restarted = Artifacts::new(Some(dir.path()));
         assert_eq!(restarted.get(&sha256).as_deref(), Some(&bytes[..]), "read back from disk");

@@ -18,6 +18,10 @@ pub struct NodeConfig {
     pub restart: RestartPolicy,
     /// Where extensions may live, and which `rustc` builds `.rs` ones.
     pub extensions: ExtensionsConfig,
+    /// With [`Compiler::Auto`]: how long a module must run a Winch build, no
+    /// newer one coming, before the same build compiled by Cranelift replaces
+    /// its machine code. `None`: never (Winch code stays).
+    pub tier_up_after: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -28,6 +32,7 @@ impl Default for NodeConfig {
             compiler: Compiler::Auto,
             restart: RestartPolicy::default(),
             extensions: ExtensionsConfig::default(),
+            tier_up_after: Some(Duration::from_millis(500)),
         }
     }
 }
@@ -74,10 +79,12 @@ impl Limits {
 
 /// Which wasmtime compiler turns a module into machine code.
 ///
-/// `Auto` picks per build: the baseline compiler Winch for large modules, where
-/// compile time dominates a reload, and the optimising Cranelift for small ones,
-/// where it costs little (see `docs/benchmarks.md` for the measurements behind the
-/// threshold).
+/// `Auto` tiers: a build the node has not compiled before is compiled by the
+/// baseline compiler Winch, the fastest at every size (`docs/benchmarks.md`),
+/// and serves at once; once its module has been quiet for
+/// [`NodeConfig::tier_up_after`], the optimising Cranelift compiles the same
+/// build on a low-priority thread and its code replaces Winch's in place. A
+/// build whose Cranelift code is cached loads that directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compiler {
     Cranelift,

@@ -14,6 +14,7 @@ use wasmtime::{
     Config, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel, PoolingAllocationConfig, Strategy,
 };
 
+use crate::background::Background;
 use crate::cache::CompileCache;
 use crate::config::{Compiler, NodeConfig};
 use crate::dispatch::{self, Callables};
@@ -43,10 +44,6 @@ impl Clock {
         self.now().saturating_add(ms).saturating_add(1)
     }
 }
-
-/// With [`Compiler::Auto`], builds of at least this many bytes of wasm are compiled
-/// by Winch, smaller ones by Cranelift (`docs/benchmarks.md` has the measurements).
-pub(crate) const AUTO_WINCH_FROM_BYTES: usize = 16 * 1024;
 
 pub(crate) struct Engines {
     cranelift: Backend,
@@ -123,7 +120,7 @@ const DECOMMIT_BATCH: usize = 64;
 struct Backend {
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
-    cache: Option<CompileCache>,
+    cache: Option<Arc<CompileCache>>,
 }
 
 /// A build turned into machine code.
@@ -181,23 +178,55 @@ impl Engines {
         } else {
             std::borrow::Cow::Borrowed(bytes)
         };
+        // Auto: Winch at once; Cranelift later, by a tier-up (`reload/module.rs`).
         let compiler = match self.choice {
-            Compiler::Auto if wasm.len() >= AUTO_WINCH_FROM_BYTES => Compiler::Winch,
-            Compiler::Auto => Compiler::Cranelift,
+            Compiler::Auto => Compiler::Winch,
             fixed => fixed,
         };
-        let rewritten = dispatch::rewrite(&wasm).map_err(|message| (Reason::InvalidModule, message))?;
+        self.compile(&wasm, compiler)
+    }
+
+    /// The build (whose sha256 is `key`) compiled by `compiler`: from memory or
+    /// the disk cache when there, else compiled now. A tier-up's path.
+    pub(crate) fn load_with(
+        &self,
+        compiler: Compiler,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<Loaded, (Reason, String)> {
+        if let Some((module, callables)) = self.recent.get(key, compiler) {
+            return Ok(Loaded { module, callables, compiler, compiled: false });
+        }
+        let backend = self.backend(compiler);
+        if let Some((module, callables)) = backend.cache.as_ref().and_then(|cache| cache.load(&backend.engine, key)) {
+            self.recent.put(key, compiler, &module, &callables);
+            return Ok(Loaded { module, callables, compiler, compiled: false });
+        }
+        let wasm = wat::parse_bytes(bytes).map_err(|err| (Reason::CompileError, err.to_string()))?;
+        self.compile(&wasm, compiler)
+    }
+
+    fn compile(&self, wasm: &[u8], compiler: Compiler) -> Result<Loaded, (Reason, String)> {
+        let rewritten = dispatch::rewrite(wasm).map_err(|message| (Reason::InvalidModule, message))?;
         let module = Module::new(&self.backend(compiler).engine, &rewritten.wasm)
             .map_err(|err| (Reason::InvalidModule, format!("{err:#}")))?;
         Ok(Loaded { module, callables: rewritten.callables.into(), compiler, compiled: true })
     }
 
-    /// Keeps freshly compiled machine code, in memory and in the on-disk cache
-    /// (a failure to write is logged).
-    pub(crate) fn remember(&self, key: &[u8; 32], module: &Module, callables: &Callables, compiler: Compiler) {
+    /// Keeps freshly compiled machine code: in memory at once, and in the
+    /// on-disk cache by `background` (a failure to write is logged).
+    pub(crate) fn remember(
+        &self,
+        key: &[u8; 32],
+        module: &Module,
+        callables: &Callables,
+        compiler: Compiler,
+        background: &Background,
+    ) {
         self.recent.put(key, compiler, module, callables);
-        if let Some(cache) = &self.backend(compiler).cache {
-            cache.store(key, module, callables);
+        if let Some(cache) = self.backend(compiler).cache.clone() {
+            let (key, module, callables) = (*key, module.clone(), Arc::clone(callables));
+            background.run(move || cache.store(&key, &module, &callables));
         }
     }
 
@@ -236,6 +265,10 @@ impl Backend {
             Compiler::Cranelift | Compiler::Auto => {
                 wasm_config.strategy(Strategy::Cranelift);
                 wasm_config.cranelift_opt_level(OptLevel::Speed);
+                // Under Auto, Cranelift only tiers up builds already serving, on
+                // a low-priority thread: one core, leaving the other (and the
+                // compile threads of a reload) alone.
+                wasm_config.parallel_compilation(config.compiler != Compiler::Auto);
             }
         }
         let engine = wasmtime::Engine::new(&wasm_config).map_err(|err| NodeError::Engine(format!("{err:#}")))?;
@@ -244,7 +277,7 @@ impl Backend {
         // `Auto` never reaches a backend: it picks Cranelift or Winch per build.
         let label = if compiler == Compiler::Winch { Compiler::Winch } else { Compiler::Cranelift }.as_str();
         let cache = match &config.data_dir {
-            Some(dir) => Some(CompileCache::open(dir, &engine, label)?),
+            Some(dir) => Some(Arc::new(CompileCache::open(dir, &engine, label)?)),
             None => None,
         };
         Ok(Backend { engine, linker, cache })

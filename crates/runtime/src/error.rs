@@ -82,6 +82,8 @@ pub enum NodeError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
+    #[error("cannot start the background writer thread: {0}")]
+    Background(std::io::Error),
     #[error("cannot create a temporary directory for Rust builds: {0}")]
     TempDir(std::io::Error),
 }

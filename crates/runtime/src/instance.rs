@@ -43,11 +43,13 @@ pub(crate) struct Instance {
     alloc: TypedFunc<i32, i32>,
     /// `None` for a build without callables.
     dispatch: Option<Dispatch>,
+    /// Which code of its version it runs (`Version::tier_up`).
+    generation: u32,
 }
 
 impl Instance {
-    /// Instantiates `pre`.
-    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState) -> wasmtime::Result<Instance> {
+    /// Instantiates `pre`, the code of generation `generation` of its version.
+    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState, generation: u32) -> wasmtime::Result<Instance> {
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(HostState::limiter);
         store.epoch_deadline_callback(host::on_epoch);
@@ -64,7 +66,11 @@ impl Instance {
             Some(_) => Some(instance.get_typed_func::<(i32, i32, i32), i64>(&mut store, crate::dispatch::DISPATCH)?),
             None => None,
         };
-        Ok(Instance { store, instance, memory, alloc, dispatch })
+        Ok(Instance { store, instance, memory, alloc, dispatch, generation })
+    }
+
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Calls `function` (callable number `index`) with `input` (UTF-8 JSON) and

@@ -28,6 +28,7 @@
 pub mod abi;
 pub mod app;
 mod artifact;
+mod background;
 mod cache;
 pub mod compile;
 pub mod config;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::app::AppManifest;
 use crate::artifact::{parse_sha256, Artifacts, Bytes};
+use crate::background::Background;
 use crate::config::NodeConfig;
 use crate::engine::Engines;
 use crate::error::{CallError, NodeError, ProcessError};
@@ -45,6 +46,10 @@ pub(crate) struct Shared {
     /// What every store shares (limits, clock, the registry for nested calls).
     pub(crate) env: Arc<Env>,
     pub(crate) artifacts: Artifacts,
+    /// Writes that follow a swap (compile cache, builds on disk), off its path.
+    pub(crate) background: Background,
+    /// Recompiles quiet Winch builds with Cranelift (`Compiler::Auto`).
+    pub(crate) tiering: Background,
     pub(crate) telemetry: Telemetry,
     pub(crate) processes: ProcessTable,
     pub(crate) extensions: Extensions,
@@ -146,6 +151,8 @@ impl Node {
         let shared = Shared {
             extensions: Extensions::new(config.data_dir.as_deref()),
             artifacts: Artifacts::new(config.data_dir.as_deref()),
+            background: Background::start("zest-writer", 0).map_err(NodeError::Background)?,
+            tiering: Background::start("zest-tier-up", 10).map_err(NodeError::Background)?,
             rust,
             config,
             engines,
@@ -263,6 +270,12 @@ impl Node {
         self.shared.app(name)
     }
 
+    /// Waits until the writes that follow earlier swaps are on disk: compile
+    /// cache entries and builds (they run off the reload's path).
+    pub fn flush_writes(&self) {
+        self.shared.background.flush();
+    }
+
     /// The build whose sha256 is `sha256` (hex), if the node holds it: one it
     /// staged, runs, ran, or was given ([`Node::add_build`]).
     pub fn build(&self, sha256: &str) -> Option<Bytes> {
@@ -320,7 +333,7 @@ impl Node {
                 ModuleStatus {
                     app: self.shared.app_declaring(&name),
                     name,
-                    current: current.info.clone(),
+                    current: current.info(),
                     old: slot.old_versions(),
                     pinned_by,
                     functions,

@@ -117,7 +117,7 @@ impl Slot {
     pub(crate) fn old_versions(&self) -> Vec<VersionInfo> {
         let mut old = self.old.lock().unwrap_or_else(PoisonError::into_inner);
         old.retain(|entry| !entry.life.is_gone());
-        old.iter().filter_map(|entry| entry.version.upgrade()).map(|v| v.info.clone()).collect()
+        old.iter().filter_map(|entry| entry.version.upgrade()).map(|v| v.info()).collect()
     }
 
     /// Waits until every old version is gone or `deadline` passes; with `hard`, first

@@ -1,12 +1,19 @@
 //! One loaded build of a module: its compiled code, what it exports, its pool of
 //! ready instances, and the signal that tells a reload when it is gone.
+//!
+//! A version's machine code can be replaced in place by the same build compiled
+//! better ([`Version::tier_up`]): new instances come from the new code, idle
+//! instances of the old code are dropped as they come back, and instances in
+//! use (a call running, a process) keep the code they have. Nothing a guest can
+//! see changes: same build, same vsn, same state.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use wasmtime::{InstancePre, Module};
 
 use crate::abi::{self, Exports};
@@ -49,10 +56,14 @@ pub struct VersionInfo {
 }
 
 pub(crate) struct Version {
+    /// As loaded (`compiler`: the code it was loaded with; [`Version::info`]
+    /// says what new instances run).
     pub(crate) info: VersionInfo,
     pub(crate) sha256: [u8; 32],
     exports: Exports,
-    pre: InstancePre<HostState>,
+    code: ArcSwap<Code>,
+    /// `code`'s generation, read on the call path without loading `code`.
+    generation: AtomicU32,
     #[expect(clippy::vec_box, reason = "a pool hit moves a pointer, not the whole instance")]
     idle: [Mutex<Vec<Box<Instance>>>; SHARDS],
     life: Arc<Life>,
@@ -63,6 +74,13 @@ impl fmt::Debug for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Version").field("info", &self.info).finish_non_exhaustive()
     }
+}
+
+/// The machine code new instances come from.
+struct Code {
+    pre: InstancePre<HostState>,
+    compiler: Compiler,
+    generation: u32,
 }
 
 impl Version {
@@ -81,7 +99,7 @@ impl Version {
         let pre = engines.instance_pre(module, compiler)?;
         let life = Arc::new(Life::default());
         let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
-        let mut first = Instance::new(&pre, state).map_err(|err| format!("cannot instantiate: {err:#}"))?;
+        let mut first = Instance::new(&pre, state, 0).map_err(|err| format!("cannot instantiate: {err:#}"))?;
         let hex = hex::encode(sha256);
         let vsn = if exports.vsn { first.read_vsn()? } else { hex[..16].to_string() };
         let info = VersionInfo {
@@ -94,11 +112,33 @@ impl Version {
         };
         let idle = std::array::from_fn(|_| Mutex::new(Vec::new()));
         idle[home_shard()].lock().unwrap_or_else(PoisonError::into_inner).push(Box::new(first));
-        Ok(Version { info, sha256, exports, pre, idle, life, env: Arc::clone(env) })
+        let code = ArcSwap::from_pointee(Code { pre, compiler, generation: 0 });
+        Ok(Version { info, sha256, exports, code, generation: AtomicU32::new(0), idle, life, env: Arc::clone(env) })
     }
 
-    pub(crate) fn module(&self) -> &Module {
-        self.pre.module()
+    /// The compiled module new instances come from.
+    pub(crate) fn module(&self) -> Module {
+        self.code.load().pre.module().clone()
+    }
+
+    /// What status reports: as loaded, with the compiler of the code new
+    /// instances run.
+    pub(crate) fn info(&self) -> VersionInfo {
+        VersionInfo { compiler: self.code.load().compiler, ..self.info.clone() }
+    }
+
+    /// Replaces the machine code of this version by `module` (the same build,
+    /// compiled by `compiler`): new instances come from it, idle instances of
+    /// the old code are dropped.
+    pub(crate) fn tier_up(&self, engines: &Engines, module: &Module, compiler: Compiler) -> Result<(), String> {
+        let pre = engines.instance_pre(module, compiler)?;
+        let generation = self.code.load().generation + 1;
+        self.code.store(Arc::new(Code { pre, compiler, generation }));
+        self.generation.store(generation, Ordering::Release);
+        for shard in &self.idle {
+            shard.lock().unwrap_or_else(PoisonError::into_inner).retain(|i| i.generation() == generation);
+        }
+        Ok(())
     }
 
     pub(crate) fn life(&self) -> Arc<Life> {
@@ -136,6 +176,10 @@ impl Version {
             None => Box::new(self.instantiate(function)?),
         };
         let output = instance.invoke(index, function, args.as_bytes(), ctx)?;
+        if instance.generation() != self.generation.load(Ordering::Acquire) {
+            // Its code was replaced (a tier-up) while it ran.
+            return Ok(output);
+        }
         let mut idle = self.idle[home].lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE_PER_SHARD {
             idle.push(instance);
@@ -155,7 +199,8 @@ impl Version {
     pub(crate) fn instantiate(&self, function: &str) -> Result<Instance, CallError> {
         let module = &self.info.module;
         let state = HostState::new(Arc::from(module.as_str()), &self.env, Arc::clone(&self.life));
-        Instance::new(&self.pre, state).map_err(|err| {
+        let code = self.code.load();
+        Instance::new(&code.pre, state, code.generation).map_err(|err| {
             let hint = if err.is::<wasmtime::PoolConcurrencyLimitError>() {
                 format!(" (limits.instances is {}; raise it to run more at once)", self.env.limits.instances)
             } else {

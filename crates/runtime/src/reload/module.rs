@@ -13,6 +13,7 @@ use super::blueprint::BuildRef;
 use super::migrate::{self, Held};
 use super::{Failure, Kind, Reason, ReloadResult, Skip, Swap};
 use crate::artifact::{parse_sha256, Bytes};
+use crate::config::Compiler;
 use crate::node::Shared;
 use crate::registry::Slot;
 use crate::version::Version;
@@ -192,9 +193,26 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
     if staged.compiled {
         // After the swap, so serialising never delays the new code; and only for a
         // build that validated, so a refused build is never cached.
-        shared.engines.remember(&staged.version.sha256, staged.version.module(), &staged.callables, info.compiler);
+        let background = &shared.background;
+        shared.engines.remember(
+            &staged.version.sha256,
+            &staged.version.module(),
+            &staged.callables,
+            info.compiler,
+            background,
+        );
     }
-    shared.artifacts.persist(&staged.version.sha256);
+    shared.artifacts.persist(&staged.version.sha256, &shared.background);
+    if let (Compiler::Auto, Compiler::Winch, Some(quiet)) =
+        (shared.config.compiler, info.compiler, shared.config.tier_up_after)
+    {
+        let (node, version) = (Arc::downgrade(shared), Arc::downgrade(&staged.version));
+        shared.tiering.run_at(Instant::now() + quiet, move || {
+            if let (Some(shared), Some(version)) = (node.upgrade(), version.upgrade()) {
+                tier_up(&shared, &version);
+            }
+        });
+    }
     step.result.reloaded.push(name.clone());
     step.result.metadata.swaps.push(Swap {
         module: name,
@@ -206,6 +224,36 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
     });
     step.slot = Some(slot);
     step.elapsed += started.elapsed();
+}
+
+/// Replaces a Winch build's machine code by Cranelift's, if its module still
+/// runs it (a newer build has a tier-up of its own coming).
+fn tier_up(shared: &Shared, version: &Arc<Version>) {
+    let name = &version.info.module;
+    let current = shared.registry.slot(name).map(|slot| slot.current());
+    if !current.is_some_and(|current| Arc::ptr_eq(&current, version)) {
+        return;
+    }
+    let Some(bytes) = shared.artifacts.get(&version.sha256) else {
+        return;
+    };
+    let started = Instant::now();
+    let loaded = match shared.engines.load_with(Compiler::Cranelift, &version.sha256, &bytes) {
+        Ok(loaded) => loaded,
+        Err((_, message)) => {
+            tracing::warn!(module = %name, %message, "cannot tier up: the build stays on Winch code");
+            return;
+        }
+    };
+    if loaded.compiled {
+        let background = &shared.background;
+        shared.engines.remember(&version.sha256, &loaded.module, &loaded.callables, Compiler::Cranelift, background);
+    }
+    match version.tier_up(&shared.engines, &loaded.module, Compiler::Cranelift) {
+        Ok(()) => tracing::debug!(module = %name, vsn = %version.info.vsn, ms = started.elapsed().as_secs_f64() * 1e3,
+            "tiered up to Cranelift code"),
+        Err(message) => tracing::warn!(module = %name, %message, "cannot tier up"),
+    }
 }
 
 /// Moves the module's processes onto the version the step made current (and any

@@ -295,3 +295,64 @@ fn a_failing_callee_fails_the_caller_with_the_callees_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_quiet_winch_build_tiers_up_to_cranelift_code_that_callers_and_processes_never_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = zest_runtime::NodeConfig {
+        data_dir: Some(dir.path().join("data")),
+        tier_up_after: Some(Duration::from_millis(100)),
+        ..zest_runtime::NodeConfig::default()
+    };
+    let node = Arc::new(zest_runtime::Node::new(config).unwrap());
+    let clock = dir.path().join("clock.wat");
+    std::fs::write(&clock, versioned(1, 0)).unwrap();
+    assert_eq!(node.load_module("clock", &clock, &ReloadOptions::default()).status(), Status::Ok);
+    let counter = dir.path().join("counter.wat");
+    std::fs::write(&counter, super::support::counter('1')).unwrap();
+    assert_eq!(node.load_module("counter", &counter, &ReloadOptions::default()).status(), Status::Ok);
+    node.start_process("tally", "counter", "{}").unwrap();
+    assert_eq!(node.call_process("tally", r#"{"add": 5}"#).unwrap(), r#"{"count":5}"#);
+    let compiler = |module: &str| {
+        let status = node.status();
+        status.modules.iter().find(|m| m.name == module).unwrap().current.compiler
+    };
+    assert_eq!(compiler("clock"), zest_runtime::Compiler::Winch, "a new build serves on Winch code at once");
+
+    // Callers all along: none fails, none sees anything but version 1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (node, stop) = (Arc::clone(&node), Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut calls = 0;
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(node.call("clock", "get", "null").unwrap(), r#"{"v":1}"#);
+                calls += 1;
+            }
+            calls
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while compiler("clock") != zest_runtime::Compiler::Cranelift
+        || compiler("counter") != zest_runtime::Compiler::Cranelift
+    {
+        assert!(std::time::Instant::now() < deadline, "no tier-up within 20 s");
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(caller.join().unwrap() > 0);
+    let status = node.status();
+    let clock_status = status.modules.iter().find(|m| m.name == "clock").unwrap();
+    assert!(clock_status.old.is_empty(), "the same version, its code replaced: {clock_status:?}");
+    // The process kept its instance and state; new messages still reach it.
+    assert_eq!(node.call_process("tally", r#"{"add": 1}"#).unwrap(), r#"{"count":6}"#);
+    assert_eq!(status.processes[0].vsn.as_deref(), Some("1"));
+
+    // A build whose Cranelift code is cached loads that directly.
+    std::fs::write(&clock, versioned(2, 0)).unwrap();
+    assert_eq!(node.reload_module("clock", &ReloadOptions::default()).status(), Status::Ok);
+    std::fs::write(&clock, versioned(1, 0)).unwrap();
+    let back = node.reload_module("clock", &ReloadOptions::default());
+    assert_eq!(back.metadata.swaps[0].compiler, zest_runtime::Compiler::Cranelift, "{back:#?}");
+    assert!(!back.metadata.swaps[0].compiled);
+}

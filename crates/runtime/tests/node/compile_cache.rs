@@ -70,6 +70,7 @@ fn a_corrupt_cache_entry_is_discarded_and_rebuilt() {
     let v2 = dir.path().join("v2.wat");
     std::fs::write(&v2, versioned(2, 0)).unwrap();
     assert!(load(&fresh, &v2));
+    fresh.flush_writes();
     let entries = cache_entries(&data);
     let (v1_entry, v2_entry) = {
         let v1_key = fresh.status().modules[0].current.sha256.clone();
