@@ -1,6 +1,11 @@
 //! A small JSON value: what crosses the guest ABI. The SDK may use no crates.io
 //! dependency (it builds with a bare Rust 1.63 `rustc`), so it carries its own
 //! parser and serialiser, strict to RFC 8259.
+//!
+//! Kept lean on purpose: nothing here is generic (so an extension's crate
+//! instantiates nothing of it, and rustc has little to do), and text is written
+//! without `core::fmt` but for floats (whose shortest exact form is fmt's), so
+//! a module that never serialises a float links no formatting code.
 
 use std::fmt;
 
@@ -34,8 +39,54 @@ impl Json {
     }
 
     /// An object from `(key, value)` pairs.
-    pub fn object<K: Into<String>>(pairs: Vec<(K, Json)>) -> Json {
-        Json::Object(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    pub fn object(pairs: Vec<(&str, Json)>) -> Json {
+        let mut object = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            object.push((String::from(key), value));
+        }
+        Json::Object(object)
+    }
+
+    /// Appends this value's compact JSON text to `out`; non-finite floats become
+    /// `null`, as JSON has no NaN.
+    pub fn write_to(&self, out: &mut String) {
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Int(n) => push_int(out, *n),
+            Json::Float(x) if x.is_finite() => push_float(out, *x),
+            Json::Float(_) => out.push_str("null"),
+            Json::String(s) => push_string(out, s),
+            Json::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write_to(out);
+                }
+                out.push(']');
+            }
+            Json::Object(pairs) => {
+                out.push('{');
+                for (i, (key, value)) in pairs.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    push_string(out, key);
+                    out.push(':');
+                    value.write_to(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// This value's compact JSON text.
+    pub fn to_json(&self) -> String {
+        let mut out = String::new();
+        self.write_to(&mut out);
+        out
     }
 
     /// The value under `key`, when this is an object that has it.
@@ -127,56 +178,63 @@ impl From<Vec<Json>> for Json {
 }
 
 impl fmt::Display for Json {
-    /// Compact JSON text; non-finite floats become `null`, as JSON has no NaN.
+    /// Compact JSON text (as [`Json::write_to`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Json::Null => f.write_str("null"),
-            Json::Bool(b) => write!(f, "{}", b),
-            Json::Int(n) => write!(f, "{}", n),
-            Json::Float(x) if x.is_finite() => write!(f, "{}", x),
-            Json::Float(_) => f.write_str("null"),
-            Json::String(s) => write_string(f, s),
-            Json::Array(items) => {
-                f.write_str("[")?;
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{}", item)?;
-                }
-                f.write_str("]")
-            }
-            Json::Object(pairs) => {
-                f.write_str("{")?;
-                for (i, (key, value)) in pairs.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write_string(f, key)?;
-                    write!(f, ":{}", value)?;
-                }
-                f.write_str("}")
-            }
-        }
+        f.write_str(&self.to_json())
     }
 }
 
-fn write_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
-    f.write_str("\"")?;
-    for c in s.chars() {
-        match c {
-            '"' => f.write_str("\\\"")?,
-            '\\' => f.write_str("\\\\")?,
-            '\n' => f.write_str("\\n")?,
-            '\r' => f.write_str("\\r")?,
-            '\t' => f.write_str("\\t")?,
-            '\u{08}' => f.write_str("\\b")?,
-            '\u{0c}' => f.write_str("\\f")?,
-            c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-            c => write!(f, "{}", c)?,
+/// Appends the decimal digits of `n`.
+pub(crate) fn push_int(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    push_uint(out, n.unsigned_abs());
+}
+
+pub(crate) fn push_uint(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    f.write_str("\"")
+    for digit in &digits[at..] {
+        out.push(*digit as char);
+    }
+}
+
+/// The one use of `core::fmt`: the shortest text that reads back as `x`.
+fn push_float(out: &mut String, x: f64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{}", x);
+}
+
+fn push_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                out.push_str("\\u00");
+                out.push(HEX[(c as usize) >> 4] as char);
+                out.push(HEX[(c as usize) & 15] as char);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 struct Parser<'a> {
@@ -186,7 +244,10 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn fail(&self, what: &str) -> String {
-        format!("{} at byte {}", what, self.pos)
+        let mut message = String::from(what);
+        message.push_str(" at byte ");
+        push_uint(&mut message, self.pos as u64);
+        message
     }
 
     fn skip_ws(&mut self) {
@@ -435,5 +496,23 @@ mod tests {
     fn non_finite_floats_serialise_as_null() {
         assert_eq!(Json::Float(f64::NAN).to_string(), "null");
         assert_eq!(Json::object(vec![("x", Json::Float(1.5))]).to_string(), r#"{"x":1.5}"#);
+    }
+
+    #[test]
+    fn text_is_compact_json_without_fmt_but_for_floats() {
+        let value = Json::object(vec![
+            ("i", Json::Int(i64::MIN)),
+            ("u", Json::Int(0)),
+            ("f", Json::Float(0.1)),
+            ("nan", Json::Float(f64::NAN)),
+            ("s", Json::from("a\"b\\c\n\u{1}é")),
+            ("a", Json::Array(vec![Json::Bool(true), Json::Null])),
+        ]);
+        assert_eq!(
+            value.to_json(),
+            r#"{"i":-9223372036854775808,"u":0,"f":0.1,"nan":null,"s":"a\"b\\c\n\u0001é","a":[true,null]}"#
+        );
+        assert_eq!(value.to_string(), value.to_json());
+        assert_eq!(Json::parse("[1,").unwrap_err(), "unexpected end of input at byte 3");
     }
 }

@@ -75,7 +75,7 @@ pub fn log(level: Level, message: &str) {
 /// fails with the callee's error (the host unwinds it), so this never returns one.
 #[cfg(target_arch = "wasm32")]
 pub fn call(module: &str, function: &str, args: &Json) -> Json {
-    let args = args.to_string();
+    let args = args.to_json();
     let packed = unsafe {
         imports::call(module.as_ptr(), module.len(), function.as_ptr(), function.len(), args.as_ptr(), args.len())
     };
@@ -86,7 +86,7 @@ pub fn call(module: &str, function: &str, args: &Json) -> Json {
     };
     match Json::parse(&text) {
         Ok(value) => value,
-        Err(message) => error(&format!("the host returned invalid JSON: {}", message)),
+        Err(message) => error(&(String::from("the host returned invalid JSON: ") + &message)),
     }
 }
 
@@ -146,12 +146,10 @@ pub fn output(bytes: Vec<u8>) -> i64 {
 
 /// The body of every exported function: reads the JSON input the host wrote at
 /// `[ptr, ptr+len)`, runs `f`, and returns its output packed, or fails the call
-/// with the `Err` message.
+/// with the `Err` message. Not generic, so each export costs its crate one
+/// small shim.
 #[cfg(target_arch = "wasm32")]
-pub fn dispatch<F>(ptr: i32, len: i32, f: F) -> i64
-where
-    F: FnOnce(Json) -> Result<Json, String>,
-{
+pub fn dispatch(ptr: i32, len: i32, f: fn(Json) -> Result<Json, String>) -> i64 {
     let input = unsafe { take_input(ptr, len) };
     let text = match core::str::from_utf8(&input) {
         Ok(text) => text,
@@ -162,12 +160,12 @@ where
     } else {
         match Json::parse(text) {
             Ok(args) => args,
-            Err(message) => error(&format!("the input is not valid JSON: {}", message)),
+            Err(message) => error(&(String::from("the input is not valid JSON: ") + &message)),
         }
     };
     drop(input);
     match f(args) {
-        Ok(value) => output(value.to_string().into_bytes()),
+        Ok(value) => output(value.to_json().into_bytes()),
         Err(message) => error(&message),
     }
 }

@@ -1,10 +1,11 @@
 //! The code server's benchmarks (issue 2; results in `docs/benchmarks.md`):
 //!
 //! - reload latency, file changed → next call served by the new code, for modules
-//!   of 10, 1,000 and 10,000 small functions: cold (compiling, Cranelift and Winch)
-//!   and warm (a build used recently, still in memory; and a build only the
-//!   on-disk compile cache holds, as after a restart), as ratios to the BEAM's
-//!   code server;
+//!   of 10, 1,000 and 10,000 small functions: cold (compiling; all functions
+//!   new, and one function's body edited), with Cranelift, Winch and `auto`
+//!   (the default: Winch now, Cranelift after a quiet moment), and warm (a build
+//!   used recently, still in memory; and a build only the on-disk compile cache
+//!   holds, as after a restart), as ratios to the BEAM's code server;
 //! - call throughput of a function with a small JSON argument on 1 and 2 threads,
 //!   without and with a reload every 10 ms, as a ratio to the run without;
 //! - resident memory after 1,000 reloads against after the first.
@@ -21,10 +22,17 @@ use std::time::{Duration, Instant};
 use zest_runtime::{Compiler, Node, NodeConfig, ReloadOptions, Status};
 
 /// The BEAM's code server on these machines (`code:soft_purge` + `code:load_file`,
-/// OTP 25 JIT), middle of the measured range, in ms.
-const BEAM_RELOAD_MS: [(usize, f64); 3] = [(10, 0.8), (1_000, 6.4), (10_000, 58.0)];
+/// OTP 25 JIT), measured 2026-11-25 (issue 12), in ms.
+const BEAM_RELOAD_MS: [(usize, f64); 3] = [(10, 0.83), (1_000, 6.6), (10_000, 61.0)];
 
 fn module_wat(functions: usize, marker: u64) -> String {
+    module_wat_edited(functions, marker, None)
+}
+
+/// A build whose function `f{edited.0}` returns `edited.1` instead of its index:
+/// one function's body differs between two builds (`get`'s marker, a data
+/// constant, changes too, so a reload is seen).
+fn module_wat_edited(functions: usize, marker: u64, edited: Option<(usize, u64)>) -> String {
     let mut wat = String::with_capacity(functions * 96 + 512);
     wat.push_str(
         r#"(module (memory (export "memory") 1)
@@ -39,8 +47,12 @@ fn module_wat(functions: usize, marker: u64) -> String {
         (16u64 << 32) | 20
     ));
     for k in 0..functions {
+        let constant = match edited {
+            Some((at, value)) if at == k => value,
+            _ => k as u64,
+        };
         wat.push_str(&format!(
-            "  (func (export \"f{k}\") (param i32 i32) (result i64) (i64.add (i64.extend_i32_u (local.get 0)) (i64.const {k})))\n"
+            "  (func (export \"f{k}\") (param i32 i32) (result i64) (i64.add (i64.extend_i32_u (local.get 0)) (i64.const {constant})))\n"
         ));
     }
     wat.push(')');
@@ -89,7 +101,7 @@ fn reload_latency(quick: bool) -> Vec<Row> {
             (_, true) => 4,
         };
         let path = dir.path().join(format!("m{functions}.wat"));
-        for (label, compiler) in [("cranelift", Compiler::Cranelift), ("winch", Compiler::Winch)] {
+        for (label, compiler) in [("cranelift", Compiler::Cranelift), ("winch", Compiler::Winch), ("auto", Compiler::Auto)] {
             let data = dir.path().join(format!("data-{label}-{functions}"));
             let node = node(&data, compiler);
             std::fs::write(&path, module_wat(functions, marker)).unwrap();
@@ -108,8 +120,26 @@ fn reload_latency(quick: bool) -> Vec<Row> {
                 beam_ms,
             });
 
+            // Cold, one function edited: each build differs from the last in
+            // one function's body.
+            let mut edited = Vec::new();
+            for _ in 0..rounds {
+                marker += 1;
+                let wat = module_wat_edited(functions, marker, Some((functions / 2, marker)));
+                edited.push(timed_reload(&node, "m", &path, &wat, marker));
+            }
+            rows.push(Row {
+                what: format!("{functions} fns, one fn edited, {label}"),
+                median_ms: percentile(&mut edited, 0.5),
+                p99_ms: percentile(&mut edited, 0.99),
+                beam_ms,
+            });
+
             // Warm: alternate between two builds already in the compile cache.
             let builds = [(marker - 1, module_wat(functions, marker - 1)), (marker, module_wat(functions, marker))];
+            for (m, wat) in &builds {
+                timed_reload(&node, "m", &path, wat, *m);
+            }
             let mut warm = Vec::new();
             for round in 0..rounds.max(20) {
                 let (m, wat) = &builds[round % 2];

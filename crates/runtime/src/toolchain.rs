@@ -169,6 +169,10 @@ impl Rustc {
             TARGET,
             "-C",
             "opt-level=2",
+            // One codegen unit: for a one-file module, splitting costs rustc
+            // more (thin-local LTO across units) than it saves.
+            "-C",
+            "codegen-units=1",
             "-C",
             "panic=abort",
             "-C",
