@@ -101,7 +101,9 @@ fn reload_latency(quick: bool) -> Vec<Row> {
             (_, true) => 4,
         };
         let path = dir.path().join(format!("m{functions}.wat"));
-        for (label, compiler) in [("cranelift", Compiler::Cranelift), ("winch", Compiler::Winch), ("auto", Compiler::Auto)] {
+        for (label, compiler) in
+            [("cranelift", Compiler::Cranelift), ("winch", Compiler::Winch), ("auto", Compiler::Auto)]
+        {
             let data = dir.path().join(format!("data-{label}-{functions}"));
             let node = node(&data, compiler);
             std::fs::write(&path, module_wat(functions, marker)).unwrap();
