@@ -201,6 +201,27 @@ fn summarise(result: &Value, paint: &Paint, depth: usize, out: &mut String) {
     if !unchanged.is_empty() && depth == 0 {
         out.push_str(&format!("{pad}  unchanged: {}\n", unchanged.join(", ")));
     }
+    if result["metadata"]["dry_run"] == true && depth == 0 {
+        out.push_str(&format!("{pad}  dry run: nothing was committed\n"));
+        for entry in result["metadata"]["plan"].as_array().into_iter().flatten() {
+            let from = entry["from"]["vsn"].as_str().unwrap_or("(new)");
+            out.push_str(&format!(
+                "{pad}  would reload {}: {} -> {}\n",
+                entry["module"].as_str().unwrap_or(""),
+                from,
+                entry["to"]["vsn"].as_str().unwrap_or("")
+            ));
+            for (key, sign) in [("exports_added", "+"), ("exports_removed", "-")] {
+                for name in list(&entry[key]) {
+                    out.push_str(&format!("{pad}      {sign} {name}\n"));
+                }
+            }
+            for process in entry["processes"].as_array().into_iter().flatten() {
+                let how = if process["code_change"] == true { "migrates" } else { "cannot migrate" };
+                out.push_str(&format!("{pad}      process {}: {how}\n", process["name"].as_str().unwrap_or("")));
+            }
+        }
+    }
     if let Some(compile) = result["metadata"].get("compile").filter(|c| c["ran"] == true) {
         out.push_str(&format!(
             "{pad}  build: {} (exit {}, {} ms)\n",
@@ -234,6 +255,34 @@ fn summarise(result: &Value, paint: &Paint, depth: usize, out: &mut String) {
     }
 }
 
+/// History entries as a table, newest first.
+pub fn history_table(history: &Value) -> String {
+    let build = |b: &Value| match b["vsn"].as_str() {
+        Some(vsn) => {
+            let sha = b["sha256"].as_str().unwrap_or("");
+            format!("{vsn} ({})", sha.get(..12).unwrap_or(sha))
+        }
+        None => "-".to_string(),
+    };
+    let rows: Vec<Vec<String>> = history["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            vec![
+                e["id"].to_string(),
+                e["at"].as_str().unwrap_or("").into(),
+                e["module"].as_str().unwrap_or("").into(),
+                e["action"].as_str().unwrap_or("").into(),
+                build(&e["from"]),
+                build(&e["to"]),
+                e["request_id"].as_str().unwrap_or("").into(),
+            ]
+        })
+        .collect();
+    table(&["ID", "AT", "MODULE", "ACTION", "FROM", "TO", "REQUEST"], &rows)
+}
+
 /// The status as tables.
 pub fn status_tables(status: &Value, paint: &Paint) -> String {
     let node = &status["node"];
@@ -257,10 +306,15 @@ pub fn status_tables(status: &Value, paint: &Paint) -> String {
                 m["current"]["loaded_at"].as_str().unwrap_or("").into(),
                 m["old"].as_array().map_or(0, Vec::len).to_string(),
                 list(&m["pinned_by"]).join(","),
+                match m.get("canary") {
+                    Some(canary) => format!("{} at {}%", canary["vsn"].as_str().unwrap_or(""), canary["share"]),
+                    None => String::new(),
+                },
+                m["trial"]["until"].as_str().map(|until| format!("until {until}")).unwrap_or_default(),
             ]
         })
         .collect();
-    out.push_str(&table(&["MODULE", "VSN", "APP", "LOADED AT", "OLD", "PINNED BY"], &modules));
+    out.push_str(&table(&["MODULE", "VSN", "APP", "LOADED AT", "OLD", "PINNED BY", "CANARY", "TRIAL"], &modules));
     let processes: Vec<Vec<String>> = rows("processes")
         .iter()
         .map(|p| {

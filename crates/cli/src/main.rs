@@ -56,6 +56,43 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// What changed each module's build, newest first (system.history).
+    History {
+        /// Only this module's entries.
+        module: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Put an earlier build back: the one the newest change replaced, or a history
+    /// entry's (system.rollback).
+    Rollback {
+        #[command(subcommand)]
+        target: TargetArg,
+        /// A history id: that entry's build becomes current.
+        #[arg(long, global = true)]
+        to: Option<u64>,
+        /// Restart processes that cannot migrate, and hard-purge.
+        #[arg(long, global = true)]
+        force: bool,
+        /// All or nothing.
+        #[arg(long, global = true)]
+        atomic: bool,
+        /// Wait this long for the reload lock (default: answer at once).
+        #[arg(long, global = true)]
+        lock_timeout_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Make a canary current for every call and process (system.promote).
+    Promote {
+        #[command(subcommand)]
+        target: TargetArg,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Modules, versions, processes and extensions of the node.
     Status {
         #[command(flatten)]
@@ -90,16 +127,22 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum TargetArg {
+    /// One module.
+    Module { name: String },
+    /// Every module of an app.
+    App { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum ReloadScope {
-    Module {
-        name: String,
-    },
-    App {
-        name: String,
-    },
-    Extension {
-        path: String,
-    },
+    /// One module (its app's manifest is read again).
+    Module { name: String },
+    /// Every module an app's manifest declares.
+    App { name: String },
+    /// One extension file (.wat, .wasm or .rs).
+    Extension { path: String },
+    /// Every app, the listed extensions, explicit code_change targets.
     All {
         /// Apps to reload, comma-separated (default: every loaded app).
         #[arg(long, value_delimiter = ',')]
@@ -128,6 +171,22 @@ struct ReloadFlags {
     /// member ids, comma-separated.
     #[arg(long, global = true, value_name = "all|local|ID,ID")]
     nodes: Option<String>,
+    /// Stage everything and say what would change; commit nothing.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    /// Watch the new builds this long; revert by itself if they fail too often.
+    #[arg(long, global = true, value_name = "MS")]
+    trial_ms: Option<u64>,
+    /// With --trial-ms: the failure rate that reverts (default 0.01).
+    #[arg(long, global = true, value_name = "RATE")]
+    max_failure_rate: Option<f64>,
+    /// With --trial-ms: calls needed before the rate counts (default 20).
+    #[arg(long, global = true)]
+    min_calls: Option<u64>,
+    /// Run the new builds beside the current ones for this share of calls and
+    /// processes (1–99).
+    #[arg(long, global = true, value_name = "PERCENT")]
+    canary: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +242,37 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { scope, options, client } => reload(scope, options, client),
+        Command::History { module, limit, client } => {
+            let mut params = ObjectParams::new();
+            if let Some(module) = module {
+                insert(&mut params, "module", json!(module));
+            }
+            insert(&mut params, "limit", json!(limit));
+            let history = client::request(&target(&client), "system.history", params)?;
+            if client.json {
+                print_json(&history);
+            } else {
+                print!("{}", client::history_table(&history));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { target: what, to, force, atomic, lock_timeout_ms, client } => {
+            let mut params = target_params(&what);
+            if let Some(to) = to {
+                insert(&mut params, "to", json!(to));
+            }
+            insert(&mut params, "force", json!(force));
+            insert(&mut params, "atomic", json!(atomic));
+            if let Some(ms) = lock_timeout_ms {
+                insert(&mut params, "lock_timeout_ms", json!(ms));
+            }
+            let result = client::request(&target(&client), "system.rollback", params)?;
+            Ok(print_result(&result, client.json))
+        }
+        Command::Promote { target: what, client } => {
+            let result = client::request(&target(&client), "system.promote", target_params(&what))?;
+            Ok(print_result(&result, client.json))
+        }
         Command::Status { client } => {
             let status = client::request(&target(&client), "system.status", ObjectParams::new())?;
             if client.json {
@@ -211,6 +301,29 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             println!("{}", run_local(&dir, &module, &function, &args, data_dir)?);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn target_params(target: &TargetArg) -> ObjectParams {
+    let mut params = ObjectParams::new();
+    match target {
+        TargetArg::Module { name } => insert(&mut params, "module", json!(name)),
+        TargetArg::App { name } => insert(&mut params, "app", json!(name)),
+    }
+    params
+}
+
+/// Prints a reload result (summary or JSON); its exit code by its status.
+fn print_result(result: &Value, json: bool) -> ExitCode {
+    if json {
+        print_json(result);
+    } else {
+        print!("{}", client::summary(result, &Paint::stdout()));
+    }
+    match result["status"].as_str() {
+        Some("ok") => ExitCode::SUCCESS,
+        Some("partial") => ExitCode::from(3),
+        _ => ExitCode::from(4),
     }
 }
 
@@ -278,6 +391,24 @@ fn reload(scope: ReloadScope, options: ReloadFlags, client: ClientFlags) -> Resu
         };
         insert(&mut params, "nodes", nodes);
     }
+    if options.dry_run {
+        insert(&mut params, "dry_run", json!(true));
+    }
+    if let Some(ms) = options.trial_ms {
+        let mut trial = json!({"window_ms": ms});
+        if let Some(rate) = options.max_failure_rate {
+            trial["max_failure_rate"] = json!(rate);
+        }
+        if let Some(calls) = options.min_calls {
+            trial["min_calls"] = json!(calls);
+        }
+        insert(&mut params, "trial", trial);
+    } else if options.max_failure_rate.is_some() || options.min_calls.is_some() {
+        return Err(CliError::Usage("--max-failure-rate and --min-calls go with --trial-ms".into()));
+    }
+    if let Some(percent) = options.canary {
+        insert(&mut params, "canary", json!({"percent": percent}));
+    }
     let target = target(&client);
     // Builds (an app's, or rustc for an extension) stream their output while they run.
     let builds = options.compile || extension_paths > 0;
@@ -286,16 +417,7 @@ fn reload(scope: ReloadScope, options: ReloadFlags, client: ClientFlags) -> Resu
     } else {
         client::request(&target, "system.reload", params)?
     };
-    if client.json {
-        print_json(&result);
-    } else {
-        print!("{}", client::summary(&result, &Paint::stdout()));
-    }
-    Ok(match result["status"].as_str() {
-        Some("ok") => ExitCode::SUCCESS,
-        Some("partial") => ExitCode::from(3),
-        _ => ExitCode::from(4),
-    })
+    Ok(print_result(&result, client.json))
 }
 
 /// An extension path from the client's working directory, so the node (which

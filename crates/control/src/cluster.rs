@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
-use zest_runtime::{Node, ReloadRequest, ReloadResult};
+use zest_runtime::{Node, ReloadRequest, ReloadResult, RollbackRequest};
 
 use crate::config::ClusterConfig;
 use crate::wire::Nodes;
@@ -335,7 +335,19 @@ impl Cluster {
     /// Runs one `system.reload` on the cluster, as its coordinator. Blocks
     /// (the whole two-phase reload): call it from a blocking thread.
     pub fn reload(self: &Arc<Self>, request: &ReloadRequest, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
-        coordinator::reload(self, request, nodes)
+        if nodes != &Nodes::Local && (request.options.trial.is_some() || request.options.canary.is_some()) {
+            return Err(Refusal::InvalidParams(
+                "trial and canary run on one member of a cluster: pass nodes: \"local\"".into(),
+            ));
+        }
+        coordinator::reload(self, coordinator::Work::Reload(request), nodes)
+    }
+
+    /// Runs one `system.rollback` on the cluster, as its coordinator: every
+    /// target goes back to the builds this member's history names, by the two
+    /// phases of a reload. Blocks.
+    pub fn rollback(self: &Arc<Self>, request: &RollbackRequest, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
+        coordinator::reload(self, coordinator::Work::Rollback(request), nodes)
     }
 
     /// The `cluster` block of `system.status`.

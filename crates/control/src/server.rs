@@ -36,8 +36,11 @@ use crate::cluster::{Cluster, Refusal};
 use crate::wire::{self, Code, NodeInfo, Nodes};
 
 /// The methods a client may call; any other name reaches [`NOT_FOUND_METHOD`].
-const METHODS: [&str; 10] = [
+const METHODS: [&str; 13] = [
     "system.reload",
+    "system.history",
+    "system.rollback",
+    "system.promote",
     "system.status",
     "module.call",
     "process.call",
@@ -129,6 +132,47 @@ fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> Rp
                 Ok(result) => Ok(wire::result(&result)),
                 Err(ReloadError::Lock(LockError::Conflict)) => Err(conflict()),
                 Err(ReloadError::Lock(err)) => Err(error(Code::Conflict, err.to_string())),
+            }
+        })
+        .expect("method names are unique");
+    module
+        .register_method("system.history", |params, ctx, extensions| {
+            allowed(extensions, Scope::Read)?;
+            let (module, limit) =
+                wire::history_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
+            Ok::<_, ErrorObjectOwned>(wire::history(&ctx.node.history(module.as_deref(), limit)))
+        })
+        .expect("method names are unique");
+    module
+        .register_blocking_method("system.rollback", |params, ctx, extensions| {
+            allowed(&extensions, Scope::Admin)?;
+            let (request, nodes) =
+                wire::rollback_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
+            let outcome = match (&ctx.cluster, &nodes) {
+                (Some(cluster), Nodes::All | Nodes::Listed(_)) => cluster.rollback(&request, &nodes),
+                (None, Nodes::Listed(_)) => {
+                    return Err(error(
+                        Code::InvalidParams,
+                        "nodes: this node is not in a cluster (no [cluster] section)",
+                    ))
+                }
+                _ => ctx.node.rollback(&request).map_err(|_| Refusal::Conflict),
+            };
+            match outcome {
+                Ok(result) => Ok(wire::result(&result)),
+                Err(Refusal::Conflict) => Err(error(Code::Conflict, "A reload is already in progress")),
+                Err(Refusal::InvalidParams(message)) => Err(error(Code::InvalidParams, message)),
+            }
+        })
+        .expect("method names are unique");
+    module
+        .register_blocking_method("system.promote", |params, ctx, extensions| {
+            allowed(&extensions, Scope::Admin)?;
+            let (target, options) =
+                wire::promote_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
+            match ctx.node.promote(&target, &options) {
+                Ok(result) => Ok(wire::result(&result)),
+                Err(_) => Err(error(Code::Conflict, "A reload is already in progress")),
             }
         })
         .expect("method names are unique");
@@ -378,7 +422,10 @@ where
         if get && path == "/metrics" {
             let response = match (caller.check(Scope::Read), &self.metrics) {
                 (Err(_), _) => unauthorized(),
-                (Ok(()), Some(metrics)) => respond(http::StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                (Ok(()), Some(metrics)) => {
+                    publish_call_counts(&self.node);
+                    respond(http::StatusCode::OK, "text/plain; version=0.0.4", metrics.render())
+                }
                 (Ok(()), None) => respond(http::StatusCode::NOT_FOUND, "text/plain", "metrics are not recorded\n"),
             };
             return Box::pin(async move { Ok(response) });
@@ -413,6 +460,18 @@ where
             }
             with_error_codes(response).await
         })
+    }
+}
+
+/// Sets `zest_calls_total{module,vsn,outcome}` from the node's ledger (the
+/// runtime counts calls with plain atomics; the exporter sees them here).
+fn publish_call_counts(node: &Node) {
+    for (module, vsn, calls, failures) in node.call_counts() {
+        let ok = calls.saturating_sub(failures);
+        metrics::counter!("zest_calls_total", "module" => module.clone(), "vsn" => vsn.clone(), "outcome" => "ok")
+            .absolute(ok);
+        metrics::counter!("zest_calls_total", "module" => module, "vsn" => vsn, "outcome" => "failed")
+            .absolute(failures);
     }
 }
 

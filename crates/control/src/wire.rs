@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Map, Value};
 use zest_runtime::app::{ModuleDecl, ProcessDecl};
 use zest_runtime::{
-    AllScope, AppManifest, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, CompileReport,
-    Compiler, Counts, Event, EventBody, ExtensionRecord, Failure, Kind, NodeStatus, Phase, Reason, ReloadOptions,
-    ReloadRequest, ReloadResult, Scope, Skip, Swap, VersionInfo,
+    AllScope, AppManifest, Blueprint, BlueprintUnit, BuildId, BuildRef, ClusterOutcome, CodeChangeTarget,
+    CompileReport, Compiler, Counts, Event, EventBody, ExtensionRecord, Failure, HistoryEntry, Kind, NodeStatus, Phase,
+    Reason, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget, Scope, Skip, Swap, TrialSpec,
+    VersionInfo,
 };
 
 /// The `data.code` of every JSON-RPC error: CONTRACT.md §4's, plus two for
@@ -114,6 +115,25 @@ pub fn result(result: &ReloadResult) -> Value {
     if !result.metadata.compiled_modules.is_empty() {
         metadata.insert("compiled_modules".into(), json!(result.metadata.compiled_modules));
     }
+    if result.metadata.rollback {
+        metadata.insert("rollback".into(), json!(true));
+    }
+    if result.metadata.dry_run {
+        metadata.insert("dry_run".into(), json!(true));
+        let plan: Vec<Value> = result
+            .metadata
+            .plan
+            .iter()
+            .map(|entry| {
+                let build = |(vsn, sha256): &(String, String)| json!({"vsn": vsn, "sha256": sha256});
+                json!({"module": entry.module, "from": entry.from.as_ref().map(build), "to": build(&entry.to),
+                       "exports_added": entry.exports_added, "exports_removed": entry.exports_removed,
+                       "processes": entry.processes.iter()
+                           .map(|(name, can)| json!({"name": name, "code_change": can})).collect::<Vec<_>>()})
+            })
+            .collect();
+        metadata.insert("plan".into(), Value::Array(plan));
+    }
     if let Some(cluster) = &result.metadata.cluster {
         metadata.insert(
             "cluster".into(),
@@ -149,11 +169,7 @@ pub fn status(status: &NodeStatus, node: &NodeInfo) -> Value {
         "apps": status.apps.iter()
             .map(|app| json!({"name": app.name, "dir": app.dir.display().to_string(), "modules": app.modules}))
             .collect::<Vec<_>>(),
-        "modules": status.modules.iter().map(|m| json!({
-            "name": m.name, "app": m.app, "current": version(&m.current),
-            "old": m.old.iter().map(version).collect::<Vec<_>>(),
-            "pinned_by": m.pinned_by, "functions": m.functions,
-        })).collect::<Vec<_>>(),
+        "modules": status.modules.iter().map(module_status).collect::<Vec<_>>(),
         "extensions": status.extensions.iter().map(|e| json!({
             "name": e.record.name, "path": e.record.path.display().to_string(),
             "format": e.record.format.as_str(),
@@ -164,6 +180,26 @@ pub fn status(status: &NodeStatus, node: &NodeInfo) -> Value {
             "queued": p.queued, "handled": p.handled, "restarts": p.restarts,
         })).collect::<Vec<_>>(),
     })
+}
+
+fn module_status(m: &zest_runtime::ModuleStatus) -> Value {
+    let mut current = version(&m.current);
+    current["share"] = json!(m.share);
+    current["calls"] = json!(m.calls);
+    current["failures"] = json!(m.failures);
+    let mut module = json!({
+        "name": m.name, "app": m.app, "current": current,
+        "old": m.old.iter().map(version).collect::<Vec<_>>(),
+        "pinned_by": m.pinned_by, "functions": m.functions,
+    });
+    if let Some(canary) = &m.canary {
+        module["canary"] = json!({"vsn": canary.version.vsn, "sha256": canary.version.sha256,
+                                  "share": canary.share, "calls": canary.calls, "failures": canary.failures});
+    }
+    if let Some(until) = m.trial_until {
+        module["trial"] = json!({"until": time(until)});
+    }
+    module
 }
 
 /// About the serving node, for status.
@@ -182,6 +218,9 @@ pub fn event(event: &Event) -> Value {
         }
         EventBody::BuildOutput { .. } | EventBody::ClusterPrepare { .. } | EventBody::ClusterAbort { .. } => json!({}),
         EventBody::ClusterCommit { revision, .. } => json!({"revision": revision}),
+        EventBody::Reverted { calls, failures, .. } | EventBody::Permanent { calls, failures } => {
+            json!({"calls": calls, "failures": failures})
+        }
     };
     let mut metadata = json!({"kind": event.kind.as_str(), "target": event.target, "request_id": event.request_id});
     match &event.body {
@@ -199,13 +238,14 @@ pub fn event(event: &Event) -> Value {
             metadata["reason"] = json!(reason.as_str());
             metadata["message"] = json!(message);
         }
-        EventBody::Start { .. } => {}
+        EventBody::Reverted { status, .. } => metadata["status"] = json!(status.as_str()),
+        EventBody::Start { .. } | EventBody::Permanent { .. } => {}
     }
     json!({"event": event.name(), "seq": event.seq, "measurements": measurements, "metadata": metadata})
 }
 
 /// The params `system.reload` takes; any other is refused, naming it.
-pub const RELOAD_PARAMS: [&str; 13] = [
+pub const RELOAD_PARAMS: [&str; 16] = [
     "scope",
     "module",
     "moduleName",
@@ -219,6 +259,9 @@ pub const RELOAD_PARAMS: [&str; 13] = [
     "atomic",
     "lock_timeout_ms",
     "nodes",
+    "dry_run",
+    "trial",
+    "canary",
 ];
 
 /// Which members a cluster reload reaches (`nodes`, CONTRACT.md §10).
@@ -284,8 +327,16 @@ pub fn reload_request(params: &Value) -> Result<(ReloadRequest, Nodes), String> 
             None => return Err("lock_timeout_ms must be an integer ≥ 0".into()),
         },
     };
-    let options =
-        ReloadOptions { force: flag("force")?, atomic: flag("atomic")?, compile: flag("compile")?, lock_timeout };
+    let mut options = ReloadOptions {
+        force: flag("force")?,
+        atomic: flag("atomic")?,
+        compile: flag("compile")?,
+        lock_timeout,
+        dry_run: flag("dry_run")?,
+        trial: trial_spec(params.get("trial"))?,
+        canary: canary_percent(params.get("canary"))?,
+        ..ReloadOptions::default()
+    };
     let scope = match params.get("scope") {
         Some(Value::String(scope)) => scope.as_str(),
         _ => "all",
@@ -307,20 +358,166 @@ pub fn reload_request(params: &Value) -> Result<(ReloadRequest, Nodes), String> 
         }),
         other => return Err(format!("Invalid scope '{other}'. Expected one of: module, app, extension, all")),
     };
-    let nodes = match params.get("nodes") {
-        None | Some(Value::Null) => Nodes::All,
-        Some(Value::String(all)) if all == "all" => Nodes::All,
-        Some(Value::String(local)) if local == "local" => Nodes::Local,
-        Some(Value::Array(items)) if !items.is_empty() => Nodes::Listed(
-            items
-                .iter()
-                .map(|item| item.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or("nodes must be \"all\", \"local\" or a non-empty list of member ids")?,
-        ),
-        Some(_) => return Err("nodes must be \"all\", \"local\" or a non-empty list of member ids".into()),
+    let nodes = nodes_of(params.get("nodes"))?;
+    let scope_name = match &scope {
+        Scope::Module(_) => "module",
+        Scope::App(_) => "app",
+        Scope::Extension(_) => "extension",
+        Scope::All(_) => "all",
     };
+    if options.canary.is_some() && !matches!(scope, Scope::Module(_) | Scope::App(_)) {
+        return Err(format!("canary applies to scope module or app, not {scope_name}"));
+    }
+    if options.trial.is_some() && matches!(scope, Scope::All(_)) {
+        return Err("trial applies to scope module, app or extension, not all".into());
+    }
+    if options.dry_run && (options.trial.is_some() || options.canary.is_some()) {
+        options.trial = None;
+        options.canary = None;
+    }
     Ok((ReloadRequest { scope, options, request_id: None }, nodes))
+}
+
+/// `nodes`: `"all"` (also when absent), `"local"`, or member ids.
+fn nodes_of(value: Option<&Value>) -> Result<Nodes, String> {
+    let bad = || "nodes must be \"all\", \"local\" or a non-empty list of member ids".to_string();
+    match value {
+        None | Some(Value::Null) => Ok(Nodes::All),
+        Some(Value::String(all)) if all == "all" => Ok(Nodes::All),
+        Some(Value::String(local)) if local == "local" => Ok(Nodes::Local),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .map(Nodes::Listed)
+            .ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// `trial` of `system.reload`: `{"window_ms", "max_failure_rate"?, "min_calls"?}`.
+fn trial_spec(value: Option<&Value>) -> Result<Option<TrialSpec>, String> {
+    let trial = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(value) => value,
+    };
+    let empty = Map::new();
+    let fields = params_object("trial", trial, &["window_ms", "max_failure_rate", "min_calls"], &empty)?;
+    let window = match fields.get("window_ms").and_then(Value::as_u64) {
+        Some(ms) if ms > 0 => Duration::from_millis(ms),
+        _ => return Err("trial.window_ms is required, an integer ≥ 1".into()),
+    };
+    let max_failure_rate = match fields.get("max_failure_rate") {
+        None | Some(Value::Null) => 0.01,
+        Some(value) => match value.as_f64() {
+            Some(rate) if (0.0..=1.0).contains(&rate) => rate,
+            _ => return Err("trial.max_failure_rate must be a number from 0 to 1".into()),
+        },
+    };
+    let min_calls = match fields.get("min_calls") {
+        None | Some(Value::Null) => 20,
+        Some(value) => value.as_u64().ok_or("trial.min_calls must be an integer ≥ 0")?,
+    };
+    Ok(Some(TrialSpec { window, max_failure_rate, min_calls }))
+}
+
+/// `canary` of `system.reload`: `{"percent": 1..99}`.
+fn canary_percent(value: Option<&Value>) -> Result<Option<u8>, String> {
+    let canary = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(value) => value,
+    };
+    let empty = Map::new();
+    let fields = params_object("canary", canary, &["percent"], &empty)?;
+    match fields.get("percent").and_then(Value::as_u64) {
+        Some(percent @ 1..=99) => Ok(Some(percent as u8)),
+        _ => Err("canary.percent is required, an integer from 1 to 99".into()),
+    }
+}
+
+/// `system.rollback` params into a request (`INVALID_PARAMS` message on error).
+pub fn rollback_request(params: &Value) -> Result<(RollbackRequest, Nodes), String> {
+    let empty = Map::new();
+    let known = ["module", "app", "to", "force", "atomic", "lock_timeout_ms", "nodes"];
+    let params = params_object("system.rollback", params, &known, &empty)?;
+    let target = target_of(params)?;
+    let flag = |key: &str| -> Result<bool, String> {
+        match params.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(format!("{key} must be a boolean")),
+        }
+    };
+    let to = match params.get("to") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_u64().ok_or("to must be a history id (an integer)")?),
+    };
+    let lock_timeout = match params.get("lock_timeout_ms") {
+        None | Some(Value::Null) => Duration::ZERO,
+        Some(value) => Duration::from_millis(value.as_u64().ok_or("lock_timeout_ms must be an integer ≥ 0")?),
+    };
+    let options =
+        ReloadOptions { force: flag("force")?, atomic: flag("atomic")?, lock_timeout, ..ReloadOptions::default() };
+    let nodes = nodes_of(params.get("nodes"))?;
+    Ok((RollbackRequest { target, to, options, request_id: None }, nodes))
+}
+
+/// `system.promote` params: the target and how long to wait for the lock.
+pub fn promote_request(params: &Value) -> Result<(RollbackTarget, ReloadOptions), String> {
+    let empty = Map::new();
+    let params = params_object("system.promote", params, &["module", "app", "lock_timeout_ms"], &empty)?;
+    let target = target_of(params)?;
+    let lock_timeout = match params.get("lock_timeout_ms") {
+        None | Some(Value::Null) => Duration::ZERO,
+        Some(value) => Duration::from_millis(value.as_u64().ok_or("lock_timeout_ms must be an integer ≥ 0")?),
+    };
+    Ok((target, ReloadOptions { lock_timeout, ..ReloadOptions::default() }))
+}
+
+fn target_of(params: &Map<String, Value>) -> Result<RollbackTarget, String> {
+    let text = |key: &str| match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("{key} must be a string")),
+    };
+    match (text("module")?, text("app")?) {
+        (Some(module), None) => Ok(RollbackTarget::Module(module)),
+        (None, Some(app)) => Ok(RollbackTarget::App(app)),
+        (Some(_), Some(_)) => Err("give module or app, not both".into()),
+        (None, None) => Err("module or app is required".into()),
+    }
+}
+
+/// `system.history` params: `{"module"?, "limit"? (default 50)}`.
+pub fn history_request(params: &Value) -> Result<(Option<String>, usize), String> {
+    let empty = Map::new();
+    let params = params_object("system.history", params, &["module", "limit"], &empty)?;
+    let module = match params.get("module") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("module must be a string".into()),
+    };
+    let limit = match params.get("limit") {
+        None | Some(Value::Null) => 50,
+        Some(value) => match value.as_u64() {
+            Some(limit) if limit >= 1 => limit.min(10_000) as usize,
+            _ => return Err("limit must be an integer ≥ 1".into()),
+        },
+    };
+    Ok((module, limit))
+}
+
+/// History entries (CONTRACT.md §11).
+pub fn history(entries: &[HistoryEntry]) -> Value {
+    let build = |b: &BuildId| json!({"vsn": b.vsn, "sha256": b.sha256});
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({"id": e.id, "at": time(e.at()), "module": e.module, "action": e.action.as_str(),
+                   "from": e.from.as_ref().map(build), "to": build(&e.to), "request_id": e.request_id})
+        })
+        .collect();
+    json!({"entries": entries})
 }
 
 /// `code_change` targets. A target that is an object is passed on even when
@@ -412,6 +609,8 @@ pub fn parse_result(value: &Value) -> Result<ReloadResult, String> {
             old_vsn: swap.get("old_vsn").and_then(Value::as_str).map(str::to_string),
             new_vsn: text_of(swap, "new_vsn")?,
             sha256: text_of(swap, "sha256")?,
+            from: None,
+            source: PathBuf::new(),
             compiler,
             compiled: swap.get("compiled").and_then(Value::as_bool).unwrap_or(false),
         });
@@ -636,6 +835,8 @@ mod tests {
             old_vsn: Some("1".into()),
             new_vsn: "2".into(),
             sha256: "ab".repeat(32),
+            from: None,
+            source: PathBuf::new(),
             compiler: Compiler::Winch,
             compiled: true,
         });

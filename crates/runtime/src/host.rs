@@ -15,6 +15,7 @@ use crate::config::Limits;
 use crate::engine::Clock;
 use crate::error::CallError;
 use crate::instance::{pack, unpack, CallCtx};
+use crate::ledger::Ledger;
 use crate::registry::Registry;
 use crate::version::Life;
 
@@ -71,13 +72,16 @@ pub(crate) struct HostState {
     env: Arc<Env>,
 }
 
-/// What every store of one node shares: its limits, its clock, and the way back
-/// to its registry for nested calls — weak, so stores never keep the node alive.
+/// What every store of one node shares: its limits, its clock, the way back to
+/// its registry for nested calls — weak, so stores never keep the node alive —
+/// and the ledger its versions count calls into.
 #[derive(Debug)]
 pub(crate) struct Env {
     pub(crate) limits: Limits,
     pub(crate) clock: Arc<Clock>,
     pub(crate) registry: Weak<Registry>,
+    /// Calls and failures per version.
+    pub(crate) ledger: Arc<Ledger>,
 }
 
 impl HostState {

@@ -36,8 +36,10 @@ mod dispatch;
 mod engine;
 pub mod error;
 pub mod extension;
+pub mod history;
 mod host;
 mod instance;
+mod ledger;
 pub mod lock;
 pub mod node;
 pub mod process;
@@ -56,12 +58,14 @@ pub use config::RestartPolicy;
 pub use config::{Compiler, Limits, NodeConfig};
 pub use error::{CallError, NodeError, ProcessError};
 pub use extension::{ExtensionRecord, Format};
+pub use history::{Action, BuildId, HistoryEntry};
 pub use lock::{LocalLock, LockError, LockGuard, ReloadLock};
-pub use node::{AppStatus, ExtensionStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
-pub use process::{ProcessState, ProcessStatus};
+pub use node::{AppStatus, CanaryStatus, ExtensionStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
+pub use process::{Direction, ProcessState, ProcessStatus};
 pub use reason::{Failure, Reason, Skip};
 pub use reload::{
     AllScope, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, Counts, Kind, Metadata, Phase,
-    Plan, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, Scope, Session, Status, Swap,
+    Plan, PlanEntry, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget, Scope,
+    Session, Status, Swap, TrialSpec,
 };
 pub use telemetry::{Event, EventBody, Telemetry};

@@ -16,13 +16,18 @@ use crate::config::NodeConfig;
 use crate::engine::Engines;
 use crate::error::{CallError, NodeError, ProcessError};
 use crate::extension::{ExtensionRecord, Extensions, RustBuilds};
+use crate::history::{History, HistoryEntry};
 use crate::host::Env;
 use crate::instance::CallCtx;
 use crate::lock::{LocalLock, LockError, ReloadLock};
 use crate::process::{Process, ProcessStatus, ProcessTable};
 use crate::registry::Registry;
 use crate::reload::plan::Work;
-use crate::reload::{Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, Scope, Session};
+use crate::reload::trial::Trials;
+use crate::reload::{
+    Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget,
+    Scope, Session,
+};
 use crate::telemetry::Telemetry;
 
 pub use crate::version::VersionInfo;
@@ -46,6 +51,10 @@ pub(crate) struct Shared {
     /// What every store shares (limits, clock, the registry for nested calls).
     pub(crate) env: Arc<Env>,
     pub(crate) artifacts: Artifacts,
+    /// Every committed change of a module's build.
+    pub(crate) history: History,
+    /// Reloads on trial.
+    pub(crate) trials: Trials,
     /// Writes that follow a swap (compile cache, builds on disk), off its path.
     pub(crate) background: Background,
     /// Recompiles quiet Winch builds with Cranelift (`Compiler::Auto`).
@@ -129,6 +138,24 @@ pub struct ModuleStatus {
     pub pinned_by: Vec<String>,
     /// Its callable functions, sorted.
     pub functions: Vec<String>,
+    /// The current version's share of calls (100 without a canary), its calls
+    /// and failures since the node started.
+    pub share: u32,
+    pub calls: u64,
+    pub failures: u64,
+    /// A canary running beside it.
+    pub canary: Option<CanaryStatus>,
+    /// A trial watches it until then.
+    pub trial_until: Option<std::time::SystemTime>,
+}
+
+/// A module's canary in [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryStatus {
+    pub version: VersionInfo,
+    pub share: u32,
+    pub calls: u64,
+    pub failures: u64,
 }
 
 impl Node {
@@ -143,14 +170,21 @@ impl Node {
         let rust =
             RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref()).map_err(NodeError::TempDir)?;
         let registry = Arc::new(Registry::default());
+        let (history, recovered) = History::open(config.data_dir.as_deref());
+        for problem in recovered.problems {
+            tracing::warn!(%problem, "reading the history back");
+        }
         let env = Arc::new(Env {
             limits: config.limits.clone(),
             clock: Arc::clone(&engines.clock),
             registry: Arc::downgrade(&registry),
+            ledger: Arc::default(),
         });
         let shared = Shared {
             extensions: Extensions::new(config.data_dir.as_deref()),
             artifacts: Artifacts::new(config.data_dir.as_deref()),
+            history,
+            trials: Trials::default(),
             background: Background::start("zest-writer", 0).map_err(NodeError::Background)?,
             tiering: Background::start("zest-tier-up", 10).map_err(NodeError::Background)?,
             rust,
@@ -165,6 +199,10 @@ impl Node {
             requests: AtomicU64::new(0),
         };
         Ok(Node { shared: Arc::new(shared) })
+    }
+
+    pub(crate) fn from_shared(shared: &Arc<Shared>) -> Node {
+        Node { shared: Arc::clone(shared) }
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -190,6 +228,29 @@ impl Node {
         };
         let request_id = session.request_id().to_string();
         Ok(self.shared.telemetry.step(kind, &target, &request_id, || session.plan(request).run()))
+    }
+
+    /// Runs one `system.rollback` request (CONTRACT.md §11) as one telemetry
+    /// operation: an earlier build becomes current by every rule of a reload.
+    /// Errors only when the lock is held past `lock_timeout` (`CONFLICT`).
+    pub fn rollback(&self, request: &RollbackRequest) -> Result<ReloadResult, ReloadError> {
+        let session = self.session(request.options.lock_timeout, request.request_id.as_deref())?;
+        let (kind, target) = request.kind_and_target();
+        let request_id = session.request_id().to_string();
+        Ok(self.shared.telemetry.step(kind, &target, &request_id, || session.rollback(request)))
+    }
+
+    /// Runs one `system.promote` request: the canary of a module (or of every
+    /// module of an app) becomes current for everyone. Errors only when the
+    /// lock is held past `options.lock_timeout` (`CONFLICT`).
+    pub fn promote(&self, target: &RollbackTarget, options: &ReloadOptions) -> Result<ReloadResult, ReloadError> {
+        let session = self.session(options.lock_timeout, None)?;
+        let (kind, name) = match target {
+            RollbackTarget::Module(name) => (Kind::Module, name.clone()),
+            RollbackTarget::App(name) => (Kind::App, name.clone()),
+        };
+        let request_id = session.request_id().to_string();
+        Ok(self.shared.telemetry.step(kind, &name, &request_id, || session.promote(target, options)))
     }
 
     /// Takes the node's reload lock, waiting up to `wait`, for a plan driven
@@ -270,6 +331,17 @@ impl Node {
         self.shared.app(name)
     }
 
+    /// History entries, newest first: of `module` only when given, at most `limit`.
+    pub fn history(&self, module: Option<&str>, limit: usize) -> Vec<HistoryEntry> {
+        self.shared.history.list(module, limit)
+    }
+
+    /// Calls and failures of every (module, vsn) since the node started:
+    /// `(module, vsn, calls, failures)` (`zest_calls_total`).
+    pub fn call_counts(&self) -> Vec<(String, String, u64, u64)> {
+        self.shared.env.ledger.all()
+    }
+
     /// Waits until the writes that follow earlier swaps are on disk: compile
     /// cache entries and builds (they run off the reload's path).
     pub fn flush_writes(&self) {
@@ -327,11 +399,24 @@ impl Node {
                     .processes
                     .of_module(&name)
                     .into_iter()
-                    .filter(|process| !process.runs_on(&current) && process.status().vsn.is_some())
+                    .filter(|process| {
+                        let on_canary = slot.canary().is_some_and(|canary| process.runs_on(&canary.version));
+                        !process.runs_on(&current) && !on_canary && process.status().vsn.is_some()
+                    })
                     .map(|process| process.name.clone())
                     .collect();
+                let canary = slot.canary().map(|canary| {
+                    let (calls, failures) = canary.version.counts.read();
+                    CanaryStatus { version: canary.version.info(), share: canary.percent, calls, failures }
+                });
+                let (calls, failures) = current.counts.read();
                 ModuleStatus {
                     app: self.shared.app_declaring(&name),
+                    trial_until: self.shared.trials.until(&name),
+                    share: 100 - canary.as_ref().map_or(0, |canary| canary.share),
+                    calls,
+                    failures,
+                    canary,
                     name,
                     current: current.info(),
                     old: slot.old_versions(),

@@ -29,6 +29,25 @@ use crate::instance::{check_json, Instance};
 use crate::reason::{Failure, Reason};
 use crate::version::{Life, Version};
 
+/// Which way a migration goes (`direction` in `zest_code_change`'s input):
+/// `Down` when a rollback moves a process back to an earlier build (OTP's
+/// `{down, Vsn}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Up,
+    Down,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
+}
+
 /// Running, suspended (a migration holds it), or down (given up on after crashes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessState {
@@ -235,10 +254,15 @@ impl Process {
         inner.busy = true;
         drop(inner);
 
+        body.version.counts.call();
         let reply = body.instance.invoke_reserved("zest_handle", Some(message.as_bytes()));
         let body = match &reply {
             Ok(_) => Ok(body),
-            Err(err) => self.recover(body.version, err.to_string()),
+            Err(err) => {
+                // A crash counts against the version, as a failed call does.
+                body.version.failed();
+                self.recover(body.version, err.to_string())
+            }
         };
 
         let mut inner = self.lock();
@@ -330,6 +354,17 @@ impl Process {
         }
     }
 
+    /// Whether a migration onto `target` could work: the version it runs saves
+    /// its state and `target` takes it (`zest_code_change`) and handles messages;
+    /// a process that is down would start afresh (`zest_init`).
+    pub(crate) fn can_migrate_to(&self, target: &Version) -> bool {
+        let new = target.exports();
+        match &self.lock().on {
+            Some(old) => old.exports().state_save && new.code_change && new.handle,
+            None => new.init && new.handle,
+        }
+    }
+
     /// True when it runs on `version` (false when down).
     pub(crate) fn runs_on(&self, version: &Arc<Version>) -> bool {
         self.lock().on.as_ref().is_some_and(|on| Arc::ptr_eq(on, version))
@@ -373,14 +408,16 @@ impl Suspended {
     }
 
     /// Moves the state onto a fresh instance of `target`: `zest_state_save` on the
-    /// old instance, `zest_code_change` with `{old_vsn, state, extra}` on the new
-    /// one. The old instance is untouched but for `zest_state_save`, so a failed
-    /// migration can resume on it. A process that was down starts afresh.
+    /// old instance, `zest_code_change` with `{old_vsn, state, extra, direction}`
+    /// on the new one. The old instance is untouched but for `zest_state_save`,
+    /// so a failed migration can resume on it. A process that was down starts
+    /// afresh.
     pub(crate) fn migrate(
         &mut self,
         target: &Arc<Version>,
         old_vsn: Option<&str>,
         extra: &serde_json::Value,
+        direction: Direction,
     ) -> Result<Body, Failure> {
         let target_name = format!("process:{}", self.process.name);
         let fail = |reason, message: String| Failure::new(&target_name, reason, message);
@@ -406,7 +443,9 @@ impl Suspended {
             .map_err(|err| fail(Reason::CodeChangeFailed, err.to_string()))?;
         let state: Box<serde_json::value::RawValue> =
             serde_json::value::RawValue::from_string(state).expect("invoke_reserved returns checked JSON");
-        let input = serde_json::json!({"old_vsn": old_vsn, "state": state, "extra": extra}).to_string();
+        let input = serde_json::json!({"old_vsn": old_vsn, "state": state, "extra": extra,
+                                       "direction": direction.as_str()})
+        .to_string();
         let mut new =
             Body::fresh(target, "zest_code_change").map_err(|err| fail(Reason::CodeChangeFailed, err.to_string()))?;
         new.instance

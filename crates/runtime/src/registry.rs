@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use std::cell::Cell;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::error::CallError;
 use crate::instance::CallCtx;
@@ -27,11 +29,45 @@ pub(crate) struct Registry {
     edit: Mutex<()>,
 }
 
-/// One module: its current version and the old ones still draining.
+/// One module: its current version, a canary beside it, and the old ones
+/// still draining.
 #[derive(Debug)]
 pub(crate) struct Slot {
     current: ArcSwap<Version>,
+    canary: ArcSwapOption<Canary>,
     old: Mutex<Vec<Old>>,
+}
+
+/// A build running beside the current one for `percent` of calls and of the
+/// module's processes (CONTRACT.md §11).
+#[derive(Debug)]
+pub(crate) struct Canary {
+    pub(crate) version: Arc<Version>,
+    pub(crate) percent: u32,
+}
+
+/// Whether this call goes to a canary of `percent`: each thread counts its own
+/// calls, so over every hundred calls of a thread exactly `percent` do — no
+/// shared counter, no lock, no clock.
+fn to_canary(percent: u32) -> bool {
+    thread_local! {
+        static CALLS: Cell<u32> = const { Cell::new(0) };
+    }
+    CALLS.with(|calls| {
+        let n = calls.get();
+        calls.set(if n >= 99 { 0 } else { n + 1 });
+        n < percent
+    })
+}
+
+/// Whether process `name` belongs to a canary of `percent`: a stable hash of
+/// its name (FNV-1a), the same on every node and across restarts.
+pub(crate) fn process_to_canary(name: &str, percent: u32) -> bool {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    hash % 100 < percent
 }
 
 #[derive(Debug)]
@@ -51,6 +87,11 @@ impl Registry {
         let Some(slot) = slots.get(module) else {
             return Err(CallError::ModuleNotFound { module: module.to_string() });
         };
+        if let Some(canary) = &*slot.canary.load() {
+            if to_canary(canary.percent) {
+                return canary.version.call(function, args, ctx);
+            }
+        }
         let version = slot.current.load();
         version.call(function, args, ctx)
     }
@@ -67,7 +108,11 @@ impl Registry {
             slot.replace(version);
             return slot;
         }
-        let slot = Arc::new(Slot { current: ArcSwap::new(version), old: Mutex::new(Vec::new()) });
+        let slot = Arc::new(Slot {
+            current: ArcSwap::new(version),
+            canary: ArcSwapOption::empty(),
+            old: Mutex::new(Vec::new()),
+        });
         let mut slots = HashMap::clone(&self.slots.load());
         slots.insert(name.into(), Arc::clone(&slot));
         self.slots.store(Arc::new(slots));
@@ -95,6 +140,30 @@ impl Registry {
 impl Slot {
     pub(crate) fn current(&self) -> Arc<Version> {
         self.current.load_full()
+    }
+
+    /// The canary running beside the current version, if any.
+    pub(crate) fn canary(&self) -> Option<Arc<Canary>> {
+        self.canary.load_full()
+    }
+
+    /// Runs `version` beside the current one for `percent` of calls.
+    pub(crate) fn set_canary(&self, version: Arc<Version>, percent: u32) {
+        self.canary.store(Some(Arc::new(Canary { version, percent })));
+    }
+
+    /// Stops the canary without making its version old (a promotion, which
+    /// makes it current).
+    pub(crate) fn take_canary(&self) -> Option<Arc<Canary>> {
+        self.canary.swap(None)
+    }
+
+    /// Stops the canary; its version becomes old (it drains like any other).
+    pub(crate) fn clear_canary(&self) -> Option<Arc<Canary>> {
+        let canary = self.canary.swap(None)?;
+        let old = Old { version: Arc::downgrade(&canary.version), life: canary.version.life() };
+        self.old.lock().unwrap_or_else(PoisonError::into_inner).push(old);
+        Some(canary)
     }
 
     /// Makes `version` current again (undoing a swap); the version it replaces

@@ -24,10 +24,13 @@ mod extension;
 mod migrate;
 mod module;
 pub(crate) mod plan;
+pub(crate) mod rollback;
+pub(crate) mod trial;
 
 pub use crate::reason::{Failure, Reason, Skip};
 pub use blueprint::{Blueprint, BlueprintUnit, BuildRef};
 pub use plan::{Plan, Session};
+pub use rollback::{RollbackRequest, RollbackTarget};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,6 +90,10 @@ pub struct Swap {
     pub old_vsn: Option<String>,
     pub new_vsn: String,
     pub sha256: String,
+    /// The build replaced (vsn, sha256 and source); `None` for a first load.
+    pub from: Option<crate::history::BuildId>,
+    /// Where the new build was read.
+    pub source: PathBuf,
     /// The compiler that produced the machine code now serving.
     pub compiler: Compiler,
     /// False when the machine code came from the compile cache.
@@ -108,6 +115,25 @@ pub struct Metadata {
     pub compiled_modules: Vec<String>,
     /// A reload coordinated across a cluster (CONTRACT.md §10).
     pub cluster: Option<ClusterOutcome>,
+    /// A rollback's result (`metadata.rollback`).
+    pub rollback: bool,
+    /// A dry run's result (`metadata.dry_run`): nothing was committed, and
+    /// `plan` says what would have changed.
+    pub dry_run: bool,
+    pub plan: Vec<PlanEntry>,
+}
+
+/// What a dry run found for one module that would change (`metadata.plan[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanEntry {
+    pub module: String,
+    /// `(vsn, sha256)` of the build serving now; `None` for a new module.
+    pub from: Option<(String, String)>,
+    pub to: (String, String),
+    pub exports_added: Vec<String>,
+    pub exports_removed: Vec<String>,
+    /// Each process of the module, and whether the new build can migrate it.
+    pub processes: Vec<(String, bool)>,
 }
 
 /// `metadata.cluster`: which members a cluster reload reached, and how it ended.
@@ -203,7 +229,7 @@ pub struct CodeChangeTarget {
 }
 
 /// How a reload behaves (the `system.reload` params besides the scope).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReloadOptions {
     /// Reload unchanged builds too, and hard-purge old versions.
     pub force: bool,
@@ -213,6 +239,26 @@ pub struct ReloadOptions {
     pub compile: bool,
     /// How long to wait for the reload lock; zero answers at once.
     pub lock_timeout: Duration,
+    /// Which way processes migrate (`Down` for a rollback).
+    pub direction: crate::process::Direction,
+    /// Stage everything, commit nothing, say what would change.
+    pub dry_run: bool,
+    /// Revert by itself if the new builds fail too often within a window.
+    pub trial: Option<TrialSpec>,
+    /// Run the new builds beside the current ones for this share (1–99 %) of
+    /// calls and processes.
+    pub canary: Option<u8>,
+}
+
+/// `trial` of `system.reload` (CONTRACT.md §11).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialSpec {
+    pub window: Duration,
+    /// Failed calls (and process crashes) over calls above which the node
+    /// reverts; default 0.01.
+    pub max_failure_rate: f64,
+    /// Calls needed before the rate counts; default 20.
+    pub min_calls: u64,
 }
 
 /// One `system.reload` request.

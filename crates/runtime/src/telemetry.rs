@@ -50,6 +50,11 @@ pub enum EventBody {
     Exception { duration: Duration, error: String },
     /// `zest.build.output`: one line of a build's output.
     BuildOutput { stream: Stream, line: String },
+    /// `zest.reload.reverted`: a reload on trial failed too often and its
+    /// builds were put back (`status`: how the revert went).
+    Reverted { calls: u64, failures: u64, status: Status },
+    /// `zest.reload.permanent`: a reload's trial ended without a revert.
+    Permanent { calls: u64, failures: u64 },
     /// `zest.cluster.prepare`: the coordinator asks these members to prepare.
     ClusterPrepare { nodes: Vec<String> },
     /// `zest.cluster.commit`: etcd recorded the request at this revision.
@@ -81,6 +86,8 @@ impl Event {
             EventBody::Stop { .. } => "zest.reload.stop",
             EventBody::Exception { .. } => "zest.reload.exception",
             EventBody::BuildOutput { .. } => "zest.build.output",
+            EventBody::Reverted { .. } => "zest.reload.reverted",
+            EventBody::Permanent { .. } => "zest.reload.permanent",
             EventBody::ClusterPrepare { .. } => "zest.cluster.prepare",
             EventBody::ClusterCommit { .. } => "zest.cluster.commit",
             EventBody::ClusterAbort { .. } => "zest.cluster.abort",
@@ -230,6 +237,15 @@ fn record(event: &Event) {
         }
         EventBody::BuildOutput { stream, line } => {
             tracing::debug!(target: "zest::build", request_id, stream = stream.as_str(), "{line}");
+        }
+        EventBody::Reverted { calls, failures, status } => {
+            tracing::warn!(target: "zest::reload", request_id, kind, reload_target = target, calls, failures,
+                status = status.as_str(), "reload reverted: its trial failed");
+            metrics::counter!("zest_reload_reverts_total", "kind" => kind).increment(1);
+        }
+        EventBody::Permanent { calls, failures } => {
+            tracing::info!(target: "zest::reload", request_id, kind, reload_target = target, calls, failures,
+                "reload permanent: its trial ended");
         }
         EventBody::ClusterPrepare { nodes } => {
             tracing::info!(target: "zest::cluster", request_id, nodes = ?nodes, "cluster prepare");

@@ -23,6 +23,7 @@ use crate::error::CallError;
 use crate::host::Env;
 use crate::host::HostState;
 use crate::instance::{CallCtx, Instance};
+use crate::ledger::CallCounts;
 
 /// Idle instances are kept in this many shards, each thread using its own first,
 /// so that callers on different cores do not contend for one lock.
@@ -64,6 +65,10 @@ pub(crate) struct Version {
     code: ArcSwap<Code>,
     /// `code`'s generation, read on the call path without loading `code`.
     generation: AtomicU32,
+    /// Its calls and failures (shared with any version of the same vsn).
+    pub(crate) counts: Arc<CallCounts>,
+    /// Its failures ring the trial watcher's alarm.
+    pub(crate) on_trial: AtomicBool,
     #[expect(clippy::vec_box, reason = "a pool hit moves a pointer, not the whole instance")]
     idle: [Mutex<Vec<Box<Instance>>>; SHARDS],
     life: Arc<Life>,
@@ -113,7 +118,19 @@ impl Version {
         let idle = std::array::from_fn(|_| Mutex::new(Vec::new()));
         idle[home_shard()].lock().unwrap_or_else(PoisonError::into_inner).push(Box::new(first));
         let code = ArcSwap::from_pointee(Code { pre, compiler, generation: 0 });
-        Ok(Version { info, sha256, exports, code, generation: AtomicU32::new(0), idle, life, env: Arc::clone(env) })
+        let counts = env.ledger.counts(name, &info.vsn);
+        Ok(Version {
+            info,
+            sha256,
+            exports,
+            code,
+            generation: AtomicU32::new(0),
+            counts,
+            on_trial: AtomicBool::new(false),
+            idle,
+            life,
+            env: Arc::clone(env),
+        })
     }
 
     /// The compiled module new instances come from.
@@ -171,11 +188,12 @@ impl Version {
             });
         }
         let home = home_shard();
+        self.counts.call();
         let mut instance = match self.take_idle(home) {
             Some(instance) => instance,
-            None => Box::new(self.instantiate(function)?),
+            None => Box::new(self.instantiate(function).inspect_err(|_| self.failed())?),
         };
-        let output = instance.invoke(index, function, args.as_bytes(), ctx)?;
+        let output = instance.invoke(index, function, args.as_bytes(), ctx).inspect_err(|_| self.failed())?;
         if instance.generation() != self.generation.load(Ordering::Acquire) {
             // Its code was replaced (a tier-up) while it ran.
             return Ok(output);
@@ -185,6 +203,14 @@ impl Version {
             idle.push(instance);
         }
         Ok(output)
+    }
+
+    /// Counts a failed call (or a process crash) of this version.
+    pub(crate) fn failed(&self) {
+        self.counts.failure();
+        if self.on_trial.load(Ordering::Relaxed) {
+            self.env.ledger.alarm.ring();
+        }
     }
 
     /// An idle instance: from this thread's shard, else from any shard not busy.

@@ -9,5 +9,6 @@ mod node {
     mod extensions;
     mod guest_sdk;
     mod processes;
+    mod rollout;
     mod sandbox;
 }

@@ -159,8 +159,13 @@ impl Served {
 
     /// `system.reload` with `params`: its result (panics on a JSON-RPC error).
     pub fn reload(&self, params: Value) -> Value {
-        let response = self.rpc("system.reload", params);
-        response.get("result").cloned().unwrap_or_else(|| panic!("system.reload failed: {response}"))
+        self.reload_like("system.reload", params)
+    }
+
+    /// A method that answers a reload result (`system.rollback`, …).
+    pub fn reload_like(&self, method: &str, params: Value) -> Value {
+        let response = self.rpc(method, params);
+        response.get("result").cloned().unwrap_or_else(|| panic!("{method} failed: {response}"))
     }
 
     pub fn status(&self) -> Value {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use zest_runtime::{
     Blueprint, ClusterOutcome, EventBody, Failure, Kind, LockError, Phase, Plan, Reason, ReloadRequest, ReloadResult,
-    Scope,
+    RollbackRequest, Scope,
 };
 
 use super::etcd::{Changes, EtcdError, MemberRecord};
@@ -83,10 +83,53 @@ fn unavailable(kind: Kind, target: &str, message: &str) -> ReloadResult {
     result
 }
 
-pub(super) fn reload(cluster: &Arc<Cluster>, request: &ReloadRequest, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
+/// What a cluster request does: a reload, or a rollback to builds history
+/// names (on every target, with processes migrating `down`).
+#[derive(Debug, Clone, Copy)]
+pub enum Work<'a> {
+    Reload(&'a ReloadRequest),
+    Rollback(&'a RollbackRequest),
+}
+
+impl Work<'_> {
+    fn kind_and_target(&self) -> (Kind, String) {
+        match self {
+            Work::Reload(request) => scope_of(request),
+            Work::Rollback(request) => request.kind_and_target(),
+        }
+    }
+
+    fn options(&self) -> &zest_runtime::ReloadOptions {
+        match self {
+            Work::Reload(request) => &request.options,
+            Work::Rollback(request) => &request.options,
+        }
+    }
+
+    fn request_id(&self) -> Option<&String> {
+        match self {
+            Work::Reload(request) => request.request_id.as_ref(),
+            Work::Rollback(request) => request.request_id.as_ref(),
+        }
+    }
+
+    /// The staged plan, or the result of a request that cannot be staged.
+    fn plan(&self, session: &zest_runtime::Session) -> Result<Plan, Box<ReloadResult>> {
+        match self {
+            Work::Reload(request) => Ok(session.plan(request)),
+            Work::Rollback(request) => session.plan_rollback(request),
+        }
+    }
+
+    fn is_rollback(&self) -> bool {
+        matches!(self, Work::Rollback(_))
+    }
+}
+
+pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
     let started = Instant::now();
-    let (kind, target) = scope_of(request);
-    let guard = match zest_runtime::ReloadLock::acquire(&cluster.lock, request.options.lock_timeout) {
+    let (kind, target) = work.kind_and_target();
+    let guard = match zest_runtime::ReloadLock::acquire(&cluster.lock, work.options().lock_timeout) {
         Ok(guard) => guard,
         Err(LockError::Conflict) => return Err(Refusal::Conflict),
         Err(LockError::Unavailable(message)) => {
@@ -107,11 +150,12 @@ pub(super) fn reload(cluster: &Arc<Cluster>, request: &ReloadRequest, nodes: &No
     let targets = targets(cluster, &members, nodes)?;
     // Unique in the cluster, whichever member coordinates and however often
     // it restarts: the fencing token is.
-    let request_id = request.request_id.clone().unwrap_or_else(|| format!("{}-{token}", cluster.config.node));
+    let request_id = work.request_id().cloned().unwrap_or_else(|| format!("{}-{token}", cluster.config.node));
     let run =
-        Run { cluster, request, nodes, kind, target: target.clone(), request_id: request_id.clone(), token, targets };
+        Run { cluster, work, nodes, kind, target: target.clone(), request_id: request_id.clone(), token, targets };
     let mut result = cluster.node.telemetry().step(kind, &target, &request_id, || run.coordinate());
     result.duration = started.elapsed();
+    result.metadata.rollback = work.is_rollback();
     drop(guard);
     Ok(result)
 }
@@ -165,7 +209,7 @@ enum Prepared {
 
 struct Run<'a> {
     cluster: &'a Arc<Cluster>,
-    request: &'a ReloadRequest,
+    work: Work<'a>,
     nodes: &'a Nodes,
     kind: Kind,
     target: String,
@@ -208,7 +252,14 @@ impl Run<'_> {
                 return self.result(vec![child], Phase::Aborted, None);
             }
         };
-        let mut plan = session.plan(self.request);
+        let mut plan = match self.work.plan(&session) {
+            Ok(plan) => plan,
+            Err(result) => return self.coordinator_only(*result, true, Phase::Aborted),
+        };
+        if plan.options().dry_run {
+            // A dry run stages here and commits nothing anywhere.
+            return plan.run();
+        }
         let local = self.targets.iter().any(|m| m.node == self.me());
         if *self.nodes == Nodes::Local {
             let mine = plan.run();
@@ -331,7 +382,7 @@ impl Run<'_> {
                 sources.rotate_left(index % holders.len());
                 let params = json!({
                     "request_id": self.request_id, "token": self.token, "coordinator": cluster.config.node,
-                    "sources": sources, "blueprint": blueprint,
+                    "sources": sources, "blueprint": blueprint, "rollback": self.work.is_rollback(),
                 });
                 let cluster = Arc::clone(cluster);
                 let timeout = cluster.config.prepare_timeout;

@@ -70,6 +70,7 @@ impl Cluster {
             .map(|items| items.iter().filter_map(Value::as_str).map(str::to_string).collect())
             .ok_or("sources must be a list of member addresses")?;
         let mut blueprint = wire::parse_blueprint(field(&params, "blueprint")?)?;
+        let rollback = params.get("rollback").and_then(Value::as_bool).unwrap_or(false);
         self.localize(&mut blueprint);
         if self.pending_lock().contains_key(&request_id) {
             return Err(format!("request {request_id} is already prepared here"));
@@ -83,7 +84,7 @@ impl Cluster {
         }
         let cluster = Arc::clone(self);
         let id = request_id.clone();
-        let prepared = tokio::task::spawn_blocking(move || cluster.stage(&id, token, &blueprint, &sources))
+        let prepared = tokio::task::spawn_blocking(move || cluster.stage(&id, token, &blueprint, &sources, rollback))
             .await
             .map_err(|err| format!("preparing panicked: {err}"))?;
         match prepared {
@@ -102,6 +103,7 @@ impl Cluster {
         token: i64,
         blueprint: &Blueprint,
         sources: &[String],
+        rollback: bool,
     ) -> Result<(), Box<ReloadResult>> {
         let failed = |failure: Failure| {
             let mut result = ReloadResult::new(blueprint.kind, &blueprint.target);
@@ -122,6 +124,10 @@ impl Cluster {
             EventBody::Start { system_time: SystemTime::now() },
         );
         let mut plan = session.plan_blueprint(blueprint);
+        if rollback {
+            plan.set_direction(zest_runtime::Direction::Down);
+            plan.set_action(zest_runtime::Action::Rollback);
+        }
         if let Some(because) = plan.staging_failures() {
             plan.abort(&format!("not swapped: {because} on {}", self.config.node));
             return Err(Box::new(self.finish(plan)));

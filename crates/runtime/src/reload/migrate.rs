@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::{CodeChangeTarget, Failure, Kind, Reason, ReloadResult};
 use crate::abi::check_name;
 use crate::node::Shared;
-use crate::process::{Body, Process, Suspended};
+use crate::process::{Body, Direction, Process, Suspended};
 use crate::version::Version;
 
 /// A migrated process kept suspended until the request settles.
@@ -39,7 +39,8 @@ impl Held {
 /// Below this many processes, migrations run on the reloading thread alone.
 const PARALLEL_FROM: usize = 64;
 
-/// Migrates every process of `target`'s module that does not run on `target`,
+/// Migrates every process of `target`'s module that does not run on `target`
+/// (of those `chosen`, when given: a canary's share),
 /// spread over the machine's cores when there are many (each process is
 /// independent: its own suspension, instances and state). Failures go into
 /// `result`, naming `process:NAME`, in process-name order; with `force`, a
@@ -49,20 +50,28 @@ pub(crate) fn processes(
     target: &Arc<Version>,
     force: bool,
     hold: bool,
+    direction: Direction,
+    chosen: Option<&(dyn Fn(&str) -> bool + Sync)>,
     result: &mut ReloadResult,
 ) -> Vec<Held> {
-    let processes: Vec<Arc<Process>> =
-        shared.processes.of_module(&target.info.module).into_iter().filter(|p| !p.runs_on(target)).collect();
+    let processes: Vec<Arc<Process>> = shared
+        .processes
+        .of_module(&target.info.module)
+        .into_iter()
+        .filter(|p| !p.runs_on(target) && chosen.is_none_or(|chosen| chosen(&p.name)))
+        .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if processes.len() < PARALLEL_FROM || threads < 2 {
-        let (held, failures) = migrate_all(&processes, target, force, hold);
+        let (held, failures) = migrate_all(&processes, target, force, hold, direction);
         result.errors.extend(failures);
         return held;
     }
     let chunk = processes.len().div_ceil(threads);
     let outcomes: Vec<(Vec<Held>, Vec<Failure>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> =
-            processes.chunks(chunk).map(|part| scope.spawn(move || migrate_all(part, target, force, hold))).collect();
+        let workers: Vec<_> = processes
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || migrate_all(part, target, force, hold, direction)))
+            .collect();
         workers.into_iter().map(|worker| worker.join().expect("a migration worker panicked")).collect()
     });
     let mut held = Vec::new();
@@ -78,12 +87,13 @@ fn migrate_all(
     target: &Arc<Version>,
     force: bool,
     hold: bool,
+    direction: Direction,
 ) -> (Vec<Held>, Vec<Failure>) {
     let mut held = Vec::new();
     let mut failures = Vec::new();
     for process in processes {
         let mut suspended = process.suspend();
-        let outcome = match suspended.migrate(target, None, &serde_json::Value::Null) {
+        let outcome = match suspended.migrate(target, None, &serde_json::Value::Null, direction) {
             Ok(body) => Ok(body),
             Err(failure) if force => {
                 tracing::warn!(process = %process.name, reason = %failure.reason, message = %failure.message,
@@ -148,7 +158,7 @@ fn run_code_change(
         result.skipped.push(super::Skip { target: name, reason: Reason::NotRunning });
         return None;
     }
-    match suspended.migrate(&version, target.old_vsn.as_deref(), &target.extra) {
+    match suspended.migrate(&version, target.old_vsn.as_deref(), &target.extra, Direction::Up) {
         Ok(new) => {
             result.reloaded.push(format!("process:{}", target.server));
             if hold {

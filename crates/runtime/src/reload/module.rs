@@ -14,14 +14,32 @@ use super::migrate::{self, Held};
 use super::{Failure, Kind, Reason, ReloadResult, Skip, Swap};
 use crate::artifact::{parse_sha256, Bytes};
 use crate::config::Compiler;
+use crate::history::BuildId;
 use crate::node::Shared;
+use crate::process::Direction;
 use crate::registry::Slot;
 use crate::version::Version;
+
+/// What committing a step does to its module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The staged build becomes current.
+    Swap,
+    /// The staged build runs beside the current one for this share (%).
+    Canary(u32),
+    /// The module's canary (staged here) becomes current for everyone.
+    Promote,
+    /// The module's canary stops; the current build (staged here) keeps serving.
+    DropCanary,
+}
 
 /// A module step in progress: its child result and, once staged, the new build.
 pub(crate) struct ModuleStep {
     pub(crate) result: ReloadResult,
+    pub(crate) mode: Mode,
     staged: Option<Staged>,
+    /// The canary's share, for undoing a promotion or a drop.
+    canary_percent: u32,
     slot: Option<Arc<Slot>>,
     /// Once committed: the version now current, and the one it replaced (`None`
     /// for a module loaded for the first time), kept until the request settles.
@@ -64,6 +82,36 @@ impl ModuleStep {
             vsn: info.vsn.clone(),
             source: info.source.clone(),
         })
+    }
+
+    /// What committing this step would change, for a dry run; `None` when
+    /// nothing is staged.
+    pub(crate) fn preview(&self, shared: &Shared) -> Option<super::PlanEntry> {
+        let staged = &self.staged.as_ref()?.version;
+        let current = shared.registry.slot(&self.result.target).map(|slot| slot.current());
+        let names = |version: &Version| -> std::collections::BTreeSet<String> {
+            version.functions().map(str::to_string).collect()
+        };
+        let (new, old) = (names(staged), current.as_deref().map(names).unwrap_or_default());
+        let processes = shared
+            .processes
+            .of_module(&self.result.target)
+            .iter()
+            .map(|process| (process.name.clone(), process.can_migrate_to(staged)))
+            .collect();
+        Some(super::PlanEntry {
+            module: self.result.target.clone(),
+            from: current.map(|c| (c.info.vsn.clone(), c.info.sha256.clone())),
+            to: (staged.info.vsn.clone(), staged.info.sha256.clone()),
+            exports_added: new.difference(&old).cloned().collect(),
+            exports_removed: old.difference(&new).cloned().collect(),
+            processes,
+        })
+    }
+
+    /// Drops the staged build, quietly (a dry run).
+    pub(crate) fn discard(&mut self) {
+        self.staged = None;
     }
 
     /// Drops the staged build without swapping it (`message` says why).
@@ -154,12 +202,47 @@ pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> M
 
 impl ModuleStep {
     fn new(result: ReloadResult, staged: Option<Staged>, started: Instant) -> ModuleStep {
-        ModuleStep { result, staged, slot: None, swapped: None, held: Vec::new(), elapsed: started.elapsed() }
+        ModuleStep {
+            result,
+            mode: Mode::Swap,
+            staged,
+            canary_percent: 0,
+            slot: None,
+            swapped: None,
+            held: Vec::new(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// A step that promotes module `name`'s canary, or drops it
+    /// (`Mode::DropCanary`); an error when the module runs no canary.
+    pub(crate) fn of_canary(shared: &Shared, name: &str, mode: Mode) -> ModuleStep {
+        let started = Instant::now();
+        let mut result = ReloadResult::new(Kind::Module, name);
+        let slot = shared.registry.slot(name);
+        let Some((slot, canary)) = slot.and_then(|slot| slot.canary().map(|canary| (slot, canary))) else {
+            let what = if mode == Mode::Promote { "promote" } else { "drop" };
+            result.errors.push(Failure::new(name, Reason::NotFound, format!("`{name}` runs no canary to {what}")));
+            return ModuleStep::new(result, None, started);
+        };
+        let version = if mode == Mode::Promote { Arc::clone(&canary.version) } else { slot.current() };
+        let staged = Staged { version, callables: Vec::new().into(), compiled: false };
+        let mut step = ModuleStep::new(result, Some(staged), started);
+        step.mode = mode;
+        step.canary_percent = canary.percent;
+        step
     }
 }
 
 fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<Option<Staged>, Failure> {
     let sha256: [u8; 32] = Sha256::digest(&build.bytes).into();
+    if let Some(canary) = shared.registry.slot(name).and_then(|slot| slot.canary()) {
+        let message = format!(
+            "`{name}` runs a canary (vsn {}, {}% of calls): promote it or roll it back before reloading",
+            canary.version.info.vsn, canary.percent
+        );
+        return Err(Failure::new(name, Reason::InUse, message));
+    }
     if let Some(slot) = shared.registry.slot(name) {
         let current = slot.current();
         if !force && current.sha256 == sha256 && current.info.source == build.source {
@@ -185,11 +268,44 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
     };
     let started = Instant::now();
     let name = step.result.target.clone();
-    let previous = shared.registry.slot(&name).map(|slot| slot.current());
+    let current = shared.registry.slot(&name).map(|slot| slot.current());
+    let canary = shared.registry.slot(&name).and_then(|slot| slot.canary());
+    // What served before (for the history), and what undoing puts back.
+    let previous = match step.mode {
+        Mode::DropCanary => canary.as_ref().map(|canary| Arc::clone(&canary.version)),
+        _ => current.clone(),
+    };
+    if let (Mode::Canary(_), None) = (step.mode, &current) {
+        let message = format!("a canary runs beside a current build: load `{name}` first");
+        step.result.errors.push(Failure::new(&name, Reason::NotFound, message));
+        return;
+    }
     let old_vsn = previous.as_ref().map(|version| version.info.vsn.clone());
+    let from = previous.as_ref().map(|version| BuildId {
+        vsn: version.info.vsn.clone(),
+        sha256: version.info.sha256.clone(),
+        source: version.info.source.clone(),
+    });
     let info = staged.version.info.clone();
     step.swapped = Some((Arc::clone(&staged.version), previous));
-    let slot = shared.registry.install(&name, Arc::clone(&staged.version));
+    let slot = match step.mode {
+        Mode::Swap => shared.registry.install(&name, Arc::clone(&staged.version)),
+        Mode::Canary(percent) => {
+            let slot = shared.registry.slot(&name).expect("checked above");
+            slot.set_canary(Arc::clone(&staged.version), percent);
+            slot
+        }
+        Mode::Promote => {
+            let slot = shared.registry.slot(&name).expect("a promotion has its canary");
+            slot.take_canary();
+            shared.registry.install(&name, Arc::clone(&staged.version))
+        }
+        Mode::DropCanary => {
+            let slot = shared.registry.slot(&name).expect("a drop has its canary");
+            slot.clear_canary();
+            slot
+        }
+    };
     if staged.compiled {
         // After the swap, so serialising never delays the new code; and only for a
         // build that validated, so a refused build is never cached.
@@ -219,6 +335,8 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
         old_vsn,
         new_vsn: info.vsn,
         sha256: info.sha256,
+        from,
+        source: info.source,
         compiler: info.compiler,
         compiled: staged.compiled,
     });
@@ -259,21 +377,29 @@ fn tier_up(shared: &Shared, version: &Arc<Version>) {
 /// Moves the module's processes onto the version the step made current (and any
 /// process left behind by an earlier failed migration). With `hold` (an atomic
 /// request) they stay suspended until [`settle`].
-pub(crate) fn migrate(shared: &Arc<Shared>, step: &mut ModuleStep, force: bool, hold: bool) {
+pub(crate) fn migrate(shared: &Arc<Shared>, step: &mut ModuleStep, force: bool, hold: bool, direction: Direction) {
     if step.failed() {
         return;
     }
     // Unchanged, the current version: processes left behind by a failed
-    // migration still move on.
+    // migration still move on (unless a canary runs: its processes are where
+    // they belong).
+    let slot = shared.registry.slot(&step.result.target);
     let target = match &step.swapped {
         Some((version, _)) => Arc::clone(version),
-        None => match shared.registry.slot(&step.result.target) {
-            Some(slot) => slot.current(),
-            None => return,
+        None => match &slot {
+            Some(slot) if slot.canary().is_none() => slot.current(),
+            _ => return,
         },
     };
     let started = Instant::now();
-    step.held = migrate::processes(shared, &target, force, hold, &mut step.result);
+    let canary = |percent: u32| move |name: &str| crate::registry::process_to_canary(name, percent);
+    let chosen = match step.mode {
+        Mode::Canary(percent) => Some(canary(percent)),
+        _ => None,
+    };
+    let chosen = chosen.as_ref().map(|f| f as &(dyn Fn(&str) -> bool + Sync));
+    step.held = migrate::processes(shared, &target, force, hold, direction, chosen, &mut step.result);
     step.elapsed += started.elapsed();
 }
 
@@ -293,15 +419,21 @@ pub(crate) fn settle(shared: &Arc<Shared>, step: &mut ModuleStep, undo: Option<&
         held.roll_back();
         step.result.errors.push(Failure::new(target, Reason::RolledBack, message.clone()));
     }
-    if let Some((_, previous)) = step.swapped.take() {
+    if let Some((version, previous)) = step.swapped.take() {
         let name = step.result.target.clone();
-        match previous {
-            Some(previous) => {
-                if let Some(slot) = shared.registry.slot(&name) {
-                    slot.restore(previous);
-                }
+        let slot = shared.registry.slot(&name);
+        match (step.mode, previous, slot) {
+            (Mode::Canary(_), _, Some(slot)) => {
+                slot.clear_canary();
             }
-            None => shared.registry.remove(&name),
+            (Mode::Promote, Some(previous), Some(slot)) => {
+                slot.restore(previous);
+                slot.set_canary(version, step.canary_percent);
+            }
+            (Mode::DropCanary, Some(canary), Some(slot)) => slot.set_canary(canary, step.canary_percent),
+            (_, Some(previous), Some(slot)) => slot.restore(previous),
+            (_, None, _) => shared.registry.remove(&name),
+            (_, Some(_), None) => {}
         }
         step.result.reloaded.retain(|module| *module != name);
         step.result.metadata.swaps.clear();

@@ -34,10 +34,11 @@ use std::time::{Instant, SystemTime};
 use super::app::{self, AppSource, Record};
 use super::blueprint::{self, Blueprint};
 use super::migrate::{self, Held};
-use super::module::{self, ModuleStep};
+use super::module::{self, Mode, ModuleStep};
 use super::{
     AllScope, CodeChangeTarget, Counts, Failure, Kind, Reason, ReloadOptions, ReloadRequest, ReloadResult, Scope,
 };
+use crate::history::{Action, BuildId, Change};
 use crate::lock::LockGuard;
 use crate::node::Shared;
 use crate::telemetry::EventBody;
@@ -79,7 +80,73 @@ impl Session {
 
     /// Stages `request`: reads, builds, compiles, validates; swaps nothing.
     pub fn plan(&self, request: &ReloadRequest) -> Plan {
-        self.stage(Work::Scope(&request.scope), &request.options)
+        let mut plan = self.stage(Work::Scope(&request.scope), &request.options);
+        plan.recording = Recording::Every;
+        if let Some(percent) = request.options.canary {
+            for step in plan.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
+                step.mode = Mode::Canary(u32::from(percent));
+            }
+            plan.action = Action::Canary;
+        }
+        plan
+    }
+
+    /// Promotes the canary of a module, or of every module of an app that runs
+    /// one (CONTRACT.md §11): it becomes current for everyone, and the other
+    /// processes migrate to it. Every phase in a row.
+    pub fn promote(&self, target: &super::RollbackTarget, options: &ReloadOptions) -> ReloadResult {
+        match self.canary_plan(target, Mode::Promote, options) {
+            Ok(mut plan) => {
+                plan.set_action(Action::Promote);
+                plan.run()
+            }
+            Err(result) => *result,
+        }
+    }
+
+    /// The plan of a promotion or of dropping canaries: one step per module of
+    /// `target` that runs a canary. An error result when none does.
+    pub(crate) fn canary_plan(
+        &self,
+        target: &super::RollbackTarget,
+        mode: Mode,
+        options: &ReloadOptions,
+    ) -> Result<Plan, Box<ReloadResult>> {
+        let (kind, name) = match target {
+            super::RollbackTarget::Module(name) => (Kind::Module, name.clone()),
+            super::RollbackTarget::App(name) => (Kind::App, name.clone()),
+        };
+        let modules: Vec<String> = match target {
+            super::RollbackTarget::Module(module) => vec![module.clone()],
+            super::RollbackTarget::App(app) => match self.shared.app(app) {
+                Some(manifest) => manifest
+                    .modules
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .filter(|m| self.shared.registry.slot(m).is_some_and(|slot| slot.canary().is_some()))
+                    .collect(),
+                None => {
+                    let mut result = ReloadResult::new(kind, &name);
+                    result.errors.push(Failure::new(app, Reason::AppNotFound, format!("app `{app}` is not loaded")));
+                    return Err(Box::new(result));
+                }
+            },
+        };
+        if modules.is_empty() {
+            let mut result = ReloadResult::new(kind, &name);
+            result.errors.push(Failure::new(
+                &name,
+                Reason::NotFound,
+                format!("no module of app `{name}` runs a canary"),
+            ));
+            return Err(Box::new(result));
+        }
+        let mut plan = Plan::new(self, kind, &name, options);
+        plan.recording = Recording::Every;
+        let mut unit = Unit::new(kind, &name);
+        unit.steps = modules.iter().map(|module| ModuleStep::of_canary(&self.shared, module, mode)).collect();
+        plan.units.push(unit);
+        Ok(plan)
     }
 
     /// Stages the builds `blueprint` names (the prepare of a cluster member, or
@@ -88,12 +155,60 @@ impl Session {
     pub fn plan_blueprint(&self, blueprint: &Blueprint) -> Plan {
         let options = ReloadOptions { force: blueprint.force, atomic: blueprint.atomic, ..ReloadOptions::default() };
         let mut plan = Plan::new(self, blueprint.kind, &blueprint.target, &options);
+        plan.recording = Recording::Every;
         for unit in &blueprint.units {
             plan.emit_child(unit.kind, &unit.target, EventBody::Start { system_time: SystemTime::now() });
             plan.units.push(blueprint::stage_unit(&plan.shared, unit, blueprint.force));
         }
         plan.code_change = blueprint.code_change.clone();
         plan
+    }
+
+    /// Rolls back as `request` says (`reload/rollback.rs`), every phase in a
+    /// row; processes migrate `down`.
+    pub fn rollback(&self, request: &super::RollbackRequest) -> ReloadResult {
+        let (kind, target) = request.kind_and_target();
+        if request.to.is_none() && super::rollback::runs_canary(&self.shared, &request.target) {
+            // Rolling back a canary drops it: its processes come back down.
+            let mut result = match self.canary_plan(&request.target, Mode::DropCanary, &request.options) {
+                Ok(mut plan) => {
+                    plan.set_direction(crate::process::Direction::Down);
+                    plan.set_action(Action::Rollback);
+                    plan.run()
+                }
+                Err(result) => *result,
+            };
+            result.metadata.rollback = true;
+            return result;
+        }
+        let _ = (kind, target);
+        let mut result = match self.plan_rollback(request) {
+            Ok(plan) => plan.run(),
+            Err(result) => *result,
+        };
+        result.metadata.rollback = true;
+        result
+    }
+
+    /// Stages a rollback to the builds history names (not a canary's drop):
+    /// processes will migrate `down`, the history records `rollback`. An error
+    /// result when there is nothing to roll back to.
+    pub fn plan_rollback(&self, request: &super::RollbackRequest) -> Result<Plan, Box<ReloadResult>> {
+        let (kind, target) = request.kind_and_target();
+        match super::rollback::blueprint(&self.shared, request) {
+            Ok(blueprint) => {
+                let mut plan = self.plan_blueprint(&blueprint);
+                plan.set_direction(crate::process::Direction::Down);
+                plan.set_action(Action::Rollback);
+                Ok(plan)
+            }
+            Err(failure) => {
+                let mut result = ReloadResult::new(kind, target);
+                result.errors.push(failure);
+                result.metadata.rollback = true;
+                Err(Box::new(result))
+            }
+        }
     }
 
     pub(crate) fn stage(&self, work: Work<'_>, options: &ReloadOptions) -> Plan {
@@ -179,6 +294,16 @@ impl Unit {
     }
 }
 
+/// Which of a plan's swaps go into the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// Every one (a `system.reload`, a rollback, a cluster's commit).
+    Every,
+    /// Those that replace a build (the embedding API's loads, which at start
+    /// load every module for the first time).
+    Replacements,
+}
+
 /// A staged reload; see the module documentation for its phases.
 pub struct Plan {
     shared: Arc<Shared>,
@@ -199,6 +324,9 @@ pub struct Plan {
     /// The node's reload lock (shared with the session): released once both
     /// are gone.
     _lock: Arc<LockGuard>,
+    /// What its swaps are, in the history.
+    action: Action,
+    recording: Recording,
 }
 
 impl std::fmt::Debug for Plan {
@@ -226,6 +354,8 @@ impl Plan {
             request_id: session.request_id.clone(),
             started: Instant::now(),
             _lock: Arc::clone(&session.guard),
+            action: Action::Reload,
+            recording: Recording::Replacements,
         }
     }
 
@@ -243,6 +373,16 @@ impl Plan {
 
     pub fn options(&self) -> &ReloadOptions {
         &self.options
+    }
+
+    /// Which way this plan's processes migrate (`Down` for a rollback).
+    pub fn set_direction(&mut self, direction: crate::process::Direction) {
+        self.options.direction = direction;
+    }
+
+    /// What the history calls this plan's swaps (default: `reload`).
+    pub fn set_action(&mut self, action: Action) {
+        self.action = action;
     }
 
     /// What other members need to stage exactly these builds: every module this
@@ -294,8 +434,9 @@ impl Plan {
         for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
             module::commit(&shared, step);
         }
+        let direction = self.options.direction;
         for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
-            module::migrate(&shared, step, force, hold);
+            module::migrate(&shared, step, force, hold, direction);
         }
         for target in std::mem::take(&mut self.code_change) {
             let name = format!("{}:{}", target.server, target.module);
@@ -343,6 +484,25 @@ impl Plan {
     /// `code_change` target; otherwise the one unit's own result. Manifests and
     /// extension records are kept, declared processes started.
     pub fn finish(mut self) -> ReloadResult {
+        let result = self.finish_units();
+        let changes = result
+            .metadata
+            .swaps
+            .iter()
+            .filter(|swap| self.recording == Recording::Every || swap.from.is_some())
+            .map(|swap| Change {
+                module: swap.module.clone(),
+                action: self.action,
+                from: swap.from.clone(),
+                to: BuildId { vsn: swap.new_vsn.clone(), sha256: swap.sha256.clone(), source: swap.source.clone() },
+                request_id: self.request_id.clone(),
+            })
+            .collect();
+        self.shared.history.record(changes, &self.shared.background);
+        result
+    }
+
+    fn finish_units(&mut self) -> ReloadResult {
         let shared = Arc::clone(&self.shared);
         let units = std::mem::take(&mut self.units);
         if self.kind != Kind::System {
@@ -369,10 +529,32 @@ impl Plan {
         result
     }
 
+    /// A dry run's end: what each staged build would change, and every staged
+    /// build dropped — nothing committed, nothing recorded.
+    pub fn dry_run(mut self) -> ReloadResult {
+        let shared = Arc::clone(&self.shared);
+        let mut plan = Vec::new();
+        for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
+            plan.extend(step.preview(&shared));
+            step.discard();
+        }
+        for unit in &mut self.units {
+            unit.record = None;
+        }
+        self.code_change.clear();
+        let mut result = self.finish_units();
+        result.metadata.dry_run = true;
+        result.metadata.plan = plan;
+        result
+    }
+
     /// Every phase in a row, as a standalone node runs a request: an atomic plan
     /// with a failed stage is aborted; otherwise committed, then settled (undone
     /// when atomic and anything failed).
     pub fn run(mut self) -> ReloadResult {
+        if self.options.dry_run {
+            return self.dry_run();
+        }
         if self.options.atomic {
             if let Some(because) = self.staging_failures() {
                 self.abort(&format!("not swapped: {because}, and the reload is atomic"));
@@ -382,7 +564,13 @@ impl Plan {
         self.commit();
         let undo = if self.options.atomic { self.failures() } else { None };
         self.settle(undo.as_deref());
-        self.finish()
+        let (trial, canary) = (self.options.trial.clone(), self.options.canary.is_some());
+        let (shared, request_id) = (Arc::clone(&self.shared), self.request_id.clone());
+        let result = self.finish();
+        if let (Some(spec), None) = (trial, undo) {
+            super::trial::start(&shared, &spec, canary, &request_id, &result);
+        }
+        result
     }
 
     /// Scope `all`: every requested app (default: every loaded app), then every

@@ -1,0 +1,278 @@
+//! The history of what served each module (CONTRACT.md §11): every commit that
+//! changed a module's build — a reload, a canary started, a rollback, a
+//! promotion, a revert — with the builds before and after and the request that
+//! made it. Not the loads a node makes when it starts.
+//!
+//! Kept in `<data_dir>/history.log`, one JSON object a line, appended. Each
+//! entry is written to the file (one `write`) before the request that made it
+//! answers, so a process killed at any moment after that keeps it; the file is
+//! fsynced just after, off the request's path, against power loss. Reading it
+//! back, a last line cut short (a machine that lost power mid-write) or a line
+//! that is not an entry is skipped and reported, never fatal.
+//!
+//! Entries are persistence, not wire: they derive serde for this file only; the
+//! control plane has its own JSON of them.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::background::Background;
+
+/// What a history entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Reload,
+    Canary,
+    Rollback,
+    Promote,
+    Revert,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Reload => "reload",
+            Action::Canary => "canary",
+            Action::Rollback => "rollback",
+            Action::Promote => "promote",
+            Action::Revert => "revert",
+        }
+    }
+}
+
+/// A build as history names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildId {
+    pub vsn: String,
+    /// Hex.
+    pub sha256: String,
+    /// Where it was read (kept so that a rollback loads it under its own name).
+    pub source: PathBuf,
+}
+
+/// One committed change of a module's build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Increases with every entry of this node.
+    pub id: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub module: String,
+    pub action: Action,
+    /// `None` for a module that had no build before.
+    pub from: Option<BuildId>,
+    pub to: BuildId,
+    pub request_id: String,
+}
+
+impl HistoryEntry {
+    pub fn at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.at_ms)
+    }
+}
+
+/// An entry before it has an id and a time.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) module: String,
+    pub(crate) action: Action,
+    pub(crate) from: Option<BuildId>,
+    pub(crate) to: BuildId,
+    pub(crate) request_id: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct History {
+    /// `None`: kept in memory only (a node without a data directory).
+    file: Option<PathBuf>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: Vec<HistoryEntry>,
+    /// Open for appending once the first entry is written.
+    log: Option<Arc<File>>,
+}
+
+/// What reading the log back found.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    pub(crate) problems: Vec<String>,
+}
+
+impl History {
+    /// Reads `<data_dir>/history.log` back.
+    pub(crate) fn open(data_dir: Option<&Path>) -> (History, Recovered) {
+        let file = data_dir.map(|dir| dir.join("history.log"));
+        let mut recovered = Recovered::default();
+        let mut entries = Vec::new();
+        if let Some(path) = &file {
+            match std::fs::read(path) {
+                Ok(bytes) => entries = parse(&bytes, path, &mut recovered.problems),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => recovered.problems.push(format!("cannot read {}: {err}", path.display())),
+            }
+        }
+        (History { file, state: Mutex::new(State { entries, log: None }) }, recovered)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `changes` as entries, writes them to the log, and has
+    /// `background` fsync it. Returns the entries. A failure to write is
+    /// logged: the change happened, its record would not survive a restart.
+    pub(crate) fn record(&self, changes: Vec<Change>, background: &Background) -> Vec<HistoryEntry> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut state = self.lock();
+        let first = state.entries.last().map_or(1, |last| last.id + 1);
+        let mut added = Vec::with_capacity(changes.len());
+        for (id, change) in (first..).zip(changes) {
+            let entry = HistoryEntry {
+                id,
+                at_ms,
+                module: change.module,
+                action: change.action,
+                from: change.from,
+                to: change.to,
+                request_id: change.request_id,
+            };
+            added.push(entry);
+        }
+        state.entries.extend(added.iter().cloned());
+        if let Some(path) = self.file.clone() {
+            let mut text = String::new();
+            for entry in &added {
+                text.push_str(&serde_json::to_string(entry).expect("entries serialise"));
+                text.push('\n');
+            }
+            match append(&mut state, &path, text.as_bytes()) {
+                Ok(log) => background.run(move || {
+                    if let Err(err) = log.sync_data() {
+                        tracing::warn!(path = %path.display(), %err, "cannot fsync the history");
+                    }
+                }),
+                Err(err) => tracing::error!(path = %path.display(), %err, "cannot write the history"),
+            }
+        }
+        added
+    }
+
+    /// Entries, newest first: of `module` only when given, at most `limit`.
+    pub fn list(&self, module: Option<&str>, limit: usize) -> Vec<HistoryEntry> {
+        let state = self.lock();
+        state.entries.iter().rev().filter(|e| module.is_none_or(|m| e.module == m)).take(limit).cloned().collect()
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<HistoryEntry> {
+        self.lock().entries.iter().find(|entry| entry.id == id).cloned()
+    }
+
+    /// The newest entry of `module`, at most `up_to` when given.
+    pub(crate) fn latest(&self, module: &str, up_to: Option<u64>) -> Option<HistoryEntry> {
+        let state = self.lock();
+        state.entries.iter().rev().find(|e| e.module == module && up_to.is_none_or(|id| e.id <= id)).cloned()
+    }
+}
+
+/// Appends `bytes` in one write; returns the log for the fsync.
+fn append(state: &mut State, path: &Path, bytes: &[u8]) -> std::io::Result<Arc<File>> {
+    if state.log.is_none() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        // A last line cut short by a lost machine must not glue onto the next.
+        let len = file.metadata()?.len();
+        if len > 0 && !ends_with_newline(path)? {
+            (&file).write_all(b"\n")?;
+        }
+        state.log = Some(Arc::new(file));
+    }
+    let log = Arc::clone(state.log.as_ref().expect("opened above"));
+    (&*log).write_all(bytes)?;
+    Ok(log)
+}
+
+fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+fn parse(bytes: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<HistoryEntry> {
+    let mut entries: Vec<HistoryEntry> = Vec::new();
+    for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<HistoryEntry>(line) {
+            Ok(entry) if entries.last().is_none_or(|last| entry.id > last.id) => entries.push(entry),
+            Ok(entry) => {
+                problems.push(format!("{}:{}: entry {} is out of order; skipped", path.display(), number + 1, entry.id))
+            }
+            Err(err) => {
+                problems.push(format!("{}:{}: not a history entry ({err}); skipped", path.display(), number + 1))
+            }
+        }
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(module: &str, to: &str) -> Change {
+        Change {
+            module: module.into(),
+            action: Action::Reload,
+            from: None,
+            to: BuildId { vsn: to.into(), sha256: to.repeat(8), source: PathBuf::from("x.wat") },
+            request_id: "r1".into(),
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_restart_newest_first_and_a_cut_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let background = Background::start("test", 0).unwrap();
+        let (history, recovered) = History::open(Some(dir.path()));
+        assert!(recovered.problems.is_empty());
+        history.record(vec![change("clock", "1"), change("front", "1")], &background);
+        history.record(vec![change("clock", "2")], &background);
+        assert_eq!(history.list(Some("clock"), 10).iter().map(|e| e.id).collect::<Vec<_>>(), [3, 1]);
+        assert_eq!(history.list(None, 2).iter().map(|e| e.id).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(history.latest("clock", Some(2)).unwrap().to.vsn, "1");
+        drop(history);
+
+        // A machine that lost power mid-write: the last line is cut.
+        let log = dir.path().join("history.log");
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        text.push_str("{\"id\":4,\"at_ms\":1,\"modu");
+        std::fs::write(&log, text).unwrap();
+        let (again, recovered) = History::open(Some(dir.path()));
+        assert_eq!(recovered.problems.len(), 1, "{:?}", recovered.problems);
+        assert_eq!(again.list(None, 10).len(), 3);
+        let added = again.record(vec![change("clock", "3")], &background);
+        assert_eq!(added[0].id, 4, "ids go on from the last good entry");
+        drop(again);
+        let (third, recovered) = History::open(Some(dir.path()));
+        assert_eq!(third.list(None, 10).len(), 4, "{:?}", recovered.problems);
+        background.finish();
+    }
+}

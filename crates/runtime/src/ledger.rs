@@ -1,0 +1,89 @@
+//! Calls and failures per version (`zest_calls_total{module,vsn,outcome}`, the
+//! figures trials and canaries judge a build by, status's `calls` and
+//! `failures`).
+//!
+//! Each version counts into a [`CallCounts`] it got from the node's
+//! [`Ledger`], which keeps one per (module, vsn) for the node's life: a build
+//! rolled back to and forward again keeps counting where it left off, and the
+//! exported counters never go backwards. Counting is two relaxed atomic adds on
+//! a call's path (no lock, no clock); a failure of a version on trial also
+//! wakes the trial's watcher.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+#[derive(Debug, Default)]
+pub(crate) struct CallCounts {
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl CallCounts {
+    pub(crate) fn call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(calls, failures)` so far.
+    pub(crate) fn read(&self) -> (u64, u64) {
+        (self.calls.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+    }
+}
+
+/// The node's counts, and the bell a failing version on trial rings.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    counts: Mutex<BTreeMap<(String, String), Arc<CallCounts>>>,
+    pub(crate) alarm: Alarm,
+}
+
+impl Ledger {
+    /// The counts of `module` at `vsn`.
+    pub(crate) fn counts(&self, module: &str, vsn: &str) -> Arc<CallCounts> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(counts.entry((module.to_string(), vsn.to_string())).or_default())
+    }
+
+    /// Every (module, vsn) with its `(calls, failures)`.
+    pub(crate) fn all(&self) -> Vec<(String, String, u64, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts
+            .iter()
+            .map(|((module, vsn), counts)| {
+                let (calls, failures) = counts.read();
+                (module.clone(), vsn.clone(), calls, failures)
+            })
+            .collect()
+    }
+}
+
+/// Rung when a version on trial fails; its watcher waits on it.
+#[derive(Debug, Default)]
+pub(crate) struct Alarm {
+    rung: Mutex<bool>,
+    bell: Condvar,
+    /// Set while any trial runs, so failures outside one ring nothing.
+    pub(crate) armed: AtomicBool,
+}
+
+impl Alarm {
+    pub(crate) fn ring(&self) {
+        if self.armed.load(Ordering::Relaxed) {
+            *self.rung.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.bell.notify_all();
+        }
+    }
+
+    /// Waits until rung or `timeout`; true if rung.
+    pub(crate) fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut rung = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*rung {
+            rung = self.bell.wait_timeout(rung, timeout).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        std::mem::replace(&mut *rung, false)
+    }
+}
