@@ -8,6 +8,10 @@
 //! - [`export!`], which turns `fn(Json) -> Result<Json, String>` functions into
 //!   callable exports (JSON in, JSON out; an `Err` fails the call with its message);
 //! - [`vsn!`], which exports `zest_vsn`;
+//! - [`process!`], which exports a process's `zest_init`, `zest_handle`,
+//!   `zest_state_save` and `zest_code_change`, and [`Change`], what a code change
+//!   receives (its [`Direction`]: `Up`, or `Down` when a rollback moves the
+//!   process back to an earlier build);
 //! - the host imports: [`error`], [`log`], [`call`], [`now_ms`];
 //! - [`Json`], a small JSON value with a parser and a serialiser.
 //!
@@ -183,6 +187,74 @@ macro_rules! export {
                 }
             };
         )+
+    };
+}
+
+/// Which way a code change migrates a process: `Down` when a rollback moves it
+/// back to an earlier build (OTP's `{down, Vsn}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+/// What `zest_code_change` receives: the version the state comes from, the
+/// state (as the old build's `zest_state_save` wrote it), the operator's
+/// `extra`, and the direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub old_vsn: String,
+    pub state: Json,
+    pub extra: Json,
+    pub direction: Direction,
+}
+
+impl Change {
+    /// Reads the host's input; a missing `direction` is `Up` (hosts before
+    /// rollbacks sent none).
+    pub fn parse(input: &Json) -> Change {
+        let direction = match input.get("direction").and_then(Json::as_str) {
+            Some("down") => Direction::Down,
+            _ => Direction::Up,
+        };
+        Change {
+            old_vsn: input.get("old_vsn").and_then(Json::as_str).unwrap_or("").to_string(),
+            state: input.get("state").cloned().unwrap_or(Json::Null),
+            extra: input.get("extra").cloned().unwrap_or(Json::Null),
+            direction,
+        }
+    }
+}
+
+/// Exports a process's four functions (CONTRACT.md §2):
+///
+/// - `init: fn(Json) -> Result<(), String>`, with the init args;
+/// - `handle: fn(Json) -> Result<Json, String>`, one message in, the reply out;
+/// - `state_save: fn() -> Json`, the state for a migration;
+/// - `code_change: fn(Change) -> Result<(), String>`, the state of an older (or,
+///   [`Direction::Down`], newer) build taken over by this one.
+///
+/// The state lives in the module (a `static`, say); the host calls these one at
+/// a time.
+#[macro_export]
+macro_rules! process {
+    ($init:ident, $handle:ident, $state_save:ident, $code_change:ident $(,)?) => {
+        #[no_mangle]
+        pub extern "C" fn zest_init(ptr: i32, len: i32) -> i64 {
+            $crate::dispatch(ptr, len, |args| $init(args).map(|()| $crate::Json::Null))
+        }
+        #[no_mangle]
+        pub extern "C" fn zest_handle(ptr: i32, len: i32) -> i64 {
+            $crate::dispatch(ptr, len, $handle)
+        }
+        #[no_mangle]
+        pub extern "C" fn zest_state_save() -> i64 {
+            $crate::output($state_save().to_json().into_bytes())
+        }
+        #[no_mangle]
+        pub extern "C" fn zest_code_change(ptr: i32, len: i32) -> i64 {
+            $crate::dispatch(ptr, len, |input| $code_change($crate::Change::parse(&input)).map(|()| $crate::Json::Null))
+        }
     };
 }
 

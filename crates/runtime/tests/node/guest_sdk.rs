@@ -63,3 +63,39 @@ fn a_rust_module_that_does_not_compile_reports_rustcs_words() {
     let message = err.to_string();
     assert!(message.contains("mismatched types") && message.contains("broken.rs:2"), "{message}");
 }
+
+#[test]
+fn an_sdk_process_keeps_its_state_up_and_down_and_sees_the_direction() {
+    let rustc = Rustc::find(None).expect("a wasm32-capable rustc");
+    let fx = Fixture::new();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guests/tally.rs");
+    let text = std::fs::read_to_string(&source).unwrap();
+    let build = |vsn: &str| {
+        let file =
+            fx.write(&format!("tally-{vsn}.rs"), text.replace("vsn!(\"tally-1\")", &format!("vsn!(\"tally-{vsn}\")")));
+        let wasm = fx.path(&format!("tally-{vsn}.wasm"));
+        rustc
+            .compile_module(&file, &wasm, &fx.path("build"), fx.dir.path(), Duration::from_secs(300), &|_| {})
+            .unwrap_or_else(|err| panic!("{err}"));
+        wasm
+    };
+    let (one, two) = (build("1"), build("2"));
+    let module = fx.path("tally.wasm");
+    std::fs::copy(&one, &module).unwrap();
+    assert_eq!(fx.node.load_module("tally", &module, &Default::default()).status(), zest_runtime::Status::Ok);
+    fx.node.start_process("t", "tally", r#"{"start": 10}"#).unwrap();
+    assert_eq!(fx.node.call_process("t", r#"{"add": 5}"#).unwrap(), r#"{"count":15,"moves":[]}"#);
+
+    std::fs::copy(&two, &module).unwrap();
+    let up = fx.node.reload(&zest_runtime::ReloadRequest::new(zest_runtime::Scope::Module("tally".into()))).unwrap();
+    assert_eq!(up.status(), zest_runtime::Status::Ok, "{up:#?}");
+    let back = fx
+        .node
+        .rollback(&zest_runtime::RollbackRequest::new(zest_runtime::RollbackTarget::Module("tally".into())))
+        .unwrap();
+    assert_eq!(back.status(), zest_runtime::Status::Ok, "{back:#?}");
+    assert_eq!(
+        fx.node.call_process("t", "null").unwrap(),
+        r#"{"count":15,"moves":["up from tally-1","down from tally-2"]}"#
+    );
+}
