@@ -92,6 +92,24 @@ pub(crate) struct History {
     /// `None`: kept in memory only (a node without a data directory).
     file: Option<PathBuf>,
     state: Mutex<State>,
+    /// Past this many entries the oldest are compacted away ([`compact`]).
+    limit: Limit,
+}
+
+/// How long the history grows: past `most` entries, it keeps the newest
+/// `keep`, and every module's newest `per_module` whatever their age (so a
+/// module reloaded once long ago can still be rolled back).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    pub(crate) most: usize,
+    pub(crate) keep: usize,
+    pub(crate) per_module: usize,
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Limit { most: 10_000, keep: 5_000, per_module: 16 }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -120,7 +138,7 @@ impl History {
                 Err(err) => recovered.problems.push(format!("cannot read {}: {err}", path.display())),
             }
         }
-        (History { file, state: Mutex::new(State { entries, log: None }) }, recovered)
+        (History { file, state: Mutex::new(State { entries, log: None }), limit: Limit::default() }, recovered)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -150,6 +168,11 @@ impl History {
             };
             added.push(entry);
         }
+        if state.entries.len() + added.len() > self.limit.most {
+            if let Err(err) = self.compact(&mut state) {
+                tracing::error!(%err, "cannot compact the history; it keeps growing");
+            }
+        }
         state.entries.extend(added.iter().cloned());
         if let Some(path) = self.file.clone() {
             let mut text = String::new();
@@ -169,10 +192,60 @@ impl History {
         added
     }
 
+    /// Drops the oldest entries past the limit and, with a file, rewrites it
+    /// with the rest: to a temporary file, fsynced, renamed over the log, so a
+    /// crash leaves the old log or the new one, never a mix. Runs before the
+    /// entries being recorded join, which are then appended as usual.
+    fn compact(&self, state: &mut State) -> std::io::Result<()> {
+        let Limit { keep, per_module, .. } = self.limit;
+        let mut per: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let total = state.entries.len();
+        let mut index = total;
+        let mut kept = vec![false; total];
+        for entry in state.entries.iter().rev() {
+            index -= 1;
+            let seen = per.entry(entry.module.clone()).or_default();
+            *seen += 1;
+            kept[index] = total - index <= keep || *seen <= per_module;
+        }
+        let mut flags = kept.into_iter();
+        state.entries.retain(|_| flags.next().unwrap_or(true));
+        let Some(path) = &self.file else { return Ok(()) };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut text = String::new();
+        for entry in &state.entries {
+            text.push_str(&serde_json::to_string(entry).expect("entries serialise"));
+            text.push('\n');
+        }
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_data()?;
+        tmp.persist(path).map_err(|err| err.error)?;
+        File::open(dir)?.sync_all()?;
+        state.log = None;
+        Ok(())
+    }
+
     /// Entries, newest first: of `module` only when given, at most `limit`.
     pub fn list(&self, module: Option<&str>, limit: usize) -> Vec<HistoryEntry> {
         let state = self.lock();
         state.entries.iter().rev().filter(|e| module.is_none_or(|m| e.module == m)).take(limit).cloned().collect()
+    }
+
+    /// Hex sha256 of the newest `per_module` distinct builds (`to` and
+    /// `from`) each module's entries name.
+    pub(crate) fn recent_builds(&self, per_module: usize) -> std::collections::HashSet<String> {
+        let state = self.lock();
+        let mut seen: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+        for entry in state.entries.iter().rev() {
+            let builds = seen.entry(&entry.module).or_default();
+            for build in std::iter::once(&entry.to).chain(&entry.from) {
+                if builds.len() < per_module && !builds.contains(&build.sha256.as_str()) {
+                    builds.push(&build.sha256);
+                }
+            }
+        }
+        seen.into_values().flatten().map(str::to_string).collect()
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<HistoryEntry> {
@@ -273,6 +346,30 @@ mod tests {
         drop(again);
         let (third, recovered) = History::open(Some(dir.path()));
         assert_eq!(third.list(None, 10).len(), 4, "{:?}", recovered.problems);
+        background.finish();
+    }
+
+    #[test]
+    fn a_long_history_is_compacted_keeping_the_newest_and_each_modules_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let background = Background::start("test", 0).unwrap();
+        let (mut history, _) = History::open(Some(dir.path()));
+        history.limit = Limit { most: 20, keep: 10, per_module: 2 };
+        history.record(vec![change("old", "1"), change("old", "2"), change("old", "3")], &background);
+        for n in 0..30 {
+            history.record(vec![change("busy", &n.to_string())], &background);
+        }
+        let ids = |h: &History, module: &str| h.list(Some(module), 100).iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(&history, "old"), [3, 2], "the module's newest two, however old");
+        let busy = ids(&history, "busy");
+        assert_eq!(busy.first(), Some(&33), "ids go on");
+        assert!(busy.len() <= 20 && busy.len() >= 10, "{busy:?}");
+        assert_eq!(busy, (34 - busy.len() as u64..34).rev().collect::<Vec<_>>(), "the newest, none skipped");
+        drop(history);
+        background.flush();
+        let (again, recovered) = History::open(Some(dir.path()));
+        assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
+        assert_eq!((ids(&again, "old"), ids(&again, "busy")), (vec![3, 2], busy), "the file says the same");
         background.finish();
     }
 }

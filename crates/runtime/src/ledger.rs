@@ -5,32 +5,47 @@
 //! Each version counts into a [`CallCounts`] it got from the node's
 //! [`Ledger`], which keeps one per (module, vsn) for the node's life: a build
 //! rolled back to and forward again keeps counting where it left off, and the
-//! exported counters never go backwards. Counting is two relaxed atomic adds on
-//! a call's path (no lock, no clock); a failure of a version on trial also
+//! exported counters never go backwards. Counting is one relaxed atomic add on
+//! a call's path, in the calling thread's shard (no lock, no clock, no shared
+//! cache line); a failure of a version on trial also
 //! wakes the trial's watcher.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
+use crossbeam_utils::CachePadded;
+
+use crate::version::SHARDS;
+
+/// Two counters per shard of calling threads ([`crate::version::home_shard`]),
+/// each shard on its own cache line: callers on different cores never write
+/// the same line, and a read sums the shards.
 #[derive(Debug, Default)]
 pub(crate) struct CallCounts {
+    shards: [CachePadded<Shard>; SHARDS],
+}
+
+#[derive(Debug, Default)]
+struct Shard {
     calls: AtomicU64,
     failures: AtomicU64,
 }
 
 impl CallCounts {
-    pub(crate) fn call(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn call(&self, shard: usize) {
+        self.shards[shard].calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn failure(&self, shard: usize) {
+        self.shards[shard].failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `(calls, failures)` so far.
     pub(crate) fn read(&self) -> (u64, u64) {
-        (self.calls.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+        self.shards.iter().fold((0, 0), |(calls, failures), shard| {
+            (calls + shard.calls.load(Ordering::Relaxed), failures + shard.failures.load(Ordering::Relaxed))
+        })
     }
 }
 

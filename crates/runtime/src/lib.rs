@@ -46,6 +46,7 @@ pub mod process;
 pub mod reason;
 mod registry;
 pub mod reload;
+mod retention;
 pub mod telemetry;
 pub mod toolchain;
 mod version;

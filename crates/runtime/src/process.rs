@@ -254,7 +254,7 @@ impl Process {
         inner.busy = true;
         drop(inner);
 
-        body.version.counts.call();
+        body.version.counts.call(crate::version::home_shard());
         let reply = body.instance.invoke_reserved("zest_handle", Some(message.as_bytes()));
         let body = match &reply {
             Ok(_) => Ok(body),

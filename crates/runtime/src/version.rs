@@ -24,17 +24,18 @@ use crate::host::Env;
 use crate::host::HostState;
 use crate::instance::{CallCtx, Instance};
 use crate::ledger::CallCounts;
+use crossbeam_utils::CachePadded;
 
 /// Idle instances are kept in this many shards, each thread using its own first,
 /// so that callers on different cores do not contend for one lock.
-const SHARDS: usize = 4;
+pub(crate) const SHARDS: usize = 4;
 
 /// How many idle instances each shard keeps for reuse. Calls beyond that many at
 /// once instantiate afresh and drop the extra instance afterwards.
 const MAX_IDLE_PER_SHARD: usize = 8;
 
 /// The shard this thread uses first.
-fn home_shard() -> usize {
+pub(crate) fn home_shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
@@ -70,7 +71,8 @@ pub(crate) struct Version {
     /// Its failures ring the trial watcher's alarm.
     pub(crate) on_trial: AtomicBool,
     #[expect(clippy::vec_box, reason = "a pool hit moves a pointer, not the whole instance")]
-    idle: [Mutex<Vec<Box<Instance>>>; SHARDS],
+    /// Each shard on its own cache line: neighbours' locks do not bounce.
+    idle: [CachePadded<Mutex<Vec<Box<Instance>>>>; SHARDS],
     life: Arc<Life>,
     env: Arc<Env>,
 }
@@ -115,7 +117,7 @@ impl Version {
             source: source.to_path_buf(),
             compiler,
         };
-        let idle = std::array::from_fn(|_| Mutex::new(Vec::new()));
+        let idle = std::array::from_fn(|_| CachePadded::new(Mutex::new(Vec::new())));
         idle[home_shard()].lock().unwrap_or_else(PoisonError::into_inner).push(Box::new(first));
         let code = ArcSwap::from_pointee(Code { pre, compiler, generation: 0 });
         let counts = env.ledger.counts(name, &info.vsn);
@@ -188,7 +190,7 @@ impl Version {
             });
         }
         let home = home_shard();
-        self.counts.call();
+        self.counts.call(home);
         let mut instance = match self.take_idle(home) {
             Some(instance) => instance,
             None => Box::new(self.instantiate(function).inspect_err(|_| self.failed())?),
@@ -207,7 +209,7 @@ impl Version {
 
     /// Counts a failed call (or a process crash) of this version.
     pub(crate) fn failed(&self) {
-        self.counts.failure();
+        self.counts.failure(home_shard());
         if self.on_trial.load(Ordering::Relaxed) {
             self.env.ledger.alarm.ring();
         }

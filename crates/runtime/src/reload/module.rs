@@ -194,7 +194,12 @@ pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> M
         return ModuleStep::new(result, None, started);
     }
     let Some(bytes) = shared.artifacts.get(&sha256) else {
-        return fail(Reason::NotFound, format!("this node does not hold build {} of `{name}`", build.sha256));
+        let keeps = crate::retention::KEEP_BUILDS_PER_MODULE;
+        let message = format!(
+            "this node does not hold build {} of `{name}` (it keeps each module's last {keeps} builds)",
+            build.sha256
+        );
+        return fail(Reason::NotFound, message);
     };
     let is_text = !bytes.starts_with(b"\0asm");
     plan_build(shared, name, Build { source: build.source.clone(), bytes, is_text }, true, started)

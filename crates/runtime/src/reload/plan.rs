@@ -498,7 +498,9 @@ impl Plan {
                 request_id: self.request_id.clone(),
             })
             .collect();
-        self.shared.history.record(changes, &self.shared.background);
+        if !self.shared.history.record(changes, &self.shared.background).is_empty() {
+            crate::retention::sweep_later(&self.shared);
+        }
         result
     }
 

@@ -102,6 +102,47 @@ fn history_and_kept_builds_survive_a_restart_between_a_reload_and_its_rollback()
     assert_eq!(get(&second), r#"{"v":1}"#, "the build replaced before the restart, kept by sha256");
 }
 
+/// Files of one store in the data directory.
+fn store_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map_or(0, |entries| entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+}
+
+#[test]
+fn the_data_directory_keeps_the_last_builds_of_each_module_not_every_build_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = dir.path().join("clock.wat");
+    std::fs::write(&path, versioned(1, 0)).unwrap();
+    let first = node(&data);
+    assert_eq!(first.load_module("clock", &path, &ReloadOptions::default()).status(), Status::Ok);
+    for v in 2..=20 {
+        std::fs::write(&path, versioned(v, 0)).unwrap();
+        assert_eq!(reload(&first, "clock").status(), Status::Ok);
+    }
+    first.flush_writes();
+    // The newest 8 distinct builds the history names (v13..v20), the current among them.
+    assert_eq!(store_files(&data.join("artifacts")), 8);
+    let caches: Vec<_> = std::fs::read_dir(data.join("cache")).unwrap().flatten().map(|e| e.path()).collect();
+    let cached: usize = caches.iter().map(|cache| store_files(cache)).sum();
+    assert!((1..=8 * caches.len()).contains(&cached), "{cached} compile-cache entries in {caches:?}");
+
+    // After a restart (builds from memory gone), the last builds roll back as
+    // ever; one swept answers not_found and changes nothing.
+    let first_reload = first.history(Some("clock"), 100).last().unwrap().id;
+    let kept = first.history(Some("clock"), 100)[6].id; // newest first: v20, v19, … v14
+    drop(first);
+    std::fs::write(&path, versioned(21, 0)).unwrap();
+    let restarted = node(&data);
+    assert_eq!(restarted.load_module("clock", &path, &ReloadOptions::default()).status(), Status::Ok);
+    let gone = rollback(&restarted, "clock", Some(first_reload));
+    assert_eq!(gone.errors[0].reason, Reason::NotFound, "{gone:#?}");
+    assert_eq!(get(&restarted), r#"{"v":21}"#);
+    let back = rollback(&restarted, "clock", Some(kept));
+    assert_eq!(back.status(), Status::Ok, "{back:#?}");
+    assert_eq!(get(&restarted), r#"{"v":14}"#);
+}
+
 #[test]
 fn a_rollback_migrates_processes_with_direction_down() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,157 @@
+//! What the data directory keeps, so that it does not grow with every reload
+//! (a watch loop saving a file a thousand times a day would fill a disk):
+//!
+//! - builds (`artifacts/<sha256>`) and their machine code
+//!   (`cache/<compiler>-<fingerprint>/<sha256>.cwasm`): those of the newest
+//!   [`KEEP_BUILDS_PER_MODULE`] distinct builds each module's history names (so
+//!   a rollback always finds at least the last 5, CONTRACT.md §11), and every
+//!   build serving now (current, canary, old versions still draining or pinned
+//!   by a process). Others are deleted. A rollback `to` an entry older than
+//!   that answers `not_found`, as the contract says of a build no longer kept.
+//! - Rust extension builds (`rust/artifacts/*.wasm`, keyed by source and
+//!   toolchain): the newest [`KEEP_RUST_BUILDS`] by modification time. They are
+//!   a cache of rustc's output; one deleted is rebuilt when next needed.
+//!
+//! A sweep runs on the background writer after every commit that the history
+//! records, after the commit's own writes (the writer runs jobs in order). Not
+//! when a node starts: its apps' builds are not loaded yet, and their machine
+//! code is what makes a restart warm. Only files whose names have the store's
+//! exact shape are touched; a half-written temporary file is left to its
+//! writer.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use crate::node::Shared;
+
+/// Distinct builds kept per module, newest first, as the history names them.
+pub(crate) const KEEP_BUILDS_PER_MODULE: usize = 8;
+
+/// Rust extension builds kept, newest first.
+pub(crate) const KEEP_RUST_BUILDS: usize = 64;
+
+/// Queues a sweep on the background writer.
+pub(crate) fn sweep_later(shared: &Arc<Shared>) {
+    let Some(data_dir) = shared.config.data_dir.clone() else { return };
+    // Weak: a job queued on the node's own writer must not keep the node alive.
+    let node: Weak<Shared> = Arc::downgrade(shared);
+    shared.background.run(move || {
+        if let Some(shared) = node.upgrade() {
+            let kept = kept_builds(&shared);
+            drop(shared);
+            let removed = sweep(&data_dir, &kept);
+            if removed > 0 {
+                tracing::debug!(removed, "data directory swept");
+            }
+        }
+    });
+}
+
+/// Hex sha256 of every build the node must keep.
+fn kept_builds(shared: &Shared) -> HashSet<String> {
+    let mut kept = shared.history.recent_builds(KEEP_BUILDS_PER_MODULE);
+    for (_, slot) in shared.registry.modules() {
+        kept.insert(slot.current().info.sha256.clone());
+        if let Some(canary) = slot.canary() {
+            kept.insert(canary.version.info.sha256.clone());
+        }
+        kept.extend(slot.old_versions().into_iter().map(|info| info.sha256));
+    }
+    kept
+}
+
+/// Deletes what `kept` does not name; returns how many files went.
+fn sweep(data_dir: &Path, kept: &HashSet<String>) -> usize {
+    let mut removed = remove_unkept(&data_dir.join("artifacts"), "", kept);
+    if let Ok(caches) = fs::read_dir(data_dir.join("cache")) {
+        for cache in caches.flatten() {
+            removed += remove_unkept(&cache.path(), ".cwasm", kept);
+        }
+    }
+    removed + keep_newest(&data_dir.join("rust").join("artifacts"), ".wasm", KEEP_RUST_BUILDS)
+}
+
+/// The sha256 a store's file is named by (`<64 hex digits><suffix>`).
+fn sha_named<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    let sha = name.strip_suffix(suffix)?;
+    (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(sha)
+}
+
+fn remove_unkept(dir: &Path, suffix: &str, kept: &HashSet<String>) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(sha) = name.to_str().and_then(|name| sha_named(name, suffix)) else { continue };
+        if !kept.contains(sha) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(err) => tracing::warn!(path = %entry.path().display(), %err, "cannot remove an old build"),
+            }
+        }
+    }
+    removed
+}
+
+fn keep_newest(dir: &Path, suffix: &str, keep: usize) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut files: Vec<(SystemTime, std::path::PathBuf)> = entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_str().is_some_and(|name| name.ends_with(suffix)))
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .collect();
+    if files.len() <= keep {
+        return 0;
+    }
+    files.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+    files.drain(keep..).filter(|(_, path)| fs::remove_file(path).is_ok()).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_removes_only_unkept_store_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keep, drop) = ("a".repeat(64), "b".repeat(64));
+        let artifacts = dir.path().join("artifacts");
+        let cache = dir.path().join("cache").join("winch-0123");
+        for store in [&artifacts, &cache] {
+            fs::create_dir_all(store).unwrap();
+        }
+        for sha in [&keep, &drop] {
+            fs::write(artifacts.join(sha), "wasm").unwrap();
+            fs::write(cache.join(format!("{sha}.cwasm")), "code").unwrap();
+        }
+        // Not a store's name: a temporary file mid-write, something foreign.
+        fs::write(artifacts.join(format!(".{drop}.tmp")), "half").unwrap();
+        fs::write(cache.join("README"), "mine").unwrap();
+
+        let removed = sweep(dir.path(), &HashSet::from([keep.clone()]));
+        assert_eq!(removed, 2);
+        assert!(artifacts.join(&keep).exists() && cache.join(format!("{keep}.cwasm")).exists());
+        assert!(!artifacts.join(&drop).exists() && !cache.join(format!("{drop}.cwasm")).exists());
+        assert!(artifacts.join(format!(".{drop}.tmp")).exists() && cache.join("README").exists());
+    }
+
+    #[test]
+    fn rust_builds_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let rust = dir.path().join("rust").join("artifacts");
+        fs::create_dir_all(&rust).unwrap();
+        let now = SystemTime::now();
+        for age in 0..(KEEP_RUST_BUILDS as u64 + 3) {
+            let path = rust.join(format!("{age}.wasm"));
+            fs::write(&path, "wasm").unwrap();
+            let file = fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(now - std::time::Duration::from_secs(age * 60)).unwrap();
+        }
+        assert_eq!(sweep(dir.path(), &HashSet::new()), 3);
+        assert!(rust.join("0.wasm").exists() && rust.join(format!("{}.wasm", KEEP_RUST_BUILDS - 1)).exists());
+        assert!(!rust.join(format!("{}.wasm", KEEP_RUST_BUILDS)).exists());
+    }
+}
