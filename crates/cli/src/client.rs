@@ -195,7 +195,21 @@ fn summarise(result: &Value, paint: &Paint, depth: usize, out: &mut String) {
     ));
     let reloaded = list(&result["reloaded"]);
     if !reloaded.is_empty() && depth == 0 {
-        out.push_str(&format!("{pad}  reloaded: {}\n", reloaded.join(", ")));
+        // With the versions each swap went between, when the result says.
+        let swaps = result["metadata"]["swaps"].as_array().cloned().unwrap_or_default();
+        let named: Vec<String> = reloaded
+            .iter()
+            .map(|module| match swaps.iter().find(|swap| swap["module"] == module.as_str()) {
+                Some(swap) => format!(
+                    "{module} ({} -> {})",
+                    swap["old_vsn"].as_str().unwrap_or("new"),
+                    swap["new_vsn"].as_str().unwrap_or("?")
+                ),
+                None => module.clone(),
+            })
+            .collect();
+        let verb = if result["metadata"]["rollback"] == true { "rolled back" } else { "reloaded" };
+        out.push_str(&format!("{pad}  {verb}: {}\n", named.join(", ")));
     }
     let unchanged = list(&result["metadata"]["unchanged"]);
     if !unchanged.is_empty() && depth == 0 {

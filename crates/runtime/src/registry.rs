@@ -48,7 +48,9 @@ pub(crate) struct Canary {
 
 /// Whether this call goes to a canary of `percent`: each thread counts its own
 /// calls, so over every hundred calls of a thread exactly `percent` do — no
-/// shared counter, no lock, no clock.
+/// shared counter, no lock, no clock. They are spread evenly over the hundred
+/// (call `n` goes when `⌊(n+1)·p/100⌋` passes `⌊n·p/100⌋`: every fourth at
+/// 25 %), so a quiet service's first calls do not all land on the canary.
 fn to_canary(percent: u32) -> bool {
     thread_local! {
         static CALLS: Cell<u32> = const { Cell::new(0) };
@@ -56,7 +58,7 @@ fn to_canary(percent: u32) -> bool {
     CALLS.with(|calls| {
         let n = calls.get();
         calls.set(if n >= 99 { 0 } else { n + 1 });
-        n < percent
+        (n + 1) * percent / 100 > n * percent / 100
     })
 }
 
@@ -207,5 +209,29 @@ impl Slot {
             }
         }
         self.old_versions()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_canary;
+
+    /// The choices of a fresh thread's first `calls` calls at `percent`.
+    fn choices(percent: u32, calls: usize) -> Vec<bool> {
+        std::thread::spawn(move || (0..calls).map(|_| to_canary(percent)).collect()).join().unwrap()
+    }
+
+    #[test]
+    fn a_canary_gets_its_exact_share_spread_over_every_hundred_calls() {
+        for percent in [1, 10, 25, 50, 99] {
+            let hundred = choices(percent, 300);
+            for window in hundred.chunks(100) {
+                assert_eq!(window.iter().filter(|c| **c).count(), percent as usize, "{percent}%");
+            }
+        }
+        // Spread, not bunched at the start: every fourth call at 25 %.
+        let first = choices(25, 8);
+        assert_eq!(first, [false, false, false, true, false, false, false, true]);
+        assert_eq!(choices(50, 4), [false, true, false, true]);
     }
 }
