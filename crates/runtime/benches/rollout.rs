@@ -87,7 +87,7 @@ fn run_calls(node: &Arc<Node>, threads: usize, window: Duration) -> f64 {
 }
 
 /// Baseline/canary run pairs per row; the median pair is reported.
-const PAIRS: usize = 5;
+const PAIRS: usize = 9;
 
 fn canary_section(quick: bool) {
     let dir = tempfile::tempdir().unwrap();
@@ -99,27 +99,38 @@ fn canary_section(quick: bool) {
     assert_eq!(loaded.status(), Status::Ok, "{loaded:#?}");
     std::fs::write(&path, build(1, false)).unwrap();
     reload(&node, ReloadOptions::default());
-    let window = Duration::from_millis(if quick { 300 } else { 1_500 });
+    let window = Duration::from_millis(if quick { 300 } else { 1_000 });
     println!("## Call throughput, `echo {{\"n\":1}}`, a canary running vs none (same process)\n");
     println!(
-        "(median of {PAIRS} interleaved pairs; the canary is started before and dropped after each of its runs)\n"
+        "(median of {PAIRS} pairs of {} ms runs, which first alternating; the canary is started before and dropped after each of its runs)\n",
+        window.as_millis()
     );
     println!("| canary | threads | calls/s, no canary | calls/s, canary | ratio |\n|---|---|---|---|---|");
     for percent in [10u8, 50] {
         for threads in [1, 2] {
             run_calls(&node, threads, Duration::from_millis(200)); // warm up
             let mut pairs = Vec::new();
-            for _ in 0..PAIRS {
-                let base = run_calls(&node, threads, window);
+            let with_canary = || {
                 std::fs::write(&path, build(2, false)).unwrap();
                 reload(&node, ReloadOptions { canary: Some(percent), ..ReloadOptions::default() });
-                let canary = run_calls(&node, threads, window);
+                let rate = run_calls(&node, threads, window);
                 let status = node.status();
                 let m = status.modules.iter().find(|m| m.name == "m").unwrap();
                 let running = m.canary.as_ref().expect("the canary runs");
                 assert!(running.calls > 0 && m.calls > 0, "both builds took calls");
                 rollback(&node); // drops the canary
                 std::fs::write(&path, build(1, false)).unwrap();
+                rate
+            };
+            for pair in 0..PAIRS {
+                // Which run goes first alternates, so drift hits both alike.
+                let (base, canary) = if pair % 2 == 0 {
+                    let base = run_calls(&node, threads, window);
+                    (base, with_canary())
+                } else {
+                    let canary = with_canary();
+                    (run_calls(&node, threads, window), canary)
+                };
                 pairs.push((base, canary));
             }
             pairs.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));

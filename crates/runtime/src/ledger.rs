@@ -5,8 +5,8 @@
 //! Each version counts into a [`CallCounts`] it got from the node's
 //! [`Ledger`], which keeps one per (module, vsn) for the node's life: a build
 //! rolled back to and forward again keeps counting where it left off, and the
-//! exported counters never go backwards. Counting is one relaxed atomic add on
-//! a call's path, in the calling thread's shard (no lock, no clock, no shared
+//! exported counters never go backwards. Counting is one relaxed atomic add when
+//! a call ends, in the calling thread's shard (no lock, no clock, no shared
 //! cache line); a failure of a version on trial also
 //! wakes the trial's watcher.
 
@@ -18,9 +18,11 @@ use crossbeam_utils::CachePadded;
 
 use crate::version::SHARDS;
 
-/// Two counters per shard of calling threads ([`crate::version::home_shard`]),
-/// each shard on its own cache line: callers on different cores never write
-/// the same line, and a read sums the shards.
+/// Calls that answered and calls that failed, counted when each call ends,
+/// per shard of calling threads ([`crate::version::home_shard`]), each shard
+/// on its own cache line: callers on different cores never write the same
+/// line, and a read sums the shards. Both counts only grow, so each read sum
+/// does too (what a Prometheus counter needs).
 #[derive(Debug, Default)]
 pub(crate) struct CallCounts {
     shards: [CachePadded<Shard>; SHARDS],
@@ -28,24 +30,30 @@ pub(crate) struct CallCounts {
 
 #[derive(Debug, Default)]
 struct Shard {
-    calls: AtomicU64,
-    failures: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl CallCounts {
-    pub(crate) fn call(&self, shard: usize) {
-        self.shards[shard].calls.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn ok(&self, shard: usize) {
+        self.shards[shard].ok.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn failure(&self, shard: usize) {
-        self.shards[shard].failures.fetch_add(1, Ordering::Relaxed);
+        self.shards[shard].failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `(calls, failures)` so far.
-    pub(crate) fn read(&self) -> (u64, u64) {
-        self.shards.iter().fold((0, 0), |(calls, failures), shard| {
-            (calls + shard.calls.load(Ordering::Relaxed), failures + shard.failures.load(Ordering::Relaxed))
+    /// `(ok, failed)` so far.
+    pub(crate) fn outcomes(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(ok, failed), shard| {
+            (ok + shard.ok.load(Ordering::Relaxed), failed + shard.failed.load(Ordering::Relaxed))
         })
+    }
+
+    /// `(calls, failures)` so far, calls counting those that ended.
+    pub(crate) fn read(&self) -> (u64, u64) {
+        let (ok, failed) = self.outcomes();
+        (ok + failed, failed)
     }
 }
 
@@ -63,14 +71,14 @@ impl Ledger {
         Arc::clone(counts.entry((module.to_string(), vsn.to_string())).or_default())
     }
 
-    /// Every (module, vsn) with its `(calls, failures)`.
+    /// Every (module, vsn) with its calls that answered and that failed.
     pub(crate) fn all(&self) -> Vec<(String, String, u64, u64)> {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts
             .iter()
             .map(|((module, vsn), counts)| {
-                let (calls, failures) = counts.read();
-                (module.clone(), vsn.clone(), calls, failures)
+                let (ok, failed) = counts.outcomes();
+                (module.clone(), vsn.clone(), ok, failed)
             })
             .collect()
     }

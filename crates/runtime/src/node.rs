@@ -336,8 +336,8 @@ impl Node {
         self.shared.history.list(module, limit)
     }
 
-    /// Calls and failures of every (module, vsn) since the node started:
-    /// `(module, vsn, calls, failures)` (`zest_calls_total`).
+    /// Calls of every (module, vsn) since the node started, as they ended:
+    /// `(module, vsn, answered, failed)` (`zest_calls_total`; each only grows).
     pub fn call_counts(&self) -> Vec<(String, String, u64, u64)> {
         self.shared.env.ledger.all()
     }

@@ -254,10 +254,12 @@ impl Process {
         inner.busy = true;
         drop(inner);
 
-        body.version.counts.call(crate::version::home_shard());
         let reply = body.instance.invoke_reserved("zest_handle", Some(message.as_bytes()));
         let body = match &reply {
-            Ok(_) => Ok(body),
+            Ok(_) => {
+                body.version.counts.ok(crate::version::home_shard());
+                Ok(body)
+            }
             Err(err) => {
                 // A crash counts against the version, as a failed call does.
                 body.version.failed();

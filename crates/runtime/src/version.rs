@@ -190,12 +190,12 @@ impl Version {
             });
         }
         let home = home_shard();
-        self.counts.call(home);
         let mut instance = match self.take_idle(home) {
             Some(instance) => instance,
             None => Box::new(self.instantiate(function).inspect_err(|_| self.failed())?),
         };
         let output = instance.invoke(index, function, args.as_bytes(), ctx).inspect_err(|_| self.failed())?;
+        self.counts.ok(home);
         if instance.generation() != self.generation.load(Ordering::Acquire) {
             // Its code was replaced (a tier-up) while it ran.
             return Ok(output);
