@@ -658,6 +658,7 @@ pub fn manifest(manifest: &AppManifest) -> Value {
         "dir": manifest.dir.display().to_string(),
         "file": manifest.file.display().to_string(),
         "build": manifest.build,
+        "watch": manifest.watch,
         "modules": manifest.modules.iter()
             .map(|m| json!({"name": m.name, "path": m.path.display().to_string()}))
             .collect::<Vec<_>>(),
@@ -687,6 +688,8 @@ pub fn parse_manifest(value: &Value) -> Result<AppManifest, String> {
         dir: PathBuf::from(text_of(value, "dir")?),
         file: PathBuf::from(text_of(value, "file")?),
         build: value.get("build").and_then(Value::as_str).map(str::to_string),
+        // Absent in what members before watch mode wrote: none.
+        watch: texts_of(value, "watch")?,
         modules,
         processes,
     })
@@ -852,7 +855,8 @@ mod tests {
             name: "demo".into(),
             dir: PathBuf::from("/apps/demo"),
             file: PathBuf::from("/apps/demo/zest.toml"),
-            build: None,
+            build: Some("make".into()),
+            watch: vec!["src/**/*.rs".into()],
             modules: vec![ModuleDecl { name: "clock".into(), path: PathBuf::from("/apps/demo/clock.wat") }],
             processes: vec![ProcessDecl {
                 name: "counter".into(),

@@ -29,6 +29,9 @@ pub struct AppManifest {
     pub file: PathBuf,
     /// `app.build`: the command `compile: true` runs, through `sh -c`.
     pub build: Option<String>,
+    /// `app.watch`: globs, relative to the app directory, of sources whose
+    /// change makes watch mode reload the app with `compile: true`.
+    pub watch: Vec<String>,
     pub modules: Vec<ModuleDecl>,
     pub processes: Vec<ProcessDecl>,
 }
@@ -86,6 +89,8 @@ struct File {
 struct AppTable {
     name: String,
     build: Option<String>,
+    #[serde(default)]
+    watch: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +132,13 @@ impl AppManifest {
                 return Err(invalid("app.build", "an empty build command".into()));
             }
         }
+        for (i, pattern) in parsed.app.watch.iter().enumerate() {
+            check_watch_glob(pattern).map_err(|problem| invalid(&format!("app.watch[{i}]"), problem))?;
+        }
+        if !parsed.app.watch.is_empty() && parsed.app.build.is_none() {
+            let problem = "watched sources need a build: add app.build, the command that turns them into modules";
+            return Err(invalid("app.watch", problem.into()));
+        }
         let mut modules = Vec::new();
         let mut module_names = BTreeSet::new();
         for (i, module) in parsed.modules.iter().enumerate() {
@@ -167,10 +179,26 @@ impl AppManifest {
             dir: dir.to_path_buf(),
             file,
             build: parsed.app.build,
+            watch: parsed.app.watch,
             modules,
             processes,
         })
     }
+}
+
+/// A watch glob must be a valid glob, relative, and stay inside the app
+/// directory.
+fn check_watch_glob(pattern: &str) -> Result<(), String> {
+    if pattern.trim().is_empty() {
+        return Err("an empty glob".into());
+    }
+    if Path::new(pattern).is_absolute() {
+        return Err(format!("`{pattern}` is absolute; globs are relative to the app directory"));
+    }
+    if Path::new(pattern).components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!("`{pattern}` leaves the app directory (`..`)"));
+    }
+    globset::Glob::new(pattern).map(drop).map_err(|err| format!("`{pattern}` is not a glob: {}", err.kind()))
 }
 
 /// `line L, column C: ` for a byte offset into `text`.
@@ -228,7 +256,7 @@ init = { start = 5, tags = ["a"] }
     /// Each broken manifest and the `key: problem` its error must carry.
     #[test]
     fn each_problem_names_the_file_the_key_and_the_problem() {
-        let cases: [(&str, &[&str], &str, &str, Reason); 9] = [
+        let cases: [(&str, &[&str], &str, &str, Reason); 13] = [
             ("[app]\nname = \"demo\"\nversion = 2\n", &[], "", "line 3, column 1: unknown field `version`", Reason::InvalidModule),
             ("[app]\nname = \"9x\"\n", &[], "app.name", "invalid name \"9x\"", Reason::InvalidModule),
             ("[[modules]]\nname = \"a\"\npath = \"a.wat\"\n", &["a.wat"], "", "missing field `app`", Reason::InvalidModule),
@@ -250,6 +278,10 @@ init = { start = 5, tags = ["a"] }
                 Reason::InvalidModule,
             ),
             ("[app]\nname = \"d\"\nbuild = \"  \"\n", &[], "app.build", "an empty build command", Reason::InvalidModule),
+            ("[app]\nname = \"d\"\nbuild = \"make\"\nwatch = [\"src/*.rs\", \"src/{a\"]\n", &[], "app.watch[1]", "`src/{a` is not a glob", Reason::InvalidModule),
+            ("[app]\nname = \"d\"\nbuild = \"make\"\nwatch = [\"/etc/*\"]\n", &[], "app.watch[0]", "is absolute", Reason::InvalidModule),
+            ("[app]\nname = \"d\"\nbuild = \"make\"\nwatch = [\"../x/*.rs\"]\n", &[], "app.watch[0]", "leaves the app directory", Reason::InvalidModule),
+            ("[app]\nname = \"d\"\nwatch = [\"src/*.rs\"]\n", &[], "app.watch", "watched sources need a build", Reason::InvalidModule),
         ];
         for (manifest, files, key, problem, reason) in cases {
             let (dir, loaded) = app(manifest, files);

@@ -50,6 +50,7 @@ mod retention;
 pub mod telemetry;
 pub mod toolchain;
 mod version;
+pub mod watch;
 
 pub use app::{AppManifest, ManifestError};
 pub use artifact::Bytes;

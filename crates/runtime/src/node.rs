@@ -205,6 +205,20 @@ impl Node {
         Node { shared: Arc::clone(shared) }
     }
 
+    /// Watch mode (CONTRACT.md §12, `watch.rs`): reloads by itself what a
+    /// changed file belongs to; `report` hears of each automatic reload and
+    /// each problem, on the watch thread. Stops when the [`Watch`] is dropped
+    /// (or the node goes away).
+    ///
+    /// [`Watch`]: crate::watch::Watch
+    pub fn watch(
+        &self,
+        config: crate::watch::WatchConfig,
+        report: impl Fn(&crate::watch::WatchEvent) + Send + 'static,
+    ) -> std::io::Result<crate::watch::Watch> {
+        crate::watch::start(Arc::downgrade(&self.shared), self.shared.config.data_dir.as_deref(), config, report)
+    }
+
     pub fn config(&self) -> &NodeConfig {
         &self.shared.config
     }

@@ -11,4 +11,5 @@ mod node {
     mod processes;
     mod rollout;
     mod sandbox;
+    mod watch;
 }
