@@ -2,7 +2,7 @@
 //! speaking JSON-RPC to a node. Exit codes: 0 ok, 1 cannot reach the node or
 //! auth refused, 2 usage, 3 partial, 4 error.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -136,6 +136,75 @@ pub fn reload_streaming(target: &Target, params: ObjectParams) -> Result<Value, 
         printer.abort();
         result
     })
+}
+
+/// `zest events`: subscribes over WebSocket and prints each event as it
+/// comes, until the node goes away (an error) or the user stops it.
+pub fn events(target: &Target, json: bool) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        let client = WsClientBuilder::default()
+            .set_headers(target.headers())
+            .build(target.ws_url())
+            .await
+            .map_err(|err| failure(target, err))?;
+        let mut events = client
+            .subscribe::<Value, _>(
+                "system.subscribe_events",
+                jsonrpsee::rpc_params![],
+                zest_control::server::UNSUBSCRIBE,
+            )
+            .await
+            .map_err(|err| failure(target, err))?;
+        let paint = Paint::stdout();
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "subscribed to {} (Ctrl-C to stop)", target.ws_url());
+        let _ = out.flush();
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|err| CliError::Failed(format!("the event stream broke: {err}")))?;
+            let line = if json { event.to_string() } else { event_line(&event, &paint) };
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                // stdout closed (piped into `head`, say): done.
+                return Ok(());
+            }
+        }
+        Err(CliError::Unreachable(format!("{} closed the event stream", target.url)))
+    })
+}
+
+/// One event as a line: sequence, name, what it is about, what happened,
+/// and the request it belongs to.
+pub fn event_line(event: &Value, paint: &Paint) -> String {
+    let meta = &event["metadata"];
+    let text = |value: &Value| value.as_str().unwrap_or("").to_string();
+    let name = text(&event["event"]);
+    let detail = match name.as_str() {
+        "zest.reload.stop" => {
+            format!("{} {} ms", paint.status(&text(&meta["status"])), event["measurements"]["duration_ms"])
+        }
+        "zest.reload.exception" => format!("{} {}", paint.status("error"), text(&meta["error"])),
+        "zest.build.output" => format!("{}| {}", text(&meta["stream"]), text(&meta["line"])),
+        "zest.reload.reverted" => format!(
+            "reverted ({} of {} calls failed): {}",
+            event["measurements"]["failures"],
+            event["measurements"]["calls"],
+            paint.status(&text(&meta["status"]))
+        ),
+        "zest.reload.permanent" => format!(
+            "permanent ({} of {} calls failed)",
+            event["measurements"]["failures"], event["measurements"]["calls"]
+        ),
+        "zest.cluster.abort" => format!("{}: {}", text(&meta["reason"]), text(&meta["message"])),
+        "zest.cluster.commit" => format!("revision {}", event["measurements"]["revision"]),
+        _ => String::new(),
+    };
+    let mut about = format!("{} {}", text(&meta["kind"]), text(&meta["target"]));
+    if let Some(nodes) = meta["nodes"].as_array() {
+        let ids: Vec<String> = nodes.iter().map(text).collect();
+        about.push_str(&format!(" on {}", ids.join(",")));
+    }
+    let request = paint.dim(&format!("[{}]", text(&meta["request_id"])));
+    let parts = [format!("{:>5} {name:<22}", event["seq"]), about, detail, request];
+    parts.into_iter().filter(|part| !part.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Colours for a terminal, nothing otherwise (or with `NO_COLOR`).

@@ -46,6 +46,9 @@ enum Command {
         /// An admin token for clients (instead of the generated one).
         #[arg(long)]
         token: Option<String>,
+        /// Reload by itself what a changed file belongs to, and print each reload.
+        #[arg(long)]
+        watch: bool,
     },
     /// Reload a module, an app, an extension, or all (system.reload).
     Reload {
@@ -53,6 +56,12 @@ enum Command {
         scope: ReloadScope,
         #[command(flatten)]
         options: ReloadFlags,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Stream the node's telemetry, a line per event, until stopped
+    /// (system.subscribe_events; --json for each event as it comes).
+    Events {
         #[command(flatten)]
         client: ClientFlags,
     },
@@ -235,13 +244,17 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
-        Command::Serve { config, listen, apps, extensions, data_dir, token } => {
-            let flags = zest_control::config::Flags { config, listen, apps, extensions, data_dir, token };
+        Command::Serve { config, listen, apps, extensions, data_dir, token, watch } => {
+            let flags = zest_control::config::Flags { config, listen, apps, extensions, data_dir, token, watch };
             let config = zest_control::config::ServeConfig::load(&flags).map_err(CliError::Usage)?;
             serve::serve(config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { scope, options, client } => reload(scope, options, client),
+        Command::Events { client } => {
+            client::events(&target(&client), client.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::History { module, limit, client } => {
             let mut params = ObjectParams::new();
             if let Some(module) = module {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
+use zest_runtime::watch::WatchEvent;
 use zest_runtime::{AllScope, Node, NodeConfig, ReloadOptions, ReloadRequest, ReloadResult, Scope, Status};
 
 use zest_control::auth::{read_token, Tokens};
@@ -80,6 +81,16 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
     if !restored.results.is_empty() || !restored.errors.is_empty() {
         report_start("recorded extensions", &restored);
     }
+    // Stops when dropped, at the end of this function.
+    let _watch = match &config.watch {
+        Some(watch) => {
+            let started = node.watch(watch.clone(), print_watch_event);
+            let watch = started.map_err(|err| CliError::Failed(format!("cannot start watch mode: {err}")))?;
+            eprintln!("watching apps and extensions for changes");
+            Some(watch)
+        }
+        None => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -167,6 +178,38 @@ fn bundled_demo(data_dir: &Path) -> Result<PathBuf, CliError> {
         }
     }
     Ok(dir)
+}
+
+/// Prints what watch mode did, as it happens: a line per reload with the
+/// reload's summary under it, or the problem.
+fn print_watch_event(event: &WatchEvent) {
+    let shown = |path: &Path| {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        path.strip_prefix(&cwd).unwrap_or(path).display().to_string()
+    };
+    let paint = crate::client::Paint::stdout();
+    let text = match event {
+        WatchEvent::Reloaded { changed, target, request_id, result } => {
+            let files: Vec<String> = changed.iter().map(|p| shown(p)).collect();
+            let summary = crate::client::summary(&zest_control::wire::result(result), &paint);
+            format!("watch: {} changed: reload {} [{request_id}]\n{summary}", files.join(", "), target.describe())
+        }
+        WatchEvent::NotRun { changed, target, error } => {
+            let files: Vec<String> = changed.iter().map(|p| shown(p)).collect();
+            format!("watch: {} changed: reload {} did not run: {error}\n", files.join(", "), target.describe())
+        }
+        WatchEvent::Missing { path, target, problem } => format!(
+            "watch: {} {problem}; {} keeps serving what it had (a new file there reloads it)\n",
+            shown(path),
+            target.describe()
+        ),
+        WatchEvent::Unwatchable { dir, error } => {
+            format!("watch: cannot watch {} ({error}); trying again every second\n", shown(dir))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 /// Logs how a start-up load went; failures are reported, never fatal.

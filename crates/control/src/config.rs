@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use zest_runtime::watch::WatchConfig;
 use zest_runtime::{ExtensionsConfig, Limits};
 
 use crate::auth::Scope;
@@ -24,6 +25,8 @@ pub struct ServeConfig {
     pub max_request_bytes: u32,
     /// `[cluster]`: `None` for a standalone node.
     pub cluster: Option<ClusterConfig>,
+    /// `[watch]` or `--watch`: `None` when off.
+    pub watch: Option<WatchConfig>,
 }
 
 /// `[cluster]` (CONTRACT.md §10).
@@ -60,6 +63,8 @@ pub struct Flags {
     pub extensions: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub token: Option<String>,
+    /// `--watch`: watch mode on, whatever the file says.
+    pub watch: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4780";
@@ -85,6 +90,16 @@ struct File {
     #[serde(default)]
     limits: LimitsSection,
     cluster: Option<ClusterSection>,
+    #[serde(default)]
+    watch: WatchSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchSection {
+    #[serde(default)]
+    enabled: bool,
+    debounce_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +276,21 @@ impl ServeConfig {
             None => None,
             Some(section) => Some(cluster_config(section, &at, &in_file)?),
         };
+        let debounce_ms = file.watch.debounce_ms.unwrap_or(DEFAULT_DEBOUNCE_MS);
+        if !(1..=60_000).contains(&debounce_ms) {
+            return Err(at("watch.debounce_ms", "must be between 1 and 60000".into()));
+        }
+        let watch =
+            (flags.watch || file.watch.enabled).then(|| WatchConfig { debounce: Duration::from_millis(debounce_ms) });
+        if watch.is_some() && cluster.is_some() {
+            let key = if flags.watch { "--watch" } else { "watch.enabled" };
+            return Err(at(
+                key,
+                "watch mode reloads this node alone, and a cluster member ([cluster]) changes only with its cluster; \
+                 reload through the cluster instead"
+                    .into(),
+            ));
+        }
         Ok(ServeConfig {
             data_dir,
             listen,
@@ -270,6 +300,7 @@ impl ServeConfig {
             limits,
             max_request_bytes,
             cluster,
+            watch,
         })
     }
 }
@@ -279,6 +310,7 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+const DEFAULT_DEBOUNCE_MS: u64 = 200;
 const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 const DEFAULT_LEASE_TTL_MS: u64 = 5000;
 const DEFAULT_PREPARE_TIMEOUT_MS: u64 = 10_000;
@@ -372,6 +404,25 @@ memory_mb = 64
 
         let flags = Flags { config: Some(file), listen: Some("127.0.0.1:6000".parse().unwrap()), ..Flags::default() };
         assert_eq!(ServeConfig::load(&flags).unwrap().listen.to_string(), "127.0.0.1:6000");
+    }
+
+    #[test]
+    fn watch_mode_comes_from_the_file_or_the_flag_and_not_on_a_cluster_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        let load = |watch: bool| ServeConfig::load(&Flags { config: Some(file.clone()), watch, ..Flags::default() });
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(load(false).unwrap().watch, None);
+        assert_eq!(load(true).unwrap().watch, Some(WatchConfig { debounce: Duration::from_millis(200) }));
+        std::fs::write(&file, "[watch]\nenabled = true\ndebounce_ms = 50\n").unwrap();
+        assert_eq!(load(false).unwrap().watch, Some(WatchConfig { debounce: Duration::from_millis(50) }));
+        std::fs::write(&file, "[watch]\ndebounce_ms = 0\n").unwrap();
+        assert!(load(true).unwrap_err().contains("watch.debounce_ms: must be between 1 and 60000"));
+        std::fs::write(&file, "[watch]\ndebounce = 5\n").unwrap();
+        assert!(load(true).unwrap_err().contains("unknown field `debounce`"));
+        std::fs::write(&file, "[cluster]\nname = \"c\"\nnode = \"a\"\ntoken_file = \"t\"\n").unwrap();
+        let err = load(true).unwrap_err();
+        assert!(err.contains("--watch: watch mode reloads this node alone"), "{err}");
     }
 
     #[test]

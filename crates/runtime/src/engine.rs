@@ -154,7 +154,14 @@ impl Engines {
     /// `key`: from the cache when an engine allowed by the node's choice has it,
     /// else compiled now. Errors carry `compile_error` (wat text that does not
     /// parse) or `invalid_module` (bytes the engine refuses).
-    pub(crate) fn load(&self, key: &[u8; 32], bytes: &[u8], is_text: bool) -> Result<Loaded, (Reason, String)> {
+    /// `source` names the file in wat errors.
+    pub(crate) fn load(
+        &self,
+        key: &[u8; 32],
+        bytes: &[u8],
+        is_text: bool,
+        source: &std::path::Path,
+    ) -> Result<Loaded, (Reason, String)> {
         let candidates: &[Compiler] = match self.choice {
             Compiler::Cranelift => &[Compiler::Cranelift],
             Compiler::Winch => &[Compiler::Winch],
@@ -174,7 +181,10 @@ impl Engines {
             }
         }
         let wasm = if is_text {
-            wat::parse_bytes(bytes).map_err(|err| (Reason::CompileError, err.to_string()))?
+            wat::parse_bytes(bytes).map_err(|mut err| {
+                err.set_path(source);
+                (Reason::CompileError, err.to_string())
+            })?
         } else {
             std::borrow::Cow::Borrowed(bytes)
         };

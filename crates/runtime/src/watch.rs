@@ -157,11 +157,9 @@ pub(crate) fn start(
         data_dir,
         report: Box::new(report),
     };
-    let thread = std::thread::Builder::new().name("zest-watch".into()).spawn(move || {
-        if state.refresh() {
-            state.run(receive);
-        }
-    })?;
+    // Watching before this returns: a file written just after is seen.
+    state.refresh();
+    let thread = std::thread::Builder::new().name("zest-watch".into()).spawn(move || state.run(receive))?;
     Ok(Watch { stop: send, thread: Some(thread) })
 }
 
@@ -172,6 +170,8 @@ struct Plan {
     files: HashMap<PathBuf, WatchTarget>,
     /// An app's module → the app.
     owners: HashMap<String, String>,
+    /// Every loaded app's directory.
+    app_dirs: Vec<PathBuf>,
     /// Each app's watch globs: (app, its directory, the globs).
     globs: Vec<(String, PathBuf, GlobSet)>,
     /// Directories to watch, and how.
@@ -272,7 +272,7 @@ impl Watching {
         }
         let now = Instant::now();
         for path in event.paths {
-            if self.data_dir.as_ref().is_some_and(|data| path.starts_with(data)) {
+            if self.written_by_the_node(&path) {
                 continue;
             }
             if matches!(event.kind, EventKind::Remove(_)) && self.watched.contains_key(&path) {
@@ -289,6 +289,15 @@ impl Watching {
                 self.last_event = now;
             }
         }
+    }
+
+    /// Whether `path` is in the node's data directory (its builds, caches,
+    /// history) — but not in an app that lives there (`zest serve` keeps its
+    /// bundled demo in `<data_dir>/demo`).
+    fn written_by_the_node(&self, path: &Path) -> bool {
+        let Some(data) = &self.data_dir else { return false };
+        path.starts_with(data)
+            && !self.plan.app_dirs.iter().any(|app| app.starts_with(data) && app != data && path.starts_with(app))
     }
 
     fn targets_of(&self, path: &Path) -> Vec<WatchTarget> {
@@ -417,6 +426,7 @@ fn plan(node: &Node) -> Plan {
     for app in &status.apps {
         let Some(manifest) = node.app_manifest(&app.name) else { continue };
         let dir = absolute(&manifest.dir);
+        plan.app_dirs.push(dir.clone());
         let file = absolute(&manifest.file);
         watch_dir(&mut plan, parent(&file), RecursiveMode::NonRecursive);
         plan.files.insert(file, WatchTarget::App { name: app.name.clone(), compile: false });

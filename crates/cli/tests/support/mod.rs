@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -31,6 +31,8 @@ pub struct Served {
     child: Option<Child>,
     pub url: String,
     pub token: String,
+    /// What it printed on stdout after `listening on`.
+    printed: Arc<Mutex<String>>,
 }
 
 /// How a `zest serve` ended before it listened: its exit code and stderr.
@@ -82,10 +84,19 @@ impl Served {
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let (lines, first) = mpsc::channel();
+        let printed = Arc::new(Mutex::new(String::new()));
+        let rest = Arc::clone(&printed);
         std::thread::spawn(move || {
+            // The first line, then everything else (so the pipe never fills).
+            let mut reader = BufReader::new(stdout);
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = reader.read_line(&mut line);
             let _ = lines.send(line);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                rest.lock().unwrap().push_str(&line);
+                line.clear();
+            }
         });
         let (errs, captured) = mpsc::channel();
         std::thread::spawn(move || {
@@ -120,7 +131,12 @@ impl Served {
             return Err(Refused { code, stderr });
         };
         let token = std::fs::read_to_string(dir.join(token_file)).unwrap_or_default().trim().to_string();
-        Ok(Served { dir, _temp: temp, child: Some(child), url, token })
+        Ok(Served { dir, _temp: temp, child: Some(child), url, token, printed })
+    }
+
+    /// What the node printed on stdout since `listening on`.
+    pub fn printed(&self) -> String {
+        self.printed.lock().unwrap().clone()
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {

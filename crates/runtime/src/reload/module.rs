@@ -256,7 +256,7 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
     }
     let loaded = shared
         .engines
-        .load(&sha256, &build.bytes, build.is_text)
+        .load(&sha256, &build.bytes, build.is_text, &build.source)
         .map_err(|(reason, message)| Failure::new(name, reason, message))?;
     let version = Version::new(&shared.engines, &shared.env, name, &build.source, sha256, &loaded)
         .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;

@@ -14,6 +14,15 @@ use super::support::versioned;
 
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// Where the node's data directory is, against the app's.
+#[derive(Clone, Copy)]
+enum Layout {
+    Apart,
+    DataInApp,
+    /// As `zest serve` keeps its bundled demo: `<data_dir>/demo`.
+    AppInData,
+}
+
 /// A node on an app `demo` (modules `clock` and `front`), watched.
 struct Watched {
     dir: tempfile::TempDir,
@@ -23,9 +32,8 @@ struct Watched {
 }
 
 impl Watched {
-    /// `manifest_extra` goes under `[app]`; `data_inside` puts the node's
-    /// data directory inside the app directory.
-    fn new(manifest_extra: &str, data_inside: bool) -> Watched {
+    /// `manifest_extra` goes under `[app]`.
+    fn new(manifest_extra: &str, layout: Layout) -> Watched {
         let dir = tempfile::tempdir().unwrap();
         let app = dir.path().join("demo");
         std::fs::create_dir_all(app.join("src")).unwrap();
@@ -40,7 +48,11 @@ impl Watched {
         .unwrap();
         std::fs::write(app.join("clock.wat"), versioned(1, 0)).unwrap();
         std::fs::write(app.join("front.wat"), versioned(100, 0)).unwrap();
-        let data = if data_inside { app.join("data") } else { dir.path().join("data") };
+        let data = match layout {
+            Layout::Apart => dir.path().join("data"),
+            Layout::DataInApp => app.join("data"),
+            Layout::AppInData => dir.path().to_path_buf(),
+        };
         let config = NodeConfig {
             data_dir: Some(data),
             extensions: ExtensionsConfig { roots: vec![dir.path().join("extensions")], rustc: None },
@@ -59,10 +71,8 @@ impl Watched {
         let watch = self.node.watch(WatchConfig { debounce: DEBOUNCE }, move |event| {
             seen.lock().unwrap().push(describe(event));
         });
+        // The directories are watched once `watch` returns.
         self.watch = Some(watch.unwrap());
-        // inotify watches are in place once `watch` returns; give the thread
-        // its first look at the node.
-        std::thread::sleep(Duration::from_millis(100));
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -113,7 +123,7 @@ fn describe(event: &WatchEvent) -> String {
 
 #[test]
 fn a_saved_module_reloads_that_module_once_however_the_editor_saves() {
-    let w = Watched::new("", false);
+    let w = Watched::new("", Layout::AppInData);
     let clock = w.path("clock.wat");
 
     // A plain write.
@@ -159,7 +169,7 @@ fn a_saved_module_reloads_that_module_once_however_the_editor_saves() {
 
 #[test]
 fn a_changed_manifest_reloads_the_app() {
-    let w = Watched::new("", false);
+    let w = Watched::new("", Layout::Apart);
     std::fs::write(w.path("clock.wat"), versioned(7, 0)).unwrap();
     std::fs::write(w.path("other.wat"), versioned(8, 0)).unwrap();
     let manifest = std::fs::read_to_string(w.path("zest.toml")).unwrap();
@@ -178,7 +188,7 @@ fn a_changed_manifest_reloads_the_app() {
 
 #[test]
 fn a_file_gone_is_reported_the_old_code_serves_and_its_return_reloads() {
-    let w = Watched::new("", false);
+    let w = Watched::new("", Layout::Apart);
     let clock = w.path("clock.wat");
     std::fs::remove_file(&clock).unwrap();
     w.eventually("reported", || !w.seen().is_empty());
@@ -203,7 +213,7 @@ fn a_file_gone_is_reported_the_old_code_serves_and_its_return_reloads() {
 fn a_watched_source_runs_the_build_once_and_its_output_reloads_nothing_more() {
     // The build writes the module file the watcher also watches; the node's
     // data directory is inside the app directory, under the glob too.
-    let w = Watched::new("build = \"cp src/clock.wat clock.wat\"\nwatch = [\"**/*.wat\"]", true);
+    let w = Watched::new("build = \"cp src/clock.wat clock.wat\"\nwatch = [\"**/*\"]", Layout::DataInApp);
     std::fs::write(w.path("src/clock.wat"), versioned(6, 0)).unwrap();
     w.eventually("the build's output serves", || w.get("clock") == r#"{"v":6}"#);
     assert_eq!(w.settled(), ["reload app demo (with its build): ok"]);
@@ -219,7 +229,7 @@ fn a_watched_source_runs_the_build_once_and_its_output_reloads_nothing_more() {
 
 #[test]
 fn an_extension_and_a_loose_module_reload_by_themselves_and_the_watch_ends_with_its_handle() {
-    let mut w = Watched::new("", false);
+    let mut w = Watched::new("", Layout::Apart);
     let extension = w.dir.path().join("extensions").join("hello.wat");
     std::fs::write(&extension, versioned(1, 0)).unwrap();
     let loaded = w.node.reload(&zest_runtime::ReloadRequest::new(Scope::Extension(extension.clone()))).unwrap();
