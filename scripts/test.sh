@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need when it
 # is missing (a wasm32-capable rustc for the guest SDK tests, etcd for the
-# cluster tests), then checks formatting and lints and runs every test.
+# cluster tests, Chromium and its WebDriver for the dashboard's browser test),
+# then checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,9 @@ if ! has_wasm32_rustc; then
 fi
 if [ ! -x /usr/bin/etcd ]; then
   packages+=(etcd-server)
+fi
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  packages+=(chromium chromium-driver)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   echo "==> installing what the tests need (Debian: ${packages[*]})"

@@ -14,4 +14,5 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod server;
+pub mod ui;
 pub mod wire;

@@ -413,12 +413,27 @@ where
         if get && path == "/health" {
             return Box::pin(async { Ok(respond(http::StatusCode::OK, "application/json", r#"{"status":"ok"}"#)) });
         }
-        let caller = self.tokens.caller(bearer(request.headers().get(http::header::AUTHORIZATION)));
+        if get {
+            if let Some(page) = crate::ui::asset(&path) {
+                return Box::pin(async move { Ok(page.map(HttpBody::from)) });
+            }
+        }
         let websocket = request
             .headers()
             .get(http::header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        // A browser's WebSocket cannot set headers: its token comes as the
+        // subprotocol `bearer.<token>`, which the handshake's answer must name.
+        let authorization = request.headers().get(http::header::AUTHORIZATION);
+        let offered = match (websocket, authorization) {
+            (true, None) => crate::ui::subprotocol_token(request.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL)),
+            _ => None,
+        };
+        let caller = match &offered {
+            Some((token, _)) => self.tokens.caller(Some(token)),
+            None => self.tokens.caller(bearer(authorization)),
+        };
         if get && path == "/metrics" {
             let response = match (caller.check(Scope::Read), &self.metrics) {
                 (Err(_), _) => unauthorized(),
@@ -454,8 +469,13 @@ where
         }
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await.map_err(Into::into)?;
+            let mut response = future.await.map_err(Into::into)?;
             if websocket {
+                if let Some(protocol) = offered.and_then(|(_, protocol)| http::HeaderValue::from_str(&protocol).ok()) {
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        response.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, protocol);
+                    }
+                }
                 return Ok(response);
             }
             with_error_codes(response).await

@@ -228,6 +228,16 @@ impl Served {
         wait_exit(&mut child, Duration::from_secs(20)).expect("zest serve did not stop on SIGTERM")
     }
 
+    /// SIGKILL, wait for the process to be gone, and hand over its directory
+    /// (to start a node there again).
+    pub fn kill_keeping_dir(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        (self.dir.clone(), self._temp.take())
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {
