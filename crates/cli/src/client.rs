@@ -203,7 +203,7 @@ pub fn event_line(event: &Value, paint: &Paint) -> String {
         about.push_str(&format!(" on {}", ids.join(",")));
     }
     let request = paint.dim(&format!("[{}]", text(&meta["request_id"])));
-    let parts = [format!("{:>5} {name:<22}", event["seq"]), about, detail, request];
+    let parts = [format!("{:>5} {name:<22}", event["seq"].to_string()), about, detail, request];
     parts.into_iter().filter(|part| !part.is_empty()).collect::<Vec<_>>().join(" ")
 }
 

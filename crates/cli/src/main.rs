@@ -59,8 +59,7 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
-    /// Stream the node's telemetry, a line per event, until stopped
-    /// (system.subscribe_events; --json for each event as it comes).
+    /// Stream the node's events as they happen, a line each (system.subscribe_events).
     Events {
         #[command(flatten)]
         client: ClientFlags,
