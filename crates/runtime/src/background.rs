@@ -97,10 +97,17 @@ impl Background {
     }
 
     /// Runs every queued job but those given a time, then stops the thread.
+    ///
+    /// Called on the worker itself — a job held the last reference to the
+    /// node, so the node (and this) is dropped there — it cannot wait for
+    /// itself: the worker finishes the queue after that job and ends alone.
     pub(crate) fn finish(&self) {
         self.stopping.store(true, Ordering::Release);
         drop(self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take());
         if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
             thread.thread().unpark();
             let _ = thread.join();
         }
@@ -126,6 +133,22 @@ impl Drop for Background {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_dropping_its_own_background_ends_without_waiting_for_itself() {
+        // As when a job upgrades a weak node and holds its last reference.
+        let background = Arc::new(Background::start("test", 0).unwrap());
+        let (done, ended) = mpsc::channel();
+        let holder = Arc::new(Mutex::new(Some(Arc::clone(&background))));
+        let held = Arc::clone(&holder);
+        background.run(move || {
+            let last = held.lock().unwrap().take();
+            drop(last); // the last reference: drops the Background here
+            let _ = done.send(());
+        });
+        drop(background);
+        ended.recv_timeout(std::time::Duration::from_secs(5)).expect("the job ended");
+    }
 
     #[test]
     fn finishing_drops_timed_jobs_at_once() {
