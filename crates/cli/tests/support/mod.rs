@@ -394,6 +394,24 @@ impl Fleet {
         for id in ids {
             fleet.spawn(id, env);
         }
+        // Each member learns of the others through an etcd watch: wait until
+        // every one lists them all.
+        let mut all: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        all.sort();
+        for id in ids {
+            let member = fleet.member(id);
+            let listed = eventually(START_TIMEOUT, || {
+                let status = member.status();
+                let mut members: Vec<String> = status["cluster"]["members"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|m| m["node"].as_str().map(str::to_string))
+                    .collect();
+                members.sort();
+                (members == all).then_some(())
+            });
+            assert!(listed.is_some(), "member {id} never listed {all:?}");
+        }
         fleet
     }
 
