@@ -98,6 +98,24 @@ where
     }
 }
 
+/// Clicks the element `css` selects; found again if the page redrew it
+/// between finding and clicking.
+async fn click(client: &Client, css: &str) {
+    for _ in 0..20 {
+        let Ok(element) = client.find(Locator::Css(css)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        match element.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(err) => panic!("cannot click {css}: {err}"),
+        }
+    }
+    panic!("{css} never stayed on the page long enough to be clicked");
+}
+
 async fn text_of(client: &Client, css: &str) -> Option<String> {
     client.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
@@ -170,13 +188,7 @@ fn the_dashboard_signs_in_shows_reloads_rolls_back_and_reconnects_in_a_real_brow
 
         // Change the file, reload from the page: the result, the new vsn, events.
         set_clock(&node.dir, "1.0.5");
-        client
-            .find(Locator::Css(r#"[data-module="clock"] [data-action="reload"]"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, r#"[data-module="clock"] [data-action="reload"]"#).await;
         let result = until("the reload's result", || async {
             let text = text_of(&client, "#result").await?;
             text.contains("module clock").then_some(text)
@@ -195,18 +207,13 @@ fn the_dashboard_signs_in_shows_reloads_rolls_back_and_reconnects_in_a_real_brow
         // A history row, and a rollback that puts 1.0.0 back.
         let history = text_of(&client, "#history").await.unwrap();
         assert!(history.contains("reload") && history.contains("1.0.5"), "{history}");
-        client
-            .find(Locator::Css(r#"[data-module="clock"] [data-action="rollback"]"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, r#"[data-module="clock"] [data-action="rollback"]"#).await;
         until("the rollback", || async { (text_of(&client, CLOCK_VSN).await? == "1.0.0").then_some(()) }).await;
         let result = text_of(&client, "#result").await.unwrap();
         assert!(result.contains("rolled back") && result.contains("clock 1.0.5 → 1.0.0"), "{result}");
-        let promote = client.find(Locator::Css(r#"[data-module="clock"] [data-action="promote"]"#)).await.unwrap();
-        assert!(!promote.is_enabled().await.unwrap(), "no canary: nothing to promote");
+        let promote_disabled =
+            r#"return document.querySelector('[data-module="clock"] [data-action="promote"]').disabled"#;
+        assert_eq!(script(&client, promote_disabled).await, json!(true), "no canary: nothing to promote");
 
         // A canary started elsewhere shows up; promote it from the page.
         set_clock(&node.dir, "1.0.7");
@@ -228,8 +235,7 @@ fn the_dashboard_signs_in_shows_reloads_rolls_back_and_reconnects_in_a_real_brow
         })
         .await;
         screenshot(&client, "canary.png").await;
-        let promote = client.find(Locator::Css(r#"[data-module="clock"] [data-action="promote"]"#)).await.unwrap();
-        promote.click().await.unwrap();
+        click(&client, r#"[data-module="clock"] [data-action="promote"]"#).await;
         until("the promotion", || async { (text_of(&client, CLOCK_VSN).await? == "1.0.7").then_some(()) }).await;
 
         // The token is in no URL: not the page's, not any resource's.
@@ -251,20 +257,14 @@ fn the_dashboard_signs_in_shows_reloads_rolls_back_and_reconnects_in_a_real_brow
         let node = Served::spawn(dir, temp, &["serve", "--listen", &listen], ".zest/admin.token");
         until("live again", || async { text_of(&client, "#link").await.filter(|t| t == "live") }).await;
         set_clock(&node.dir, "1.0.6");
-        client
-            .find(Locator::Css(r#"[data-module="clock"] [data-action="reload"]"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, r#"[data-module="clock"] [data-action="reload"]"#).await;
         until("a reload after reconnecting", || async {
             (text_of(&client, CLOCK_VSN).await? == "1.0.6").then_some(())
         })
         .await;
 
         // Signing out forgets the token.
-        client.find(Locator::Css("#sign-out")).await.unwrap().click().await.unwrap();
+        click(&client, "#sign-out").await;
         assert_eq!(script(&client, "return sessionStorage.getItem('zest.token')").await, Value::Null);
         assert_eq!(script(&client, "return document.querySelectorAll('[data-module]').length").await, json!(0));
         client.close().await.unwrap();

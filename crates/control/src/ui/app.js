@@ -189,6 +189,7 @@ function signOut(message) {
   $("#events").replaceChildren();
   $("#result").replaceChildren(h("p", { class: "empty", text: "Reload, roll back or promote a module to see its result here." }));
   $("#node-info").replaceChildren();
+  drawn.clear();
   $("#app-view").hidden = true;
   $("#sign-out").hidden = true;
   $("#link").hidden = true;
@@ -218,7 +219,7 @@ async function refresh() {
         rpc("system.history", { limit: 25 }).catch(() => null),
       ]);
       renderStatus(status);
-      if (history) renderHistory(history);
+      if (history) draw("history", history, renderHistory);
     } catch (err) {
       if (conn.live) note(`Cannot read the node's status: ${err.message}`);
     }
@@ -245,16 +246,26 @@ function note(text) {
 
 const lastVsn = new Map();
 
+/** What each section was last drawn from: a section is drawn again only when
+ * its data changed, so a button is not replaced under the pointer. */
+const drawn = new Map();
+function draw(section, data, render) {
+  const key = JSON.stringify(data);
+  if (drawn.get(section) === key) return;
+  drawn.set(section, key);
+  render(data);
+}
+
 function renderStatus(status) {
   const node = status.node || {};
   $("#node-info").replaceChildren(
     h("b", { text: node.listen || location.host }),
     `  ·  zest ${node.version || ""}  ·  up ${uptime(node.uptime_ms || 0)}`,
   );
-  renderModules(status.modules || []);
-  renderProcesses(status.processes || []);
-  renderExtensions(status.extensions || []);
-  renderCluster(status.cluster);
+  draw("modules", status.modules || [], renderModules);
+  draw("processes", status.processes || [], renderProcesses);
+  draw("extensions", status.extensions || [], renderExtensions);
+  draw("cluster", status.cluster || null, renderCluster);
 }
 
 function renderModules(modules) {
