@@ -467,15 +467,16 @@ fn plan(node: &Node) -> Plan {
     plan
 }
 
-/// The directories of a glob before its first wildcard: `src/**/*.rs` → `src`.
+/// The directories of a glob before its first wildcard: `src/**/*.rs` →
+/// `src`; a glob without one names a file, watched from its directory.
 fn literal_prefix(pattern: &str) -> PathBuf {
-    Path::new(pattern)
-        .components()
-        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[', '{']))
-        .collect::<PathBuf>()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    let components: Vec<_> = Path::new(pattern).components().collect();
+    let literal = components.iter().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[', '{']));
+    let mut prefix: PathBuf = literal.clone().collect();
+    if literal.count() == components.len() {
+        prefix.pop();
+    }
+    prefix
 }
 
 fn parent(path: &Path) -> PathBuf {
