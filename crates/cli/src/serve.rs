@@ -115,15 +115,12 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
             }
             _ => None,
         };
-        let started = server::start(
-            Arc::clone(&node),
-            listener,
-            SystemTime::now(),
-            Arc::new(tokens),
-            metrics,
-            config.max_request_bytes,
-            cluster.clone(),
-        );
+        let limits = server::ServerLimits {
+            max_request_bytes: config.max_request_bytes,
+            max_connections: server::open_files_for(config.max_connections),
+        };
+        let started =
+            server::start(Arc::clone(&node), listener, SystemTime::now(), Arc::new(tokens), metrics, limits, cluster.clone());
         let (handle, addr) = started.map_err(cannot_listen)?;
         println!("listening on http://{addr}");
         let _ = std::io::stdout().flush();

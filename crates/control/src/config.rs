@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub extensions: ExtensionsConfig,
     pub limits: Limits,
     pub max_request_bytes: u32,
+    /// `control.max_connections`: connections at once, HTTP and WebSocket.
+    pub max_connections: u32,
     /// `[cluster]`: `None` for a standalone node.
     pub cluster: Option<ClusterConfig>,
     /// `[watch]` or `--watch`: `None` when off.
@@ -69,6 +71,7 @@ pub struct Flags {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4780";
 const DEFAULT_MAX_REQUEST_BYTES: u32 = 4 << 20;
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const A_DAY_MS: u64 = 24 * 3600 * 1000;
 const MAX_MEMORY_MB: u32 = 4096;
 /// wasmtime's default guard region after each linear memory.
@@ -127,6 +130,7 @@ struct ControlSection {
     #[serde(default)]
     tokens: Vec<TokenEntry>,
     max_request_bytes: Option<u32>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +276,13 @@ impl ServeConfig {
             ));
         }
         let max_request_bytes = file.control.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+        if max_request_bytes < 1024 {
+            return Err(at("control.max_request_bytes", "must be at least 1024".into()));
+        }
+        let max_connections = file.control.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(32..=1_000_000).contains(&max_connections) {
+            return Err(at("control.max_connections", "must be between 32 and 1000000".into()));
+        }
         let cluster = match &file.cluster {
             None => None,
             Some(section) => Some(cluster_config(section, &at, &in_file)?),
@@ -299,6 +310,7 @@ impl ServeConfig {
             extensions: ExtensionsConfig { roots, rustc },
             limits,
             max_request_bytes,
+            max_connections,
             cluster,
             watch,
         })

@@ -13,6 +13,8 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod frame;
 pub mod server;
 pub mod ui;
 pub mod wire;
+pub mod ws;

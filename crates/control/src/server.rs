@@ -1,17 +1,22 @@
 //! The control plane (CONTRACT.md §4): JSON-RPC 2.0 over HTTP `POST /` and
-//! WebSocket `/` on one address, built on jsonrpsee, which does the framing,
-//! batches, the size limit and subscriptions. On a cluster member the same
-//! server carries the node-to-node methods (`cluster.prepare`, `.commit`,
-//! `.settle`, `.abort`, scope `cluster`) and `system.reload` goes through the
-//! cluster (`crate::cluster`).
+//! WebSocket `/` on one address. jsonrpsee runs the methods (batches, params);
+//! zest owns everything around them:
 //!
-//! In front of it sits one HTTP layer, the [`Gate`]: it answers `GET /health`
-//! (no auth), `GET /metrics` and `GET /artifacts/<sha256>` (the builds this
-//! node holds, for other members), resolves the bearer token of every request and
-//! WebSocket handshake into a [`Caller`] the methods check, refuses a WebSocket
-//! handshake without a known token, and gives jsonrpsee's own protocol errors
-//! (parse error, invalid request, unknown method, oversized request) the
-//! `data.code` every error carries.
+//! - the accept loop (`accept_loop`): the connection limit, a header and idle
+//!   timeout on every HTTP connection ([`READ_TIMEOUT`]);
+//! - the [`Gate`], one tower layer in front of jsonrpsee: `GET /health` (no
+//!   auth), `GET /metrics`, `GET /artifacts/<sha256>` (builds, for other
+//!   members), the dashboard's files (`ui.rs`); the token of every request
+//!   and WebSocket handshake resolved into a [`Caller`] the methods check;
+//!   request bodies read whole (413 past the limit however they are sent, 408
+//!   when too slow) and vetted (`frame.rs`) so that every message gets an
+//!   answer with `data.code`;
+//! - the WebSocket transport (`ws.rs`): frames vetted the same way, then run
+//!   through jsonrpsee as HTTP requests; the event subscription served there.
+//!
+//! On a cluster member the same server carries the node-to-node methods
+//! (`cluster.prepare`, `.commit`, `.settle`, `.abort`, scope `cluster`) and
+//! `system.reload` goes through the cluster (`crate::cluster`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +38,7 @@ use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError};
 
 use crate::auth::{bearer, Caller, Scope, Tokens};
 use crate::cluster::{Cluster, Refusal};
+use crate::frame;
 use crate::wire::{self, Code, NodeInfo, Nodes};
 
 /// The methods a client may call; any other name reaches [`NOT_FOUND_METHOD`].
@@ -58,6 +64,7 @@ const NOT_FOUND_METHOD: &str = "zest.method_not_found";
 
 /// The notification method of `system.subscribe_events`, and how to unsubscribe.
 pub const EVENT_NOTIFICATION: &str = "system.event";
+pub const SUBSCRIBE: &str = "system.subscribe_events";
 pub const UNSUBSCRIBE: &str = "system.unsubscribe_events";
 
 const TOKEN_REQUIRED: &str = "a valid bearer token is required (Authorization: Bearer <token>)";
@@ -285,32 +292,212 @@ fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> Rp
     module
 }
 
+/// The server's limits (`[control]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Larger requests (HTTP bodies, WebSocket messages) are refused with 413 /
+    /// `REQUEST_TOO_LARGE`.
+    pub max_request_bytes: u32,
+    /// Connections at once (HTTP and WebSocket); the last tenth (at least 16)
+    /// is kept for HTTP requests and `admin` WebSockets.
+    pub max_connections: u32,
+}
+
+/// How long a client may take to send a request's headers (and, idle between
+/// requests, to start the next one) or its body.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The connection limits, shared by every connection.
+#[derive(Clone)]
+struct Connections {
+    /// Every connection holds one of these while open.
+    all: Arc<tokio::sync::Semaphore>,
+    /// A WebSocket of a caller without `admin` also holds one of these:
+    /// however many such sockets are open, the rest stays for everyone else.
+    guests: Arc<tokio::sync::Semaphore>,
+    max_request_bytes: u32,
+}
+
+impl Connections {
+    fn new(limits: ServerLimits) -> Connections {
+        let all = limits.max_connections.max(1) as usize;
+        let reserve = (all / 10).max(16).min(all);
+        Connections {
+            all: Arc::new(tokio::sync::Semaphore::new(all)),
+            guests: Arc::new(tokio::sync::Semaphore::new(all - reserve)),
+            max_request_bytes: limits.max_request_bytes,
+        }
+    }
+}
+
 /// Starts the server on `listener` (bound beforehand, so that a cluster
 /// member can advertise its address before it serves); `cluster` when the node
-/// is a cluster member.
+/// is a cluster member. Must run inside a tokio runtime.
 pub fn start(
     node: Arc<Node>,
     listener: std::net::TcpListener,
     started_at: std::time::SystemTime,
     tokens: Arc<Tokens>,
     metrics: Option<PrometheusHandle>,
-    max_request_bytes: u32,
+    limits: ServerLimits,
     cluster: Option<Arc<Cluster>>,
 ) -> std::io::Result<(ServerHandle, SocketAddr)> {
-    let config =
-        ServerConfig::builder().max_request_body_size(max_request_bytes).max_response_body_size(u32::MAX).build();
-    let gate = tower::ServiceBuilder::new().layer(GateLayer { tokens, metrics, node: Arc::clone(&node) });
+    // zest's own connection limits apply (`Connections`); jsonrpsee's would
+    // count requests, and is set out of the way.
+    let config = ServerConfig::builder()
+        .max_request_body_size(limits.max_request_bytes)
+        .max_response_body_size(u32::MAX)
+        .max_connections(u32::MAX >> 1)
+        .http_only()
+        .build();
+    let connections = Connections::new(limits);
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    let gate = tower::ServiceBuilder::new().layer(GateLayer {
+        tokens,
+        metrics,
+        node: Arc::clone(&node),
+        connections: connections.clone(),
+        stop: stop.clone(),
+    });
     let rpc = RpcServiceBuilder::new().layer_fn(|inner| KnownMethods { inner });
+    let builder =
+        Server::builder().set_config(config).set_http_middleware(gate).set_rpc_middleware(rpc).to_service_builder();
     listener.set_nonblocking(true)?;
-    let server = Server::builder()
-        .set_config(config)
-        .set_http_middleware(gate)
-        .set_rpc_middleware(rpc)
-        .build_from_tcp(listener)?;
-    let addr = server.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
     let info = NodeInfo { listen: addr.to_string(), started_at };
-    let handle = server.start(methods(node, info, cluster));
+    let methods: jsonrpsee::Methods = methods(node, info, cluster).into();
+    let shutdown = stop.clone();
+    // One service per connection, its type erased here where it is known.
+    let per_connection: Arc<dyn Fn() -> ConnectionService + Send + Sync> = Arc::new(move || {
+        tower::util::BoxCloneService::new(tower::ServiceExt::map_err(
+            builder.clone().build(methods.clone(), stop.clone()),
+            Into::into,
+        ))
+    });
+    tokio::spawn(accept_loop(listener, per_connection, shutdown, connections));
     Ok((handle, addr))
+}
+
+/// What serves one connection's requests.
+type ConnectionService = tower::util::BoxCloneService<HttpRequest<HttpBody>, HttpResponse, BoxError>;
+
+/// Accepts connections while the server runs; each is served on a task of its
+/// own with a header and idle timeout ([`READ_TIMEOUT`]). Past the connection
+/// limit a new connection is closed at once.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    per_connection: Arc<dyn Fn() -> ConnectionService + Send + Sync>,
+    stop: jsonrpsee::server::StopHandle,
+    connections: Connections,
+) {
+    let stopped = stop.clone().shutdown();
+    tokio::pin!(stopped);
+    let mut last_warning: Option<std::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => break,
+        };
+        let socket = match accepted {
+            Ok((socket, _)) => socket,
+            Err(err) => {
+                // Out of file descriptors, say: wait a moment rather than spin.
+                if last_warning.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(5)) {
+                    tracing::warn!(%err, "cannot accept a connection");
+                    last_warning = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections.all).try_acquire_owned() else {
+            if last_warning.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(5)) {
+                tracing::warn!("the connection limit (control.max_connections) is reached; closing new connections");
+                last_warning = Some(std::time::Instant::now());
+            }
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let service = per_connection();
+        let stop = stop.clone();
+        tokio::spawn(serve_connection(socket, service, stop, permit));
+    }
+}
+
+/// A connection's service as hyper calls it.
+struct Hyper(ConnectionService);
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Hyper {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = <ConnectionService as Service<HttpRequest<HttpBody>>>::Future;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.0.clone().call(request.map(HttpBody::new))
+    }
+}
+
+/// One connection, until it closes or the server stops (then gracefully).
+async fn serve_connection(
+    socket: tokio::net::TcpStream,
+    service: ConnectionService,
+    stop: jsonrpsee::server::StopHandle,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let service = Hyper(service);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(READ_TIMEOUT);
+    let connection = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service).with_upgrades();
+    tokio::pin!(connection);
+    let stopped = stop.shutdown();
+    tokio::pin!(stopped);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = &mut stopped => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = served {
+        tracing::debug!(%err, "a connection ended with an error");
+    }
+    drop(permit);
+}
+
+/// File descriptors besides connections: the node's files, etcd, peers.
+const FILES_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Raises this process's open-file limit as far as the system allows, so
+/// that `connections` can be open at once; returns how many can (fewer, with
+/// a warning, when the limit is lower).
+pub fn open_files_for(connections: u32) -> u32 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct we own.
+    let available = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return connections;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let usable = available.saturating_sub(FILES_BESIDES_CONNECTIONS);
+    if u64::from(connections) > usable {
+        let usable = usable.max(32) as u32;
+        tracing::warn!(
+            configured = connections,
+            open_file_limit = available,
+            "control.max_connections is above what the open-file limit allows; using {usable}"
+        );
+        return usable;
+    }
+    connections
 }
 
 /// The name of an unknown method a request asked for.
@@ -364,13 +551,22 @@ struct GateLayer {
     tokens: Arc<Tokens>,
     metrics: Option<PrometheusHandle>,
     node: Arc<Node>,
+    connections: Connections,
+    stop: jsonrpsee::server::StopHandle,
 }
 
 impl<S> Layer<S> for GateLayer {
     type Service = Gate<S>;
 
     fn layer(&self, inner: S) -> Gate<S> {
-        Gate { inner, tokens: Arc::clone(&self.tokens), metrics: self.metrics.clone(), node: Arc::clone(&self.node) }
+        Gate {
+            inner,
+            tokens: Arc::clone(&self.tokens),
+            metrics: self.metrics.clone(),
+            node: Arc::clone(&self.node),
+            connections: self.connections.clone(),
+            stop: self.stop.clone(),
+        }
     }
 }
 
@@ -381,11 +577,14 @@ struct Gate<S> {
     tokens: Arc<Tokens>,
     metrics: Option<PrometheusHandle>,
     node: Arc<Node>,
+    connections: Connections,
+    /// WebSockets close when the server stops.
+    stop: jsonrpsee::server::StopHandle,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-fn respond(status: http::StatusCode, content_type: &str, body: impl Into<HttpBody>) -> HttpResponse {
+pub(crate) fn respond(status: http::StatusCode, content_type: &str, body: impl Into<HttpBody>) -> HttpResponse {
     http::Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
@@ -393,10 +592,14 @@ fn respond(status: http::StatusCode, content_type: &str, body: impl Into<HttpBod
         .expect("static response parts are valid")
 }
 
+fn json_answer(status: http::StatusCode, text: String) -> HttpResponse {
+    respond(status, "application/json", text)
+}
+
 impl<S> Service<HttpRequest<HttpBody>> for Gate<S>
 where
     S: Service<HttpRequest<HttpBody>, Response = HttpResponse> + Clone + Send + 'static,
-    S::Error: Into<BoxError> + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = HttpResponse;
@@ -418,11 +621,7 @@ where
                 return Box::pin(async move { Ok(page.map(HttpBody::from)) });
             }
         }
-        let websocket = request
-            .headers()
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let websocket = crate::ws::is_upgrade(&request);
         // A browser's WebSocket cannot set headers: its token comes as the
         // subprotocol `bearer.<token>`, which the handshake's answer must name.
         let authorization = request.headers().get(http::header::AUTHORIZATION);
@@ -449,37 +648,134 @@ where
             let response = artifact(&self.node, &caller, &path["/artifacts/".len()..]);
             return Box::pin(async move { Ok(response) });
         }
-        if websocket && caller.0.is_none() {
-            return Box::pin(async { Ok(unauthorized()) });
+        if websocket {
+            let protocol = offered.and_then(|(_, protocol)| http::HeaderValue::from_str(&protocol).ok());
+            let response = self.websocket(request, caller, protocol);
+            return Box::pin(async move { Ok(response) });
+        }
+        if request.method() != http::Method::POST {
+            let message = "JSON-RPC is POST / (or a WebSocket at /); the dashboard is GET /ui";
+            let response = json_answer(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                frame::error_answer("null", Code::InvalidRequest, message),
+            );
+            return Box::pin(async move { Ok(response) });
         }
         request.extensions_mut().insert(caller);
-        if request.method() == http::Method::POST && !websocket {
-            // `curl -d` and friends send a form content type; the body is JSON
-            // whatever the header says, and jsonrpsee would refuse it.
-            let json = request
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/json"));
-            if !json {
-                request
-                    .headers_mut()
-                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        let limit = self.connections.max_request_bytes as usize;
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let bytes = match read_body(body, limit).await {
+                Ok(bytes) => bytes,
+                Err(refusal) => return Ok(refusal),
+            };
+            let (body, fixes) = match frame::vet(&bytes, frame::Transport::Http) {
+                frame::Vetted::Answer(text) => return Ok(json_answer(http::StatusCode::OK, text)),
+                frame::Vetted::Pass { body, fixes } => (body, fixes),
+                frame::Vetted::Subscription { .. } => unreachable!("HTTP subscriptions are refused by vet"),
+            };
+            // The body is JSON whatever `Content-Type` said (`curl -d` sends a
+            // form type, which jsonrpsee would refuse).
+            parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            let response =
+                inner.call(http::Request::from_parts(parts, HttpBody::from(body))).await.map_err(Into::into)?;
+            let (mut parts, body) = response.into_parts();
+            let answer = body.collect().await?.to_bytes();
+            let finished = frame::finish(&String::from_utf8_lossy(&answer), &fixes);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            Ok(http::Response::from_parts(parts, HttpBody::from(finished)))
+        })
+    }
+}
+
+impl<S> Gate<S>
+where
+    S: Service<HttpRequest<HttpBody>, Response = HttpResponse> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// A WebSocket handshake: refused without a known token, or when the
+    /// connections it may take are taken; else our own transport (`ws.rs`).
+    fn websocket(
+        &self,
+        request: HttpRequest<HttpBody>,
+        caller: Caller,
+        protocol: Option<http::HeaderValue>,
+    ) -> HttpResponse {
+        if caller.0.is_none() {
+            return unauthorized();
+        }
+        let busy = |message: &str| {
+            let mut response = json_answer(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                frame::error_answer("null", Code::Conflict, message),
+            );
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+            response
+        };
+        let mut permits = Vec::new();
+        if caller.check(Scope::Admin).is_err() {
+            match Arc::clone(&self.connections.guests).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => {
+                    return busy("too many WebSockets without the admin scope are open (control.max_connections)")
+                }
             }
         }
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = future.await.map_err(Into::into)?;
-            if websocket {
-                if let Some(protocol) = offered.and_then(|(_, protocol)| http::HeaderValue::from_str(&protocol).ok()) {
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        response.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, protocol);
-                    }
+        match Arc::clone(&self.connections.all).try_acquire_owned() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => return busy("the node's connection limit is reached (control.max_connections)"),
+        }
+        let session = crate::ws::Session {
+            node: Arc::clone(&self.node),
+            inner: self.inner.clone(),
+            caller,
+            protocol,
+            max_message: self.connections.max_request_bytes as usize,
+            permits,
+            stop: self.stop.clone(),
+        };
+        crate::ws::accept(request, session)
+    }
+}
+
+/// A request body, whole: refused with 413 (`REQUEST_TOO_LARGE`) past `limit`
+/// bytes however it is sent (a `Content-Length` or chunks), with 408 when it
+/// does not arrive within [`READ_TIMEOUT`].
+async fn read_body(body: HttpBody, limit: usize) -> Result<Vec<u8>, HttpResponse> {
+    let too_large = || {
+        let message = format!("the request is over the limit of {limit} bytes (control.max_request_bytes)");
+        json_answer(http::StatusCode::PAYLOAD_TOO_LARGE, frame::error_answer("null", Code::RequestTooLarge, &message))
+    };
+    let read = async {
+        let mut body = body;
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                let message = "the request body could not be read";
+                json_answer(http::StatusCode::BAD_REQUEST, frame::error_answer("null", Code::ParseError, message))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > limit {
+                    return Err(too_large());
                 }
-                return Ok(response);
+                bytes.extend_from_slice(&data);
             }
-            with_error_codes(response).await
-        })
+        }
+        Ok(bytes)
+    };
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(read) => read,
+        Err(_) => {
+            let message = format!("the request body did not arrive within {} s", READ_TIMEOUT.as_secs());
+            Err(json_answer(
+                http::StatusCode::REQUEST_TIMEOUT,
+                frame::error_answer("null", Code::InvalidRequest, &message),
+            ))
+        }
     }
 }
 
@@ -513,52 +809,4 @@ fn unauthorized() -> HttpResponse {
     let mut response = respond(http::StatusCode::UNAUTHORIZED, "application/json", body.to_string());
     response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     response
-}
-
-/// Adds `data.code` to every error in a JSON-RPC response that lacks one
-/// (jsonrpsee's own errors); anything else passes through untouched.
-async fn with_error_codes(response: HttpResponse) -> Result<HttpResponse, BoxError> {
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await?.to_bytes();
-    // Most answers hold no error at all: those are not parsed again.
-    let may_hold_error = bytes.windows(7).any(|window| window == b"\"error\"");
-    let patched =
-        may_hold_error.then(|| serde_json::from_slice::<Value>(&bytes).ok()).flatten().and_then(|mut value| {
-            let mut changed = false;
-            match &mut value {
-                Value::Array(items) => items.iter_mut().for_each(|item| changed |= add_code(item)),
-                item => changed = add_code(item),
-            }
-            changed.then(|| value.to_string())
-        });
-    let body = match patched {
-        Some(text) => HttpBody::from(text),
-        None => HttpBody::from(bytes.to_vec()),
-    };
-    let mut response = http::Response::from_parts(parts, body);
-    response.headers_mut().remove(http::header::CONTENT_LENGTH);
-    Ok(response)
-}
-
-fn add_code(response: &mut Value) -> bool {
-    let Some(error) = response.get_mut("error").and_then(Value::as_object_mut) else {
-        return false;
-    };
-    if error.get("data").and_then(|d| d.get("code")).is_some() {
-        return false;
-    }
-    let code = Code::of_numeric(error.get("code").and_then(Value::as_i64).unwrap_or(-32603)).as_str();
-    match error.get_mut("data") {
-        Some(Value::Object(data)) => {
-            data.insert("code".into(), json!(code));
-        }
-        Some(other) => {
-            let detail = other.take();
-            error.insert("data".into(), json!({"code": code, "detail": detail}));
-        }
-        None => {
-            error.insert("data".into(), json!({"code": code}));
-        }
-    }
-    true
 }
