@@ -161,6 +161,7 @@ struct LimitsSection {
     build_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     instances: Option<u32>,
+    module_mb: Option<u32>,
 }
 
 impl ServeConfig {
@@ -257,6 +258,12 @@ impl ServeConfig {
         }
         if let Some(n) = l.instances {
             limits.instances = positive("instances", n.into())? as u32;
+        }
+        if let Some(mb) = l.module_mb {
+            limits.module_mb = positive("module_mb", mb.into())? as u32;
+            if mb > 1024 {
+                return Err(at("limits.module_mb", "must be at most 1024".into()));
+            }
         }
         if limits.memory_mb > MAX_MEMORY_MB {
             return Err(at("limits.memory_mb", format!("must be at most {MAX_MEMORY_MB} (a wasm32 memory's 4 GiB)")));

@@ -51,6 +51,9 @@ pub struct Limits {
     /// `limits.instances`: how many instances may exist at once per compiler
     /// (processes, pooled call instances and those in a migration).
     pub instances: u32,
+    /// `limits.module_mb`: the largest build (a `.wasm`, a `.wat` text, what
+    /// rustc made of a `.rs`) a reload accepts.
+    pub module_mb: u32,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             build_timeout: Duration::from_millis(600_000),
             drain_timeout: Duration::from_millis(5000),
             instances: 20_000,
+            module_mb: 64,
         }
     }
 }
@@ -68,6 +72,10 @@ impl Default for Limits {
 impl Limits {
     pub(crate) fn memory_bytes(&self) -> usize {
         (self.memory_mb as usize) << 20
+    }
+
+    pub(crate) fn module_bytes(&self) -> u64 {
+        u64::from(self.module_mb) << 20
     }
 
     /// When a drain starting now gives up; a timeout too long to add means a year.

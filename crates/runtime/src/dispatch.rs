@@ -37,6 +37,8 @@ pub(crate) type Callables = std::sync::Arc<[Box<str>]>;
 pub(crate) struct Dispatching {
     pub(crate) wasm: Vec<u8>,
     pub(crate) callables: Vec<Box<str>>,
+    /// The largest initial size of the module's memories, in bytes.
+    pub(crate) memory_min_bytes: u64,
 }
 
 /// Reads an unsigned LEB128 u32 at the start of `bytes`: the value and its length.
@@ -83,8 +85,16 @@ pub(crate) fn rewrite(wasm: &[u8]) -> Result<Dispatching, String> {
     // The type index of every function, imported ones first.
     let mut functions: Vec<u32> = Vec::new();
     let mut exports = Vec::new();
+    let mut memory_min_bytes = 0u64;
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(parse)? {
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory = memory.map_err(parse)?;
+                    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                    memory_min_bytes = memory_min_bytes.max(memory.initial.saturating_mul(page));
+                }
+            }
             Payload::TypeSection(reader) => {
                 for group in reader {
                     for sub in group.map_err(parse)?.into_types() {
@@ -115,7 +125,7 @@ pub(crate) fn rewrite(wasm: &[u8]) -> Result<Dispatching, String> {
             }
             Payload::Version { encoding: wasmparser::Encoding::Component, .. } => {
                 // Not a core module: left for the engine to refuse.
-                return Ok(Dispatching { wasm: wasm.to_vec(), callables: Vec::new() });
+                return Ok(Dispatching { wasm: wasm.to_vec(), callables: Vec::new(), memory_min_bytes: 0 });
             }
             _ => {}
         }
@@ -141,9 +151,11 @@ pub(crate) fn rewrite(wasm: &[u8]) -> Result<Dispatching, String> {
         }
     }
     if callables.is_empty() {
-        return Ok(Dispatching { wasm: wasm.to_vec(), callables: Vec::new() });
+        return Ok(Dispatching { wasm: wasm.to_vec(), callables: Vec::new(), memory_min_bytes });
     }
-    encode(wasm, &types, functions.len(), &callables, &kept)
+    let mut rewritten = encode(wasm, &types, functions.len(), &callables, &kept)?;
+    rewritten.memory_min_bytes = memory_min_bytes;
+    Ok(rewritten)
 }
 
 /// The rewritten module: every section as it was, but the type section with the
@@ -202,7 +214,11 @@ fn encode(
             }
         }
     }
-    Ok(Dispatching { wasm: module.finish(), callables: callables.iter().map(|(name, _)| name.clone()).collect() })
+    Ok(Dispatching {
+        wasm: module.finish(),
+        callables: callables.iter().map(|(name, _)| name.clone()).collect(),
+        memory_min_bytes: 0,
+    })
 }
 
 fn export_kind(kind: ExternalKind) -> Result<ExportKind, String> {

@@ -52,6 +52,8 @@ pub(crate) struct Engines {
     recent: Recent,
     pub(crate) clock: Arc<Clock>,
     _ticker: Ticker,
+    /// `limits.memory_mb`: a build whose memory starts larger is refused.
+    memory_mb: u32,
 }
 
 /// How many compiled builds [`Recent`] keeps, and how much machine code at most.
@@ -140,7 +142,15 @@ impl Engines {
         let winch = Backend::new(config, Compiler::Winch)?;
         let clock = Arc::new(Clock::default());
         let ticker = Ticker::start(vec![cranelift.engine.clone(), winch.engine.clone()], Arc::clone(&clock))?;
-        Ok(Engines { cranelift, winch, choice: config.compiler, recent: Recent::default(), clock, _ticker: ticker })
+        Ok(Engines {
+            cranelift,
+            winch,
+            choice: config.compiler,
+            recent: Recent::default(),
+            clock,
+            _ticker: ticker,
+            memory_mb: config.limits.memory_mb,
+        })
     }
 
     fn backend(&self, compiler: Compiler) -> &Backend {
@@ -218,6 +228,14 @@ impl Engines {
 
     fn compile(&self, wasm: &[u8], compiler: Compiler) -> Result<Loaded, (Reason, String)> {
         let rewritten = dispatch::rewrite(wasm).map_err(|message| (Reason::InvalidModule, message))?;
+        if rewritten.memory_min_bytes > u64::from(self.memory_mb) << 20 {
+            let message = format!(
+                "its memory starts at {} MiB, over the limit of {} MiB (limits.memory_mb)",
+                rewritten.memory_min_bytes >> 20,
+                self.memory_mb
+            );
+            return Err((Reason::InvalidModule, message));
+        }
         let module = Module::new(&self.backend(compiler).engine, &rewritten.wasm)
             .map_err(|err| (Reason::InvalidModule, format!("{err:#}")))?;
         Ok(Loaded { module, callables: rewritten.callables.into(), compiler, compiled: true })

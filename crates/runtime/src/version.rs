@@ -106,7 +106,20 @@ impl Version {
         let pre = engines.instance_pre(module, compiler)?;
         let life = Arc::new(Life::default());
         let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
-        let mut first = Instance::new(&pre, state, 0).map_err(|err| format!("cannot instantiate: {err:#}"))?;
+        let mut first = Instance::new(&pre, state, 0).map_err(|err| {
+            // A start function (or data) that breaks a limit says which.
+            match err.downcast_ref::<crate::host::Abort>() {
+                Some(crate::host::Abort::Timeout) => format!(
+                    "cannot instantiate: its start function ran past the call deadline of {} ms (limits.call_timeout_ms)",
+                    env.limits.call_timeout.as_millis()
+                ),
+                Some(crate::host::Abort::MemoryLimit) => format!(
+                    "cannot instantiate: it needs more memory than the limit of {} MiB (limits.memory_mb)",
+                    env.limits.memory_mb
+                ),
+                _ => format!("cannot instantiate: {err:#}"),
+            }
+        })?;
         let hex = hex::encode(sha256);
         let vsn = if exports.vsn { first.read_vsn()? } else { hex[..16].to_string() };
         let info = VersionInfo {

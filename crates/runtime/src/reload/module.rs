@@ -240,6 +240,7 @@ impl ModuleStep {
 }
 
 fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<Option<Staged>, Failure> {
+    check_size(shared, name, &build.source, build.bytes.len() as u64)?;
     let sha256: [u8; 32] = Sha256::digest(&build.bytes).into();
     if let Some(canary) = shared.registry.slot(name).and_then(|slot| slot.canary()) {
         let message = format!(
@@ -464,6 +465,21 @@ pub(crate) fn purge(step: &mut ModuleStep, deadline: Instant, hard: bool) {
 
 /// Reads module `name`'s build from `source`, or from the file its current
 /// version came from.
+/// Refuses a build larger than `limits.module_mb`.
+fn check_size(shared: &Shared, name: &str, source: &Path, bytes: u64) -> Result<(), Failure> {
+    let limit = shared.config.limits.module_bytes();
+    if bytes <= limit {
+        return Ok(());
+    }
+    let message = format!(
+        "{} is {:.1} MiB, over the limit of {} MiB (limits.module_mb)",
+        source.display(),
+        bytes as f64 / f64::from(1 << 20),
+        shared.config.limits.module_mb
+    );
+    Err(Failure::new(name, Reason::InvalidModule, message))
+}
+
 fn read_build(shared: &Arc<Shared>, name: &str, source: Option<&Path>) -> Result<Build, Failure> {
     crate::abi::check_name(name).map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
     let path: PathBuf = match source {
@@ -481,6 +497,12 @@ fn read_build(shared: &Arc<Shared>, name: &str, source: Option<&Path>) -> Result
             return Err(Failure::new(name, Reason::UnsupportedExtension, message));
         }
     };
+    // The size first: a huge file is refused before it is read.
+    if let Ok(meta) = std::fs::metadata(&path) {
+        if meta.is_file() {
+            check_size(shared, name, &path, meta.len())?;
+        }
+    }
     match std::fs::read(&path) {
         Ok(bytes) => Ok(Build { source: path, bytes: bytes.into(), is_text }),
         Err(err) if err.kind() == std::io::ErrorKind::IsADirectory => {

@@ -101,3 +101,48 @@ fn call_chains_deeper_than_the_limit_fail_cleanly() {
     fx.load("clock", &versioned(1, 0));
     assert_eq!(fx.call("clock", "get", "null"), r#"{"v":1}"#);
 }
+
+#[test]
+fn a_start_function_that_never_returns_fails_its_load_and_the_old_build_serves() {
+    let fx = Fixture::with_limits(limits(300, 64, 5000));
+    fx.load("clock", &versioned(1, 0));
+    let looping = module(&[
+        r#"(func $forever (loop $l (br $l)))"#,
+        r#"(start $forever)"#,
+        r#"(func (export "get") (param i32 i32) (result i64) i64.const 0)"#,
+    ]);
+    std::fs::write(fx.path("clock.wat"), &looping).unwrap();
+    let started = Instant::now();
+    let result = fx.node.reload_module("clock", &zest_runtime::ReloadOptions::default());
+    assert!(started.elapsed() < Duration::from_secs(2), "the reload took {:?}", started.elapsed());
+    assert_eq!(result.errors[0].reason, zest_runtime::Reason::InvalidModule, "{result:#?}");
+    assert!(result.errors[0].message.contains("start function ran past the call deadline of 300 ms"), "{result:#?}");
+    assert_eq!(fx.call("clock", "get", "null"), r#"{"v":1}"#, "the old build serves");
+
+    // A build whose memory is larger than the limit from the start.
+    let greedy = module(&[r#"(func (export "get") (param i32 i32) (result i64) i64.const 0)"#])
+        .replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 2000)");
+    std::fs::write(fx.path("clock.wat"), &greedy).unwrap();
+    let result = fx.node.reload_module("clock", &zest_runtime::ReloadOptions::default());
+    assert!(result.errors[0].message.contains("memory starts at 125 MiB, over the limit of 64 MiB"), "{result:#?}");
+    assert_eq!(fx.call("clock", "get", "null"), r#"{"v":1}"#);
+}
+
+#[test]
+fn a_build_over_the_size_limit_is_refused_before_it_is_compiled() {
+    let fx = Fixture::with_limits(zest_runtime::Limits { module_mb: 1, ..limits(5000, 64, 5000) });
+    fx.load("clock", &versioned(1, 0));
+    // 40,000 exports and a 600 KB data segment: about 2.5 MB of text.
+    let mut parts = vec![format!(r#"(data (i32.const 0) "{}")"#, "x".repeat(600_000))];
+    for k in 0..40_000 {
+        parts.push(format!(r#"(func (export "f{k}") (param i32 i32) (result i64) i64.const 0)"#));
+    }
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    std::fs::write(fx.path("clock.wat"), module(&parts)).unwrap();
+    let started = Instant::now();
+    let result = fx.node.reload_module("clock", &zest_runtime::ReloadOptions::default());
+    assert!(started.elapsed() < Duration::from_millis(500), "refused late: {:?}", started.elapsed());
+    assert_eq!(result.errors[0].reason, zest_runtime::Reason::InvalidModule, "{result:#?}");
+    assert!(result.errors[0].message.contains("over the limit of 1 MiB (limits.module_mb)"), "{result:#?}");
+    assert_eq!(fx.call("clock", "get", "null"), r#"{"v":1}"#);
+}
