@@ -168,16 +168,25 @@ impl ServeConfig {
     /// The file (when given), then the flags over it. Errors name the file and
     /// the problem.
     pub fn load(flags: &Flags) -> Result<ServeConfig, String> {
-        let (file, base) = match &flags.config {
+        match &flags.config {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-                let file: File = toml::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
-                let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                (file, absolute(dir))
+                ServeConfig::parse(&text, path, flags)
             }
-            None => (File::default(), absolute(Path::new("."))),
-        };
+            None => ServeConfig::from_file(File::default(), absolute(Path::new(".")), flags),
+        }
+    }
+
+    /// `text` as the file at `path` (relative paths in it are taken from its
+    /// directory), then `flags` over it.
+    pub fn parse(text: &str, path: &Path, flags: &Flags) -> Result<ServeConfig, String> {
+        let file: File = toml::from_str(text).map_err(|err| format!("{}: {err}", path.display()))?;
+        let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        ServeConfig::from_file(file, absolute(dir), flags)
+    }
+
+    fn from_file(file: File, base: PathBuf, flags: &Flags) -> Result<ServeConfig, String> {
         let origin = flags.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "flags".into());
         let at = |key: &str, problem: String| format!("{origin}: {key}: {problem}");
         let in_file = |path: &Path| if path.is_absolute() { path.to_path_buf() } else { base.join(path) };

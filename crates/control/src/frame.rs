@@ -137,7 +137,7 @@ fn request(entry: &RawValue, transport: Transport, in_batch: bool, fixes: &mut F
                 fixes.ids.push((encoded, raw.clone()));
                 Some(raw)
             }
-            IdKind::Invalid => return Err(invalid("null", "an id is a string, a number or null")),
+            IdKind::Invalid => return Err(invalid("null", "an id is a (valid) string, a number or null")),
         },
     };
     let shown = id.unwrap_or_else(|| "null".into());
@@ -202,7 +202,9 @@ enum IdKind {
 
 fn id_kind(raw: &str) -> IdKind {
     match raw.as_bytes().first() {
-        Some(b'"') => IdKind::Plain,
+        // serde_json's raw values skip over escapes: a lone surrogate
+        // (`"\ud800"`) would pass, then fail in every answer that names it.
+        Some(b'"') if !raw.contains('\\') || serde_json::from_str::<String>(raw).is_ok() => IdKind::Plain,
         Some(b'n') => IdKind::Plain,
         Some(b'-' | b'0'..=b'9') if raw.parse::<u64>().is_ok() => IdKind::Plain,
         // A number too large for any double (1e400) is refused: few clients
@@ -299,6 +301,9 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":[],"method":"m"}"#, "INVALID_REQUEST"),
             (r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#, "INVALID_REQUEST"),
             (r#"{"jsonrpc":"2.0","id":1e400,"method":"m"}"#, "INVALID_REQUEST"),
+            // A lone surrogate (found by the rpc_frame fuzz target).
+            (r#"{"jsonrpc":"2.0","id":"\ud800sub","method":"m"}"#, "INVALID_REQUEST"),
+            (r#"{"jsonrpc":"2.0","id":"\ud800","method":"system.subscribe_events"}"#, "INVALID_REQUEST"),
         ] {
             assert_eq!(code_of(&answered(message, Transport::Http)), code, "{message}");
         }

@@ -209,9 +209,16 @@ pub(crate) fn push_uint(out: &mut String, mut n: u64) {
 }
 
 /// The one use of `core::fmt`: the shortest text that reads back as `x`.
+/// Very large and very small magnitudes get an exponent: plain digits would
+/// run to 300 places, more than some parsers (serde_json's) take back.
 fn push_float(out: &mut String, x: f64) {
     use std::fmt::Write;
-    let _ = write!(out, "{}", x);
+    let magnitude = x.abs();
+    if magnitude >= 1e16 || (magnitude != 0.0 && magnitude < 1e-6) {
+        let _ = write!(out, "{:e}", x);
+    } else {
+        let _ = write!(out, "{}", x);
+    }
 }
 
 fn push_string(out: &mut String, s: &str) {
@@ -446,7 +453,12 @@ impl<'a> Parser<'a> {
                 return Ok(Json::Int(n));
             }
         }
-        text.parse::<f64>().map(Json::Float).map_err(|_| self.fail("bad number"))
+        match text.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Json::Float(x)),
+            // As serde_json (the host's parser) does: 1e999 is no number.
+            Ok(_) => Err(self.fail("number out of range")),
+            Err(_) => Err(self.fail("bad number")),
+        }
     }
 
     fn digits(&mut self) {
@@ -490,6 +502,22 @@ mod tests {
         }
         let deep = "[".repeat(MAX_DEPTH + 2);
         assert!(Json::parse(&deep).unwrap_err().contains("nesting too deep"));
+    }
+
+    #[test]
+    fn numbers_far_from_one_print_with_an_exponent_and_read_back() {
+        for (x, text) in [
+            (1.7976931348623157e308, "1.7976931348623157e308"),
+            (1.8446744073709552e19, "1.8446744073709552e19"),
+            (5e-324, "5e-324"),
+            (-2.5e-7, "-2.5e-7"),
+            (0.5, "0.5"),
+            (1234.5, "1234.5"),
+        ] {
+            assert_eq!(Json::Float(x).to_string(), text);
+            assert_eq!(Json::parse(text).unwrap(), Json::Float(x));
+        }
+        assert!(Json::parse("1e999").unwrap_err().contains("out of range"));
     }
 
     #[test]

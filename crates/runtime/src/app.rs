@@ -112,16 +112,27 @@ impl AppManifest {
     /// Reads `dir/zest.toml` and checks it.
     pub fn load(dir: &Path) -> Result<AppManifest, ManifestError> {
         let file = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&file).map_err(|err| ManifestError {
+            file: file.clone(),
+            key: String::new(),
+            problem: format!("cannot read: {err}"),
+            reason: Reason::Enoent,
+        })?;
+        AppManifest::parse(&text, dir)
+    }
+
+    /// Checks `text` as the manifest of an app in `dir` (module files are
+    /// looked for there).
+    pub fn parse(text: &str, dir: &Path) -> Result<AppManifest, ManifestError> {
+        let file = dir.join(MANIFEST);
         let fail = |key: &str, problem: String, reason: Reason| ManifestError {
             file: file.clone(),
             key: key.to_string(),
             problem,
             reason,
         };
-        let text =
-            std::fs::read_to_string(&file).map_err(|err| fail("", format!("cannot read: {err}"), Reason::Enoent))?;
-        let parsed: File = toml::from_str(&text).map_err(|err| {
-            let at = err.span().map(|span| line_col(&text, span.start)).unwrap_or_default();
+        let parsed: File = toml::from_str(text).map_err(|err| {
+            let at = err.span().map(|span| line_col(text, span.start)).unwrap_or_default();
             fail("", format!("{at}{}", err.message()), Reason::InvalidModule)
         })?;
         let invalid = |key: &str, problem: String| fail(key, problem, Reason::InvalidModule);

@@ -52,18 +52,19 @@ impl Format {
 
 /// A path that passed every check of §5.4 up to compiling.
 #[derive(Debug, Clone)]
-pub(crate) struct Checked {
+pub struct Checked {
     /// The module name: the file stem.
-    pub(crate) name: String,
+    pub name: String,
     /// The file, links resolved.
-    pub(crate) file: PathBuf,
-    pub(crate) format: Format,
+    pub file: PathBuf,
+    pub format: Format,
 }
 
 /// Runs the checks of §5.4 in their order — `empty_path`, `forbidden_path`,
 /// `enoent`, `not_a_file`, `unsupported_extension` — on `given` (relative paths
-/// are taken from the working directory). The failures name `given`.
-pub(crate) fn check_path(roots: &[PathBuf], given: &Path) -> Result<Checked, Failure> {
+/// are taken from the working directory). The failures name `given`. Public
+/// for tools and the fuzz targets (`crates/fuzz`).
+pub fn check_path(roots: &[PathBuf], given: &Path) -> Result<Checked, Failure> {
     let target = given.display().to_string();
     let fail = |reason, message: String| Failure::new(&target, reason, message);
     if target.trim().is_empty() {

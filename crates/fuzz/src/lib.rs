@@ -1,0 +1,306 @@
+//! zest's fuzz targets: each takes arbitrary bytes and panics only when a
+//! property the code promises is broken (a crash of the code under test is a
+//! panic too). The same functions run
+//!
+//! - under AFL++, coverage-guided, for as long as asked:
+//!   `scripts/fuzz.sh TARGET SECONDS` (`fuzz/afl/`, built with `cargo afl`);
+//! - as a smoke in the test command (`tests/smoke.rs`): every input of the
+//!   corpus in `fuzz/corpus/TARGET/`, then mutations of them.
+//!
+//! | target | what | properties |
+//! |---|---|---|
+//! | `manifest` | `zest.toml` parsing | no panic; an accepted manifest's names pass the name rules; an error names the file |
+//! | `node_config` | the node configuration file | no panic; an accepted config keeps every limit in range |
+//! | `reload_params` | `system.reload`/`rollback`/`promote`/`history` params into requests | no panic; an accepted canary is 1–99 %, a trial's window positive |
+//! | `rpc_frame` | JSON-RPC framing before jsonrpsee (`frame.rs`) | no panic; every answer is JSON whose errors carry `data.code`; a passed body is JSON; odd ids come back as sent |
+//! | `wasm_raw` | the module loader on raw bytes (validation, the dispatcher rewrite, compilation) | no panic; a refusal has a reason of the loader's; a build that loads answers every call (maybe with an error) |
+//! | `wasm_smith` | the same on well-formed modules made by `wasm-smith` | as `wasm_raw` |
+//! | `guest_json` | the guest SDK's JSON parser and printer | no panic; it accepts only what serde_json accepts; what it prints parses back to the same value |
+//! | `extension_path` | extension path checks (§5.4) | no panic; an accepted path resolves inside a root and names a file with a module extension |
+
+pub mod drive;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use zest_control::frame::{self, Transport, Vetted};
+use zest_runtime::{Node, NodeConfig, Reason, ReloadOptions, Status};
+
+/// A fuzz target: bytes in, a panic when a promise is broken.
+pub type Target = fn(&[u8]);
+
+/// Every target by name.
+pub const TARGETS: [(&str, Target); 8] = [
+    ("manifest", manifest),
+    ("node_config", node_config),
+    ("reload_params", reload_params),
+    ("rpc_frame", rpc_frame),
+    ("wasm_raw", wasm_raw),
+    ("wasm_smith", wasm_smith),
+    ("guest_json", guest_json),
+    ("extension_path", extension_path),
+];
+
+/// The target named `name`.
+pub fn target(name: &str) -> Option<Target> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// A scratch directory that lives as long as the process.
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::Builder::new().prefix("zest-fuzz-").tempdir().expect("a temp dir")).path()
+}
+
+pub fn manifest(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let dir = scratch().join("app");
+    match zest_runtime::AppManifest::parse(text, &dir) {
+        Ok(manifest) => {
+            zest_runtime::abi::check_name(&manifest.name).expect("an accepted app name passes the rules");
+            for module in &manifest.modules {
+                zest_runtime::abi::check_name(&module.name).expect("an accepted module name passes the rules");
+            }
+            for process in &manifest.processes {
+                assert!(manifest.modules.iter().any(|m| m.name == process.module), "a process of an undeclared module");
+            }
+        }
+        Err(err) => assert!(err.to_string().contains("zest.toml"), "an error names the file: {err}"),
+    }
+}
+
+pub fn node_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let path = scratch().join("node.toml");
+    let flags = zest_control::config::Flags { config: Some(path.clone()), ..Default::default() };
+    match zest_control::config::ServeConfig::parse(text, &path, &flags) {
+        Ok(config) => {
+            let limits = &config.limits;
+            assert!(limits.memory_mb >= 1 && limits.memory_mb <= 4096, "{limits:?}");
+            assert!(limits.instances >= 1 && !limits.call_timeout.is_zero(), "{limits:?}");
+            assert!(config.max_connections >= 32 && config.max_request_bytes >= 1024);
+            if let Some(watch) = &config.watch {
+                assert!(!watch.debounce.is_zero());
+            }
+        }
+        Err(err) => assert!(err.contains("node.toml"), "an error names the file: {err}"),
+    }
+}
+
+pub fn reload_params(data: &[u8]) {
+    let Ok(params) = serde_json::from_slice::<Value>(data) else { return };
+    if let Ok((request, _)) = zest_control::wire::reload_request(&params) {
+        if let Some(percent) = request.options.canary {
+            assert!((1..=99).contains(&percent), "canary {percent}");
+        }
+        if let Some(trial) = &request.options.trial {
+            assert!(!trial.window.is_zero() && (0.0..=1.0).contains(&trial.max_failure_rate), "{trial:?}");
+        }
+    }
+    let _ = zest_control::wire::rollback_request(&params);
+    let _ = zest_control::wire::promote_request(&params);
+    if let Ok((_, limit)) = zest_control::wire::history_request(&params) {
+        assert!(limit >= 1, "limit {limit}");
+    }
+}
+
+/// Every error in an answer carries `data.code`.
+fn check_answer(text: &str) {
+    let answer: Value = serde_json::from_str(text).unwrap_or_else(|err| panic!("an answer is JSON ({err}): {text}"));
+    let entries = match answer {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    for entry in entries {
+        if let Some(error) = entry.get("error") {
+            assert!(error["data"]["code"].is_string(), "an error without data.code: {text}");
+        }
+    }
+}
+
+pub fn rpc_frame(data: &[u8]) {
+    for transport in [Transport::Http, Transport::WebSocket] {
+        match frame::vet(data, transport) {
+            Vetted::Answer(text) => check_answer(&text),
+            Vetted::Pass { body, fixes } => {
+                // JSON by the grammar; a lone surrogate escape (`"\ud800"`)
+                // is grammatical, though no string type holds it: jsonrpsee
+                // then refuses the params, as the method would.
+                serde_json::from_str::<Box<serde_json::value::RawValue>>(&body)
+                    .unwrap_or_else(|err| panic!("a passed body is JSON ({err}): {body}"));
+                let Ok(passed) = serde_json::from_str::<Value>(&body) else { continue };
+                // Answer every request with its own id (as jsonrpsee would):
+                // every id must come back as the client sent it.
+                let echo = |request: &Value| {
+                    request.get("id").map(|id| serde_json::json!({"jsonrpc": "2.0", "id": id, "result": null}))
+                };
+                let answer = match &passed {
+                    Value::Array(items) => Value::Array(items.iter().filter_map(echo).collect()).to_string(),
+                    one => echo(one).map(|a| a.to_string()).unwrap_or_default(),
+                };
+                let finished = frame::finish(&answer, &fixes);
+                if !finished.is_empty() {
+                    check_answer(&finished);
+                    assert!(!finished.contains("\\u0001zest-id-"), "a placeholder left in: {finished}");
+                }
+            }
+            Vetted::Subscription { id, .. } => {
+                serde_json::from_str::<Value>(&id).unwrap_or_else(|_| panic!("a subscription's id is JSON: {id}"));
+            }
+        }
+    }
+}
+
+/// One node for the wasm targets, with small limits so that a module that
+/// loops or grows is stopped fast.
+fn node() -> &'static Node {
+    static NODE: OnceLock<Node> = OnceLock::new();
+    NODE.get_or_init(|| {
+        let limits = zest_runtime::Limits {
+            call_timeout: std::time::Duration::from_millis(100),
+            memory_mb: 16,
+            instances: 64,
+            module_mb: 8,
+            ..zest_runtime::Limits::default()
+        };
+        let config = NodeConfig {
+            data_dir: None,
+            limits,
+            tier_up_after: None,
+            compiler: zest_runtime::Compiler::Winch,
+            ..NodeConfig::default()
+        };
+        Node::new(config).expect("a node starts")
+    })
+}
+
+/// What the loader may refuse a build for.
+const LOADER_REASONS: [Reason; 3] = [Reason::InvalidModule, Reason::CompileError, Reason::MissingExport];
+
+fn load_and_call(wasm: &[u8]) {
+    let node = node();
+    let path = scratch().join("fuzzed.wasm");
+    std::fs::write(&path, wasm).expect("the scratch directory is writable");
+    let result = node.load_module("fuzzed", &path, &ReloadOptions { force: true, ..ReloadOptions::default() });
+    match result.status() {
+        Status::Ok => {
+            let functions =
+                node.status().modules.into_iter().find(|m| m.name == "fuzzed").map(|m| m.functions).unwrap_or_default();
+            for function in functions.iter().take(8) {
+                // Any answer, or any error: not a panic, not a hang.
+                let _ = node.call("fuzzed", function, "null");
+            }
+        }
+        _ => {
+            for error in &result.errors {
+                assert!(LOADER_REASONS.contains(&error.reason), "an unexpected refusal: {error:?}");
+            }
+        }
+    }
+}
+
+pub fn wasm_raw(data: &[u8]) {
+    load_and_call(data);
+}
+
+/// The guest ABI's imports and a module shape that passes it, for
+/// `wasm-smith` to build modules the node will load and call.
+fn abi_shapes() -> &'static (Vec<u8>, Vec<u8>) {
+    static SHAPES: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    SHAPES.get_or_init(|| {
+        let imports = wat::parse_str(
+            r#"(module
+                (import "zest" "error" (func (param i32 i32)))
+                (import "zest" "log" (func (param i32 i32 i32)))
+                (import "zest" "call" (func (param i32 i32 i32 i32 i32 i32) (result i64)))
+                (import "zest" "now_ms" (func (result i64))))"#,
+        )
+        .expect("the imports parse");
+        let exports = wat::parse_str(
+            r#"(module
+                (memory (export "memory") 1)
+                (func (export "zest_alloc") (param i32) (result i32) unreachable)
+                (func (export "zest_vsn") (result i64) unreachable)
+                (func (export "f") (param i32 i32) (result i64) unreachable)
+                (func (export "g") (param i32 i32) (result i64) unreachable))"#,
+        )
+        .expect("the exports parse");
+        (imports, exports)
+    })
+}
+
+/// Modules made by `wasm-smith`: with the first input byte even, shaped to
+/// the guest ABI (so they load and their functions run); odd, free-form (so
+/// validation and compilation see every construct).
+pub fn wasm_smith(data: &[u8]) {
+    let Some((&shape, rest)) = data.split_first() else { return };
+    let mut input = arbitrary::Unstructured::new(rest);
+    let (imports, exports) = abi_shapes();
+    let abi = shape % 2 == 0;
+    let config = wasm_smith::Config {
+        max_memories: 1,
+        max_tables: 2,
+        max_funcs: 64,
+        max_exports: 32,
+        max_memory32_bytes: 1 << 24,
+        memory64_enabled: false,
+        threads_enabled: false,
+        exceptions_enabled: false,
+        gc_enabled: false,
+        available_imports: abi.then(|| imports.clone()),
+        exports: abi.then(|| exports.clone()),
+        max_imports: if abi { 4 } else { 0 },
+        export_everything: !abi,
+        ..wasm_smith::Config::default()
+    };
+    if let Ok(module) = wasm_smith::Module::new(config, &mut input) {
+        load_and_call(&module.to_bytes());
+    }
+}
+
+pub fn guest_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(value) = zest_guest::Json::parse(text) else { return };
+    if let Err(err) = serde_json::from_str::<Value>(text) {
+        // Within half an ulp of f64::MAX, Rust's parser rounds down to MAX
+        // where serde_json calls the number out of range: not a fault.
+        assert!(err.to_string().contains("number out of range"), "the SDK accepted what is not JSON ({err}): {text:?}");
+    }
+    let printed = value.to_json();
+    serde_json::from_str::<Value>(&printed).unwrap_or_else(|err| panic!("the SDK printed bad JSON ({err}): {printed}"));
+    let again = zest_guest::Json::parse(&printed).unwrap_or_else(|err| panic!("its own output did not parse: {err}"));
+    assert_eq!(again.to_json(), printed, "printing is stable");
+}
+
+/// A root with a module, a directory, links in and out, for the path checks.
+fn extension_root() -> &'static (PathBuf, PathBuf) {
+    static ROOT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = scratch().join("extensions");
+        let outside = scratch().join("outside");
+        for dir in [&root, &outside, &root.join("sub")] {
+            std::fs::create_dir_all(dir).expect("scratch dirs");
+        }
+        std::fs::write(root.join("hello.wat"), "(module)").expect("a file");
+        std::fs::write(root.join("sub/deep.wasm"), "").expect("a file");
+        std::fs::write(outside.join("evil.wat"), "(module)").expect("a file");
+        let _ = std::os::unix::fs::symlink(outside.join("evil.wat"), root.join("link.wat"));
+        let _ = std::os::unix::fs::symlink(root.join("hello.wat"), root.join("inner.wat"));
+        (root, outside)
+    })
+}
+
+pub fn extension_path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (root, _) = extension_root();
+    // Relative paths are taken from the root, as a client's would be from
+    // its working directory.
+    let given = if Path::new(text).is_absolute() { PathBuf::from(text) } else { root.join(text) };
+    if let Ok(checked) = zest_runtime::extension::check_path(std::slice::from_ref(root), &given) {
+        let canonical_root = root.canonicalize().expect("the root exists");
+        assert!(checked.file.starts_with(&canonical_root), "{} escaped the root", checked.file.display());
+        assert!(checked.file.is_file(), "{} is not a file", checked.file.display());
+        zest_runtime::abi::check_name(&checked.name).expect("an accepted extension's name passes the rules");
+    }
+}
