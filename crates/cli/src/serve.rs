@@ -41,6 +41,15 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|err| {
         CliError::Failed(format!("cannot create the data directory {}: {err}", config.data_dir.display()))
     })?;
+    // First: the node claims the data directory, so a second node started on
+    // it stops here, before it writes anything there.
+    let node = Node::new(NodeConfig {
+        data_dir: Some(config.data_dir.clone()),
+        limits: config.limits.clone(),
+        extensions: config.extensions.clone(),
+        ..NodeConfig::default()
+    })
+    .map_err(|err| CliError::Failed(err.to_string()))?;
     let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&DURATION_BUCKETS)
         .map_err(|err| CliError::Failed(format!("cannot configure the metrics buckets: {err}")))?;
@@ -65,13 +74,6 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
             tracing::warn!(root = %root.display(), %err, "cannot create the extension root");
         }
     }
-    let node = Node::new(NodeConfig {
-        data_dir: Some(config.data_dir.clone()),
-        limits: config.limits.clone(),
-        extensions: config.extensions.clone(),
-        ..NodeConfig::default()
-    })
-    .map_err(|err| CliError::Failed(err.to_string()))?;
     let node = Arc::new(node);
     let apps = if config.apps.is_empty() { vec![bundled_demo(&config.data_dir)?] } else { config.apps.clone() };
     for dir in &apps {

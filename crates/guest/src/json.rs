@@ -214,7 +214,10 @@ pub(crate) fn push_uint(out: &mut String, mut n: u64) {
 fn push_float(out: &mut String, x: f64) {
     use std::fmt::Write;
     let magnitude = x.abs();
-    if magnitude >= 1e16 || (magnitude != 0.0 && magnitude < 1e-6) {
+    if x == 0.0 && x.is_sign_negative() {
+        // "-0" would read back as the integer 0.
+        out.push_str("-0.0");
+    } else if magnitude >= 1e16 || (magnitude != 0.0 && magnitude < 1e-6) {
         let _ = write!(out, "{:e}", x);
     } else {
         let _ = write!(out, "{}", x);
@@ -393,8 +396,13 @@ impl<'a> Parser<'a> {
 
     fn hex4(&mut self) -> Result<u32, String> {
         let digits = self.bytes.get(self.pos..self.pos + 4).ok_or_else(|| self.fail("short \\u escape"))?;
-        let text = std::str::from_utf8(digits).map_err(|_| self.fail("bad \\u escape"))?;
-        let value = u32::from_str_radix(text, 16).map_err(|_| self.fail("bad \\u escape"))?;
+        // Four hex digits exactly (`from_str_radix` would also take a sign:
+        // `\u+83d`, found by fuzzing).
+        let mut value = 0;
+        for digit in digits {
+            let nibble = (*digit as char).to_digit(16).ok_or_else(|| self.fail("bad \\u escape"))?;
+            value = value * 16 + nibble;
+        }
         self.pos += 4;
         Ok(value)
     }
@@ -518,6 +526,16 @@ mod tests {
             assert_eq!(Json::parse(text).unwrap(), Json::Float(x));
         }
         assert!(Json::parse("1e999").unwrap_err().contains("out of range"));
+        assert_eq!(Json::parse("-0e10").unwrap().to_string(), "-0.0");
+        assert_eq!(Json::parse("-0.0").unwrap().to_string(), "-0.0");
+    }
+
+    #[test]
+    fn a_unicode_escape_is_four_hex_digits() {
+        assert_eq!(Json::parse(r#""\u00e9\uD83D\uDE00""#).unwrap(), Json::from("é😀"));
+        for bad in [r#""\u+83d""#, r#""\u-001""#, r#""\u12""#, r#""\u 123""#, r#""\ud83d\u+e00""#] {
+            assert!(Json::parse(bad).unwrap_err().contains("escape"), "{bad}");
+        }
     }
 
     #[test]

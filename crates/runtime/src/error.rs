@@ -80,6 +80,12 @@ pub enum NodeError {
     Engine(String),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "the data directory {} is in use by another zest node (its lock file {} is held); \
+         stop that node or give this one a data directory of its own",
+        path.display(), path.join(crate::retention::LOCK_FILE).display()
+    )]
+    DataDirInUse { path: PathBuf },
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
     #[error("cannot start the background writer thread: {0}")]

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) extensions: Extensions,
     pub(crate) rust: RustBuilds,
     lock: Box<dyn ReloadLock>,
+    /// The data directory's lock (`retention::claim`), held while the node lives.
+    _data_dir_lock: Option<std::fs::File>,
     /// Loaded apps by name, with the manifest as last applied.
     apps: Mutex<BTreeMap<String, AppManifest>>,
     requests: AtomicU64,
@@ -166,6 +168,7 @@ impl Node {
 
     /// A node whose reloads take `lock` (a cluster-wide lock, say).
     pub fn with_lock(config: NodeConfig, lock: Box<dyn ReloadLock>) -> Result<Node, NodeError> {
+        let data_dir_lock = config.data_dir.as_deref().map(crate::retention::claim).transpose()?;
         let engines = Engines::new(&config)?;
         let rust =
             RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref()).map_err(NodeError::TempDir)?;
@@ -195,6 +198,7 @@ impl Node {
             telemetry: Telemetry::default(),
             processes: ProcessTable::default(),
             lock,
+            _data_dir_lock: data_dir_lock,
             apps: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
         };

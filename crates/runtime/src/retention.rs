@@ -18,13 +18,21 @@
 //! code is what makes a restart warm. Only files whose names have the store's
 //! exact shape are touched; a half-written temporary file is left to its
 //! writer.
+//!
+//! One node owns a data directory at a time: it holds an exclusive lock on
+//! `<data_dir>/lock` while it lives (the kernel lets go when the process dies,
+//! however it dies). Holding it, a starting node deletes what writes
+//! interrupted by a crash left: every store writes a temporary file
+//! (`.tmpXXXXXX`) and renames it over its name, so such a file is never read,
+//! only left behind.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::error::NodeError;
 use crate::node::Shared;
 
 /// Distinct builds kept per module, newest first, as the history names them.
@@ -32,6 +40,68 @@ pub(crate) const KEEP_BUILDS_PER_MODULE: usize = 8;
 
 /// Rust extension builds kept, newest first.
 pub(crate) const KEEP_RUST_BUILDS: usize = 64;
+
+/// The lock file in a data directory.
+pub(crate) const LOCK_FILE: &str = "lock";
+
+/// How long a starting node waits for the data directory's lock.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Takes the data directory for this node (see the module documentation) and
+/// clears what interrupted writes left; the lock holds while the file lives.
+pub(crate) fn claim(data_dir: &Path) -> Result<fs::File, NodeError> {
+    let fail = |source| NodeError::DataDir { path: data_dir.to_path_buf(), source };
+    fs::create_dir_all(data_dir).map_err(fail)?;
+    let lock =
+        fs::OpenOptions::new().create(true).truncate(false).write(true).open(data_dir.join(LOCK_FILE)).map_err(fail)?;
+    // A node just dropped in this process lets go once its last background
+    // write ends: a moment's patience tells that apart from a live node.
+    let patience = Instant::now() + CLAIM_PATIENCE;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < patience => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(NodeError::DataDirInUse { path: data_dir.to_path_buf() }),
+            Err(fs::TryLockError::Error(err)) => return Err(fail(err)),
+        }
+    }
+    let cleared = clear_interrupted_writes(data_dir);
+    if cleared > 0 {
+        tracing::info!(cleared, dir = %data_dir.display(), "removed files of writes a crash interrupted");
+    }
+    Ok(lock)
+}
+
+/// Deletes temporary files (and the staging directories of Rust builds) that
+/// a killed node left, down to three levels under `data_dir`; how many.
+fn clear_interrupted_writes(data_dir: &Path) -> usize {
+    let mut cleared = 0;
+    let mut pending = vec![(data_dir.to_path_buf(), 0)];
+    while let Some((dir, depth)) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            let path = entry.path();
+            if is_temporary(&entry.file_name().to_string_lossy()) {
+                let removed = if kind.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                match removed {
+                    Ok(()) => cleared += 1,
+                    Err(err) => tracing::warn!(path = %path.display(), %err, "cannot remove a stale temporary file"),
+                }
+            } else if kind.is_dir() && depth < 3 {
+                pending.push((path, depth + 1));
+            }
+        }
+    }
+    cleared
+}
+
+/// `tempfile`'s default names: `.tmp` and six letters or digits.
+fn is_temporary(name: &str) -> bool {
+    name.strip_prefix(".tmp").is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
 
 /// Queues a sweep on the background writer.
 pub(crate) fn sweep_later(shared: &Arc<Shared>) {
@@ -113,6 +183,35 @@ fn keep_newest(dir: &Path, suffix: &str, keep: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_node_claims_a_data_dir_and_clears_what_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache").join("winch-0123");
+        fs::create_dir_all(cache.join(".tmpAbC123")).unwrap();
+        for file in [
+            dir.path().join(".tmpQ1w2E3"),
+            cache.join(".tmpzzzzzz"),
+            dir.path().join("history.log"),
+            dir.path().join(".tmp-mine"),
+            cache.join(format!("{}.cwasm", "a".repeat(64))),
+        ] {
+            fs::write(&file, "x").unwrap();
+        }
+        let held = claim(dir.path()).unwrap();
+        let mut names: Vec<String> = Vec::new();
+        for sub in [dir.path().to_path_buf(), cache.clone()] {
+            names.extend(fs::read_dir(sub).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()));
+        }
+        names.sort();
+        let cwasm = format!("{}.cwasm", "a".repeat(64));
+        assert_eq!(names, [".tmp-mine", &cwasm, "cache", "history.log", "lock"]);
+        let refused = claim(dir.path()).unwrap_err();
+        assert!(matches!(refused, NodeError::DataDirInUse { .. }), "{refused}");
+        assert!(refused.to_string().contains("in use by another zest node"), "{refused}");
+        drop(held);
+        claim(dir.path()).expect("free again once the holder is gone");
+    }
 
     #[test]
     fn a_sweep_removes_only_unkept_store_files() {

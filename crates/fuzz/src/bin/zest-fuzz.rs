@@ -1,6 +1,9 @@
 //! `zest-fuzz TARGET SECONDS [SEED]`: the mutation driver on one target (or
 //! `all`), for machines without AFL++. Prints what it ran; on a failure,
 //! writes the input to `fuzz/crashes/TARGET/` and exits 1.
+//!
+//! `zest-fuzz TARGET --replay FILE...`: runs the target once on each file
+//! (a crash AFL++ found, say) and tells which fail and why.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,7 +12,10 @@ use zest_fuzz::{drive, TARGETS};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: zest-fuzz TARGET|all SECONDS [SEED]";
+    let usage = "usage: zest-fuzz TARGET|all SECONDS [SEED]\n       zest-fuzz TARGET --replay FILE...";
+    if args.get(1).map(String::as_str) == Some("--replay") {
+        return replay(&args[0], &args[2..]);
+    }
     let (Some(which), Some(seconds)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         return ExitCode::from(2);
@@ -66,4 +72,38 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn replay(name: &str, files: &[String]) -> ExitCode {
+    let Some(target) = zest_fuzz::target(name) else {
+        eprintln!("no target {name:?}");
+        return ExitCode::from(2);
+    };
+    if files.is_empty() {
+        eprintln!("--replay needs at least one file");
+        return ExitCode::from(2);
+    }
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut failed = 0;
+    for file in files {
+        let input = match std::fs::read(file) {
+            Ok(input) => input,
+            Err(err) => {
+                eprintln!("cannot read {file}: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        match drive::run(target, name, &[input], Duration::ZERO, 1) {
+            Ok(_) => println!("{file}: passes"),
+            Err(found) => {
+                failed += 1;
+                println!("{file}: FAILS: {}", found.message);
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -78,6 +78,7 @@ fn a_corrupt_cache_entry_is_discarded_and_rebuilt() {
         (pick(&hex_of(&v1)).unwrap(), pick(&v1_key).unwrap())
     };
     std::fs::copy(&v2_entry, &v1_entry).unwrap();
+    drop(fresh); // one node per data directory
     let again = node(&data);
     assert!(load(&again, &v1), "a swapped-in entry is compiled again");
     assert_eq!(again.call("clock", "get", "null").unwrap(), r#"{"v":1}"#);
