@@ -127,6 +127,11 @@ fn malformed() -> Vec<(String, Vec<u8>)> {
         ("a batch with a good request".into(), br#"[{"jsonrpc":"2.0","id":9,"method":"system.status"}, 7]"#.to_vec()),
         ("an unknown method".into(), br#"{"jsonrpc":"2.0","id":1,"method":"system.nope"}"#.to_vec()),
         ("subscribe in a batch".into(), br#"[{"jsonrpc":"2.0","id":1,"method":"system.subscribe_events"}]"#.to_vec()),
+        // Lone surrogates: grammatical JSON no string can hold (the first one
+        // panicked the framing; found by the rpc_frame fuzz target).
+        ("a lone surrogate in the id".into(), br#"{"jsonrpc":"2.0","id":"\ud800x","method":"system.status"}"#.to_vec()),
+        ("a lone surrogate in a param".into(), br#"{"jsonrpc":"2.0","id":1,"method":"module.call","params":{"module":"\udc00","function":"now"}}"#.to_vec()),
+        ("a lone surrogate in the method".into(), br#"{"jsonrpc":"2.0","id":1,"method":"system.\ud800"}"#.to_vec()),
     ];
     for id in ["-1", "1.5", "{}", "[]", "true", "123456789012345678901234567890", "-0.0", "1e400"] {
         cases.push((

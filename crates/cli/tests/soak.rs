@@ -81,7 +81,8 @@ fn agent() -> ureq::Agent {
 fn set_data(path: &Path, offset: u32, value: &str) {
     let wat = std::fs::read_to_string(path).unwrap();
     let marker = format!("(data (i32.const {offset}) \"");
-    let start = wat.find(&marker).unwrap_or_else(|| panic!("{} has no data at {offset}", path.display())) + marker.len();
+    let start =
+        wat.find(&marker).unwrap_or_else(|| panic!("{} has no data at {offset}", path.display())) + marker.len();
     let end = start + wat[start..].find('"').unwrap();
     assert_eq!(end - start, value.len(), "a vsn keeps its length");
     std::fs::write(path, format!("{}{value}{}", &wat[..start], &wat[end..])).unwrap();
