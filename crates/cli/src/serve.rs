@@ -23,6 +23,9 @@ const DURATION_BUCKETS: [f64; 18] =
 
 use crate::CliError;
 
+/// How often the metrics recorder drains its histogram samples.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// The bundled demo app, written to `<data_dir>/demo` on first start.
 const DEMO: [(&str, &str); 4] = [
     ("zest.toml", include_str!("../../../examples/demo/zest.toml")),
@@ -117,6 +120,18 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
             }
             _ => None,
         };
+        if let Some(metrics) = metrics.clone() {
+            // Histogram samples wait in the recorder until drained; nothing
+            // may scrape /metrics, so drain them on a timer (as the
+            // exporter's own `install` would).
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(METRICS_UPKEEP);
+                loop {
+                    every.tick().await;
+                    metrics.run_upkeep();
+                }
+            });
+        }
         let limits = server::ServerLimits {
             max_request_bytes: config.max_request_bytes,
             max_connections: server::open_files_for(config.max_connections),

@@ -141,7 +141,13 @@ fn a_node_under_calls_messages_and_a_reload_every_50_ms_fails_nothing_and_does_n
     let warm_up = Duration::from_secs(seconds).mul_f64(0.2).min(Duration::from_secs(30));
     std::thread::sleep(warm_up);
     let (rss_start, fds_start) = resources(pid);
-    std::thread::sleep(Duration::from_secs(seconds).saturating_sub(started.elapsed()));
+    // Nine more readings, evenly spread, to show a trend (or a plateau).
+    let mut series = vec![rss_start];
+    let rest = Duration::from_secs(seconds).saturating_sub(started.elapsed());
+    for _ in 0..9 {
+        std::thread::sleep(rest / 9);
+        series.push(resources(pid).0);
+    }
     let (rss_end, fds_end) = resources(pid);
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
@@ -187,6 +193,8 @@ fn a_node_under_calls_messages_and_a_reload_every_50_ms_fails_nothing_and_does_n
         warm_up.as_secs_f64(),
         rss_end as f64 / 1024.0
     );
+    let series: Vec<String> = series.iter().map(|kib| format!("{:.1}", *kib as f64 / 1024.0)).collect();
+    println!("rss over the run (MiB): {}", series.join(" "));
     let problems = tally.problems.lock().unwrap().join("\n  ");
     assert_eq!(t(&tally.http_failed) + t(&tally.ws_failed), 0, "failed calls:\n  {problems}");
     assert_eq!(t(&tally.messages_failed) + t(&tally.lost) + t(&tally.duplicated), 0, "messages:\n  {problems}");
