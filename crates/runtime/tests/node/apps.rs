@@ -188,8 +188,8 @@ fn compile_runs_the_build_in_the_app_dir_and_streams_its_output() {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&lines);
     let handler = apps.node.telemetry().attach(move |event| {
-        if let EventBody::BuildOutput { line, .. } = &event.body {
-            sink.lock().unwrap().push(line.clone());
+        if let EventBody::BuildOutput { line, stream } = &event.body {
+            sink.lock().unwrap().push((stream.as_str(), line.clone()));
         }
     });
     let compile = ReloadOptions { compile: true, ..ReloadOptions::default() };
@@ -200,7 +200,11 @@ fn compile_runs_the_build_in_the_app_dir_and_streams_its_output() {
     let report = result.metadata.compile.as_ref().expect("metadata.compile");
     assert!(report.ran && report.exit_code == Some(0));
     assert_eq!(report.command.as_deref(), Some("echo building; cp src/clock.wat clock.wat; echo done >&2"));
-    assert_eq!(*lines.lock().unwrap(), ["building", "done"]);
+    // Each line with its stream; the order between stdout and stderr is the
+    // order their readers got them, which no pipe pair can promise.
+    let mut lines = lines.lock().unwrap().clone();
+    lines.sort();
+    assert_eq!(lines, [("stderr", "done".to_string()), ("stdout", "building".to_string())]);
     assert_eq!(apps.get("clock"), r#"{"v":2}"#);
 
     // A failing build reloads nothing and says why, with its last lines.
