@@ -26,12 +26,17 @@ else
 fi
 
 driver=${ZEST_FUZZ_DRIVER:-}
-if [ -z "$driver" ]; then
-  if cargo afl --version >/dev/null 2>&1; then driver=afl; else driver=mutate; fi
-fi
+case "$driver" in
+  "") if cargo afl --version >/dev/null 2>&1; then driver=afl; else
+        driver=mutate
+        echo "==> AFL++ is not set up here (cargo install cargo-afl && cargo afl config --build)" >&2
+      fi ;;
+  afl|mutate) ;;
+  *) echo "ZEST_FUZZ_DRIVER is afl or mutate, not '$driver'" >&2; exit 2 ;;
+esac
 
 if [ "$driver" = mutate ]; then
-  echo "==> AFL++ is not set up here (cargo install cargo-afl && cargo afl config --build); using the mutation driver" >&2
+  echo "==> the mutation driver (not coverage-guided)" >&2
   cargo build --release -q -p zest-fuzz --bin zest-fuzz
   status=0
   for target in "${chosen[@]}"; do
