@@ -108,21 +108,8 @@ pub fn request(target: &Target, method: &str, params: ObjectParams) -> Result<Va
 /// `zest.build.output` events of this node) to stderr as it arrives.
 pub fn reload_streaming(target: &Target, params: ObjectParams) -> Result<Value, CliError> {
     runtime()?.block_on(async {
-        let client = WsClientBuilder::default()
-            .set_headers(target.headers())
-            .request_timeout(REQUEST_TIMEOUT)
-            .max_response_size(u32::MAX)
-            .build(target.ws_url())
-            .await
-            .map_err(|err| failure(target, err))?;
-        let mut events = client
-            .subscribe::<Value, _>(
-                "system.subscribe_events",
-                jsonrpsee::rpc_params![],
-                zest_control::server::UNSUBSCRIBE,
-            )
-            .await
-            .map_err(|err| failure(target, err))?;
+        let builder = WsClientBuilder::default().request_timeout(REQUEST_TIMEOUT).max_response_size(u32::MAX);
+        let (client, mut events) = subscribe(target, builder).await?;
         let printer = tokio::spawn(async move {
             while let Some(Ok(event)) = events.next().await {
                 if event["event"] == "zest.build.output" {
@@ -138,23 +125,26 @@ pub fn reload_streaming(target: &Target, params: ObjectParams) -> Result<Value, 
     })
 }
 
+/// A WebSocket client of `target` (built by `builder`) subscribed to its
+/// events; the subscription lives as long as the client.
+async fn subscribe(
+    target: &Target,
+    builder: WsClientBuilder,
+) -> Result<(jsonrpsee::ws_client::WsClient, jsonrpsee::core::client::Subscription<Value>), CliError> {
+    let client =
+        builder.set_headers(target.headers()).build(target.ws_url()).await.map_err(|err| failure(target, err))?;
+    let events = client
+        .subscribe::<Value, _>("system.subscribe_events", jsonrpsee::rpc_params![], zest_control::server::UNSUBSCRIBE)
+        .await
+        .map_err(|err| failure(target, err))?;
+    Ok((client, events))
+}
+
 /// `zest events`: subscribes over WebSocket and prints each event as it
 /// comes, until the node goes away (an error) or the user stops it.
 pub fn events(target: &Target, json: bool) -> Result<(), CliError> {
     runtime()?.block_on(async {
-        let client = WsClientBuilder::default()
-            .set_headers(target.headers())
-            .build(target.ws_url())
-            .await
-            .map_err(|err| failure(target, err))?;
-        let mut events = client
-            .subscribe::<Value, _>(
-                "system.subscribe_events",
-                jsonrpsee::rpc_params![],
-                zest_control::server::UNSUBSCRIBE,
-            )
-            .await
-            .map_err(|err| failure(target, err))?;
+        let (_client, mut events) = subscribe(target, WsClientBuilder::default()).await?;
         let paint = Paint::stdout();
         let mut out = std::io::stdout();
         let _ = writeln!(out, "subscribed to {} (Ctrl-C to stop)", target.ws_url());

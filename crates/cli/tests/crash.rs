@@ -31,22 +31,6 @@ fn extension_wat(n: u64) -> String {
     )
 }
 
-/// Rewrites the demo clock's five-character vsn.
-fn set_clock(dir: &Path, n: u64) {
-    let path = dir.join(".zest/demo/clock.wat");
-    let wat = std::fs::read_to_string(&path).unwrap();
-    let marker = "(data (i32.const 512) \"";
-    let start = wat.find(marker).expect("the demo clock keeps its vsn at 512") + marker.len();
-    std::fs::write(&path, format!("{}{n:05}{}", &wat[..start], &wat[start + 5..])).unwrap();
-}
-
-fn clock_vsn_on_disk(dir: &Path) -> String {
-    let wat = std::fs::read_to_string(dir.join(".zest/demo/clock.wat")).unwrap();
-    let marker = "(data (i32.const 512) \"";
-    let start = wat.find(marker).unwrap() + marker.len();
-    wat[start..start + 5].to_string()
-}
-
 fn module<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
     status["modules"].as_array()?.iter().find(|m| m["name"] == name)
 }
@@ -102,7 +86,12 @@ fn a_node_killed_at_random_moments_of_its_writes_always_starts_again_serving_wha
         // The builds that serve are the ones on disk, whole.
         let status = node.status();
         let clock = module(&status, "clock").unwrap_or_else(|| panic!("{}", why("no clock", &status)));
-        assert_eq!(clock["current"]["vsn"], clock_vsn_on_disk(&dir), "{}", why("clock", &status));
+        assert_eq!(
+            clock["current"]["vsn"],
+            support::data(&dir.join(".zest/demo/clock.wat"), 512),
+            "{}",
+            why("clock", &status)
+        );
         if extension_answered {
             let ext = module(&status, "ext").unwrap_or_else(|| panic!("{}", why("the extension's record", &status)));
             let on_disk = std::fs::read_to_string(dir.join("extensions/ext.wat")).unwrap();
@@ -139,7 +128,8 @@ fn a_node_killed_at_random_moments_of_its_writes_always_starts_again_serving_wha
                 (node.url.clone(), node.token.clone(), stop.clone(), next_build.clone(), dir.clone());
             std::thread::spawn(move || {
                 hammer(url, token, stop, |_| {
-                    set_clock(&dir, next.fetch_add(1, Ordering::Relaxed) % 100_000);
+                    let n = next.fetch_add(1, Ordering::Relaxed) % 100_000;
+                    support::set_clock(&dir.join(".zest/demo"), &format!("{n:05}"));
                     Some(json!({"jsonrpc": "2.0", "id": 1, "method": "system.reload",
                                 "params": {"scope": "module", "module": "clock"}}))
                 })

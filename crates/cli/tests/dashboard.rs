@@ -140,11 +140,7 @@ async fn screenshot(client: &Client, name: &str) {
 
 /// Rewrites the demo clock's five-character vsn.
 fn set_clock(dir: &Path, vsn: &str) {
-    let path = dir.join(".zest/demo/clock.wat");
-    let wat = std::fs::read_to_string(&path).unwrap();
-    let marker = "(data (i32.const 512) \"";
-    let start = wat.find(marker).unwrap() + marker.len();
-    std::fs::write(&path, format!("{}{vsn}{}", &wat[..start], &wat[start + 5..])).unwrap();
+    support::set_clock(&dir.join(".zest/demo"), vsn);
 }
 
 const CLOCK_VSN: &str = r#"[data-module="clock"] [data-field="vsn"]"#;

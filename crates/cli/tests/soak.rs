@@ -77,17 +77,6 @@ fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into()
 }
 
-/// Rewrites the string at `(data (i32.const OFFSET) "…")` of a WAT file.
-fn set_data(path: &Path, offset: u32, value: &str) {
-    let wat = std::fs::read_to_string(path).unwrap();
-    let marker = format!("(data (i32.const {offset}) \"");
-    let start =
-        wat.find(&marker).unwrap_or_else(|| panic!("{} has no data at {offset}", path.display())) + marker.len();
-    let end = start + wat[start..].find('"').unwrap();
-    assert_eq!(end - start, value.len(), "a vsn keeps its length");
-    std::fs::write(path, format!("{}{value}{}", &wat[..start], &wat[end..])).unwrap();
-}
-
 fn extension_wat(build: u64) -> String {
     format!(
         r#"(module
@@ -310,11 +299,11 @@ fn reloader(url: &str, token: &str, dir: &Path, tally: &Tally, stop: &AtomicBool
         let (params, meant_to_fail) = match turn % 4 {
             0 => {
                 std::fs::write(&clock, &good_clock).unwrap();
-                set_data(&clock, 512, if turn % 8 == 0 { "1.0.1" } else { "1.0.0" });
+                support::set_data(&clock, 512, if turn % 8 == 0 { "1.0.1" } else { "1.0.0" });
                 (json!({"scope": "module", "module": "clock"}), false)
             }
             1 => {
-                set_data(&demo.join("counter.wat"), 0, if turn % 8 == 1 { "2" } else { "1" });
+                support::set_data(&demo.join("counter.wat"), 0, if turn % 8 == 1 { "2" } else { "1" });
                 (json!({"scope": "module", "module": "counter"}), false)
             }
             2 => {

@@ -13,11 +13,7 @@ use support::{eventually, module_vsn, Served, ZEST};
 
 /// Rewrites the demo clock's five-character vsn.
 fn set_clock(node: &Served, vsn: &str) {
-    let path = node.path(".zest/demo/clock.wat");
-    let wat = std::fs::read_to_string(&path).unwrap();
-    let marker = "(data (i32.const 512) \"";
-    let start = wat.find(marker).unwrap() + marker.len();
-    std::fs::write(&path, format!("{}{vsn}{}", &wat[..start], &wat[start + 5..])).unwrap();
+    support::set_clock(&node.path(".zest/demo"), vsn);
 }
 
 #[test]

@@ -487,12 +487,7 @@ prepare_timeout_ms = {prepare}
     /// Rewrites the version string of member `id`'s own clock (five
     /// characters, as the demo's `zest_vsn` returns five bytes).
     pub fn set_clock(&self, id: &str, vsn: &str) {
-        assert_eq!(vsn.len(), 5, "the demo clock's vsn is five characters");
-        let path = self.member_dir(id).join("app/clock.wat");
-        let wat = std::fs::read_to_string(&path).unwrap();
-        let marker = "(data (i32.const 512) \"";
-        let start = wat.find(marker).expect("the demo clock's vsn moved; update the test") + marker.len();
-        std::fs::write(&path, format!("{}{vsn}{}", &wat[..start], &wat[start + 5..])).unwrap();
+        set_clock(&self.member_dir(id).join("app"), vsn);
     }
 
     pub fn vsn(&self, id: &str, module: &str) -> String {
@@ -518,4 +513,33 @@ pub fn demo_app() -> Vec<(String, String)> {
     .into_iter()
     .map(|(file, text)| (file.to_string(), text.to_string()))
     .collect()
+}
+
+/// The string at `(data (i32.const OFFSET) "…")` of a WAT file.
+pub fn data(path: &Path, offset: u32) -> String {
+    let wat = std::fs::read_to_string(path).unwrap();
+    let (start, end) = data_span(&wat, offset, path);
+    wat[start..end].to_string()
+}
+
+/// Rewrites the string at `(data (i32.const OFFSET) "…")` of a WAT file with
+/// one of the same length (a demo vsn, say).
+pub fn set_data(path: &Path, offset: u32, value: &str) {
+    let wat = std::fs::read_to_string(path).unwrap();
+    let (start, end) = data_span(&wat, offset, path);
+    assert_eq!(end - start, value.len(), "{value:?} must keep the length of {:?}", &wat[start..end]);
+    std::fs::write(path, format!("{}{value}{}", &wat[..start], &wat[end..])).unwrap();
+}
+
+fn data_span(wat: &str, offset: u32, path: &Path) -> (usize, usize) {
+    let marker = format!("(data (i32.const {offset}) \"");
+    let start =
+        wat.find(&marker).unwrap_or_else(|| panic!("{} has no data at {offset}; update the test", path.display()))
+            + marker.len();
+    (start, start + wat[start..].find('"').unwrap())
+}
+
+/// Rewrites the five-character vsn of the demo clock in `app_dir`.
+pub fn set_clock(app_dir: &Path, vsn: &str) {
+    set_data(&app_dir.join("clock.wat"), 512, vsn);
 }
