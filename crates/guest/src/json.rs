@@ -4,9 +4,10 @@
 //!
 //! Kept lean on purpose: nothing here is generic (so an extension's crate
 //! instantiates nothing of it, and rustc has little to do), and text is written
-//! without `core::fmt` but for floats (whose shortest exact form is fmt's), so
-//! a module that never serialises a float links no formatting code.
+//! without `core::fmt`, floats included (a module links no formatting code
+//! unless it formats something itself).
 
+use std::cmp::Ordering;
 use std::fmt;
 
 /// Nesting deeper than this is refused rather than risking the guest's stack.
@@ -208,19 +209,218 @@ pub(crate) fn push_uint(out: &mut String, mut n: u64) {
     }
 }
 
-/// The one use of `core::fmt`: the shortest text that reads back as `x`.
-/// Very large and very small magnitudes get an exponent: plain digits would
-/// run to 300 places, more than some parsers (serde_json's) take back.
+/// The shortest text that reads back as `x`, in the form Rust's `{}` gives it
+/// (`{:e}` for very large and very small magnitudes: plain digits would run to
+/// 300 places, more than some parsers, serde_json's, take back). Written
+/// without `core::fmt`, whose float code is most of a small module's size.
 fn push_float(out: &mut String, x: f64) {
-    use std::fmt::Write;
+    if x.is_sign_negative() {
+        out.push('-');
+    }
     let magnitude = x.abs();
-    if x == 0.0 && x.is_sign_negative() {
+    if magnitude == 0.0 {
         // "-0" would read back as the integer 0.
-        out.push_str("-0.0");
-    } else if magnitude >= 1e16 || (magnitude != 0.0 && magnitude < 1e-6) {
-        let _ = write!(out, "{:e}", x);
+        out.push_str(if x.is_sign_negative() { "0.0" } else { "0" });
+        return;
+    }
+    let (digits, k) = shortest(magnitude);
+    let digit = |d: &u8| char::from(b'0' + d);
+    if !(1e-6..1e16).contains(&magnitude) {
+        out.push(digit(&digits[0]));
+        if digits.len() > 1 {
+            out.push('.');
+            out.extend(digits[1..].iter().map(digit));
+        }
+        out.push('e');
+        push_int(out, i64::from(k) - 1);
+    } else if k <= 0 {
+        out.push_str("0.");
+        push_zeros(out, k.unsigned_abs() as usize);
+        out.extend(digits.iter().map(digit));
     } else {
-        let _ = write!(out, "{}", x);
+        let point = k as usize;
+        out.extend(digits.iter().take(point).map(digit));
+        push_zeros(out, point.saturating_sub(digits.len()));
+        if point < digits.len() {
+            out.push('.');
+            out.extend(digits[point..].iter().map(digit));
+        }
+    }
+}
+
+/// (`iter::repeat_n` is newer than the Rust 1.63 the SDK builds with.)
+fn push_zeros(out: &mut String, count: usize) {
+    for _ in 0..count {
+        out.push('0');
+    }
+}
+
+/// The shortest decimal digits that read back as `x` (finite, > 0), the
+/// closest to `x` when several are as short, and `k` with `x ≈ 0.d₁d₂… × 10^k`:
+/// Burger and Dybvig's free-format algorithm ("Printing Floating-Point Numbers
+/// Quickly and Accurately", 1996), exact in big integers. `r / s` is `x`;
+/// `m⁺ / s` and `m⁻ / s` are the distances to the midpoints with its neighbours,
+/// which a reader rounding to even reaches when `x`'s mantissa is even.
+fn shortest(x: f64) -> (Vec<u8>, i32) {
+    let bits = x.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    let (f, e) = if biased == 0 { (fraction, -1074) } else { (fraction | 1 << 52, biased - 1075) };
+    let even = f % 2 == 0;
+    // At a power of two (but the smallest normal), the neighbour below is
+    // half as far as the one above.
+    let closer_below = biased > 1 && fraction == 0;
+    let (mut r, mut s, mut m_plus, mut m_minus) = (Big::from(f), Big::from(1), Big::from(1), Big::from(1));
+    if e >= 0 {
+        let shift = e as u32;
+        r.shl(shift + 1);
+        m_plus.shl(shift);
+        m_minus.shl(shift);
+        s.shl(1);
+    } else {
+        r.shl(1);
+        s.shl((1 - e) as u32);
+    }
+    if closer_below {
+        r.shl(1);
+        s.shl(1);
+        m_plus.shl(1);
+    }
+    // k is ⌈log₁₀ of the upper midpoint⌉; the estimate from the binary exponent
+    // is that or one less, and the loop settles it.
+    let bit_length = 64 - f.leading_zeros() as i32;
+    let mut k = (f64::from(e + bit_length - 1) * core::f64::consts::LOG10_2 - 1e-10).ceil() as i32;
+    if k >= 0 {
+        s.mul_pow10(k as u32);
+    } else {
+        for big in [&mut r, &mut m_plus, &mut m_minus] {
+            big.mul_pow10(k.unsigned_abs());
+        }
+    }
+    let reaches_up = |r: &Big, m_plus: &Big, s: &Big| {
+        let high = r.add(m_plus).compare(s);
+        high == Ordering::Greater || (even && high == Ordering::Equal)
+    };
+    while reaches_up(&r, &m_plus, &s) {
+        s.mul_small(10);
+        k += 1;
+    }
+    let mut digits = Vec::with_capacity(17);
+    loop {
+        for big in [&mut r, &mut m_plus, &mut m_minus] {
+            big.mul_small(10);
+        }
+        let mut d = 0;
+        while r.compare(&s) != Ordering::Less {
+            r.sub_assign(&s);
+            d += 1;
+        }
+        let low = r.compare(&m_minus);
+        let low = low == Ordering::Less || (even && low == Ordering::Equal);
+        let high = reaches_up(&r, &m_plus, &s);
+        match (low, high) {
+            (false, false) => digits.push(d),
+            (true, false) => {
+                digits.push(d);
+                break;
+            }
+            (false, true) => {
+                digits.push(d + 1);
+                break;
+            }
+            (true, true) => {
+                let mut twice = r;
+                twice.shl(1);
+                digits.push(if twice.compare(&s) == Ordering::Less { d } else { d + 1 });
+                break;
+            }
+        }
+    }
+    (digits, k)
+}
+
+/// An unsigned integer of 1,280 bits: room for the scaled values of any `f64`
+/// in [`shortest`] (at most about 1,140 bits). Its operations are kept out of
+/// line: inlined and unrolled, they made the printer 8 KB of code.
+#[derive(Clone, Copy)]
+struct Big {
+    /// Least significant first.
+    limbs: [u32; 40],
+}
+
+impl Big {
+    #[inline(never)]
+    fn from(x: u64) -> Big {
+        let mut limbs = [0; 40];
+        limbs[0] = x as u32;
+        limbs[1] = (x >> 32) as u32;
+        Big { limbs }
+    }
+
+    #[inline(never)]
+    fn shl(&mut self, bits: u32) {
+        let (words, rest) = ((bits / 32) as usize, bits % 32);
+        if words > 0 {
+            for i in (0..self.limbs.len()).rev() {
+                self.limbs[i] = if i >= words { self.limbs[i - words] } else { 0 };
+            }
+        }
+        if rest > 0 {
+            let mut carry = 0;
+            for limb in self.limbs.iter_mut() {
+                let shifted = (*limb << rest) | carry;
+                carry = *limb >> (32 - rest);
+                *limb = shifted;
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn mul_small(&mut self, factor: u32) {
+        let mut carry = 0u64;
+        for limb in self.limbs.iter_mut() {
+            let product = u64::from(*limb) * u64::from(factor) + carry;
+            *limb = product as u32;
+            carry = product >> 32;
+        }
+    }
+
+    #[inline(never)]
+    fn mul_pow10(&mut self, mut exponent: u32) {
+        while exponent >= 9 {
+            self.mul_small(1_000_000_000);
+            exponent -= 9;
+        }
+        self.mul_small(10u32.pow(exponent));
+    }
+
+    #[inline(never)]
+    fn add(&self, other: &Big) -> Big {
+        let mut sum = Big { limbs: [0; 40] };
+        let mut carry = 0u64;
+        for (i, limb) in sum.limbs.iter_mut().enumerate() {
+            let total = u64::from(self.limbs[i]) + u64::from(other.limbs[i]) + carry;
+            *limb = total as u32;
+            carry = total >> 32;
+        }
+        sum
+    }
+
+    /// `self -= other`, where `other <= self`.
+    #[inline(never)]
+    fn sub_assign(&mut self, other: &Big) {
+        let mut borrow = false;
+        for (limb, subtrahend) in self.limbs.iter_mut().zip(other.limbs.iter()) {
+            let (difference, under) = limb.overflowing_sub(*subtrahend);
+            let (difference, under_again) = difference.overflowing_sub(u32::from(borrow));
+            *limb = difference;
+            borrow = under || under_again;
+        }
+    }
+
+    #[inline(never)]
+    fn compare(&self, other: &Big) -> Ordering {
+        self.limbs.iter().rev().cmp(other.limbs.iter().rev())
     }
 }
 
@@ -528,6 +728,72 @@ mod tests {
         assert!(Json::parse("1e999").unwrap_err().contains("out of range"));
         assert_eq!(Json::parse("-0e10").unwrap().to_string(), "-0.0");
         assert_eq!(Json::parse("-0.0").unwrap().to_string(), "-0.0");
+    }
+
+    /// What the SDK printed before it had its own float printer (Rust's).
+    fn as_rust_prints(x: f64) -> String {
+        let magnitude = x.abs();
+        if x == 0.0 && x.is_sign_negative() {
+            "-0.0".to_string()
+        } else if magnitude >= 1e16 || (magnitude != 0.0 && magnitude < 1e-6) {
+            format!("{:e}", x)
+        } else {
+            format!("{}", x)
+        }
+    }
+
+    #[test]
+    fn floats_print_as_rust_prints_them_and_read_back() {
+        let edges = [
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            f64::MIN_POSITIVE - 5e-324,
+            5e-324,
+            1e-7,
+            1e-6,
+            f64::from_bits(1e-6f64.to_bits() - 1),
+            f64::from_bits(1e16f64.to_bits() - 1),
+            0.1,
+            0.3,
+            1.0,
+            2.0,
+            1.5,
+            123456789.0,
+            9007199254740992.0,
+            9007199254740993.0,
+            1e15,
+            9999999999999998.0,
+            1e16,
+            1e21,
+            1e22,
+            1e23,
+            f64::MAX,
+            f64::EPSILON,
+            std::f64::consts::PI,
+            2f64.powi(-1022),
+            2f64.powi(1023),
+            2f64.powi(-1000),
+        ];
+        // Every power of two (the uneven-neighbour case), then random bit patterns.
+        let powers = (-1074..1024).map(|e| 2f64.powi(e));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let random = std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            f64::from_bits(state)
+        })
+        .filter(|x| x.is_finite())
+        .take(15_000);
+        for x in edges.iter().copied().chain(powers).chain(random) {
+            for x in [x, -x] {
+                let mut text = String::new();
+                push_float(&mut text, x);
+                assert_eq!(text, as_rust_prints(x), "bits {:#x}", x.to_bits());
+                assert_eq!(text.parse::<f64>().unwrap().to_bits(), x.to_bits(), "{}", text);
+            }
+        }
     }
 
     #[test]
