@@ -3,8 +3,9 @@
 # calls over HTTP and WebSocket, process messages, and a reload every 50 ms
 # (new builds, state migrations, failing builds, extension reloads). Prints
 # calls, failed calls, messages lost or duplicated, reloads, and RSS and open
-# descriptors after a warm-up and at the end; exits non-zero if anything
-# failed, was lost or duplicated, or if RSS or descriptors grew over 1.1×.
+# descriptors after a warm-up (a quarter of the run, at most 3 min) and at
+# the end; exits non-zero if anything failed, was lost or duplicated, or if
+# RSS or descriptors grew over 1.1×.
 # The test command runs a 15-second smoke of the same test on a debug build.
 #
 #   scripts/soak.sh 10

@@ -18,6 +18,13 @@ use zest_runtime::{Node, NodeConfig, ReloadOptions, Status};
 
 use crate::client::{Paint, Target};
 
+/// jemalloc, not glibc's allocator: under calls and reloads at once, glibc's
+/// per-thread arenas fragment and the node's RSS crept up for as long as a soak
+/// ran (1.12× in 10 minutes); with jemalloc it levels off within minutes
+/// (`docs/reliability.md`, "Soak"). Embedders choose their own allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "zest", version, about = "Hot code upgrade for WebAssembly modules")]
 struct Cli {
