@@ -637,8 +637,9 @@ where
             let response = match (caller.check(Scope::Read), &self.metrics) {
                 (Err(_), _) => unauthorized(),
                 (Ok(()), Some(metrics)) => {
-                    publish_call_counts(&self.node);
-                    respond(http::StatusCode::OK, "text/plain; version=0.0.4", metrics.render())
+                    let mut text = metrics.render();
+                    push_call_counts(&mut text, &self.node);
+                    respond(http::StatusCode::OK, "text/plain; version=0.0.4", text)
                 }
                 (Ok(()), None) => respond(http::StatusCode::NOT_FOUND, "text/plain", "metrics are not recorded\n"),
             };
@@ -779,15 +780,35 @@ async fn read_body(body: HttpBody, limit: usize) -> Result<Vec<u8>, HttpResponse
     }
 }
 
-/// Sets `zest_calls_total{module,vsn,outcome}` from the node's ledger (the
-/// runtime counts calls with plain atomics; the exporter sees them here).
-fn publish_call_counts(node: &Node) {
-    for (module, vsn, ok, failures) in node.call_counts() {
-        metrics::counter!("zest_calls_total", "module" => module.clone(), "vsn" => vsn.clone(), "outcome" => "ok")
-            .absolute(ok);
-        metrics::counter!("zest_calls_total", "module" => module, "vsn" => vsn, "outcome" => "failed")
-            .absolute(failures);
+/// Appends `zest_calls_total{module,vsn,outcome}` from the node's ledger (the
+/// runtime counts calls with plain atomics). Written here rather than through
+/// the recorder, which keeps every series it was ever given: the ledger
+/// forgets the counts of builds long retired, and their series end with them.
+fn push_call_counts(text: &mut String, node: &Node) {
+    use std::fmt::Write;
+    let counts = node.call_counts();
+    if counts.is_empty() {
+        return;
     }
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push('\n');
+    }
+    text.push_str("# TYPE zest_calls_total counter\n");
+    for (module, vsn, ok, failed) in counts {
+        for (outcome, value) in [("ok", ok), ("failed", failed)] {
+            let (module, vsn) = (label_value(&module), label_value(&vsn));
+            let _ =
+                writeln!(text, "zest_calls_total{{module=\"{module}\",vsn=\"{vsn}\",outcome=\"{outcome}\"}} {value}");
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    std::borrow::Cow::Owned(value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
 
 /// `GET /artifacts/<sha256>`: a build this node holds, for a token with the

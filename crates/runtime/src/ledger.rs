@@ -3,9 +3,13 @@
 //! `failures`).
 //!
 //! Each version counts into a [`CallCounts`] it got from the node's
-//! [`Ledger`], which keeps one per (module, vsn) for the node's life: a build
-//! rolled back to and forward again keeps counting where it left off, and the
-//! exported counters never go backwards. Counting is one relaxed atomic add when
+//! [`Ledger`], which keeps one per (module, vsn) while any version holds it,
+//! and then the [`RETIRED_KEPT`] most recently retired: a build rolled back to
+//! and forward again keeps counting where it left off, and the exported
+//! counters never go backwards while they are exported. Older ones are
+//! forgotten, so that a node that sees a new vsn with every build (the default
+//! vsn is the build's hash; watch mode reloads on every save) does not grow a
+//! series per build for ever. Counting is one relaxed atomic add when
 //! a call ends, in the calling thread's shard (no lock, no clock, no shared
 //! cache line); a failure of a version on trial also
 //! wakes the trial's watcher.
@@ -57,27 +61,73 @@ impl CallCounts {
     }
 }
 
+/// How many counts of (module, vsn) that no version holds any more the ledger
+/// keeps, the most recently retired first.
+pub(crate) const RETIRED_KEPT: usize = 256;
+
 /// The node's counts, and the bell a failing version on trial rings.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    counts: Mutex<BTreeMap<(String, String), Arc<CallCounts>>>,
+    books: Mutex<Books>,
     pub(crate) alarm: Alarm,
+}
+
+#[derive(Debug, Default)]
+struct Books {
+    counts: BTreeMap<(String, String), Kept>,
+    /// Counts up each time counts are found retired, to order them.
+    retirements: u64,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    counts: Arc<CallCounts>,
+    /// When no version held them any more, if none does now.
+    retired: Option<u64>,
+}
+
+impl Books {
+    /// Notes which counts no version holds any more (and which are held
+    /// again), and forgets the longest retired beyond [`RETIRED_KEPT`].
+    fn tidy(&mut self) {
+        let mut retired = 0;
+        for kept in self.counts.values_mut() {
+            if Arc::strong_count(&kept.counts) > 1 {
+                kept.retired = None;
+            } else {
+                if kept.retired.is_none() {
+                    self.retirements += 1;
+                    kept.retired = Some(self.retirements);
+                }
+                retired += 1;
+            }
+        }
+        if retired > RETIRED_KEPT {
+            let mut order: Vec<u64> = self.counts.values().filter_map(|kept| kept.retired).collect();
+            order.sort_unstable();
+            let cutoff = order[retired - RETIRED_KEPT];
+            self.counts.retain(|_, kept| kept.retired.is_none_or(|at| at >= cutoff));
+        }
+    }
 }
 
 impl Ledger {
     /// The counts of `module` at `vsn`.
     pub(crate) fn counts(&self, module: &str, vsn: &str) -> Arc<CallCounts> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(counts.entry((module.to_string(), vsn.to_string())).or_default())
+        let mut books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
+        books.tidy();
+        Arc::clone(&books.counts.entry((module.to_string(), vsn.to_string())).or_default().counts)
     }
 
-    /// Every (module, vsn) with its calls that answered and that failed.
+    /// Every (module, vsn) kept, with its calls that answered and that failed.
     pub(crate) fn all(&self) -> Vec<(String, String, u64, u64)> {
-        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts
+        let mut books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
+        books.tidy();
+        books
+            .counts
             .iter()
-            .map(|((module, vsn), counts)| {
-                let (ok, failed) = counts.outcomes();
+            .map(|((module, vsn), kept)| {
+                let (ok, failed) = kept.counts.outcomes();
                 (module.clone(), vsn.clone(), ok, failed)
             })
             .collect()
@@ -108,5 +158,39 @@ impl Alarm {
             rung = self.bell.wait_timeout(rung, timeout).unwrap_or_else(PoisonError::into_inner).0;
         }
         std::mem::replace(&mut *rung, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(ledger: &Ledger) -> Vec<String> {
+        ledger.all().into_iter().map(|(module, vsn, _, _)| format!("{module}@{vsn}")).collect()
+    }
+
+    #[test]
+    fn held_counts_stay_and_only_the_most_recently_retired_are_kept() {
+        let ledger = Ledger::default();
+        let live = ledger.counts("clock", "live");
+        live.ok(0);
+        // A build flipped away from and back to keeps counting where it was.
+        let first = ledger.counts("clock", "flipped");
+        first.ok(0);
+        drop(first);
+        ledger.all();
+        let again = ledger.counts("clock", "flipped");
+        again.ok(0);
+        assert_eq!(again.read(), (2, 0));
+        // Many builds, each retired at once (watch mode's new vsn per save).
+        for n in 0..RETIRED_KEPT + 10 {
+            ledger.counts("clock", &format!("v{n}")).failure(0);
+        }
+        let names = kept(&ledger);
+        assert_eq!(names.len(), 2 + RETIRED_KEPT, "held ones and the last {RETIRED_KEPT} retired");
+        assert!(names.contains(&"clock@live".to_string()) && names.contains(&"clock@flipped".to_string()));
+        assert!(!names.contains(&"clock@v0".to_string()) && !names.contains(&"clock@v9".to_string()));
+        assert!(names.contains(&"clock@v10".to_string()) && names.contains(&format!("clock@v{}", RETIRED_KEPT + 9)));
+        assert_eq!(live.read(), (1, 0), "held counts are the same counts");
     }
 }

@@ -354,8 +354,9 @@ impl Node {
         self.shared.history.list(module, limit)
     }
 
-    /// Calls of every (module, vsn) since the node started, as they ended:
-    /// `(module, vsn, answered, failed)` (`zest_calls_total`; each only grows).
+    /// Calls of each (module, vsn) that a loaded version runs, and of the 256
+    /// most recently retired, as they ended: `(module, vsn, answered, failed)`
+    /// (`zest_calls_total`; each only grows while it is listed).
     pub fn call_counts(&self) -> Vec<(String, String, u64, u64)> {
         self.shared.env.ledger.all()
     }
