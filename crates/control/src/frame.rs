@@ -60,6 +60,13 @@ pub struct Fixes {
     batch: bool,
 }
 
+impl Fixes {
+    /// True when the frame was a batch.
+    pub fn is_batch(&self) -> bool {
+        self.batch
+    }
+}
+
 /// An error answer with `id` (raw JSON).
 pub fn error_answer(id: &str, code: Code, message: &str) -> String {
     let error = json!({"code": code.numeric(), "message": message, "data": {"code": code.as_str()}});

@@ -42,7 +42,7 @@ use crate::frame;
 use crate::wire::{self, Code, NodeInfo, Nodes};
 
 /// The methods a client may call; any other name reaches [`NOT_FOUND_METHOD`].
-const METHODS: [&str; 13] = [
+pub(crate) const METHODS: [&str; 13] = [
     "system.reload",
     "system.history",
     "system.rollback",
@@ -352,12 +352,15 @@ pub fn start(
         .build();
     let connections = Connections::new(limits);
     let (stop, handle) = jsonrpsee::server::stop_channel();
+    let info = NodeInfo { listen: listener.local_addr()?.to_string(), started_at };
+    let methods: jsonrpsee::Methods = methods(Arc::clone(&node), info, cluster).into();
     let gate = tower::ServiceBuilder::new().layer(GateLayer {
         tokens,
         metrics,
-        node: Arc::clone(&node),
+        node,
         connections: connections.clone(),
         stop: stop.clone(),
+        methods: methods.clone(),
     });
     let rpc = RpcServiceBuilder::new().layer_fn(|inner| KnownMethods { inner });
     let builder =
@@ -365,8 +368,6 @@ pub fn start(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    let info = NodeInfo { listen: addr.to_string(), started_at };
-    let methods: jsonrpsee::Methods = methods(node, info, cluster).into();
     let shutdown = stop.clone();
     // One service per connection, its type erased here where it is known.
     let per_connection: Arc<dyn Fn() -> ConnectionService + Send + Sync> = Arc::new(move || {
@@ -553,6 +554,7 @@ struct GateLayer {
     node: Arc<Node>,
     connections: Connections,
     stop: jsonrpsee::server::StopHandle,
+    methods: jsonrpsee::Methods,
 }
 
 impl<S> Layer<S> for GateLayer {
@@ -566,6 +568,7 @@ impl<S> Layer<S> for GateLayer {
             node: Arc::clone(&self.node),
             connections: self.connections.clone(),
             stop: self.stop.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -580,6 +583,8 @@ struct Gate<S> {
     connections: Connections,
     /// WebSockets close when the server stops.
     stop: jsonrpsee::server::StopHandle,
+    /// The node's methods, which a WebSocket runs single calls on directly.
+    methods: jsonrpsee::Methods,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -730,9 +735,12 @@ where
             Ok(permit) => permits.push(permit),
             Err(_) => return busy("the node's connection limit is reached (control.max_connections)"),
         }
+        let mut methods = self.methods.clone();
+        methods.extensions_mut().insert(caller.clone());
         let session = crate::ws::Session {
             node: Arc::clone(&self.node),
             inner: self.inner.clone(),
+            methods,
             caller,
             protocol,
             max_message: self.connections.max_request_bytes as usize,
