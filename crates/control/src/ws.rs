@@ -11,7 +11,7 @@
 //!
 //! - a single call of a known method runs on the node's methods directly (the
 //!   connection's caller in their extensions), without the HTTP service stack:
-//!   about 25 µs less a round trip (`docs/benchmarks.md`, "Control plane");
+//!   about 30 µs less a round trip (`docs/benchmarks.md`, "Control plane");
 //!   batches, notifications and unknown methods are answered as over HTTP;
 //! - every frame is vetted like an HTTP body; a message over the size limit
 //!   is answered `REQUEST_TOO_LARGE` (one over twice the limit is not read:
