@@ -58,12 +58,16 @@ pub struct Fixes {
     /// Answers for a batch's entries refused here.
     refused: Vec<Value>,
     batch: bool,
+    /// The method of a frame that is one call (not a batch, a notification or
+    /// a call with id null).
+    call: Option<String>,
 }
 
 impl Fixes {
-    /// True when the frame was a batch.
-    pub fn is_batch(&self) -> bool {
-        self.batch
+    /// The method, when the frame is one call (not a batch, a notification or
+    /// a call with id null).
+    pub fn single_call(&self) -> Option<&str> {
+        self.call.as_deref()
     }
 }
 
@@ -168,6 +172,9 @@ fn request(entry: &RawValue, transport: Transport, in_batch: bool, fixes: &mut F
             _ => format!("{method} goes alone, not in a batch"),
         };
         return refuse(&why);
+    }
+    if !in_batch && shown != "null" {
+        fixes.call = Some(method);
     }
     if fixes_before == fixes.ids.len() {
         // Nothing changed: the request goes on as it came.
@@ -345,7 +352,7 @@ mod tests {
         for id in ["7", "\"seven\"", "null", "18446744073709551615"] {
             let message = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"system.status"}}"#);
             let Vetted::Pass { fixes, .. } = vet(message.as_bytes(), Transport::Http) else { panic!("{id}") };
-            assert_eq!(fixes, Fixes::default(), "{id} passes as it is");
+            assert!(fixes.ids.is_empty() && fixes.refused.is_empty(), "{id} passes as it is: {fixes:?}");
         }
     }
 
@@ -365,6 +372,19 @@ mod tests {
         // An invalid request without an id still gets an answer, id null.
         let refused = answered(r#"[{"jsonrpc":"2.0","method":5}]"#, Transport::Http);
         assert_eq!((refused[0]["id"].clone(), code_of(&refused[0])), (Value::Null, "INVALID_REQUEST"));
+    }
+
+    #[test]
+    fn only_a_lone_call_with_an_id_is_a_single_call() {
+        let method = |message: &str| match vet(message.as_bytes(), Transport::WebSocket) {
+            Vetted::Pass { fixes, .. } => fixes.single_call().map(str::to_string),
+            other => panic!("{message}: {other:?}"),
+        };
+        assert_eq!(method(r#"{"jsonrpc":"2.0","id":1,"method":"module.call"}"#).as_deref(), Some("module.call"));
+        assert_eq!(method(r#"{"jsonrpc":"2.0","id":-1,"method":"status"}"#).as_deref(), Some("status"));
+        assert_eq!(method(r#"{"jsonrpc":"2.0","method":"module.call"}"#), None, "a notification");
+        assert_eq!(method(r#"{"jsonrpc":"2.0","id":null,"method":"module.call"}"#), None, "id null");
+        assert_eq!(method(r#"[{"jsonrpc":"2.0","id":1,"method":"module.call"}]"#), None, "a batch");
     }
 
     #[test]

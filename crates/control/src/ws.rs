@@ -238,7 +238,12 @@ where
                 // Waiting here stops reading: the client's requests back up.
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
                 let (mut inner, caller) = (session.inner.clone(), session.caller.clone());
-                let direct = runs_directly(&body, &fixes).then(|| session.methods.clone());
+                // One call of a method the node has runs on the methods
+                // directly; anything else is answered as over HTTP.
+                let direct = fixes
+                    .single_call()
+                    .is_some_and(|method| crate::server::METHODS.contains(&method))
+                    .then(|| session.methods.clone());
                 let mut answer = Box::pin(async move {
                     if let Some(methods) = direct {
                         if let Ok((answer, _)) = methods.raw_json_request(&body, 1).await {
@@ -288,26 +293,6 @@ where
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
     drop(session.permits);
-}
-
-/// True for a frame the methods can take directly: one call (not a batch or
-/// a notification) of a method the node has. Anything else takes the HTTP
-/// service's path, which answers it as over HTTP.
-fn runs_directly(body: &str, fixes: &frame::Fixes) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(borrow)]
-        method: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        id: Option<&'a serde_json::value::RawValue>,
-    }
-    if fixes.is_batch() || !body.trim_start().starts_with('{') {
-        return false;
-    }
-    match serde_json::from_str::<Head<'_>>(body) {
-        Ok(head) => head.id.is_some_and(|id| id.get() != "null") && crate::server::METHODS.contains(&&*head.method),
-        Err(_) => false,
-    }
 }
 
 fn close(code: CloseCode, reason: &str) -> Message {
