@@ -11,7 +11,8 @@
 //! - resident memory after 1,000 reloads against after the first.
 //!
 //! Run: `cargo bench -p zest-runtime --bench code_server` (`-- --quick` for a
-//! shorter pass; `-- memory`, `-- latency` or `-- throughput` for one section).
+//! shorter pass; `-- memory`, `-- latency` or `-- throughput` for one section;
+//! with `latency`, sizes and compilers narrow it: `-- latency 1000 winch`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,14 +26,26 @@ use zest_runtime::{Compiler, Node, NodeConfig, ReloadOptions, Status};
 /// OTP 25 JIT), measured 2026-11-25 (issue 12), in ms.
 const BEAM_RELOAD_MS: [(usize, f64); 3] = [(10, 0.83), (1_000, 6.6), (10_000, 61.0)];
 
-fn module_wat(functions: usize, marker: u64) -> String {
-    module_wat_edited(functions, marker, None)
+/// The functions' bodies of a build.
+#[derive(Clone, Copy)]
+enum Bodies {
+    /// `f{k}` returns its input pointer plus `k`, in every build.
+    Same,
+    /// Every function's constant depends on `get`'s marker: no body is the
+    /// same as in any other build.
+    AllNew,
+    /// As `Same`, but function `f{.0}` adds `.1` instead of its index: one
+    /// function's body differs between two builds.
+    Edited(usize, u64),
 }
 
-/// A build whose function `f{edited.0}` returns `edited.1` instead of its index:
-/// one function's body differs between two builds (`get`'s marker, a data
-/// constant, changes too, so a reload is seen).
-fn module_wat_edited(functions: usize, marker: u64, edited: Option<(usize, u64)>) -> String {
+fn module_wat(functions: usize, marker: u64) -> String {
+    module_wat_with(functions, marker, Bodies::Same)
+}
+
+/// A build of `functions` small functions besides `get` (which returns the
+/// marker, a data constant, so that a reload is seen) and `echo`.
+fn module_wat_with(functions: usize, marker: u64, bodies: Bodies) -> String {
     let mut wat = String::with_capacity(functions * 96 + 512);
     wat.push_str(
         r#"(module (memory (export "memory") 1)
@@ -47,8 +60,9 @@ fn module_wat_edited(functions: usize, marker: u64, edited: Option<(usize, u64)>
         (16u64 << 32) | 20
     ));
     for k in 0..functions {
-        let constant = match edited {
-            Some((at, value)) if at == k => value,
+        let constant = match bodies {
+            Bodies::Edited(at, value) if at == k => value,
+            Bodies::AllNew => marker * 1_000_000 + k as u64,
             _ => k as u64,
         };
         wat.push_str(&format!(
@@ -88,11 +102,21 @@ struct Row {
     beam_ms: f64,
 }
 
-fn reload_latency(quick: bool) -> Vec<Row> {
+/// Which sizes and compilers the latency section measures (all when the
+/// command line names none).
+struct Only {
+    sizes: Vec<usize>,
+    compilers: Vec<String>,
+}
+
+fn reload_latency(quick: bool, only: &Only) -> Vec<Row> {
     let dir = tempfile::tempdir().unwrap();
     let mut rows = Vec::new();
     let mut marker = 1_000u64;
     for (functions, beam_ms) in BEAM_RELOAD_MS {
+        if !only.sizes.is_empty() && !only.sizes.contains(&functions) {
+            continue;
+        }
         let rounds = match (functions, quick) {
             (10, false) => 200,
             (1_000, false) => 50,
@@ -104,19 +128,24 @@ fn reload_latency(quick: bool) -> Vec<Row> {
         for (label, compiler) in
             [("cranelift", Compiler::Cranelift), ("winch", Compiler::Winch), ("auto", Compiler::Auto)]
         {
+            if !only.compilers.is_empty() && !only.compilers.iter().any(|c| c == label) {
+                continue;
+            }
             let data = dir.path().join(format!("data-{label}-{functions}"));
             let node = node(&data, compiler);
             std::fs::write(&path, module_wat(functions, marker)).unwrap();
             assert_eq!(node.load_module("m", &path, &ReloadOptions::default()).status(), Status::Ok);
 
-            // Cold: every build is new, so every reload compiles.
+            // Cold: every build is new, every function's body too, so every
+            // reload compiles all of it.
             let mut cold = Vec::new();
             for _ in 0..rounds {
                 marker += 1;
-                cold.push(timed_reload(&node, "m", &path, &module_wat(functions, marker), marker));
+                let wat = module_wat_with(functions, marker, Bodies::AllNew);
+                cold.push(timed_reload(&node, "m", &path, &wat, marker));
             }
             rows.push(Row {
-                what: format!("{functions} fns, cold, {label}"),
+                what: format!("{functions} fns, cold (all new), {label}"),
                 median_ms: percentile(&mut cold, 0.5),
                 p99_ms: percentile(&mut cold, 0.99),
                 beam_ms,
@@ -127,7 +156,7 @@ fn reload_latency(quick: bool) -> Vec<Row> {
             let mut edited = Vec::new();
             for _ in 0..rounds {
                 marker += 1;
-                let wat = module_wat_edited(functions, marker, Some((functions / 2, marker)));
+                let wat = module_wat_with(functions, marker, Bodies::Edited(functions / 2, marker));
                 edited.push(timed_reload(&node, "m", &path, &wat, marker));
             }
             rows.push(Row {
@@ -309,14 +338,23 @@ fn main() {
     }
 
     let sections: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
-    let run = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
+    let named = |s: &String| ["memory", "latency", "throughput"].contains(&s.as_str());
+    let run = |section: &str| !sections.iter().any(named) || sections.iter().any(|s| s == section);
 
     // Memory first, while the process is small and nothing else has run.
     if run("memory") {
         memory_section();
     }
     if run("latency") {
-        latency_section(quick);
+        let only = Only {
+            sizes: sections.iter().filter_map(|s| s.parse().ok()).collect(),
+            compilers: sections
+                .iter()
+                .filter(|s| ["cranelift", "winch", "auto"].contains(&s.as_str()))
+                .cloned()
+                .collect(),
+        };
+        latency_section(quick, &only);
     }
     if run("throughput") {
         throughput_section(quick);
@@ -331,11 +369,11 @@ fn memory_section() {
     println!("| {} KiB | {} KiB | {:.3} | ≤ 1.10 |\n", first, after, after as f64 / first as f64);
 }
 
-fn latency_section(quick: bool) {
+fn latency_section(quick: bool, only: &Only) {
     println!("## Reload latency: file changed → next call served by the new code\n");
     println!("| module | median ms | p99 ms | BEAM ms | median / BEAM |");
     println!("|---|---|---|---|---|");
-    for row in reload_latency(quick) {
+    for row in reload_latency(quick, only) {
         println!(
             "| {} | {:.3} | {:.3} | {:.1} | {:.3} |",
             row.what,

@@ -5,7 +5,9 @@
 //! it is refused with `invalid_module` and a message naming the import or export.
 
 use rustc_hash::FxHashMap;
-use wasmtime::{ExternType, FuncType, Module, ValType};
+use wasmtime::{ExternType, FuncType, ValType};
+
+use crate::engine::Compiled;
 
 use crate::host::IMPORT_MODULE;
 
@@ -59,11 +61,16 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Validates a compiled module against ABI version 1. `callables` are the
+/// Validates a compiled build against ABI version 1. `callables` are the
 /// callable exports the loader moved behind the dispatcher (`dispatch.rs`),
-/// in dispatch order; every other function export is checked here.
-pub(crate) fn check(module: &Module, callables: &[Box<str>]) -> Result<Exports, String> {
-    for import in module.imports() {
+/// in dispatch order; every other function export is checked here. A split
+/// build (`split.rs`) is checked as the module it was cut from: the imports
+/// its parts make of its core are the loader's, not the guest's.
+pub(crate) fn check(code: &Compiled, callables: &[Box<str>]) -> Result<Exports, String> {
+    let modules = code.modules();
+    let split = matches!(code, Compiled::Split(_));
+    let imports = modules.iter().flat_map(|module| module.imports());
+    for import in imports.filter(|import| !(split && import.module() == crate::split::CORE)) {
         let ty = import.ty();
         if import.module() != IMPORT_MODULE {
             return Err(format!(
@@ -89,7 +96,7 @@ pub(crate) fn check(module: &Module, callables: &[Box<str>]) -> Result<Exports, 
         exports.functions.insert(name.clone(), index);
     }
     let mut has_memory = false;
-    for export in module.exports() {
+    for export in modules.iter().flat_map(|module| module.exports()) {
         let name = export.name();
         let ty = export.ty();
         if name == "memory" {
@@ -131,7 +138,7 @@ pub(crate) fn check(module: &Module, callables: &[Box<str>]) -> Result<Exports, 
     if !has_memory {
         return Err("missing required export `memory`".into());
     }
-    if !module.exports().any(|export| export.name() == "zest_alloc") {
+    if !modules.iter().flat_map(|module| module.exports()).any(|export| export.name() == "zest_alloc") {
         return Err("missing required export `zest_alloc` of type (i32) -> i32".into());
     }
     Ok(exports)
@@ -177,8 +184,8 @@ mod tests {
     fn check_wat(body: &str) -> Result<Exports, String> {
         let engine = wasmtime::Engine::default();
         let rewritten = crate::dispatch::rewrite(&wat::parse_str(format!("(module {body})")).unwrap())?;
-        let module = Module::new(&engine, rewritten.wasm).unwrap();
-        check(&module, &rewritten.callables)
+        let module = wasmtime::Module::new(&engine, rewritten.wasm).unwrap();
+        check(&Compiled::Whole(module), &rewritten.callables)
     }
 
     const BASE: &str = r#"(memory (export "memory") 1)

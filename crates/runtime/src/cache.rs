@@ -5,7 +5,8 @@
 //! The fingerprint changes with the wasmtime version and every engine setting, so
 //! a foreign entry is never even looked at. Each file starts with a header that
 //! names the build it belongs to and the sha256 of the rest: the names of the
-//! build's callables (in dispatch order, `dispatch.rs`), then the machine code. An
+//! build's callables (in dispatch order, `dispatch.rs`), then the machine code:
+//! one module, or a split build's pieces (`split.rs`) with their keys. An
 //! entry whose header or checksum does not match, or that the engine refuses, is
 //! deleted and the build compiled again. Writes go to a temporary file and are renamed into
 //! place, so a crash leaves no half-written entry.
@@ -22,9 +23,11 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
 use crate::dispatch::Callables;
+use crate::engine::Compiled;
 use crate::error::NodeError;
+use crate::split::Pieces;
 
-const MAGIC: &[u8; 8] = b"ZESTMOD2";
+const MAGIC: &[u8; 8] = b"ZESTMOD3";
 const HEADER_LEN: usize = MAGIC.len() + 32 + 32;
 
 #[derive(Debug)]
@@ -50,7 +53,7 @@ impl CompileCache {
 
     /// The cached machine code of build `key` and its callables, if a sound
     /// entry exists.
-    pub(crate) fn load(&self, engine: &Engine, key: &[u8; 32]) -> Option<(Module, Callables)> {
+    pub(crate) fn load(&self, engine: &Engine, key: &[u8; 32]) -> Option<(Compiled, Callables)> {
         let path = self.path(key);
         let bytes = fs::read(&path).ok()?;
         let (callables, payload) = match verify(&bytes, key).and_then(split_callables) {
@@ -61,11 +64,8 @@ impl CompileCache {
                 return None;
             }
         };
-        // SAFETY: the payload is byte for byte what `Module::serialize` wrote for this
-        // engine configuration (checked against the sha256 in its header), in a
-        // directory only the node's user can write.
-        match unsafe { Module::deserialize(engine, payload) } {
-            Ok(module) => Some((module, callables)),
+        match decode_code(engine, payload) {
+            Ok(code) => Some((code, callables)),
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %err, "discarding an incompatible compile-cache entry");
                 let _ = fs::remove_file(&path);
@@ -75,8 +75,8 @@ impl CompileCache {
     }
 
     /// Writes the machine code of build `key`; a failure is logged, never fatal.
-    pub(crate) fn store(&self, key: &[u8; 32], module: &Module, callables: &Callables) {
-        if let Err(err) = self.try_store(key, module, callables) {
+    pub(crate) fn store(&self, key: &[u8; 32], code: &Compiled, callables: &Callables) {
+        if let Err(err) = self.try_store(key, code, callables) {
             tracing::warn!(dir = %self.dir.display(), error = %err, "cannot write a compile-cache entry");
         }
     }
@@ -84,11 +84,11 @@ impl CompileCache {
     fn try_store(
         &self,
         key: &[u8; 32],
-        module: &Module,
+        code: &Compiled,
         callables: &Callables,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let mut body = encode_callables(callables);
-        body.extend_from_slice(&module.serialize().map_err(|err| format!("{err:#}"))?);
+        encode_code(code, &mut body).map_err(|err| format!("{err:#}"))?;
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
         file.write_all(MAGIC)?;
         file.write_all(key)?;
@@ -147,6 +147,69 @@ fn split_callables(body: &[u8]) -> Result<(Callables, &[u8]), &'static str> {
         names.push(Box::from(name));
     }
     Ok((names.into(), rest))
+}
+
+/// The machine code block: a part count (0 for a whole build), then the one
+/// module; or each part's callable count, each piece's key, and each piece
+/// (the core first) as a length and its bytes (little-endian integers).
+fn encode_code(code: &Compiled, out: &mut Vec<u8>) -> wasmtime::Result<()> {
+    match code {
+        Compiled::Whole(module) => {
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&module.serialize()?);
+        }
+        Compiled::Split(pieces) => {
+            out.extend_from_slice(&(pieces.parts.len() as u32).to_le_bytes());
+            for count in &pieces.counts {
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            for key in &pieces.keys {
+                out.extend_from_slice(key);
+            }
+            for module in std::iter::once(&pieces.core).chain(&pieces.parts) {
+                let bytes = module.serialize()?;
+                out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decode_code(engine: &Engine, block: &[u8]) -> Result<Compiled, String> {
+    let mut rest = block;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if rest.len() < n {
+            return Err("truncated machine code".into());
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let word = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().expect("four bytes"));
+    // SAFETY (both calls): the bytes are byte for byte what `Module::serialize`
+    // wrote for this engine configuration (checked against the sha256 in the
+    // entry's header), in a directory only the node's user can write.
+    let deserialize = |bytes: &[u8]| unsafe { Module::deserialize(engine, bytes) }.map_err(|err| format!("{err:#}"));
+    let parts = word(take(4)?) as usize;
+    if parts == 0 {
+        return deserialize(take(rest_len(block, 4))?).map(Compiled::Whole);
+    }
+    let counts = (0..parts).map(|_| take(4).map(word)).collect::<Result<Vec<u32>, _>>()?;
+    let keys = (0..=parts)
+        .map(|_| take(32).map(|key| <[u8; 32]>::try_from(key).expect("32 bytes")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut modules = Vec::with_capacity(parts + 1);
+    for _ in 0..=parts {
+        let len = u64::from_le_bytes(take(8)?.try_into().expect("eight bytes"));
+        modules.push(deserialize(take(usize::try_from(len).map_err(|_| "a piece too large")?)?)?);
+    }
+    let core = modules.remove(0);
+    Ok(Compiled::Split(std::sync::Arc::new(Pieces::new(core, modules, keys, counts)?)))
+}
+
+fn rest_len(block: &[u8], read: usize) -> usize {
+    block.len() - read
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -93,7 +93,7 @@ impl Limits {
 /// [`NodeConfig::tier_up_after`], the optimising Cranelift compiles the same
 /// build on a low-priority thread and its code replaces Winch's in place. A
 /// build whose Cranelift code is cached loads that directly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compiler {
     Cranelift,
     Winch,

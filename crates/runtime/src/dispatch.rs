@@ -42,7 +42,7 @@ pub(crate) struct Dispatching {
 }
 
 /// Reads an unsigned LEB128 u32 at the start of `bytes`: the value and its length.
-fn leb_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
+pub(crate) fn leb_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
     let mut value: u64 = 0;
     for (i, byte) in bytes.iter().take(5).enumerate() {
         value |= u64::from(byte & 0x7f) << (7 * i);
@@ -53,7 +53,7 @@ fn leb_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
     Err("a malformed count".into())
 }
 
-fn push_leb(out: &mut Vec<u8>, mut value: u32) {
+pub(crate) fn push_leb(out: &mut Vec<u8>, mut value: u32) {
     loop {
         let byte = (value & 0x7f) as u8;
         value >>= 7;
@@ -74,6 +74,11 @@ fn extend_vector(section: &[u8], added: u32, extra: &[u8]) -> Result<Vec<u8>, St
     out.extend_from_slice(&section[at..]);
     out.extend_from_slice(extra);
     Ok(out)
+}
+
+/// Whether a function of this type is a callable: `(i32, i32) -> i64`.
+pub(crate) fn is_callable_type(params: &[ValType], results: &[ValType]) -> bool {
+    params == [ValType::I32, ValType::I32] && results == [ValType::I64]
 }
 
 /// Rewrites `wasm` (a binary module) so that its callables sit behind
@@ -132,7 +137,7 @@ pub(crate) fn rewrite(wasm: &[u8]) -> Result<Dispatching, String> {
     }
     let callable_type = |index: u32| -> bool {
         let ty = functions.get(index as usize).and_then(|ty| types.get(*ty as usize)).and_then(Option::as_ref);
-        ty.is_some_and(|(params, results)| params[..] == [ValType::I32, ValType::I32] && results[..] == [ValType::I64])
+        ty.is_some_and(|(params, results)| is_callable_type(params, results))
     };
     let mut callables: Vec<(Box<str>, u32)> = Vec::new();
     let mut kept = Vec::new();
@@ -248,7 +253,7 @@ fn dispatchers(callables: &[(Box<str>, u32)], first_new: u32) -> Vec<Function> {
 
 /// `(index, ptr, len)`: a direct call of `targets[index]` with `(ptr, len)`
 /// (`index & mask` when `mask` is given); an index out of range traps.
-fn switch(targets: &[u32], mask: Option<i32>) -> Function {
+pub(crate) fn switch(targets: &[u32], mask: Option<i32>) -> Function {
     let mut body = Function::new([]);
     let cases = targets.len() as u32;
     for _ in 0..=cases {

@@ -11,8 +11,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::{
-    Config, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel, PoolingAllocationConfig, Strategy,
+    Config, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel, PoolingAllocationConfig,
+    RegallocAlgorithm, Strategy,
 };
+
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+use sha2::{Digest, Sha256};
 
 use crate::background::Background;
 use crate::cache::CompileCache;
@@ -20,7 +25,9 @@ use crate::config::{Compiler, NodeConfig};
 use crate::dispatch::{self, Callables};
 use crate::error::NodeError;
 use crate::host::{self, HostState};
+use crate::instance::Linked;
 use crate::reason::Reason;
+use crate::split::{self, Pieces};
 
 /// The epoch period: a running call notices its deadline or a hard purge within
 /// about this long. Deadlines are counted in these ticks (milliseconds).
@@ -50,6 +57,7 @@ pub(crate) struct Engines {
     winch: Backend,
     choice: Compiler,
     recent: Recent,
+    pieces: PieceCache,
     pub(crate) clock: Arc<Clock>,
     _ticker: Ticker,
     /// `limits.memory_mb`: a build whose memory starts larger is refused.
@@ -73,30 +81,30 @@ struct Recent {
 struct RecentEntry {
     key: [u8; 32],
     compiler: Compiler,
-    module: Module,
+    code: Compiled,
     callables: Callables,
 }
 
 impl Recent {
-    fn get(&self, key: &[u8; 32], compiler: Compiler) -> Option<(Module, Callables)> {
+    fn get(&self, key: &[u8; 32], compiler: Compiler) -> Option<(Compiled, Callables)> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let index = entries.iter().position(|e| &e.key == key && e.compiler == compiler)?;
         let entry = entries.remove(index);
-        let found = (entry.module.clone(), Arc::clone(&entry.callables));
+        let found = (entry.code.clone(), Arc::clone(&entry.callables));
         entries.insert(0, entry);
         Some(found)
     }
 
-    fn put(&self, key: &[u8; 32], compiler: Compiler, module: &Module, callables: &Callables) {
+    fn put(&self, key: &[u8; 32], compiler: Compiler, code: &Compiled, callables: &Callables) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.retain(|e| !(&e.key == key && e.compiler == compiler));
-        let entry = RecentEntry { key: *key, compiler, module: module.clone(), callables: Arc::clone(callables) };
+        let entry = RecentEntry { key: *key, compiler, code: code.clone(), callables: Arc::clone(callables) };
         entries.insert(0, entry);
         let mut bytes = 0;
         let keep = entries
             .iter()
             .take_while(|e| {
-                bytes += code_size(&e.module);
+                bytes += e.code.code_size();
                 bytes <= RECENT_MAX_BYTES
             })
             .count()
@@ -110,6 +118,86 @@ fn code_size(module: &Module) -> usize {
     range.end as usize - range.start as usize
 }
 
+/// The machine code of one build.
+#[derive(Clone)]
+pub(crate) enum Compiled {
+    /// One module: the build as `dispatch.rs` rewrote it.
+    Whole(Module),
+    /// The build cut into a core and parts (`split.rs`).
+    Split(Arc<Pieces>),
+}
+
+impl Compiled {
+    /// Its modules: the whole one, or the core then every part.
+    pub(crate) fn modules(&self) -> Vec<&Module> {
+        match self {
+            Compiled::Whole(module) => vec![module],
+            Compiled::Split(pieces) => std::iter::once(&pieces.core).chain(&pieces.parts).collect(),
+        }
+    }
+
+    fn code_size(&self) -> usize {
+        self.modules().into_iter().map(code_size).sum()
+    }
+}
+
+/// How many compiled pieces of split builds [`PieceCache`] keeps, and how much
+/// machine code at most.
+const PIECES_MAX_ENTRIES: usize = 8192;
+const PIECES_MAX_BYTES: usize = 256 << 20;
+
+/// Machine code of the pieces of recent split builds, by the sha256 of each
+/// piece's bytes: a build that differs from one of them in a function's body
+/// compiles only the part that holds it (`split.rs`).
+#[derive(Default)]
+struct PieceCache {
+    inner: Mutex<PieceMap>,
+}
+
+#[derive(Default)]
+struct PieceMap {
+    /// Piece → its code and when it was last used.
+    entries: FxHashMap<([u8; 32], Compiler), (Module, u64)>,
+    clock: u64,
+    bytes: usize,
+}
+
+impl PieceCache {
+    fn get(&self, key: &[u8; 32], compiler: Compiler) -> Option<Module> {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.clock += 1;
+        let clock = map.clock;
+        let (module, used) = map.entries.get_mut(&(*key, compiler))?;
+        *used = clock;
+        Some(module.clone())
+    }
+
+    /// Keeps every piece of `pieces`; the least recently used go first when
+    /// the cache is over its bounds (down to three quarters of them).
+    fn put(&self, pieces: &Pieces, compiler: Compiler) {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.clock += 1;
+        let clock = map.clock;
+        let modules = std::iter::once(&pieces.core).chain(&pieces.parts);
+        for (key, module) in pieces.keys.iter().zip(modules) {
+            if let Some((_, used)) = map.entries.get_mut(&(*key, compiler)) {
+                *used = clock;
+            } else {
+                map.bytes += code_size(module);
+                map.entries.insert((*key, compiler), (module.clone(), clock));
+            }
+        }
+        if map.entries.len() > PIECES_MAX_ENTRIES || map.bytes > PIECES_MAX_BYTES {
+            let mut ages: Vec<u64> = map.entries.values().map(|(_, used)| *used).collect();
+            ages.sort_unstable();
+            let keep = (ages.len() * 3 / 4).min(PIECES_MAX_ENTRIES * 3 / 4);
+            let cutoff = ages[ages.len() - keep.max(1)];
+            map.entries.retain(|_, (_, used)| *used >= cutoff);
+            map.bytes = map.entries.values().map(|(module, _)| code_size(module)).sum();
+        }
+    }
+}
+
 /// How much of a freed instance's linear memory is zeroed in place rather than
 /// handed back to the kernel, so the next instance in that slot takes no page
 /// faults there. Measured best among 0, 8, 16 and 64 KiB for small processes.
@@ -119,6 +207,10 @@ const KEEP_RESIDENT: usize = 16 << 10;
 /// round this many at a time.
 const DECOMMIT_BATCH: usize = 64;
 
+/// Core instances counted per instance slot: a split build's store holds
+/// its core and every part.
+const CORE_INSTANCES_PER_SLOT: u32 = 256;
+
 struct Backend {
     engine: wasmtime::Engine,
     linker: Linker<HostState>,
@@ -127,13 +219,17 @@ struct Backend {
 
 /// A build turned into machine code.
 pub(crate) struct Loaded {
-    /// The build as rewritten for dispatch (`dispatch.rs`), compiled.
-    pub(crate) module: Module,
+    /// The build as rewritten for dispatch (`dispatch.rs`), or cut into
+    /// pieces (`split.rs`), compiled.
+    pub(crate) code: Compiled,
     /// Its callables, in dispatch order.
     pub(crate) callables: Callables,
     pub(crate) compiler: Compiler,
     /// False when it came from the compile cache.
     pub(crate) compiled: bool,
+    /// For a build compiled by pieces: how many were compiled now (the others
+    /// were a recent build's), of how many.
+    pub(crate) pieces: Option<(usize, usize)>,
 }
 
 impl Engines {
@@ -147,6 +243,7 @@ impl Engines {
             winch,
             choice: config.compiler,
             recent: Recent::default(),
+            pieces: PieceCache::default(),
             clock,
             _ticker: ticker,
             memory_mb: config.limits.memory_mb,
@@ -178,16 +275,8 @@ impl Engines {
             Compiler::Auto => &[Compiler::Cranelift, Compiler::Winch],
         };
         for &compiler in candidates {
-            if let Some((module, callables)) = self.recent.get(key, compiler) {
-                return Ok(Loaded { module, callables, compiler, compiled: false });
-            }
-        }
-        for &compiler in candidates {
-            let backend = self.backend(compiler);
-            if let Some((module, callables)) = backend.cache.as_ref().and_then(|cache| cache.load(&backend.engine, key))
-            {
-                self.recent.put(key, compiler, &module, &callables);
-                return Ok(Loaded { module, callables, compiler, compiled: false });
+            if let Some(loaded) = self.cached(key, compiler) {
+                return Ok(loaded);
             }
         }
         let wasm = if is_text {
@@ -214,31 +303,87 @@ impl Engines {
         key: &[u8; 32],
         bytes: &[u8],
     ) -> Result<Loaded, (Reason, String)> {
-        if let Some((module, callables)) = self.recent.get(key, compiler) {
-            return Ok(Loaded { module, callables, compiler, compiled: false });
-        }
-        let backend = self.backend(compiler);
-        if let Some((module, callables)) = backend.cache.as_ref().and_then(|cache| cache.load(&backend.engine, key)) {
-            self.recent.put(key, compiler, &module, &callables);
-            return Ok(Loaded { module, callables, compiler, compiled: false });
+        if let Some(loaded) = self.cached(key, compiler) {
+            return Ok(loaded);
         }
         let wasm = wat::parse_bytes(bytes).map_err(|err| (Reason::CompileError, err.to_string()))?;
         self.compile(&wasm, compiler)
     }
 
+    /// The build `key` compiled by `compiler`, from memory or the disk cache.
+    fn cached(&self, key: &[u8; 32], compiler: Compiler) -> Option<Loaded> {
+        if let Some((code, callables)) = self.recent.get(key, compiler) {
+            return Some(Loaded { code, callables, compiler, compiled: false, pieces: None });
+        }
+        let backend = self.backend(compiler);
+        let (code, callables) = backend.cache.as_ref()?.load(&backend.engine, key)?;
+        self.keep_in_memory(key, compiler, &code, &callables);
+        Some(Loaded { code, callables, compiler, compiled: false, pieces: None })
+    }
+
     fn compile(&self, wasm: &[u8], compiler: Compiler) -> Result<Loaded, (Reason, String)> {
+        // A baseline compile of a large build goes by pieces, so that the next
+        // edit recompiles only what changed; a piece the engine refuses sends
+        // the build down the whole path, which says why.
+        if compiler == Compiler::Winch {
+            if let Some(split) = split::split(wasm) {
+                self.check_memory(split.memory_min_bytes)?;
+                if let Some(loaded) = self.compile_split(split, compiler) {
+                    return Ok(loaded);
+                }
+            }
+        }
         let rewritten = dispatch::rewrite(wasm).map_err(|message| (Reason::InvalidModule, message))?;
-        if rewritten.memory_min_bytes > u64::from(self.memory_mb) << 20 {
+        self.check_memory(rewritten.memory_min_bytes)?;
+        let module = Module::new(&self.backend(compiler).engine, &rewritten.wasm)
+            .map_err(|err| (Reason::InvalidModule, format!("{err:#}")))?;
+        let callables = rewritten.callables.into();
+        Ok(Loaded { code: Compiled::Whole(module), callables, compiler, compiled: true, pieces: None })
+    }
+
+    fn check_memory(&self, memory_min_bytes: u64) -> Result<(), (Reason, String)> {
+        if memory_min_bytes > u64::from(self.memory_mb) << 20 {
             let message = format!(
                 "its memory starts at {} MiB, over the limit of {} MiB (limits.memory_mb)",
-                rewritten.memory_min_bytes >> 20,
+                memory_min_bytes >> 20,
                 self.memory_mb
             );
             return Err((Reason::InvalidModule, message));
         }
-        let module = Module::new(&self.backend(compiler).engine, &rewritten.wasm)
-            .map_err(|err| (Reason::InvalidModule, format!("{err:#}")))?;
-        Ok(Loaded { module, callables: rewritten.callables.into(), compiler, compiled: true })
+        Ok(())
+    }
+
+    /// Compiles the pieces of `split` that no recent build had, in parallel;
+    /// `None` when the engine refuses one.
+    fn compile_split(&self, split: split::Split, compiler: Compiler) -> Option<Loaded> {
+        let engine = &self.backend(compiler).engine;
+        let bytes: Vec<&[u8]> = std::iter::once(&split.core).chain(&split.parts).map(Vec::as_slice).collect();
+        let keys: Vec<[u8; 32]> = bytes.par_iter().map(|piece| Sha256::digest(piece).into()).collect();
+        let cached: Vec<Option<Module>> = keys.iter().map(|key| self.pieces.get(key, compiler)).collect();
+        let fresh = cached.iter().filter(|module| module.is_none()).count();
+        let modules: Vec<Option<Module>> = bytes
+            .par_iter()
+            .zip(cached)
+            .map(|(piece, cached)| match cached {
+                Some(module) => Some(module),
+                None => Module::new(engine, piece)
+                    .inspect_err(|err| tracing::debug!(error = %format!("{err:#}"), "a piece did not compile"))
+                    .ok(),
+            })
+            .collect();
+        let mut modules = modules.into_iter().collect::<Option<Vec<Module>>>()?;
+        let core = modules.remove(0);
+        let pieces = Pieces::new(core, modules, keys, split.counts).ok()?;
+        let total = pieces.parts.len() + 1;
+        let code = Compiled::Split(Arc::new(pieces));
+        Some(Loaded { code, callables: split.callables.into(), compiler, compiled: true, pieces: Some((fresh, total)) })
+    }
+
+    fn keep_in_memory(&self, key: &[u8; 32], compiler: Compiler, code: &Compiled, callables: &Callables) {
+        self.recent.put(key, compiler, code, callables);
+        if let Compiled::Split(pieces) = code {
+            self.pieces.put(pieces, compiler);
+        }
     }
 
     /// Keeps freshly compiled machine code: in memory at once, and in the
@@ -246,21 +391,30 @@ impl Engines {
     pub(crate) fn remember(
         &self,
         key: &[u8; 32],
-        module: &Module,
+        code: &Compiled,
         callables: &Callables,
         compiler: Compiler,
         background: &Background,
     ) {
-        self.recent.put(key, compiler, module, callables);
+        self.keep_in_memory(key, compiler, code, callables);
         if let Some(cache) = self.backend(compiler).cache.clone() {
-            let (key, module, callables) = (*key, module.clone(), Arc::clone(callables));
-            background.run(move || cache.store(&key, &module, &callables));
+            let (key, code, callables) = (*key, code.clone(), Arc::clone(callables));
+            background.run(move || cache.store(&key, &code, &callables));
         }
     }
 
-    /// Links `module` against the `"zest"` imports of its engine.
-    pub(crate) fn instance_pre(&self, module: &Module, compiler: Compiler) -> Result<InstancePre<HostState>, String> {
-        self.backend(compiler).linker.instantiate_pre(module).map_err(|err| format!("cannot link: {err:#}"))
+    /// Links `code` against the `"zest"` imports of its engine.
+    pub(crate) fn link(&self, code: &Compiled, compiler: Compiler) -> Result<Linked, String> {
+        let linker = &self.backend(compiler).linker;
+        let pre = |module: &Module| -> Result<InstancePre<HostState>, String> {
+            linker.instantiate_pre(module).map_err(|err| format!("cannot link: {err:#}"))
+        };
+        Ok(match code {
+            Compiled::Whole(module) => Linked::Whole(pre(module)?),
+            Compiled::Split(pieces) => {
+                Linked::Split { core: pre(&pieces.core)?, pieces: Arc::clone(pieces), linker: linker.clone() }
+            }
+        })
     }
 }
 
@@ -276,9 +430,14 @@ impl Backend {
         let memory_bytes = config.limits.memory_bytes();
         let slots = config.limits.instances;
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(slots)
+        // A split build's store holds a core and its parts (`split.rs`): the
+        // number of core instances is a counter, not a reserved slot, so it is
+        // counted generously; memories and tables are the reserved slots.
+        pool.total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
             .total_memories(slots)
-            .total_tables(slots)
+            .total_tables(slots.saturating_mul(2))
+            .max_tables_per_module(2)
+            .table_elements(split::MAX_TABLE_ELEMENTS as usize)
             .max_memory_size(memory_bytes)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .decommit_batch_size(DECOMMIT_BATCH)
@@ -289,6 +448,16 @@ impl Backend {
         match compiler {
             Compiler::Winch => {
                 wasm_config.strategy(Strategy::Winch);
+                // Cranelift still compiles the trampolines between the host
+                // and wasm, a few instructions each: its fastest settings
+                // cost those nothing at run time and halve a small module's
+                // compile (docs/benchmarks.md, "Cold reloads").
+                wasm_config.cranelift_opt_level(OptLevel::None);
+                wasm_config.cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass);
+                // A large build compiles by pieces, in parallel across them
+                // (`split.rs`); within one small module, rayon's hand-offs
+                // cost more than they save.
+                wasm_config.parallel_compilation(false);
             }
             Compiler::Cranelift | Compiler::Auto => {
                 wasm_config.strategy(Strategy::Cranelift);
@@ -346,5 +515,55 @@ impl Drop for Ticker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A module of `functions` small callables; `f{edit.0}` returns `edit.1`.
+    fn build(functions: usize, edit: (usize, u32)) -> Vec<u8> {
+        let mut wat = String::from(
+            r#"(module (memory (export "memory") 1) (data (i32.const 16) "1")
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 8192)
+"#,
+        );
+        for k in 0..functions {
+            let value = if k == edit.0 { edit.1 as usize } else { k };
+            wat.push_str(&format!("  (func (export \"f{k}\") (param i32 i32) (result i64) i64.const {value})\n"));
+        }
+        wat.push(')');
+        wat.into_bytes()
+    }
+
+    fn load(engines: &Engines, wasm: &[u8]) -> Loaded {
+        let key: [u8; 32] = Sha256::digest(wasm).into();
+        let loaded = engines.load(&key, wasm, true, std::path::Path::new("m.wat")).unwrap();
+        engines.keep_in_memory(&key, loaded.compiler, &loaded.code, &loaded.callables);
+        loaded
+    }
+
+    #[test]
+    fn an_edit_of_one_function_compiles_one_part_and_a_small_module_stays_whole() {
+        let config = NodeConfig { compiler: Compiler::Winch, ..NodeConfig::default() };
+        let engines = Engines::new(&config).unwrap();
+        // 301 functions: five parts of 64 (the last of 45) and a core.
+        let first = load(&engines, &build(300, (0, 0)));
+        assert_eq!(first.pieces, Some((6, 6)));
+        let edited = load(&engines, &build(300, (150, 7)));
+        assert_eq!(edited.pieces, Some((1, 6)), "only the part holding f150 compiles again");
+        let back = load(&engines, &build(300, (0, 0)));
+        assert_eq!((back.compiled, back.pieces), (false, None), "a recent build is reused whole");
+        let small = load(&engines, &build(10, (0, 0)));
+        assert!(matches!(small.code, Compiled::Whole(_)) && small.pieces.is_none());
+
+        let Compiled::Split(pieces) = &edited.code else { panic!("a large build is split") };
+        assert_eq!(pieces.counts.iter().sum::<u32>(), 300);
+        assert_eq!(edited.callables.len(), 300);
+        // Callable k is f{k}: part k / 64 (zest_alloc is part 0's first
+        // function), at its place among that part's callables.
+        assert_eq!(&*edited.callables[150], "f150");
+        assert_eq!(pieces.route(150), Some((2, 150 - 127)));
     }
 }

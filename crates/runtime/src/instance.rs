@@ -2,14 +2,16 @@
 //! `zest_alloc(len)`, write the input, call, read the packed output and check that
 //! it is UTF-8 JSON.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use wasmtime::{Error, InstancePre, Memory, Store, TypedFunc};
+use wasmtime::{Error, InstancePre, Linker, Memory, Store, TypedFunc};
 
-use crate::engine::Clock;
+use crate::engine::{Clock, Compiled};
 use crate::error::CallError;
 use crate::host::{self, Abort, GuestExports, HostState};
+use crate::split::{self, Pieces};
 
 /// The deadline (a [`Clock`] tick) and nesting depth of one call; nested calls
 /// inherit the deadline.
@@ -36,37 +38,102 @@ pub(crate) fn unpack(packed: i64) -> (u32, u32) {
 /// `(index, ptr, len) -> packed`: the loader's dispatcher (`dispatch.rs`).
 type Dispatch = TypedFunc<(i32, i32, i32), i64>;
 
+/// What the instances of one build's code are made from: the build linked
+/// against the `"zest"` imports.
+pub(crate) enum Linked {
+    Whole(InstancePre<HostState>),
+    /// A split build (`split.rs`): its core, which imports nothing, is linked
+    /// ahead; each store links its parts to its own core.
+    Split {
+        core: InstancePre<HostState>,
+        pieces: Arc<Pieces>,
+        linker: Linker<HostState>,
+    },
+}
+
+impl Linked {
+    /// The machine code it links.
+    pub(crate) fn compiled(&self) -> Compiled {
+        match self {
+            Linked::Whole(pre) => Compiled::Whole(pre.module().clone()),
+            Linked::Split { pieces, .. } => Compiled::Split(Arc::clone(pieces)),
+        }
+    }
+}
+
 pub(crate) struct Instance {
     store: Store<HostState>,
-    instance: wasmtime::Instance,
+    /// The instance exports are found in: the one instance, or a split
+    /// build's parts (its core's only export the guest sees is its memory).
+    instances: Box<[wasmtime::Instance]>,
+    pieces: Option<Arc<Pieces>>,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
-    /// `None` for a build without callables.
-    dispatch: Option<Dispatch>,
+    /// One per part (one for a whole build; none for a build without callables).
+    dispatch: Box<[Dispatch]>,
     /// Which code of its version it runs (`Version::tier_up`).
     generation: u32,
 }
 
 impl Instance {
-    /// Instantiates `pre`, the code of generation `generation` of its version.
-    pub(crate) fn new(pre: &InstancePre<HostState>, state: HostState, generation: u32) -> wasmtime::Result<Instance> {
-        let mut store = Store::new(pre.module().engine(), state);
+    /// Instantiates `linked`, the code of generation `generation` of its version.
+    pub(crate) fn new(linked: &Linked, state: HostState, generation: u32) -> wasmtime::Result<Instance> {
+        let engine = match linked {
+            Linked::Whole(pre) => pre.module().engine(),
+            Linked::Split { core, .. } => core.module().engine(),
+        };
+        let mut store = Store::new(engine, state);
         store.limiter(HostState::limiter);
         store.epoch_deadline_callback(host::on_epoch);
         // Set once: the callback re-arms it every tick, and checks the deadline of
         // whichever call is running.
         store.set_epoch_deadline(1);
-        let instance = pre.instantiate(&mut store)?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| Error::msg("the module exports no memory named `memory`"))?;
-        let alloc = instance.get_typed_func::<i32, i32>(&mut store, "zest_alloc")?;
-        store.data_mut().guest = Some(GuestExports { memory, alloc: alloc.clone() });
-        let dispatch = match instance.get_export(&mut store, crate::dispatch::DISPATCH) {
-            Some(_) => Some(instance.get_typed_func::<(i32, i32, i32), i64>(&mut store, crate::dispatch::DISPATCH)?),
-            None => None,
+        let no_memory = || Error::msg("the module exports no memory named `memory`");
+        let (instances, memory, pieces) = match linked {
+            Linked::Whole(pre) => {
+                let instance = pre.instantiate(&mut store)?;
+                let memory = instance.get_memory(&mut store, "memory").ok_or_else(no_memory)?;
+                (vec![instance], memory, None)
+            }
+            Linked::Split { core, pieces, linker } => {
+                let core = core.instantiate(&mut store)?;
+                let memory = core.get_memory(&mut store, "memory").ok_or_else(no_memory)?;
+                // Every part imports the same list: the "zest" functions, then
+                // the core's exports.
+                let mut imports = Vec::new();
+                for import in pieces.parts.first().map(|part| part.imports()).into_iter().flatten() {
+                    let found = match import.module() {
+                        split::CORE => core.get_export(&mut store, import.name()),
+                        module => linker.get(&mut store, module, import.name()).ok(),
+                    };
+                    let missing = || Error::msg(format!("cannot link `{}.{}`", import.module(), import.name()));
+                    imports.push(found.ok_or_else(missing)?);
+                }
+                let parts = pieces
+                    .parts
+                    .iter()
+                    .map(|part| wasmtime::Instance::new(&mut store, part, &imports))
+                    .collect::<wasmtime::Result<Vec<_>>>()?;
+                (parts, memory, Some(Arc::clone(pieces)))
+            }
         };
-        Ok(Instance { store, instance, memory, alloc, dispatch, generation })
+        let owner = pieces.as_ref().and_then(|pieces| pieces.owner("zest_alloc")).unwrap_or(0);
+        let alloc = instances[owner].get_typed_func::<i32, i32>(&mut store, "zest_alloc")?;
+        store.data_mut().guest = Some(GuestExports { memory, alloc: alloc.clone() });
+        let mut dispatch = Vec::with_capacity(instances.len());
+        for instance in &instances {
+            if instance.get_export(&mut store, crate::dispatch::DISPATCH).is_some() {
+                dispatch.push(instance.get_typed_func::<(i32, i32, i32), i64>(&mut store, crate::dispatch::DISPATCH)?);
+            }
+        }
+        let instances = instances.into_boxed_slice();
+        Ok(Instance { store, instances, pieces, memory, alloc, dispatch: dispatch.into_boxed_slice(), generation })
+    }
+
+    /// The instance that defines export `name`.
+    fn owner(&self, name: &str) -> wasmtime::Instance {
+        let part = self.pieces.as_ref().and_then(|pieces| pieces.owner(name)).unwrap_or(0);
+        self.instances[part]
     }
 
     pub(crate) fn generation(&self) -> u32 {
@@ -90,11 +157,14 @@ impl Instance {
     }
 
     fn invoke_inner(&mut self, index: usize, function: &str, input: &[u8]) -> wasmtime::Result<String> {
-        let Instance { store, memory, alloc, dispatch, .. } = self;
-        let Some(dispatch) = dispatch else {
+        let Instance { store, memory, alloc, dispatch, pieces, .. } = self;
+        let (part, index) = match pieces {
+            Some(pieces) => pieces.route(index).ok_or_else(|| Error::msg("callable index out of range"))?,
+            None => (0, i32::try_from(index).map_err(|_| Error::msg("callable index out of range"))?),
+        };
+        let Some(dispatch) = dispatch.get(part) else {
             return Err(Error::msg(format!("no callable `{function}`")));
         };
-        let index = i32::try_from(index).map_err(|_| Error::msg("callable index out of range"))?;
         let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
         let ptr = alloc.call(&mut *store, len)?;
         memory
@@ -119,7 +189,7 @@ impl Instance {
     }
 
     fn invoke_reserved_inner(&mut self, export: &str, input: &[u8]) -> wasmtime::Result<String> {
-        let func = self.instance.get_typed_func::<(i32, i32), i64>(&mut self.store, export)?;
+        let func = self.owner(export).get_typed_func::<(i32, i32), i64>(&mut self.store, export)?;
         let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
         let ptr = self.alloc.call(&mut self.store, len)?;
         self.memory
@@ -130,7 +200,7 @@ impl Instance {
     }
 
     fn invoke_nullary(&mut self, export: &str) -> wasmtime::Result<String> {
-        let func = self.instance.get_typed_func::<(), i64>(&mut self.store, export)?;
+        let func = self.owner(export).get_typed_func::<(), i64>(&mut self.store, export)?;
         let packed = func.call(&mut self.store, ())?;
         read_output(&self.memory, &self.store, packed)
     }
@@ -140,7 +210,7 @@ impl Instance {
         self.store.data_mut().ctx = self.store.data().root_ctx();
         let memory = self.memory;
         let func = self
-            .instance
+            .owner("zest_vsn")
             .get_typed_func::<(), i64>(&mut self.store, "zest_vsn")
             .map_err(|err| format!("zest_vsn: {err:#}"))?;
         let packed = func

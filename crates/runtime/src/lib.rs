@@ -47,6 +47,7 @@ pub mod reason;
 mod registry;
 pub mod reload;
 mod retention;
+mod split;
 pub mod telemetry;
 pub mod toolchain;
 mod version;

@@ -14,15 +14,14 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use wasmtime::{InstancePre, Module};
 
 use crate::abi::{self, Exports};
 use crate::config::Compiler;
-use crate::engine::{Engines, Loaded};
+use crate::engine::{Compiled, Engines, Loaded};
 use crate::error::CallError;
 use crate::host::Env;
 use crate::host::HostState;
-use crate::instance::{CallCtx, Instance};
+use crate::instance::{CallCtx, Instance, Linked};
 use crate::ledger::CallCounts;
 use crossbeam_utils::CachePadded;
 
@@ -85,7 +84,7 @@ impl fmt::Debug for Version {
 
 /// The machine code new instances come from.
 struct Code {
-    pre: InstancePre<HostState>,
+    pre: Linked,
     compiler: Compiler,
     generation: u32,
 }
@@ -101,9 +100,9 @@ impl Version {
         sha256: [u8; 32],
         loaded: &Loaded,
     ) -> Result<Version, String> {
-        let (module, compiler) = (&loaded.module, loaded.compiler);
-        let exports = abi::check(module, &loaded.callables)?;
-        let pre = engines.instance_pre(module, compiler)?;
+        let compiler = loaded.compiler;
+        let exports = abi::check(&loaded.code, &loaded.callables)?;
+        let pre = engines.link(&loaded.code, compiler)?;
         let life = Arc::new(Life::default());
         let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
         let mut first = Instance::new(&pre, state, 0).map_err(|err| {
@@ -148,9 +147,9 @@ impl Version {
         })
     }
 
-    /// The compiled module new instances come from.
-    pub(crate) fn module(&self) -> Module {
-        self.code.load().pre.module().clone()
+    /// The machine code new instances come from.
+    pub(crate) fn compiled(&self) -> Compiled {
+        self.code.load().pre.compiled()
     }
 
     /// What status reports: as loaded, with the compiler of the code new
@@ -162,8 +161,8 @@ impl Version {
     /// Replaces the machine code of this version by `module` (the same build,
     /// compiled by `compiler`): new instances come from it, idle instances of
     /// the old code are dropped.
-    pub(crate) fn tier_up(&self, engines: &Engines, module: &Module, compiler: Compiler) -> Result<(), String> {
-        let pre = engines.instance_pre(module, compiler)?;
+    pub(crate) fn tier_up(&self, engines: &Engines, code: &Compiled, compiler: Compiler) -> Result<(), String> {
+        let pre = engines.link(code, compiler)?;
         let generation = self.code.load().generation + 1;
         self.code.store(Arc::new(Code { pre, compiler, generation }));
         self.generation.store(generation, Ordering::Release);

@@ -11,5 +11,6 @@ mod node {
     mod processes;
     mod rollout;
     mod sandbox;
+    mod split_builds;
     mod watch;
 }

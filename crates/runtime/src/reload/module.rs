@@ -259,6 +259,9 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
         .engines
         .load(&sha256, &build.bytes, build.is_text, &build.source)
         .map_err(|(reason, message)| Failure::new(name, reason, message))?;
+    if let Some((compiled, pieces)) = loaded.pieces {
+        tracing::debug!(module = name, compiled, pieces, "compiled by pieces; the others were a recent build's");
+    }
     let version = Version::new(&shared.engines, &shared.env, name, &build.source, sha256, &loaded)
         .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
     // Held for other members of a cluster, and for a later rollback.
@@ -318,7 +321,7 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
         let background = &shared.background;
         shared.engines.remember(
             &staged.version.sha256,
-            &staged.version.module(),
+            &staged.version.compiled(),
             &staged.callables,
             info.compiler,
             background,
@@ -371,9 +374,9 @@ fn tier_up(shared: &Shared, version: &Arc<Version>) {
     };
     if loaded.compiled {
         let background = &shared.background;
-        shared.engines.remember(&version.sha256, &loaded.module, &loaded.callables, Compiler::Cranelift, background);
+        shared.engines.remember(&version.sha256, &loaded.code, &loaded.callables, Compiler::Cranelift, background);
     }
-    match version.tier_up(&shared.engines, &loaded.module, Compiler::Cranelift) {
+    match version.tier_up(&shared.engines, &loaded.code, Compiler::Cranelift) {
         Ok(()) => tracing::debug!(module = %name, vsn = %version.info.vsn, ms = started.elapsed().as_secs_f64() * 1e3,
             "tiered up to Cranelift code"),
         Err(message) => tracing::warn!(module = %name, %message, "cannot tier up"),

@@ -1,0 +1,620 @@
+//! A large build cut into separately compiled pieces, so that an edit of one
+//! function recompiles one piece: the loader's second rewrite, invisible to
+//! guests.
+//!
+//! wasmtime compiles a module as a whole and reuses nothing below it, so an
+//! edit of one function in a module of 10,000 costs what an all-new build
+//! costs (`docs/benchmarks.md`, "Cold reloads"). Before a baseline (Winch)
+//! compile, the loader therefore cuts a module of more than [`PART_FUNCTIONS`]
+//! defined functions (64) into:
+//!
+//! - a **core** holding everything that is not code: the memory, the tables,
+//!   the globals and the data segments, exported under internal names;
+//! - **parts** of 64 consecutive functions each (128 above 4,096), importing the
+//!   `"zest"` host functions and the core's memory, tables and globals (so
+//!   every index a body uses means what it meant), each exporting its own
+//!   dispatcher ([`dispatch::DISPATCH`]) over the callables it defines, and
+//!   the reserved `zest_` exports it defines under their own names.
+//!
+//! A body's bytes are copied as they are, but for `call`s: a call of a
+//! function in the same part gets the part's index; a call of a function in
+//! another part becomes `i32.const <index>; call_indirect` through a *cross*
+//! table the core holds, in which the callee's part places it at its original
+//! index. Each piece is compiled and cached by its own sha256, so a build that
+//! differs from a recent one in one function's body compiles one part (and
+//! the core when data changed too).
+//!
+//! Anything the cut does not handle — a start function, passive segments,
+//! `ref.func`, tail calls, imports other than `"zest"` functions, tags — leaves
+//! the module whole ([`split`] answers `None`), and so does any malformed
+//! input: the whole path then reports it as it always did.
+
+use std::ops::Range;
+
+use wasm_encoder::{
+    ConstExpr, ElementSection, Elements, EntityType, ExportKind, ExportSection, FunctionSection, GlobalType,
+    ImportSection, MemoryType, Module, RawSection, RefType, TableSection, TableType, TypeSection,
+};
+use wasmparser::{
+    CompositeInnerType, ElementItems, ElementKind, ExternalKind, Operator, Parser, Payload, TableInit, TypeRef, ValType,
+};
+
+use crate::dispatch::{self, DISPATCH};
+
+/// How many consecutive defined functions make one part of a module of up to
+/// [`LARGE`] functions; a larger module's parts hold twice as many (fewer
+/// pieces to compile when everything is new, at a small cost to an edit).
+pub(crate) const PART_FUNCTIONS: usize = 64;
+const LARGE: usize = 4096;
+
+/// The part size for a module of `defined` functions.
+fn part_size(defined: usize) -> usize {
+    if defined > LARGE {
+        2 * PART_FUNCTIONS
+    } else {
+        PART_FUNCTIONS
+    }
+}
+
+/// The import module under which parts import the core's exports.
+pub(crate) const CORE: &str = "zest$core";
+
+/// The core's memory, as parts import it.
+const CORE_MEMORY: &str = "zest$memory";
+
+/// The cross table, as parts import it.
+const CROSS: &str = "zest$cross";
+
+/// The largest cross table the cut makes (wasmtime's pooling allocator caps a
+/// table's elements; `engine.rs` configures the same number).
+pub(crate) const MAX_TABLE_ELEMENTS: u32 = 20_000;
+
+/// A build cut into a core and parts.
+#[derive(Debug)]
+pub(crate) struct Split {
+    pub(crate) core: Vec<u8>,
+    pub(crate) parts: Vec<Vec<u8>>,
+    /// The callables in dispatch order: part 0's (in export order), then part 1's…
+    pub(crate) callables: Vec<Box<str>>,
+    /// How many callables each part's dispatcher switches over.
+    pub(crate) counts: Vec<u32>,
+    /// The largest initial size of the module's memories, in bytes.
+    pub(crate) memory_min_bytes: u64,
+}
+
+/// A module as the cut needs it, read in one pass.
+#[derive(Default)]
+struct Layout<'a> {
+    types: Vec<Option<(Vec<ValType>, Vec<ValType>)>>,
+    type_section: Option<Range<usize>>,
+    /// Names of the `"zest"` function imports, with their type indices.
+    imports: Vec<(&'a str, u32)>,
+    /// The type index of every defined function.
+    functions: Vec<u32>,
+    tables: Vec<TableType>,
+    memory: Option<MemoryType>,
+    memory_section: Option<Range<usize>>,
+    globals: Vec<GlobalType>,
+    global_section: Option<Range<usize>>,
+    exports: Vec<(&'a str, ExternalKind, u32)>,
+    /// Active element segments: table, constant offset, function indices.
+    elements: Vec<(u32, u32, Vec<u32>)>,
+    data_count: Option<Range<usize>>,
+    data: Option<Range<usize>>,
+    /// Each body's bytes (locals and operators) and its calls: where the
+    /// `call` instruction starts and ends, and the callee.
+    bodies: Vec<(Range<usize>, Vec<Call>)>,
+}
+
+/// A `call` instruction in a body: where it starts and ends, and the callee.
+type Call = (usize, usize, u32);
+
+/// Cuts `wasm` into a core and parts, or `None` when it is small or uses
+/// something the cut does not handle.
+pub(crate) fn split(wasm: &[u8]) -> Option<Split> {
+    let layout = read(wasm)?;
+    if layout.functions.len() <= PART_FUNCTIONS || layout.memory.is_none() {
+        return None;
+    }
+    Cut::new(wasm, layout)?.encode()
+}
+
+fn read(wasm: &[u8]) -> Option<Layout<'_>> {
+    let mut layout = Layout::default();
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.ok()? {
+            Payload::Version { encoding: wasmparser::Encoding::Module, .. } => {}
+            Payload::TypeSection(reader) => {
+                layout.type_section = Some(reader.range());
+                for group in reader {
+                    for sub in group.ok()?.into_types() {
+                        layout.types.push(match &sub.composite_type.inner {
+                            CompositeInnerType::Func(func) => Some((func.params().to_vec(), func.results().to_vec())),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.ok()?;
+                    match import.ty {
+                        TypeRef::Func(ty) if import.module == crate::host::IMPORT_MODULE => {
+                            layout.imports.push((import.name, ty))
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for ty in reader {
+                    layout.functions.push(ty.ok()?);
+                }
+            }
+            Payload::TableSection(reader) => {
+                for table in reader {
+                    let table = table.ok()?;
+                    let ty = table.ty;
+                    if !matches!(table.init, TableInit::RefNull)
+                        || ty.table64
+                        || ty.shared
+                        || !ty.element_type.is_func_ref()
+                    {
+                        return None;
+                    }
+                    layout.tables.push(TableType {
+                        element_type: RefType::FUNCREF,
+                        table64: false,
+                        minimum: ty.initial,
+                        maximum: ty.maximum,
+                        shared: false,
+                    });
+                }
+            }
+            Payload::MemorySection(reader) => {
+                layout.memory_section = Some(reader.range());
+                for memory in reader {
+                    let memory = memory.ok()?;
+                    if layout.memory.is_some() || memory.memory64 || memory.shared {
+                        return None;
+                    }
+                    layout.memory = Some(MemoryType {
+                        minimum: memory.initial,
+                        maximum: memory.maximum,
+                        memory64: false,
+                        shared: false,
+                        page_size_log2: memory.page_size_log2,
+                    });
+                }
+            }
+            Payload::GlobalSection(reader) => {
+                layout.global_section = Some(reader.range());
+                for global in reader {
+                    let ty = global.ok()?.ty;
+                    if ty.shared {
+                        return None;
+                    }
+                    let val_type = match ty.content_type {
+                        ValType::I32 => wasm_encoder::ValType::I32,
+                        ValType::I64 => wasm_encoder::ValType::I64,
+                        ValType::F32 => wasm_encoder::ValType::F32,
+                        ValType::F64 => wasm_encoder::ValType::F64,
+                        ValType::V128 => wasm_encoder::ValType::V128,
+                        ValType::Ref(_) => return None,
+                    };
+                    layout.globals.push(GlobalType { val_type, mutable: ty.mutable, shared: false });
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.ok()?;
+                    layout.exports.push((export.name, export.kind, export.index));
+                }
+            }
+            Payload::ElementSection(reader) => {
+                for element in reader {
+                    let element = element.ok()?;
+                    let ElementKind::Active { table_index, offset_expr } = element.kind else {
+                        return None;
+                    };
+                    let mut ops = offset_expr.get_operators_reader();
+                    let (Operator::I32Const { value }, Operator::End) = (ops.read().ok()?, ops.read().ok()?) else {
+                        return None;
+                    };
+                    let ElementItems::Functions(items) = element.items else {
+                        return None;
+                    };
+                    let items = items.into_iter().collect::<Result<Vec<u32>, _>>().ok()?;
+                    layout.elements.push((table_index.unwrap_or(0), value as u32, items));
+                }
+            }
+            Payload::DataCountSection { range, .. } => layout.data_count = Some(range),
+            Payload::DataSection(reader) => layout.data = Some(reader.range()),
+            Payload::CodeSectionStart { .. } => {}
+            Payload::CodeSectionEntry(body) => {
+                let mut calls = Vec::new();
+                let mut ops = body.get_operators_reader().ok()?;
+                while !ops.eof() {
+                    let (op, at) = ops.read_with_offset().ok()?;
+                    match op {
+                        Operator::Call { function_index } => {
+                            calls.push((at, ops.original_position(), function_index));
+                        }
+                        Operator::ReturnCall { .. }
+                        | Operator::ReturnCallIndirect { .. }
+                        | Operator::ReturnCallRef { .. }
+                        | Operator::CallRef { .. }
+                        | Operator::RefFunc { .. }
+                        | Operator::MemoryInit { .. }
+                        | Operator::DataDrop { .. }
+                        | Operator::TableInit { .. }
+                        | Operator::ElemDrop { .. } => return None,
+                        _ => {}
+                    }
+                }
+                layout.bodies.push((body.range(), calls));
+            }
+            Payload::CustomSection(_) => {}
+            Payload::End(_) => {}
+            // A start function, tags, anything newer: left whole.
+            _ => return None,
+        }
+    }
+    (layout.bodies.len() == layout.functions.len()).then_some(layout)
+}
+
+/// The cut being made: which part each function goes to, and which functions
+/// other parts call.
+struct Cut<'a> {
+    wasm: &'a [u8],
+    layout: Layout<'a>,
+    imported: u32,
+    parts: usize,
+    /// Functions per part.
+    size: usize,
+    /// The cross table's size (0: no function is called across parts).
+    cross_len: u32,
+    /// Per defined function: whether another part calls it.
+    called_across: Vec<bool>,
+    /// Per part: its callables (name, defined-function index), in export order.
+    callables: Vec<Vec<(&'a str, u32)>>,
+    /// Per part: its other function exports (name, defined-function index).
+    exports: Vec<Vec<(&'a str, u32)>>,
+    memory_names: Vec<&'a str>,
+}
+
+impl<'a> Cut<'a> {
+    fn new(wasm: &'a [u8], layout: Layout<'a>) -> Option<Cut<'a>> {
+        let imported = u32::try_from(layout.imports.len()).ok()?;
+        let defined = layout.functions.len();
+        let size = part_size(defined);
+        let parts = defined.div_ceil(size);
+        let part_of = |function: u32| (function - imported) as usize / size;
+        let total = imported as usize + defined;
+        let mut called_across = vec![false; defined];
+        let mut cross_len = 0;
+        for (caller, (_, calls)) in layout.bodies.iter().enumerate() {
+            for &(_, _, callee) in calls {
+                if callee as usize >= total {
+                    return None;
+                }
+                if callee >= imported && part_of(callee) != caller / size {
+                    called_across[(callee - imported) as usize] = true;
+                    cross_len = cross_len.max(callee + 1);
+                }
+            }
+        }
+        if cross_len > MAX_TABLE_ELEMENTS || layout.tables.len() + usize::from(cross_len > 0) > 2 {
+            return None;
+        }
+        for (table, _, items) in &layout.elements {
+            if *table as usize >= layout.tables.len() || items.iter().any(|&f| f as usize >= total) {
+                return None;
+            }
+        }
+        let mut callables = vec![Vec::new(); parts];
+        let mut exports = vec![Vec::new(); parts];
+        let mut memory_names = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for &(name, kind, index) in &layout.exports {
+            if !seen.insert(name) {
+                return None;
+            }
+            match kind {
+                ExternalKind::Func => {
+                    if index < imported || index as usize >= total {
+                        return None;
+                    }
+                    let ty = layout.functions[(index - imported) as usize];
+                    let callable = !name.starts_with("zest_")
+                        && layout
+                            .types
+                            .get(ty as usize)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|(params, results)| dispatch::is_callable_type(params, results));
+                    let list = if callable { &mut callables } else { &mut exports };
+                    list[part_of(index)].push((name, index - imported));
+                }
+                ExternalKind::Memory => memory_names.push(name),
+                // The guest's globals and tables are its own business: the
+                // ABI ignores them, and nothing outside reads them.
+                ExternalKind::Global | ExternalKind::Table => {}
+                _ => return None,
+            }
+        }
+        Some(Cut { wasm, layout, imported, parts, size, cross_len, called_across, callables, exports, memory_names })
+    }
+
+    fn encode(&self) -> Option<Split> {
+        let page = 1u64 << self.layout.memory?.page_size_log2.unwrap_or(16);
+        let memory_min_bytes = self.layout.memory?.minimum.saturating_mul(page);
+        let parts = (0..self.parts).map(|part| self.part(part)).collect::<Option<Vec<_>>>()?;
+        let mut callables = Vec::new();
+        let mut counts = Vec::new();
+        for list in &self.callables {
+            counts.push(u32::try_from(list.len()).ok()?);
+            callables.extend(list.iter().map(|(name, _)| Box::from(*name)));
+        }
+        Some(Split { core: self.core(), parts, callables, counts, memory_min_bytes })
+    }
+
+    fn raw(&self, module: &mut Module, id: u8, range: &Option<Range<usize>>) {
+        if let Some(range) = range {
+            module.section(&RawSection { id, data: &self.wasm[range.clone()] });
+        }
+    }
+
+    /// The core: tables (the cross table last), memory, globals and data,
+    /// exported for the parts (and the memory under its own names too).
+    fn core(&self) -> Vec<u8> {
+        let mut module = Module::new();
+        let mut tables = TableSection::new();
+        for table in &self.layout.tables {
+            tables.table(*table);
+        }
+        if let Some(cross) = self.cross_table() {
+            tables.table(cross);
+        }
+        if !tables.is_empty() {
+            module.section(&tables);
+        }
+        self.raw(&mut module, wasm_encoder::SectionId::Memory as u8, &self.layout.memory_section);
+        self.raw(&mut module, wasm_encoder::SectionId::Global as u8, &self.layout.global_section);
+        let mut exports = ExportSection::new();
+        exports.export(CORE_MEMORY, ExportKind::Memory, 0);
+        for name in &self.memory_names {
+            exports.export(name, ExportKind::Memory, 0);
+        }
+        for index in 0..self.layout.tables.len() as u32 {
+            exports.export(&format!("zest$table{index}"), ExportKind::Table, index);
+        }
+        if self.cross_len > 0 {
+            exports.export(CROSS, ExportKind::Table, self.layout.tables.len() as u32);
+        }
+        for index in 0..self.layout.globals.len() as u32 {
+            exports.export(&format!("zest$global{index}"), ExportKind::Global, index);
+        }
+        module.section(&exports);
+        self.raw(&mut module, wasm_encoder::SectionId::DataCount as u8, &self.layout.data_count);
+        self.raw(&mut module, wasm_encoder::SectionId::Data as u8, &self.layout.data);
+        module.finish()
+    }
+
+    fn cross_table(&self) -> Option<TableType> {
+        (self.cross_len > 0).then_some(TableType {
+            element_type: RefType::FUNCREF,
+            table64: false,
+            minimum: u64::from(self.cross_len),
+            maximum: Some(u64::from(self.cross_len)),
+            shared: false,
+        })
+    }
+
+    /// Part `part`: its functions, with calls rewritten, and its dispatcher.
+    fn part(&self, part: usize) -> Option<Vec<u8>> {
+        let layout = &self.layout;
+        let first = part * self.size;
+        let end = (first + self.size).min(layout.functions.len());
+        let imported = self.imported;
+        let local = |defined: u32| imported + defined - first as u32;
+        let callables = &self.callables[part];
+        let mut module = Module::new();
+
+        let dispatch_type = u32::try_from(layout.types.len()).ok()?;
+        let mut types = TypeSection::new();
+        if let Some(range) = &layout.type_section {
+            // The guest's types, as they were, then the dispatcher's.
+            let section = &self.wasm[range.clone()];
+            let (count, at) = dispatch::leb_u32(section).ok()?;
+            let mut data = Vec::with_capacity(section.len() + 8);
+            dispatch::push_leb(&mut data, count + 1);
+            data.extend_from_slice(&section[at..]);
+            data.extend_from_slice(&[0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x01, 0x7e]);
+            module.section(&RawSection { id: wasm_encoder::SectionId::Type as u8, data: &data });
+        } else {
+            types.ty().function(
+                [wasm_encoder::ValType::I32, wasm_encoder::ValType::I32, wasm_encoder::ValType::I32],
+                [wasm_encoder::ValType::I64],
+            );
+            module.section(&types);
+        }
+
+        let mut imports = ImportSection::new();
+        for &(name, ty) in &layout.imports {
+            imports.import(crate::host::IMPORT_MODULE, name, EntityType::Function(ty));
+        }
+        imports.import(CORE, CORE_MEMORY, layout.memory?);
+        for (index, table) in layout.tables.iter().enumerate() {
+            imports.import(CORE, &format!("zest$table{index}"), *table);
+        }
+        if let Some(cross) = self.cross_table() {
+            imports.import(CORE, CROSS, cross);
+        }
+        for (index, global) in layout.globals.iter().enumerate() {
+            imports.import(CORE, &format!("zest$global{index}"), *global);
+        }
+        module.section(&imports);
+
+        let mut functions = FunctionSection::new();
+        for &ty in &layout.functions[first..end] {
+            functions.function(ty);
+        }
+        functions.function(dispatch_type);
+        module.section(&functions);
+
+        let mut exports = ExportSection::new();
+        for &(name, defined) in &self.exports[part] {
+            exports.export(name, ExportKind::Func, local(defined));
+        }
+        exports.export(DISPATCH, ExportKind::Func, local(end as u32));
+        module.section(&exports);
+
+        let mut elements = ElementSection::new();
+        // This part's functions that others call, at their original index.
+        let cross_table = layout.tables.len() as u32;
+        let mut defined = first;
+        while defined < end {
+            if !self.called_across[defined] {
+                defined += 1;
+                continue;
+            }
+            let start = defined;
+            while defined < end && self.called_across[defined] {
+                defined += 1;
+            }
+            let funcs: Vec<u32> = (start..defined).map(|d| local(d as u32)).collect();
+            let at = ConstExpr::i32_const((imported as usize + start) as i32);
+            elements.active(Some(cross_table), &at, Elements::Functions(funcs.into()));
+        }
+        // This part's share of the guest's own element segments.
+        let owner = |function: u32| {
+            if function < imported {
+                0
+            } else {
+                (function - imported) as usize / self.size
+            }
+        };
+        for (table, offset, items) in &layout.elements {
+            let mut at = 0;
+            while at < items.len() {
+                if owner(items[at]) != part {
+                    at += 1;
+                    continue;
+                }
+                let start = at;
+                while at < items.len() && owner(items[at]) == part {
+                    at += 1;
+                }
+                let funcs: Vec<u32> =
+                    items[start..at].iter().map(|&f| if f < imported { f } else { local(f - imported) }).collect();
+                let offset = offset.checked_add(start as u32)?;
+                elements.active(Some(*table), &ConstExpr::i32_const(offset as i32), Elements::Functions(funcs.into()));
+            }
+        }
+        if !elements.is_empty() {
+            module.section(&elements);
+        }
+
+        let mut code = Vec::new();
+        let count = u32::try_from(end - first + 1).ok()?;
+        dispatch::push_leb(&mut code, count);
+        let mut body = Vec::new();
+        for (range, calls) in &layout.bodies[first..end] {
+            body.clear();
+            let mut at = range.start;
+            for &(start, stop, callee) in calls {
+                body.extend_from_slice(&self.wasm[at..start]);
+                at = stop;
+                if callee < imported {
+                    body.push(0x10);
+                    dispatch::push_leb(&mut body, callee);
+                } else if owner(callee) == part {
+                    body.push(0x10);
+                    dispatch::push_leb(&mut body, local(callee - imported));
+                } else {
+                    // i32.const callee; call_indirect (type of callee) (cross table)
+                    body.push(0x41);
+                    push_sleb(&mut body, callee as i32);
+                    body.push(0x11);
+                    dispatch::push_leb(&mut body, layout.functions[(callee - imported) as usize]);
+                    dispatch::push_leb(&mut body, cross_table);
+                }
+            }
+            body.extend_from_slice(&self.wasm[at..range.end]);
+            dispatch::push_leb(&mut code, u32::try_from(body.len()).ok()?);
+            code.extend_from_slice(&body);
+        }
+        let targets: Vec<u32> = callables.iter().map(|&(_, defined)| local(defined)).collect();
+        wasm_encoder::Encode::encode(&dispatch::switch(&targets, None), &mut code);
+        module.section(&RawSection { id: wasm_encoder::SectionId::Code as u8, data: &code });
+        Some(module.finish())
+    }
+}
+
+fn push_sleb(out: &mut Vec<u8>, mut value: i32) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        let done = (value == 0 && byte & 0x40 == 0) || (value == -1 && byte & 0x40 != 0);
+        if done {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A split build compiled: its pieces' machine code, and how calls find them.
+pub(crate) struct Pieces {
+    pub(crate) core: wasmtime::Module,
+    pub(crate) parts: Vec<wasmtime::Module>,
+    /// The sha256 of each piece's bytes: the core's, then each part's.
+    pub(crate) keys: Vec<[u8; 32]>,
+    /// How many callables each part's dispatcher switches over.
+    pub(crate) counts: Vec<u32>,
+    /// Callable number → (part, index within that part's dispatcher).
+    route: Vec<(u32, u32)>,
+    /// Every function export of the parts (the reserved `zest_` ones, and any
+    /// the ABI refuses) → the part that defines it.
+    owners: rustc_hash::FxHashMap<Box<str>, u32>,
+}
+
+impl std::fmt::Debug for Pieces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pieces").field("parts", &self.parts.len()).finish_non_exhaustive()
+    }
+}
+
+impl Pieces {
+    pub(crate) fn new(
+        core: wasmtime::Module,
+        parts: Vec<wasmtime::Module>,
+        keys: Vec<[u8; 32]>,
+        counts: Vec<u32>,
+    ) -> Result<Pieces, String> {
+        if counts.len() != parts.len() || keys.len() != parts.len() + 1 {
+            return Err("a split build's pieces do not add up".into());
+        }
+        let route =
+            counts.iter().enumerate().flat_map(|(part, &count)| (0..count).map(move |k| (part as u32, k))).collect();
+        let mut owners = rustc_hash::FxHashMap::default();
+        for (part, module) in parts.iter().enumerate() {
+            for export in module.exports() {
+                if export.name() != DISPATCH {
+                    owners.insert(Box::from(export.name()), part as u32);
+                }
+            }
+        }
+        Ok(Pieces { core, parts, keys, counts, route, owners })
+    }
+
+    /// Where callable number `index` is: its part, and its index there.
+    pub(crate) fn route(&self, index: usize) -> Option<(usize, i32)> {
+        self.route.get(index).map(|&(part, local)| (part as usize, local as i32))
+    }
+
+    /// The part that defines export `name`.
+    pub(crate) fn owner(&self, name: &str) -> Option<usize> {
+        self.owners.get(name).map(|&part| part as usize)
+    }
+}

@@ -1,0 +1,138 @@
+//! Large builds compiled by pieces (`split.rs`): a module of many functions,
+//! cut into a core and parts under Winch, answers exactly as the whole module
+//! does — calls across parts, tables, globals, data, processes and their
+//! migrations — and a broken one is refused as before.
+
+use zest_runtime::{Compiler, Node, NodeConfig, Reason, ReloadOptions, Status};
+
+use super::support::counter;
+
+fn node(dir: &std::path::Path, compiler: Compiler) -> Node {
+    let config =
+        NodeConfig { data_dir: Some(dir.join(format!("data-{compiler:?}"))), compiler, ..NodeConfig::default() };
+    Node::new(config).unwrap()
+}
+
+/// `count` functions nobody exports, `$pad{from}`…, each `(i32) -> i32`.
+fn padding(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|k| format!("  (func $pad{k} (param i32) (result i32) (i32.add (local.get 0) (i32.const {k})))\n"))
+        .collect()
+}
+
+/// The demo counter with 70 unexported functions before each of three of its
+/// own: its handlers and the helpers they call land in different parts.
+fn padded_counter(vsn: char) -> String {
+    let wat = counter(vsn);
+    let mut out = String::new();
+    for (index, line) in wat.lines().enumerate() {
+        if line.contains("(func $reply") || line.contains("(func $int") || line.contains("(func (export \"zest_vsn\")")
+        {
+            out.push_str(&padding(index * 100, 70));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A module whose callable `check` (in the last part) adds what a function
+/// of the first part, one of its own part and one reached through the guest's
+/// table (in a middle part) return, plus a mutable global it bumps, and
+/// answers `true` when each call of it sees the sum it should.
+fn cross_calls() -> String {
+    let mut wat = String::from(
+        r#"(module
+  (import "zest" "now_ms" (func $now (result i64)))
+  (type $t (func (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $calls (mut i32) (i32.const 0))
+  (table 4 funcref)
+  (elem (i32.const 1) $f0 $f150)
+  (data (i32.const 16) "true")
+  (data (i32.const 32) "false")
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 8192)
+"#,
+    );
+    for k in 0..200 {
+        wat.push_str(&format!("  (func $f{k} (type $t) (i32.add (local.get 0) (i32.const {k})))\n"));
+    }
+    wat.push_str(&format!(
+        r#"  (func (export "check") (param i32 i32) (result i64) (local $sum i32)
+    (drop (call $now))
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (local.set $sum (i32.add (call $f0 (i32.const 1)) (call $f199 (i32.const 1))))
+    (local.set $sum (i32.add (local.get $sum) (call_indirect (type $t) (i32.const 5) (i32.const 2))))
+    (local.set $sum (i32.add (local.get $sum) (global.get $calls)))
+    (if (result i64) (i32.eq (local.get $sum) (i32.add (global.get $calls) (i32.const {expected})))
+      (then (i64.const 0x0000001000000004))
+      (else (i64.const 0x0000002000000005))))
+)"#,
+        expected = 1 + 200 + 155,
+    ));
+    wat
+}
+
+#[test]
+fn a_large_module_cut_into_parts_answers_as_the_whole_module_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cross.wat");
+    std::fs::write(&path, cross_calls()).unwrap();
+    for compiler in [Compiler::Winch, Compiler::Cranelift] {
+        let node = node(dir.path(), compiler);
+        let loaded = node.load_module("cross", &path, &ReloadOptions::default());
+        assert_eq!(loaded.status(), Status::Ok, "{compiler:?}: {loaded:#?}");
+        for round in 0..3 {
+            // Every call (on a pooled instance or a fresh one) sees its global.
+            assert_eq!(node.call("cross", "check", "null").unwrap(), "true", "{compiler:?}, call {round}");
+        }
+        let status = node.status();
+        let module = status.modules.iter().find(|m| m.name == "cross").unwrap();
+        assert_eq!(module.current.compiler, compiler);
+    }
+}
+
+#[test]
+fn a_process_on_a_split_build_runs_and_migrates_with_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), Compiler::Winch);
+    let path = dir.path().join("counter.wat");
+    std::fs::write(&path, padded_counter('1')).unwrap();
+    assert_eq!(node.load_module("counter", &path, &ReloadOptions::default()).status(), Status::Ok);
+    node.start_process("c", "counter", r#"{"start":40}"#).unwrap();
+    assert_eq!(node.call_process("c", r#"{"add":2}"#).unwrap(), r#"{"count":42}"#);
+
+    std::fs::write(&path, padded_counter('2')).unwrap();
+    let reloaded = node.reload_module("counter", &ReloadOptions::default());
+    assert_eq!(reloaded.status(), Status::Ok, "{reloaded:#?}");
+    assert_eq!(reloaded.metadata.swaps[0].new_vsn, "2");
+    assert_eq!(node.call_process("c", r#""get""#).unwrap(), r#"{"count":42}"#, "the state migrated");
+    let status = node.status();
+    let process = status.processes.iter().find(|p| p.name == "c").unwrap();
+    assert_eq!(process.vsn.as_deref(), Some("2"));
+}
+
+#[test]
+fn a_broken_large_build_is_refused_as_a_whole_one_is_and_the_old_one_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cross.wat");
+    std::fs::write(&path, cross_calls()).unwrap();
+    let mut messages = Vec::new();
+    for compiler in [Compiler::Winch, Compiler::Cranelift] {
+        let node = node(dir.path(), compiler);
+        std::fs::write(&path, cross_calls()).unwrap();
+        assert_eq!(node.load_module("cross", &path, &ReloadOptions::default()).status(), Status::Ok);
+        // Function 120 now returns an i64 where its type says i32.
+        let broken = cross_calls().replace("(i32.add (local.get 0) (i32.const 120))", "(i64.const 120)");
+        std::fs::write(&path, broken).unwrap();
+        let result = node.reload_module("cross", &ReloadOptions::default());
+        assert_eq!(result.status(), Status::Error, "{result:#?}");
+        assert_eq!(result.errors[0].reason, Reason::InvalidModule);
+        messages.push(result.errors[0].message.clone());
+        assert_eq!(node.call("cross", "check", "null").unwrap(), "true", "the old build serves");
+    }
+    for message in &messages {
+        // Named as in the module the user wrote, not as in a part.
+        assert!(message.contains("function[122]::f120") && message.contains("type mismatch"), "{message}");
+    }
+}
