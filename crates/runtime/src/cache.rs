@@ -193,7 +193,7 @@ fn decode_code(engine: &Engine, block: &[u8]) -> Result<Compiled, String> {
     let deserialize = |bytes: &[u8]| unsafe { Module::deserialize(engine, bytes) }.map_err(|err| format!("{err:#}"));
     let parts = word(take(4)?) as usize;
     if parts == 0 {
-        return deserialize(take(rest_len(block, 4))?).map(Compiled::Whole);
+        return deserialize(&block[4..]).map(Compiled::Whole);
     }
     let counts = (0..parts).map(|_| take(4).map(word)).collect::<Result<Vec<u32>, _>>()?;
     let keys = (0..=parts)
@@ -206,10 +206,6 @@ fn decode_code(engine: &Engine, block: &[u8]) -> Result<Compiled, String> {
     }
     let core = modules.remove(0);
     Ok(Compiled::Split(std::sync::Arc::new(Pieces::new(core, modules, keys, counts)?)))
-}
-
-fn rest_len(block: &[u8], read: usize) -> usize {
-    block.len() - read
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

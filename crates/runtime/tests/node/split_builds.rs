@@ -136,3 +136,21 @@ fn a_broken_large_build_is_refused_as_a_whole_one_is_and_the_old_one_serves() {
         assert!(message.contains("function[122]::f120") && message.contains("type mismatch"), "{message}");
     }
 }
+
+#[test]
+fn a_split_build_comes_back_from_the_disk_cache_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cross.wat");
+    std::fs::write(&path, cross_calls()).unwrap();
+    let first = node(dir.path(), Compiler::Winch);
+    let loaded = first.load_module("cross", &path, &ReloadOptions::default());
+    assert!(loaded.metadata.swaps[0].compiled, "{loaded:#?}");
+    first.flush_writes();
+    drop(first);
+
+    let restarted = node(dir.path(), Compiler::Winch);
+    let again = restarted.load_module("cross", &path, &ReloadOptions::default());
+    assert_eq!(again.status(), Status::Ok, "{again:#?}");
+    assert!(!again.metadata.swaps[0].compiled, "the pieces came from the disk cache: {again:#?}");
+    assert_eq!(restarted.call("cross", "check", "null").unwrap(), "true");
+}
