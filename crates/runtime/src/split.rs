@@ -289,7 +289,7 @@ impl<'a> Cut<'a> {
         let defined = layout.functions.len();
         let size = part_size(defined);
         let parts = defined.div_ceil(size);
-        let part_of = |function: u32| (function - imported) as usize / size;
+        let part_of = |function: u32| part_of(function, imported, size);
         let total = imported as usize + defined;
         let mut called_across = vec![false; defined];
         let mut cross_len = 0;
@@ -487,13 +487,7 @@ impl<'a> Cut<'a> {
             elements.active(Some(cross_table), &at, Elements::Functions(funcs.into()));
         }
         // This part's share of the guest's own element segments.
-        let owner = |function: u32| {
-            if function < imported {
-                0
-            } else {
-                (function - imported) as usize / self.size
-            }
-        };
+        let owner = |function: u32| part_of(function, imported, self.size);
         for (table, offset, items) in &layout.elements {
             let mut at = 0;
             while at < items.len() {
@@ -549,6 +543,12 @@ impl<'a> Cut<'a> {
         module.section(&RawSection { id: wasm_encoder::SectionId::Code as u8, data: &code });
         Some(module.finish())
     }
+}
+
+/// The part that holds function `function` (an index over imports and
+/// definitions): imported functions, the same in every part, count as part 0's.
+fn part_of(function: u32, imported: u32, size: usize) -> usize {
+    function.saturating_sub(imported) as usize / size
 }
 
 fn push_sleb(out: &mut Vec<u8>, mut value: i32) {

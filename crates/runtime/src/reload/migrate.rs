@@ -60,8 +60,12 @@ pub(crate) fn processes(
         .into_iter()
         .filter(|p| !p.runs_on(target) && chosen.is_none_or(|chosen| chosen(&p.name)))
         .collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if processes.len() < PARALLEL_FROM || threads < 2 {
+    // Asked only when it matters: the answer reads three files (cgroup quotas).
+    let threads = match processes.len() {
+        n if n < PARALLEL_FROM => 1,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if threads < 2 {
         let (held, failures) = migrate_all(&processes, target, force, hold, direction);
         result.errors.extend(failures);
         return held;
