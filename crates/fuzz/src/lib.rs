@@ -15,6 +15,8 @@
 //! | `rpc_frame` | JSON-RPC framing before jsonrpsee (`frame.rs`) | no panic; every answer is JSON whose errors carry `data.code`; a passed body is JSON; odd ids come back as sent |
 //! | `wasm_raw` | the module loader on raw bytes (validation, the dispatcher rewrite, compilation) | no panic; a refusal has a reason of the loader's; a build that loads answers every call (maybe with an error) |
 //! | `wasm_smith` | the same on well-formed modules made by `wasm-smith` | as `wasm_raw` |
+//! | `wasm_cut` | the loader's cut of a large module into pieces (`split.rs`) on `wasm-smith` modules of 65–200 functions, run whole and cut on one engine | every exported function returns the same values (or traps the same way) whole and cut, calls the host the same way, and leaves the same memory (running out of fuel or stack excepted) |
+//! | `wasm_split` | large `wasm-smith` modules (65–160 functions), which Winch compiles cut into pieces (`split.rs`) and Cranelift whole | both load or both refuse; every call answers the same on both, errors word for word (a timeout or a stack overflow, which differ between compilers, excepted) |
 //! | `guest_json` | the guest SDK's JSON parser and printer | no panic; it accepts only what serde_json accepts; what it prints parses back to the same value |
 //! | `extension_path` | extension path checks (§5.4) | no panic; an accepted path resolves inside a root and names a file with a module extension |
 
@@ -31,13 +33,15 @@ use zest_runtime::{Node, NodeConfig, Reason, ReloadOptions, Status};
 pub type Target = fn(&[u8]);
 
 /// Every target by name.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("manifest", manifest),
     ("node_config", node_config),
     ("reload_params", reload_params),
     ("rpc_frame", rpc_frame),
     ("wasm_raw", wasm_raw),
     ("wasm_smith", wasm_smith),
+    ("wasm_split", wasm_split),
+    ("wasm_cut", wasm_cut),
     ("guest_json", guest_json),
     ("extension_path", extension_path),
 ];
@@ -156,7 +160,12 @@ pub fn rpc_frame(data: &[u8]) {
 /// loops or grows is stopped fast.
 fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
-    NODE.get_or_init(|| {
+    NODE.get_or_init(|| fuzz_node(zest_runtime::Compiler::Winch))
+}
+
+/// A node compiling with `compiler` only (no tier-up), with small limits.
+fn fuzz_node(compiler: zest_runtime::Compiler) -> Node {
+    {
         let limits = zest_runtime::Limits {
             call_timeout: std::time::Duration::from_millis(100),
             memory_mb: 16,
@@ -164,15 +173,9 @@ fn node() -> &'static Node {
             module_mb: 8,
             ..zest_runtime::Limits::default()
         };
-        let config = NodeConfig {
-            data_dir: None,
-            limits,
-            tier_up_after: None,
-            compiler: zest_runtime::Compiler::Winch,
-            ..NodeConfig::default()
-        };
+        let config = NodeConfig { data_dir: None, limits, tier_up_after: None, compiler, ..NodeConfig::default() };
         Node::new(config).expect("a node starts")
-    })
+    }
 }
 
 /// What the loader may refuse a build for.
@@ -252,10 +255,139 @@ pub fn wasm_smith(data: &[u8]) {
         exports: abi.then(|| exports.clone()),
         max_imports: if abi { 4 } else { 0 },
         export_everything: !abi,
+        // An encoding newer than the engine's parser: every module with
+        // imports would be refused before anything else is tried.
+        compact_imports_enabled: false,
         ..wasm_smith::Config::default()
     };
     if let Ok(module) = wasm_smith::Module::new(config, &mut input) {
         load_and_call(&module.to_bytes());
+    }
+}
+
+/// Large ABI-shaped modules, loaded on a Winch node (which cuts them into
+/// pieces when it can) and a Cranelift node (which compiles them whole):
+/// the two must agree on loading and on every call's answer. NaNs are
+/// canonicalised and `now_ms` is not offered, so answers are deterministic;
+/// the features the cut leaves whole (bulk memory, reference types, tail
+/// calls, a start function) are off, so that most modules are cut.
+pub fn wasm_split(data: &[u8]) {
+    static NODES: OnceLock<(Node, Node)> = OnceLock::new();
+    let (split, whole) =
+        NODES.get_or_init(|| (fuzz_node(zest_runtime::Compiler::Winch), fuzz_node(zest_runtime::Compiler::Cranelift)));
+    static SHAPES: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    let (imports, exports) = SHAPES.get_or_init(|| {
+        let imports = wat::parse_str(
+            r#"(module
+                (import "zest" "error" (func (param i32 i32)))
+                (import "zest" "log" (func (param i32 i32 i32)))
+                (import "zest" "call" (func (param i32 i32 i32 i32 i32 i32) (result i64))))"#,
+        );
+        // No `zest_vsn`: a random one traps, and the build is refused.
+        let exports = wat::parse_str(
+            r#"(module
+                (memory (export "memory") 1)
+                (func (export "zest_alloc") (param i32) (result i32) unreachable)
+                (func (export "f") (param i32 i32) (result i64) unreachable)
+                (func (export "g") (param i32 i32) (result i64) unreachable))"#,
+        );
+        (imports.expect("the imports parse"), exports.expect("the exports parse"))
+    });
+    let config = wasm_smith::Config {
+        min_funcs: 65,
+        max_funcs: 160,
+        max_memories: 1,
+        max_tables: 1,
+        max_exports: 32,
+        max_memory32_bytes: 1 << 24,
+        memory64_enabled: false,
+        threads_enabled: false,
+        exceptions_enabled: false,
+        gc_enabled: false,
+        bulk_memory_enabled: false,
+        reference_types_enabled: false,
+        tail_call_enabled: false,
+        allow_start_export: false,
+        canonicalize_nans: true,
+        compact_imports_enabled: false,
+        // Winch compiles no relaxed SIMD.
+        relaxed_simd_enabled: false,
+        wide_arithmetic_enabled: false,
+        available_imports: Some(imports.clone()),
+        exports: Some(exports.clone()),
+        max_imports: 3,
+        ..wasm_smith::Config::default()
+    };
+    let mut input = arbitrary::Unstructured::new(data);
+    let Ok(module) = wasm_smith::Module::new(config, &mut input) else { return };
+    let path = scratch().join("split.wasm");
+    std::fs::write(&path, module.to_bytes()).expect("the scratch directory is writable");
+    let force = ReloadOptions { force: true, ..ReloadOptions::default() };
+    let (a, b) = (split.load_module("fuzzed", &path, &force), whole.load_module("fuzzed", &path, &force));
+    assert_eq!(
+        a.status() == Status::Ok,
+        b.status() == Status::Ok,
+        "Winch (cut) and Cranelift (whole) disagree on loading: {:?} vs {:?}",
+        a.errors,
+        b.errors
+    );
+    if a.status() != Status::Ok {
+        return;
+    }
+    // Either compiler may run out of time or stack where the other did not.
+    let resources = |err: &str| err.contains("deadline") || err.contains("stack");
+    for function in ["f", "g", "f", "g"] {
+        // An answer, or an error with its words: a trap's kind, the guest's
+        // own `error` message, what was wrong with its output.
+        let answer = |node: &Node| node.call("fuzzed", function, "null").map_err(|err| err.to_string());
+        match (answer(split), answer(whole)) {
+            (Err(err), _) | (_, Err(err)) if resources(&err) => return,
+            (x, y) => assert_eq!(x, y, "`{function}` answers differently cut (left) and whole (right)"),
+        }
+    }
+}
+
+/// `wasm-smith` modules shaped so the cut applies (one memory, `"zest"`
+/// function imports, none of what the cut leaves whole), every item exported.
+pub fn wasm_cut(data: &[u8]) {
+    static IMPORTS: OnceLock<Vec<u8>> = OnceLock::new();
+    let imports = IMPORTS.get_or_init(|| {
+        wat::parse_str(
+            r#"(module
+                (import "zest" "a" (func (param i32 i32)))
+                (import "zest" "b" (func (param i64) (result i32)))
+                (import "zest" "c" (func (param f64 i32) (result f64))))"#,
+        )
+        .expect("the imports parse")
+    });
+    let config = wasm_smith::Config {
+        min_funcs: 65,
+        max_funcs: 200,
+        min_memories: 1,
+        max_memories: 1,
+        max_tables: 1,
+        max_memory32_bytes: 1 << 20,
+        memory64_enabled: false,
+        threads_enabled: false,
+        exceptions_enabled: false,
+        gc_enabled: false,
+        bulk_memory_enabled: false,
+        reference_types_enabled: false,
+        tail_call_enabled: false,
+        allow_start_export: false,
+        compact_imports_enabled: false,
+        wide_arithmetic_enabled: false,
+        canonicalize_nans: true,
+        available_imports: Some(imports.clone()),
+        max_imports: 3,
+        export_everything: true,
+        ..wasm_smith::Config::default()
+    };
+    let mut input = arbitrary::Unstructured::new(data);
+    if let Ok(module) = wasm_smith::Module::new(config, &mut input) {
+        if let Err(difference) = zest_runtime::fuzzing::check_against_whole(&module.to_bytes()) {
+            panic!("the cut module differs from the whole one: {difference}");
+        }
     }
 }
 

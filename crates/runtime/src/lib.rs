@@ -72,3 +72,9 @@ pub use reload::{
     Session, Status, Swap, TrialSpec,
 };
 pub use telemetry::{Event, EventBody, Telemetry};
+
+/// For the fuzz targets (`crates/fuzz`), not for embedders.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::split::check_against_whole;
+}

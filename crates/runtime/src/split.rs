@@ -41,6 +41,9 @@ use wasmparser::{
 
 use crate::dispatch::{self, DISPATCH};
 
+mod check;
+pub use check::check_against_whole;
+
 /// How many consecutive defined functions make one part of a module of up to
 /// [`LARGE`] functions; a larger module's parts hold twice as many (fewer
 /// pieces to compile when everything is new, at a small cost to an edit).
@@ -276,9 +279,10 @@ struct Cut<'a> {
     cross_len: u32,
     /// Per defined function: whether another part calls it.
     called_across: Vec<bool>,
-    /// Per part: its callables (name, defined-function index), in export order.
+    /// Per part: its callables (name, function index), in export order. An
+    /// exported import is part 0's (every part imports the same).
     callables: Vec<Vec<(&'a str, u32)>>,
-    /// Per part: its other function exports (name, defined-function index).
+    /// Per part: its other function exports (name, function index).
     exports: Vec<Vec<(&'a str, u32)>>,
     memory_names: Vec<&'a str>,
 }
@@ -322,10 +326,10 @@ impl<'a> Cut<'a> {
             }
             match kind {
                 ExternalKind::Func => {
-                    if index < imported || index as usize >= total {
-                        return None;
-                    }
-                    let ty = layout.functions[(index - imported) as usize];
+                    let ty = match index.checked_sub(imported) {
+                        Some(defined) => *layout.functions.get(defined as usize)?,
+                        None => layout.imports[index as usize].1,
+                    };
                     let callable = !name.starts_with("zest_")
                         && layout
                             .types
@@ -333,7 +337,7 @@ impl<'a> Cut<'a> {
                             .and_then(Option::as_ref)
                             .is_some_and(|(params, results)| dispatch::is_callable_type(params, results));
                     let list = if callable { &mut callables } else { &mut exports };
-                    list[part_of(index)].push((name, index - imported));
+                    list[part_of(index)].push((name, index));
                 }
                 ExternalKind::Memory => memory_names.push(name),
                 // The guest's globals and tables are its own business: the
@@ -417,6 +421,11 @@ impl<'a> Cut<'a> {
         let end = (first + self.size).min(layout.functions.len());
         let imported = self.imported;
         let local = |defined: u32| imported + defined - first as u32;
+        // A function's index in this part: imports keep theirs.
+        let in_part = |function: u32| match function.checked_sub(imported) {
+            Some(defined) => local(defined),
+            None => function,
+        };
         let callables = &self.callables[part];
         let mut module = Module::new();
 
@@ -463,8 +472,8 @@ impl<'a> Cut<'a> {
         module.section(&functions);
 
         let mut exports = ExportSection::new();
-        for &(name, defined) in &self.exports[part] {
-            exports.export(name, ExportKind::Func, local(defined));
+        for &(name, function) in &self.exports[part] {
+            exports.export(name, ExportKind::Func, in_part(function));
         }
         exports.export(DISPATCH, ExportKind::Func, local(end as u32));
         module.section(&exports);
@@ -519,12 +528,9 @@ impl<'a> Cut<'a> {
             for &(start, stop, callee) in calls {
                 body.extend_from_slice(&self.wasm[at..start]);
                 at = stop;
-                if callee < imported {
+                if callee < imported || owner(callee) == part {
                     body.push(0x10);
-                    dispatch::push_leb(&mut body, callee);
-                } else if owner(callee) == part {
-                    body.push(0x10);
-                    dispatch::push_leb(&mut body, local(callee - imported));
+                    dispatch::push_leb(&mut body, in_part(callee));
                 } else {
                     // i32.const callee; call_indirect (type of callee) (cross table)
                     body.push(0x41);
@@ -538,7 +544,7 @@ impl<'a> Cut<'a> {
             dispatch::push_leb(&mut code, u32::try_from(body.len()).ok()?);
             code.extend_from_slice(&body);
         }
-        let targets: Vec<u32> = callables.iter().map(|&(_, defined)| local(defined)).collect();
+        let targets: Vec<u32> = callables.iter().map(|&(_, function)| in_part(function)).collect();
         wasm_encoder::Encode::encode(&dispatch::switch(&targets, None), &mut code);
         module.section(&RawSection { id: wasm_encoder::SectionId::Code as u8, data: &code });
         Some(module.finish())
