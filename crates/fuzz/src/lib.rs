@@ -265,6 +265,32 @@ pub fn wasm_smith(data: &[u8]) {
     }
 }
 
+/// `wasm-smith` settings for modules the loader cuts into pieces
+/// (`split.rs`): more than 64 functions, one memory, at most three `"zest"`
+/// function imports, none of what the cut leaves whole (bulk memory,
+/// reference types, tail calls, a start function), NaNs canonicalised so that
+/// answers are deterministic, the import encoding the engine's parser reads.
+fn cuttable() -> wasm_smith::Config {
+    wasm_smith::Config {
+        min_funcs: 65,
+        max_memories: 1,
+        max_tables: 1,
+        max_imports: 3,
+        memory64_enabled: false,
+        threads_enabled: false,
+        exceptions_enabled: false,
+        gc_enabled: false,
+        bulk_memory_enabled: false,
+        reference_types_enabled: false,
+        tail_call_enabled: false,
+        allow_start_export: false,
+        compact_imports_enabled: false,
+        wide_arithmetic_enabled: false,
+        canonicalize_nans: true,
+        ..wasm_smith::Config::default()
+    }
+}
+
 /// Large ABI-shaped modules, loaded on a Winch node (which cuts them into
 /// pieces when it can) and a Cranelift node (which compiles them whole):
 /// the two must agree on loading and on every call's answer. NaNs are
@@ -294,29 +320,14 @@ pub fn wasm_split(data: &[u8]) {
         (imports.expect("the imports parse"), exports.expect("the exports parse"))
     });
     let config = wasm_smith::Config {
-        min_funcs: 65,
         max_funcs: 160,
-        max_memories: 1,
-        max_tables: 1,
         max_exports: 32,
         max_memory32_bytes: 1 << 24,
-        memory64_enabled: false,
-        threads_enabled: false,
-        exceptions_enabled: false,
-        gc_enabled: false,
-        bulk_memory_enabled: false,
-        reference_types_enabled: false,
-        tail_call_enabled: false,
-        allow_start_export: false,
-        canonicalize_nans: true,
-        compact_imports_enabled: false,
         // Winch compiles no relaxed SIMD.
         relaxed_simd_enabled: false,
-        wide_arithmetic_enabled: false,
         available_imports: Some(imports.clone()),
         exports: Some(exports.clone()),
-        max_imports: 3,
-        ..wasm_smith::Config::default()
+        ..cuttable()
     };
     let mut input = arbitrary::Unstructured::new(data);
     let Ok(module) = wasm_smith::Module::new(config, &mut input) else { return };
@@ -361,27 +372,12 @@ pub fn wasm_cut(data: &[u8]) {
         .expect("the imports parse")
     });
     let config = wasm_smith::Config {
-        min_funcs: 65,
         max_funcs: 200,
         min_memories: 1,
-        max_memories: 1,
-        max_tables: 1,
         max_memory32_bytes: 1 << 20,
-        memory64_enabled: false,
-        threads_enabled: false,
-        exceptions_enabled: false,
-        gc_enabled: false,
-        bulk_memory_enabled: false,
-        reference_types_enabled: false,
-        tail_call_enabled: false,
-        allow_start_export: false,
-        compact_imports_enabled: false,
-        wide_arithmetic_enabled: false,
-        canonicalize_nans: true,
         available_imports: Some(imports.clone()),
-        max_imports: 3,
         export_everything: true,
-        ..wasm_smith::Config::default()
+        ..cuttable()
     };
     let mut input = arbitrary::Unstructured::new(data);
     if let Ok(module) = wasm_smith::Module::new(config, &mut input) {
