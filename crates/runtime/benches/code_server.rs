@@ -5,7 +5,10 @@
 //!   new, and one function's body edited), with Cranelift, Winch and `auto`
 //!   (the default: Winch now, Cranelift after a quiet moment), and warm (a build
 //!   used recently, still in memory; and a build only the on-disk compile cache
-//!   holds, as after a restart), as ratios to the BEAM's code server;
+//!   holds, as after a restart), as ratios to the BEAM's code server — run in
+//!   the same bench, by `beam_reload.escript`, before and after each size's
+//!   rows, when `escript` is on the PATH (Debian: `erlang-base`), else the
+//!   figures measured on 2026-11-25;
 //! - call throughput of a function with a small JSON argument on 1 and 2 threads,
 //!   without and with a reload every 10 ms, as a ratio to the run without;
 //! - resident memory after 1,000 reloads against after the first.
@@ -23,8 +26,44 @@ use std::time::{Duration, Instant};
 use zest_runtime::{Compiler, Node, NodeConfig, ReloadOptions, Status};
 
 /// The BEAM's code server on these machines (`code:soft_purge` + `code:load_file`,
-/// OTP 25 JIT), measured 2026-11-25 (issue 12), in ms.
+/// OTP 25 JIT), measured 2026-11-25 (issue 12), in ms: the baseline when the
+/// BEAM cannot be run here.
 const BEAM_RELOAD_MS: [(usize, f64); 3] = [(10, 0.83), (1_000, 6.6), (10_000, 61.0)];
+
+/// The BEAM's side of the latency section, run by `beam_reload.escript`.
+struct Beam {
+    /// Where the script keeps its builds between its runs.
+    dir: tempfile::TempDir,
+}
+
+impl Beam {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/beam_reload.escript");
+
+    /// `None` when `escript` cannot be run (or `ZEST_BENCH_BEAM=fixed`).
+    fn find() -> Option<Beam> {
+        if std::env::var("ZEST_BENCH_BEAM").is_ok_and(|v| v == "fixed") {
+            return None;
+        }
+        let probe = std::process::Command::new("escript").arg("-h").output();
+        probe.ok().map(|_| Beam { dir: tempfile::tempdir().unwrap() })
+    }
+
+    /// `rounds` samples, in ms, of the BEAM reloading a module of `functions`
+    /// functions by the same protocol as [`timed_reload`].
+    fn samples(&self, functions: usize, rounds: usize) -> Vec<Duration> {
+        let output = std::process::Command::new("escript")
+            .arg(Self::SCRIPT)
+            .arg(self.dir.path())
+            .arg(functions.to_string())
+            .arg(rounds.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        let line = stdout.lines().find(|l| l.starts_with("beam ")).expect("the script prints its samples");
+        line.split_whitespace().skip(2).map(|ms| Duration::from_secs_f64(ms.parse::<f64>().unwrap() / 1e3)).collect()
+    }
+}
 
 /// The functions' bodies of a build.
 #[derive(Clone, Copy)]
@@ -77,12 +116,12 @@ fn node(data: &Path, compiler: Compiler) -> Node {
     Node::new(NodeConfig { data_dir: Some(data.to_path_buf()), compiler, ..NodeConfig::default() }).unwrap()
 }
 
-/// Writes `wat` to `path`, reloads, and calls `get` until it answers `marker`:
+/// Writes `build` to `path`, reloads, and calls `get` until it answers `marker`:
 /// the time from "file changed" to "new code served".
-fn timed_reload(node: &Node, name: &str, path: &Path, wat: &str, marker: u64) -> Duration {
+fn timed_reload(node: &Node, name: &str, path: &Path, build: impl AsRef<[u8]>, marker: u64) -> Duration {
     let expected = format!("1{marker:019}");
     let started = Instant::now();
-    std::fs::write(path, wat).unwrap();
+    std::fs::write(path, build).unwrap();
     let result = node.reload_module(name, &ReloadOptions::default());
     assert_eq!(result.status(), Status::Ok, "{result:?}");
     assert_eq!(node.call(name, "get", "null").unwrap(), expected);
@@ -109,11 +148,11 @@ struct Only {
     compilers: Vec<String>,
 }
 
-fn reload_latency(quick: bool, only: &Only) -> Vec<Row> {
+fn reload_latency(quick: bool, only: &Only, beam: Option<&Beam>) -> Vec<Row> {
     let dir = tempfile::tempdir().unwrap();
     let mut rows = Vec::new();
     let mut marker = 1_000u64;
-    for (functions, beam_ms) in BEAM_RELOAD_MS {
+    for (functions, fixed_beam_ms) in BEAM_RELOAD_MS {
         if !only.sizes.is_empty() && !only.sizes.contains(&functions) {
             continue;
         }
@@ -124,6 +163,12 @@ fn reload_latency(quick: bool, only: &Only) -> Vec<Row> {
             (10, true) => 40,
             (_, true) => 4,
         };
+        // The BEAM runs half its rounds before this size's rows and half
+        // after, so that a machine's drift over the minutes between weighs on
+        // both sides alike.
+        let beam_rounds = (rounds / 2).max(4);
+        let mut beam_samples = beam.map(|b| b.samples(functions, beam_rounds)).unwrap_or_default();
+        let first_row = rows.len();
         let path = dir.path().join(format!("m{functions}.wat"));
         for (label, compiler) in
             [("cranelift", Compiler::Cranelift), ("winch", Compiler::Winch), ("auto", Compiler::Auto)]
@@ -137,34 +182,47 @@ fn reload_latency(quick: bool, only: &Only) -> Vec<Row> {
             assert_eq!(node.load_module("m", &path, &ReloadOptions::default()).status(), Status::Ok);
 
             // Cold: every build is new, every function's body too, so every
-            // reload compiles all of it.
-            let mut cold = Vec::new();
-            for _ in 0..rounds {
-                marker += 1;
-                let wat = module_wat_with(functions, marker, Bodies::AllNew);
-                cold.push(timed_reload(&node, "m", &path, &wat, marker));
-            }
-            rows.push(Row {
-                what: format!("{functions} fns, cold (all new), {label}"),
-                median_ms: percentile(&mut cold, 0.5),
-                p99_ms: percentile(&mut cold, 0.99),
-                beam_ms,
-            });
+            // reload compiles all of it. Compiled `.wasm` builds, as the BEAM
+            // loads compiled `.beam` files (neither side's compiler from
+            // source is timed), then the same as WAT text, which the node
+            // parses first.
+            let wasm_path = dir.path().join(format!("w{functions}.wasm"));
+            let first = wat::parse_str(module_wat(functions, marker)).unwrap();
+            std::fs::write(&wasm_path, first).unwrap();
+            assert_eq!(node.load_module("w", &wasm_path, &ReloadOptions::default()).status(), Status::Ok);
+            for (format, module, path) in [(".wasm", "w", &wasm_path), ("WAT", "m", &path)] {
+                let build = |wat: String| match format {
+                    ".wasm" => wat::parse_str(wat).unwrap(),
+                    _ => wat.into_bytes(),
+                };
+                let mut cold = Vec::new();
+                for _ in 0..rounds {
+                    marker += 1;
+                    let bytes = build(module_wat_with(functions, marker, Bodies::AllNew));
+                    cold.push(timed_reload(&node, module, path, &bytes, marker));
+                }
+                rows.push(Row {
+                    what: format!("{functions} fns, cold (all new, {format}), {label}"),
+                    median_ms: percentile(&mut cold, 0.5),
+                    p99_ms: percentile(&mut cold, 0.99),
+                    beam_ms: fixed_beam_ms,
+                });
 
-            // Cold, one function edited: each build differs from the last in
-            // one function's body.
-            let mut edited = Vec::new();
-            for _ in 0..rounds {
-                marker += 1;
-                let wat = module_wat_with(functions, marker, Bodies::Edited(functions / 2, marker));
-                edited.push(timed_reload(&node, "m", &path, &wat, marker));
+                // Cold, one function edited: each build differs from the last
+                // in one function's body.
+                let mut edited = Vec::new();
+                for _ in 0..rounds {
+                    marker += 1;
+                    let bytes = build(module_wat_with(functions, marker, Bodies::Edited(functions / 2, marker)));
+                    edited.push(timed_reload(&node, module, path, &bytes, marker));
+                }
+                rows.push(Row {
+                    what: format!("{functions} fns, one fn edited ({format}), {label}"),
+                    median_ms: percentile(&mut edited, 0.5),
+                    p99_ms: percentile(&mut edited, 0.99),
+                    beam_ms: fixed_beam_ms,
+                });
             }
-            rows.push(Row {
-                what: format!("{functions} fns, one fn edited, {label}"),
-                median_ms: percentile(&mut edited, 0.5),
-                p99_ms: percentile(&mut edited, 0.99),
-                beam_ms,
-            });
 
             // Warm: alternate between two builds already in the compile cache.
             let builds = [(marker - 1, module_wat(functions, marker - 1)), (marker, module_wat(functions, marker))];
@@ -180,7 +238,7 @@ fn reload_latency(quick: bool, only: &Only) -> Vec<Row> {
                 what: format!("{functions} fns, warm (in memory), {label}"),
                 median_ms: percentile(&mut warm, 0.5),
                 p99_ms: percentile(&mut warm, 0.99),
-                beam_ms,
+                beam_ms: fixed_beam_ms,
             });
             drop(node);
 
@@ -198,8 +256,24 @@ fn reload_latency(quick: bool, only: &Only) -> Vec<Row> {
                 what: format!("{functions} fns, warm (disk cache), {label}"),
                 median_ms: percentile(&mut disk, 0.5),
                 p99_ms: percentile(&mut disk, 0.99),
-                beam_ms,
+                beam_ms: fixed_beam_ms,
             });
+        }
+        if let Some(beam) = beam {
+            beam_samples.extend(beam.samples(functions, beam_rounds));
+            let beam_ms = percentile(&mut beam_samples, 0.5);
+            rows.insert(
+                first_row,
+                Row {
+                    what: format!("{functions} fns, the BEAM (same protocol, this run)"),
+                    median_ms: beam_ms,
+                    p99_ms: percentile(&mut beam_samples, 0.99),
+                    beam_ms,
+                },
+            );
+            for row in &mut rows[first_row..] {
+                row.beam_ms = beam_ms;
+            }
         }
     }
     rows
@@ -371,11 +445,16 @@ fn memory_section() {
 
 fn latency_section(quick: bool, only: &Only) {
     println!("## Reload latency: file changed → next call served by the new code\n");
+    let beam = Beam::find();
+    match &beam {
+        Some(_) => println!("BEAM: measured in this run (`beam_reload.escript`, same protocol)\n"),
+        None => println!("BEAM: the figures of 2026-11-25 (`escript` not found, or ZEST_BENCH_BEAM=fixed)\n"),
+    }
     println!("| module | median ms | p99 ms | BEAM ms | median / BEAM |");
     println!("|---|---|---|---|---|");
-    for row in reload_latency(quick, only) {
+    for row in reload_latency(quick, only, beam.as_ref()) {
         println!(
-            "| {} | {:.3} | {:.3} | {:.1} | {:.3} |",
+            "| {} | {:.3} | {:.3} | {:.2} | {:.3} |",
             row.what,
             row.median_ms,
             row.p99_ms,
