@@ -337,7 +337,10 @@ fn the_cli_finds_the_token_prints_tables_and_summaries_and_exits_by_the_contract
 fn a_reload_left_partial_exits_3_and_compile_streams_the_build_output() {
     let node = Served::start(&["--config", "node.toml", "--app", "slow"], |dir| {
         slow_app(dir, "echo building the slow app; sleep 0.3; echo built");
-        std::fs::write(dir.join("node.toml"), "[limits]\ndrain_timeout_ms = 100\n").unwrap();
+        // The spinning call below must outlast a reload and a SIGTERM, and
+        // finish: its deadline is far above the spin (seconds, more on a slow
+        // machine), so the test does not depend on the machine's speed.
+        std::fs::write(dir.join("node.toml"), "[limits]\ndrain_timeout_ms = 100\ncall_timeout_ms = 60000\n").unwrap();
     });
     let (code, out, err) = node.cli(&["reload", "app", "slow", "--compile"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -365,7 +368,7 @@ fn a_reload_left_partial_exits_3_and_compile_streams_the_build_output() {
     let code = node.stop();
     let mut answer = spinner.join().unwrap();
     let answer: Value = serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap();
-    assert_eq!(answer["result"], json!({"v": 1}), "the call in flight finished on the old version");
+    assert_eq!(answer["result"], json!({"v": 1}), "the call in flight finished on the old version: {answer}");
     assert_eq!(code, 0);
 }
 
