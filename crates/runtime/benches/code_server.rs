@@ -2,7 +2,8 @@
 //!
 //! - reload latency, file changed → next call served by the new code, for modules
 //!   of 10, 1,000 and 10,000 small functions: cold (compiling; all functions
-//!   new, and one function's body edited), with Cranelift, Winch and `auto`
+//!   new, and one function's body edited; compiled `.wasm` builds and WAT
+//!   text), with Cranelift, Winch and `auto`
 //!   (the default: Winch now, Cranelift after a quiet moment), and warm (a build
 //!   used recently, still in memory; and a build only the on-disk compile cache
 //!   holds, as after a restart), as ratios to the BEAM's code server — run in
@@ -141,6 +142,12 @@ struct Row {
     beam_ms: f64,
 }
 
+impl Row {
+    fn of(what: String, samples: &mut [Duration], beam_ms: f64) -> Row {
+        Row { what, median_ms: percentile(samples, 0.5), p99_ms: percentile(samples, 0.99), beam_ms }
+    }
+}
+
 /// Which sizes and compilers the latency section measures (all when the
 /// command line names none).
 struct Only {
@@ -195,33 +202,20 @@ fn reload_latency(quick: bool, only: &Only, beam: Option<&Beam>) -> Vec<Row> {
                     ".wasm" => wat::parse_str(wat).unwrap(),
                     _ => wat.into_bytes(),
                 };
-                let mut cold = Vec::new();
-                for _ in 0..rounds {
-                    marker += 1;
-                    let bytes = build(module_wat_with(functions, marker, Bodies::AllNew));
-                    cold.push(timed_reload(&node, module, path, &bytes, marker));
+                // All new, then one function edited: each build differs from
+                // the last in one function's body.
+                for edit in [false, true] {
+                    let mut samples = Vec::new();
+                    for _ in 0..rounds {
+                        marker += 1;
+                        let bodies = if edit { Bodies::Edited(functions / 2, marker) } else { Bodies::AllNew };
+                        let bytes = build(module_wat_with(functions, marker, bodies));
+                        samples.push(timed_reload(&node, module, path, &bytes, marker));
+                    }
+                    let case =
+                        if edit { format!("one fn edited ({format})") } else { format!("cold (all new, {format})") };
+                    rows.push(Row::of(format!("{functions} fns, {case}, {label}"), &mut samples, fixed_beam_ms));
                 }
-                rows.push(Row {
-                    what: format!("{functions} fns, cold (all new, {format}), {label}"),
-                    median_ms: percentile(&mut cold, 0.5),
-                    p99_ms: percentile(&mut cold, 0.99),
-                    beam_ms: fixed_beam_ms,
-                });
-
-                // Cold, one function edited: each build differs from the last
-                // in one function's body.
-                let mut edited = Vec::new();
-                for _ in 0..rounds {
-                    marker += 1;
-                    let bytes = build(module_wat_with(functions, marker, Bodies::Edited(functions / 2, marker)));
-                    edited.push(timed_reload(&node, module, path, &bytes, marker));
-                }
-                rows.push(Row {
-                    what: format!("{functions} fns, one fn edited ({format}), {label}"),
-                    median_ms: percentile(&mut edited, 0.5),
-                    p99_ms: percentile(&mut edited, 0.99),
-                    beam_ms: fixed_beam_ms,
-                });
             }
 
             // Warm: alternate between two builds already in the compile cache.
@@ -234,12 +228,7 @@ fn reload_latency(quick: bool, only: &Only, beam: Option<&Beam>) -> Vec<Row> {
                 let (m, wat) = &builds[round % 2];
                 warm.push(timed_reload(&node, "m", &path, wat, *m));
             }
-            rows.push(Row {
-                what: format!("{functions} fns, warm (in memory), {label}"),
-                median_ms: percentile(&mut warm, 0.5),
-                p99_ms: percentile(&mut warm, 0.99),
-                beam_ms: fixed_beam_ms,
-            });
+            rows.push(Row::of(format!("{functions} fns, warm (in memory), {label}"), &mut warm, fixed_beam_ms));
             drop(node);
 
             // Warm from disk: a restarted node (nothing in memory) reloads to a build
@@ -252,25 +241,13 @@ fn reload_latency(quick: bool, only: &Only, beam: Option<&Beam>) -> Vec<Row> {
                 assert_eq!(fresh.load_module("m", &path, &ReloadOptions::default()).status(), Status::Ok);
                 disk.push(timed_reload(&fresh, "m", &path, &to.1, to.0));
             }
-            rows.push(Row {
-                what: format!("{functions} fns, warm (disk cache), {label}"),
-                median_ms: percentile(&mut disk, 0.5),
-                p99_ms: percentile(&mut disk, 0.99),
-                beam_ms: fixed_beam_ms,
-            });
+            rows.push(Row::of(format!("{functions} fns, warm (disk cache), {label}"), &mut disk, fixed_beam_ms));
         }
         if let Some(beam) = beam {
             beam_samples.extend(beam.samples(functions, beam_rounds));
             let beam_ms = percentile(&mut beam_samples, 0.5);
-            rows.insert(
-                first_row,
-                Row {
-                    what: format!("{functions} fns, the BEAM (same protocol, this run)"),
-                    median_ms: beam_ms,
-                    p99_ms: percentile(&mut beam_samples, 0.99),
-                    beam_ms,
-                },
-            );
+            let what = format!("{functions} fns, the BEAM (same protocol, this run)");
+            rows.insert(first_row, Row::of(what, &mut beam_samples, beam_ms));
             for row in &mut rows[first_row..] {
                 row.beam_ms = beam_ms;
             }
