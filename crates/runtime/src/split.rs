@@ -311,8 +311,13 @@ impl<'a> Cut<'a> {
         if cross_len > MAX_TABLE_ELEMENTS || layout.tables.len() + usize::from(cross_len > 0) > 2 {
             return None;
         }
-        for (table, _, items) in &layout.elements {
-            if *table as usize >= layout.tables.len() || items.iter().any(|&f| f as usize >= total) {
+        // A segment past its table's initial size fails the whole module's
+        // instantiation (even an empty one); cut, only the parts holding its
+        // items would write it, and a segment or a part of one could pass.
+        // Such a module stays whole, which reports the trap as it always did.
+        for (table, offset, items) in &layout.elements {
+            let size = layout.tables.get(*table as usize)?.minimum;
+            if u64::from(*offset) + items.len() as u64 > size || items.iter().any(|&f| f as usize >= total) {
                 return None;
             }
         }

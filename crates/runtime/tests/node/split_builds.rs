@@ -137,6 +137,32 @@ fn a_broken_large_build_is_refused_as_a_whole_one_is_and_the_old_one_serves() {
     }
 }
 
+/// Found by the `wasm_split` fuzz target: a segment past its table's end
+/// fails the whole module's instantiation, even an empty one; cut, the
+/// segment was written only by the parts holding its items, so such a build
+/// loaded under Winch and was refused under Cranelift.
+#[test]
+fn a_large_build_with_an_element_segment_past_its_table_is_refused_on_both_compilers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cross.wat");
+    let segments = ["(elem (i32.const 9))", "(elem (i32.const 3) $f0 $f150)"];
+    for compiler in [Compiler::Winch, Compiler::Cranelift] {
+        let node = node(dir.path(), compiler);
+        std::fs::write(&path, cross_calls()).unwrap();
+        assert_eq!(node.load_module("cross", &path, &ReloadOptions::default()).status(), Status::Ok);
+        for segment in segments {
+            // The table holds 4 elements: one past its end, or none at all.
+            std::fs::write(&path, cross_calls().replace("(elem (i32.const 1) $f0 $f150)", segment)).unwrap();
+            let result = node.reload_module("cross", &ReloadOptions::default());
+            assert_eq!(result.status(), Status::Error, "{compiler:?}, {segment}: {result:#?}");
+            assert_eq!(result.errors[0].reason, Reason::InvalidModule);
+            let message = &result.errors[0].message;
+            assert!(message.contains("out of bounds table access"), "{compiler:?}, {segment}: {message}");
+            assert_eq!(node.call("cross", "check", "null").unwrap(), "true", "the old build serves");
+        }
+    }
+}
+
 #[test]
 fn a_split_build_comes_back_from_the_disk_cache_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
