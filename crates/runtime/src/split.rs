@@ -321,6 +321,19 @@ impl<'a> Cut<'a> {
                 return None;
             }
         }
+        // Segments are written in order, a later one over an earlier one; cut,
+        // each part writes its share and the part order would decide. Modules
+        // whose segments overlap stay whole.
+        let mut spans: Vec<(u32, u64, u64)> = layout
+            .elements
+            .iter()
+            .filter(|(_, _, items)| !items.is_empty())
+            .map(|(table, offset, items)| (*table, u64::from(*offset), u64::from(*offset) + items.len() as u64))
+            .collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|pair| pair[0].0 == pair[1].0 && pair[1].1 < pair[0].2) {
+            return None;
+        }
         let mut callables = vec![Vec::new(); parts];
         let mut exports = vec![Vec::new(); parts];
         let mut memory_names = Vec::new();

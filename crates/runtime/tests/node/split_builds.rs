@@ -137,6 +137,25 @@ fn a_broken_large_build_is_refused_as_a_whole_one_is_and_the_old_one_serves() {
     }
 }
 
+/// Element segments are written in order, a later one over an earlier one;
+/// cut, each part writes its own share, so the part order would decide.
+#[test]
+fn overlapping_element_segments_end_as_the_last_one_says_on_both_compilers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cross.wat");
+    // The second segment puts $f3 (first part) where the first put $f150
+    // (a middle part): `check`'s indirect call then adds 8, not 155.
+    let wat = cross_calls()
+        .replace("(elem (i32.const 1) $f0 $f150)", "(elem (i32.const 1) $f0 $f150) (elem (i32.const 2) $f3)");
+    std::fs::write(&path, wat).unwrap();
+    for compiler in [Compiler::Winch, Compiler::Cranelift] {
+        let node = node(dir.path(), compiler);
+        let loaded = node.load_module("cross", &path, &ReloadOptions::default());
+        assert_eq!(loaded.status(), Status::Ok, "{compiler:?}: {loaded:#?}");
+        assert_eq!(node.call("cross", "check", "null").unwrap(), "false", "{compiler:?}: table[2] is $f3");
+    }
+}
+
 /// Found by the `wasm_split` fuzz target: a segment past its table's end
 /// fails the whole module's instantiation, even an empty one; cut, the
 /// segment was written only by the parts holding its items, so such a build
