@@ -7,10 +7,10 @@ use super::{split, CORE, CORE_MEMORY, DISPATCH};
 /// into pieces on one engine, calling every function it exports with the
 /// same arguments on both, and compares what they return (values, or the
 /// kind of trap), what they asked of the host, and their memory afterwards.
-/// `Ok(false)` when the module is not cut, does not compile or instantiate
-/// whole, or runs out
-/// of fuel or stack (where the two may differ: a call across parts costs
-/// more); an error says where the two differ.
+/// The pieces must instantiate exactly when the whole module does.
+/// `Ok(false)` when the module is not cut, does not compile, instantiates
+/// neither way, or runs out of fuel or stack (where the two may differ: a
+/// call across parts costs more); an error says where the two differ.
 #[doc(hidden)]
 pub fn check_against_whole(wasm: &[u8]) -> Result<bool, String> {
     use wasmtime::{Engine, Extern, Func, Instance, Memory, Store, Trap, Val};
@@ -52,13 +52,16 @@ pub fn check_against_whole(wasm: &[u8]) -> Result<bool, String> {
     for import in whole.imports() {
         imports.push(host(&mut one, &whole, import.name()).ok_or("an import that is not a function")?);
     }
-    let Ok(whole_instance) = Instance::new(&mut one, &whole, &imports) else { return Ok(false) };
+    let whole_instance = Instance::new(&mut one, &whole, &imports).map_err(|err| format!("{err:#}"));
 
-    // The pieces.
+    // The pieces: they instantiate exactly when the whole module does.
     let mut many: Store<Log> = Store::new(engine, Vec::new());
     fuel(&mut many);
     let Ok(core_instance) = Instance::new(&mut many, &core, &[]) else {
-        return Err("the whole module instantiates, its core does not".into());
+        return match whole_instance {
+            Ok(_) => Err("the whole module instantiates, its core does not".into()),
+            Err(_) => Ok(false),
+        };
     };
     let mut part_instances = Vec::new();
     for part in &parts {
@@ -70,11 +73,16 @@ pub fn check_against_whole(wasm: &[u8]) -> Result<bool, String> {
             };
             imports.push(found.ok_or_else(|| format!("a part's import {} is not there", import.name()))?);
         }
-        match Instance::new(&mut many, part, &imports) {
-            Ok(instance) => part_instances.push(instance),
-            Err(err) => return Err(format!("the whole module instantiates, a part does not: {err:#}")),
+        match (Instance::new(&mut many, part, &imports), &whole_instance) {
+            (Ok(instance), _) => part_instances.push(instance),
+            (Err(_), Err(_)) => return Ok(false),
+            (Err(err), Ok(_)) => return Err(format!("the whole module instantiates, a part does not: {err:#}")),
         }
     }
+    let whole_instance = match whole_instance {
+        Ok(instance) => instance,
+        Err(err) => return Err(format!("the whole module does not instantiate ({err}), its pieces do")),
+    };
 
     // Where each callable sits: its part and its index in the part's dispatcher.
     let mut route = std::collections::HashMap::new();
