@@ -25,8 +25,9 @@
 //! the core when data changed too).
 //!
 //! Anything the cut does not handle — a start function, passive segments,
-//! `ref.func`, tail calls, imports other than `"zest"` functions, tags — leaves
-//! the module whole ([`split`] answers `None`), and so does any malformed
+//! `ref.func`, tail calls, imports other than `"zest"` functions, tags, element
+//! segments that overlap or reach past their table (whose order of writing, or
+//! whose trap, the parts would not keep) — leaves the module whole ([`split`] answers `None`), and so does any malformed
 //! input: the whole path then reports it as it always did.
 
 use std::ops::Range;
