@@ -11,6 +11,7 @@
 //! something runs on it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
@@ -46,20 +47,31 @@ pub(crate) struct Canary {
     pub(crate) percent: u32,
 }
 
-/// Whether this call goes to a canary of `percent`: each thread counts its own
-/// calls, so over every hundred calls of a thread exactly `percent` do — no
-/// shared counter, no lock, no clock. They are spread evenly over the hundred
-/// (call `n` goes when `⌊(n+1)·p/100⌋` passes `⌊n·p/100⌋`: every fourth at
-/// 25 %), so a quiet service's first calls do not all land on the canary.
+/// Whether this call goes to a canary of `percent`. Each thread counts its
+/// own calls, so over every hundred calls of a thread exactly `percent` do —
+/// no shared counter written per call, no lock, no clock. They are spread
+/// evenly over the hundred (call `n` goes when `⌊(n+1)·p/100⌋` passes
+/// `⌊n·p/100⌋`: every fourth at 25 %), so a quiet service's first calls do not
+/// all land on the canary.
+///
+/// A thread's count starts where the node's count of calling threads stands
+/// (once per thread): a server that makes each call on a different thread, a
+/// few calls each, would otherwise start every count at 0 and never reach the
+/// canary. Started that way, forty threads calling once each send exactly ten
+/// calls to a 25 % canary, as one thread calling forty times does.
 fn to_canary(percent: u32) -> bool {
+    static THREADS: AtomicU32 = AtomicU32::new(0);
     thread_local! {
-        static CALLS: Cell<u32> = const { Cell::new(0) };
+        static CALLS: Cell<Option<u32>> = const { Cell::new(None) };
     }
-    CALLS.with(|calls| {
-        let n = calls.get();
-        calls.set(if n >= 99 { 0 } else { n + 1 });
-        (n + 1) * percent / 100 > n * percent / 100
-    })
+    CALLS.with(|calls| takes_share(calls, &THREADS, percent))
+}
+
+/// [`to_canary`] on a given thread count `calls` and node-wide `threads`.
+fn takes_share(calls: &Cell<Option<u32>>, threads: &AtomicU32, percent: u32) -> bool {
+    let n = calls.get().unwrap_or_else(|| threads.fetch_add(1, Ordering::Relaxed) % 100);
+    calls.set(Some(if n >= 99 { 0 } else { n + 1 }));
+    (n + 1) * percent / 100 > n * percent / 100
 }
 
 /// Whether process `name` belongs to a canary of `percent`: a stable hash of
@@ -214,24 +226,49 @@ impl Slot {
 
 #[cfg(test)]
 mod tests {
-    use super::to_canary;
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicU32;
 
-    /// The choices of a fresh thread's first `calls` calls at `percent`.
-    fn choices(percent: u32, calls: usize) -> Vec<bool> {
-        std::thread::spawn(move || (0..calls).map(|_| to_canary(percent)).collect()).join().unwrap()
+    use super::takes_share;
+
+    /// The choices of `threads` threads making `calls` calls each, one after
+    /// another, on a fresh node.
+    fn choices(percent: u32, threads: usize, calls: usize) -> Vec<bool> {
+        let started = AtomicU32::new(0);
+        let mut all = Vec::new();
+        for _ in 0..threads {
+            let made = std::thread::scope(|scope| {
+                let thread = || {
+                    let count = Cell::new(None);
+                    (0..calls).map(|_| takes_share(&count, &started, percent)).collect::<Vec<_>>()
+                };
+                scope.spawn(thread).join().unwrap()
+            });
+            all.extend(made);
+        }
+        all
     }
 
     #[test]
     fn a_canary_gets_its_exact_share_spread_over_every_hundred_calls() {
         for percent in [1, 10, 25, 50, 99] {
-            let hundred = choices(percent, 300);
-            for window in hundred.chunks(100) {
+            let calls = choices(percent, 1, 300);
+            for window in calls.chunks(100) {
                 assert_eq!(window.iter().filter(|c| **c).count(), percent as usize, "{percent}%");
             }
         }
         // Spread, not bunched at the start: every fourth call at 25 %.
-        let first = choices(25, 8);
-        assert_eq!(first, [false, false, false, true, false, false, false, true]);
-        assert_eq!(choices(50, 4), [false, true, false, true]);
+        assert_eq!(choices(25, 1, 8), [false, false, false, true, false, false, false, true]);
+        assert_eq!(choices(50, 1, 4), [false, true, false, true]);
+    }
+
+    #[test]
+    fn calls_made_on_many_threads_a_few_each_still_give_the_canary_its_share() {
+        // Forty calls on forty threads, as a server's pool may make them: a
+        // count per thread starting at 0 gave the canary none.
+        let taken = |threads, calls| choices(25, threads, calls).iter().filter(|c| **c).count();
+        assert_eq!(taken(40, 1), 10);
+        assert_eq!(taken(20, 2), 10);
+        assert_eq!(taken(200, 1), 50);
     }
 }
