@@ -42,4 +42,5 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
-cargo test --workspace
+# Every test binary runs even when one fails, so a failed run names every failure.
+cargo test --workspace --no-fail-fast
