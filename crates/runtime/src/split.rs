@@ -34,10 +34,11 @@ use std::ops::Range;
 
 use wasm_encoder::{
     ConstExpr, ElementSection, Elements, EntityType, ExportKind, ExportSection, FunctionSection, GlobalType,
-    ImportSection, MemoryType, Module, RawSection, RefType, TableSection, TableType, TypeSection,
+    ImportSection, MemoryType, Module, RawSection, RefType, TableSection, TableType,
 };
 use wasmparser::{
-    CompositeInnerType, ElementItems, ElementKind, ExternalKind, Operator, Parser, Payload, TableInit, TypeRef, ValType,
+    BlockType, CompositeInnerType, ElementItems, ElementKind, ExternalKind, HeapType, Operator, Parser, Payload,
+    SubType, TableInit, TryTable, TypeRef, ValType,
 };
 
 use crate::dispatch::{self, DISPATCH};
@@ -108,6 +109,13 @@ struct Layout<'a> {
     /// Each body's bytes (locals and operators) and its calls: where the
     /// `call` instruction starts and ends, and the callee.
     bodies: Vec<(Range<usize>, Vec<Call>)>,
+    /// Per body: the type indices it names (`call_indirect`, block types,
+    /// typed references in its locals and instructions).
+    body_types: Vec<Vec<u32>>,
+    /// Whether every type is a plain function type of numbers and vectors, in
+    /// a group of its own: what lets a part replace the types it does not use
+    /// ([`Cut::type_section`]).
+    plain_types: bool,
 }
 
 /// A `call` instruction in a body: where it starts and ends, and the callee.
@@ -130,8 +138,12 @@ fn read(wasm: &[u8]) -> Option<Layout<'_>> {
             Payload::Version { encoding: wasmparser::Encoding::Module, .. } => {}
             Payload::TypeSection(reader) => {
                 layout.type_section = Some(reader.range());
+                layout.plain_types = true;
                 for group in reader {
-                    for sub in group.ok()?.into_types() {
+                    let group = group.ok()?;
+                    let alone = !group.is_explicit_rec_group();
+                    for sub in group.into_types() {
+                        layout.plain_types &= alone && sub.is_final && sub.supertype_idx.is_none() && is_plain(&sub);
                         layout.types.push(match &sub.composite_type.inner {
                             CompositeInnerType::Func(func) => Some((func.params().to_vec(), func.results().to_vec())),
                             _ => None,
@@ -237,12 +249,34 @@ fn read(wasm: &[u8]) -> Option<Layout<'_>> {
             Payload::CodeSectionStart { .. } => {}
             Payload::CodeSectionEntry(body) => {
                 let mut calls = Vec::new();
+                let mut types = Vec::new();
+                for local in body.get_locals_reader().ok()? {
+                    let (_, ty) = local.ok()?;
+                    named_by(ty, &mut types)?;
+                }
                 let mut ops = body.get_operators_reader().ok()?;
                 while !ops.eof() {
                     let (op, at) = ops.read_with_offset().ok()?;
                     match op {
                         Operator::Call { function_index } => {
                             calls.push((at, ops.original_position(), function_index));
+                        }
+                        Operator::CallIndirect { type_index, .. } => types.push(type_index),
+                        Operator::Block { blockty }
+                        | Operator::Loop { blockty }
+                        | Operator::If { blockty }
+                        | Operator::TryTable { try_table: TryTable { ty: blockty, .. } }
+                        | Operator::Try { blockty } => match blockty {
+                            BlockType::FuncType(ty) => types.push(ty),
+                            BlockType::Type(ty) => named_by(ty, &mut types)?,
+                            BlockType::Empty => {}
+                        },
+                        Operator::RefNull { hty } => named_by_heap(hty, &mut types)?,
+                        Operator::TypedSelect { ty } => named_by(ty, &mut types)?,
+                        Operator::TypedSelectMulti { tys } => {
+                            for ty in tys {
+                                named_by(ty, &mut types)?;
+                            }
                         }
                         Operator::ReturnCall { .. }
                         | Operator::ReturnCallIndirect { .. }
@@ -257,6 +291,7 @@ fn read(wasm: &[u8]) -> Option<Layout<'_>> {
                     }
                 }
                 layout.bodies.push((body.range(), calls));
+                layout.body_types.push(types);
             }
             Payload::CustomSection(_) => {}
             Payload::End(_) => {}
@@ -265,6 +300,36 @@ fn read(wasm: &[u8]) -> Option<Layout<'_>> {
         }
     }
     (layout.bodies.len() == layout.functions.len()).then_some(layout)
+}
+
+/// Adds the type index a value type names (a typed reference's) to `types`;
+/// `None` for an index the cut cannot read.
+fn named_by(ty: ValType, types: &mut Vec<u32>) -> Option<()> {
+    match ty {
+        ValType::Ref(reference) => named_by_heap(reference.heap_type(), types),
+        _ => Some(()),
+    }
+}
+
+/// As [`named_by`], for a heap type (`ref.null`'s).
+fn named_by_heap(heap: HeapType, types: &mut Vec<u32>) -> Option<()> {
+    if let HeapType::Concrete(index) | HeapType::Exact(index) = heap {
+        types.push(index.as_module_index()?);
+    }
+    Some(())
+}
+
+/// Whether `sub` is a function type of numbers and vectors only.
+fn is_plain(sub: &SubType) -> bool {
+    let CompositeInnerType::Func(func) = &sub.composite_type.inner else {
+        return false;
+    };
+    !sub.composite_type.shared
+        && func
+            .params()
+            .iter()
+            .chain(func.results())
+            .all(|ty| matches!(ty, ValType::I32 | ValType::I64 | ValType::F32 | ValType::F64 | ValType::V128))
 }
 
 /// The cut being made: which part each function goes to, and which functions
@@ -449,23 +514,8 @@ impl<'a> Cut<'a> {
         let mut module = Module::new();
 
         let dispatch_type = u32::try_from(layout.types.len()).ok()?;
-        let mut types = TypeSection::new();
-        if let Some(range) = &layout.type_section {
-            // The guest's types, as they were, then the dispatcher's.
-            let section = &self.wasm[range.clone()];
-            let (count, at) = dispatch::leb_u32(section).ok()?;
-            let mut data = Vec::with_capacity(section.len() + 8);
-            dispatch::push_leb(&mut data, count + 1);
-            data.extend_from_slice(&section[at..]);
-            data.extend_from_slice(&[0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x01, 0x7e]);
-            module.section(&RawSection { id: wasm_encoder::SectionId::Type as u8, data: &data });
-        } else {
-            types.ty().function(
-                [wasm_encoder::ValType::I32, wasm_encoder::ValType::I32, wasm_encoder::ValType::I32],
-                [wasm_encoder::ValType::I64],
-            );
-            module.section(&types);
-        }
+        let types = self.type_section(part, first..end)?;
+        module.section(&RawSection { id: wasm_encoder::SectionId::Type as u8, data: &types });
 
         let mut imports = ImportSection::new();
         for &(name, ty) in &layout.imports {
@@ -568,6 +618,81 @@ impl<'a> Cut<'a> {
         module.section(&RawSection { id: wasm_encoder::SectionId::Code as u8, data: &code });
         Some(module.finish())
     }
+
+    /// The type section of part `part` (defining `functions`): the guest's
+    /// types, then the dispatcher's. wasmtime compiles a trampoline for every
+    /// distinct function type in a module (Cranelift, even under Winch), so a
+    /// type the part does not use becomes a copy of the dispatcher's: the
+    /// indices stay, every instruction means what it did, and a Rust guest's
+    /// two dozen types cost each part two or three trampolines instead.
+    /// Which indices a part may use: its functions' and imports' types, and
+    /// those its instructions name — `call_indirect`, block types, and the
+    /// callee's type in a call across parts. Anything else that could name a
+    /// type (typed references, GC) is refused by the baseline compiler either
+    /// way; types that are not [plain](is_plain) are kept as they are.
+    fn type_section(&self, part: usize, functions: Range<usize>) -> Option<Vec<u8>> {
+        let layout = &self.layout;
+        let dispatch = [0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x01, 0x7e];
+        let mut data = Vec::new();
+        let Some(range) = &layout.type_section else {
+            dispatch::push_leb(&mut data, 1);
+            data.extend_from_slice(&dispatch);
+            return Some(data);
+        };
+        let section = &self.wasm[range.clone()];
+        let (count, at) = dispatch::leb_u32(section).ok()?;
+        dispatch::push_leb(&mut data, count.checked_add(1)?);
+        if !layout.plain_types {
+            data.extend_from_slice(&section[at..]);
+            data.extend_from_slice(&dispatch);
+            return Some(data);
+        }
+        let mut used = vec![false; layout.types.len()];
+        let mut mark = |ty: u32| {
+            if let Some(slot) = used.get_mut(ty as usize) {
+                *slot = true;
+            }
+        };
+        layout.imports.iter().for_each(|&(_, ty)| mark(ty));
+        layout.functions[functions.clone()].iter().for_each(|&ty| mark(ty));
+        for defined in functions {
+            layout.body_types[defined].iter().for_each(|&ty| mark(ty));
+            for &(_, _, callee) in &layout.bodies[defined].1 {
+                if callee >= self.imported && part_of(callee, self.imported, self.size) != part {
+                    mark(layout.functions[(callee - self.imported) as usize]);
+                }
+            }
+        }
+        for (ty, used) in layout.types.iter().zip(used) {
+            match (ty, used) {
+                (Some((params, results)), true) => {
+                    data.push(0x60);
+                    for list in [params, results] {
+                        dispatch::push_leb(&mut data, u32::try_from(list.len()).ok()?);
+                        for &ty in list {
+                            data.push(plain_val_type(ty)?);
+                        }
+                    }
+                }
+                (Some(_), false) => data.extend_from_slice(&dispatch),
+                (None, _) => return None,
+            }
+        }
+        data.extend_from_slice(&dispatch);
+        Some(data)
+    }
+}
+
+/// A plain value type's byte in the binary format.
+fn plain_val_type(ty: ValType) -> Option<u8> {
+    Some(match ty {
+        ValType::I32 => 0x7f,
+        ValType::I64 => 0x7e,
+        ValType::F32 => 0x7d,
+        ValType::F64 => 0x7c,
+        ValType::V128 => 0x7b,
+        ValType::Ref(_) => return None,
+    })
 }
 
 /// The part that holds function `function` (an index over imports and
@@ -641,5 +766,71 @@ impl Pieces {
     /// The part that defines export `name`.
     pub(crate) fn owner(&self, name: &str) -> Option<usize> {
         self.owners.get(name).map(|&part| part as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmparser::{Parser, Payload};
+
+    /// The function types of a piece's type section, as (params, results).
+    fn types_of(piece: &[u8]) -> Vec<String> {
+        let mut types = Vec::new();
+        for payload in Parser::new(0).parse_all(piece) {
+            if let Payload::TypeSection(reader) = payload.unwrap() {
+                for ty in reader.into_iter_err_on_gc_types() {
+                    let ty = ty.unwrap();
+                    types.push(format!("{:?} -> {:?}", ty.params(), ty.results()));
+                }
+            }
+        }
+        types
+    }
+
+    #[test]
+    fn a_part_keeps_the_types_it_names_and_copies_the_dispatchers_into_the_others() {
+        let mut wat = String::from(
+            r#"(module
+  (type $t (func (param i32) (result i32)))
+  (type $wide (func (param i64 i64) (result i64)))
+  (type $pair (func (param i32 i32) (result i32)))
+  (type $float (func (param f32) (result f32)))
+  (memory 1)
+  (table 1 funcref)
+"#,
+        );
+        for k in 0..70 {
+            wat.push_str(&format!("  (func (type $t) (i32.add (local.get 0) (i32.const {k})))\n"));
+        }
+        // The second part: six of those and `check`, naming $wide and $pair
+        // in its body only.
+        wat.push_str(
+            r#"  (func (export "check") (param i32 i32) (result i64)
+    local.get 0
+    local.get 1
+    block (type $pair)
+      i32.add
+    end
+    drop
+    (call_indirect (type $wide) (i64.const 1) (i64.const 2) (i32.const 0)))
+)"#,
+        );
+        let cut = super::split(&wat::parse_str(wat).unwrap()).expect("a module of 71 functions is cut");
+        assert_eq!(cut.parts.len(), 2);
+        let dispatcher = "[I32, I32, I32] -> [I64]";
+        let first = types_of(&cut.parts[0]);
+        assert_eq!(first, ["[I32] -> [I32]", dispatcher, dispatcher, dispatcher, dispatcher, dispatcher]);
+        let second = types_of(&cut.parts[1]);
+        assert_eq!(
+            second,
+            [
+                "[I32] -> [I32]",
+                "[I64, I64] -> [I64]",
+                "[I32, I32] -> [I32]",
+                dispatcher,
+                "[I32, I32] -> [I64]",
+                dispatcher
+            ]
+        );
     }
 }

@@ -199,3 +199,73 @@ fn a_split_build_comes_back_from_the_disk_cache_after_a_restart() {
     assert!(!again.metadata.swaps[0].compiled, "the pieces came from the disk cache: {again:#?}");
     assert_eq!(restarted.call("cross", "check", "null").unwrap(), "true");
 }
+
+/// A module of many types, where the last part names two of them only in
+/// its instructions: an indirect call of type `$wide` (its target, in the
+/// first part, is reached through the guest's table) and a block of type
+/// `$pair` taking two values. Each part keeps the types it names and makes
+/// the rest copies of its dispatcher's (fewer trampolines to compile); every
+/// instruction must still mean what it did.
+fn many_types() -> String {
+    let mut wat = String::from(
+        r#"(module
+  (type $t (func (param i32) (result i32)))
+  (type $wide (func (param i64 i64) (result i64)))
+  (type $pair (func (param i32 i32) (result i32)))
+  (type (func (param f32) (result f32)))
+  (type (func (param f64 f64) (result f64)))
+  (type (func (param i64) (result i32)))
+  (type (func (param f32 i32)))
+  (type (func (result f64)))
+  (memory (export "memory") 1)
+  (table 2 funcref)
+  (elem (i32.const 1) $mul)
+  (data (i32.const 16) "true")
+  (data (i32.const 32) "false")
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 8192)
+  (func $mul (type $wide) (i64.mul (local.get 0) (local.get 1)))
+  (func $unused (param f64 f64) (result f64) (f64.add (local.get 0) (local.get 1)))
+"#,
+    );
+    for k in 0..140 {
+        wat.push_str(&format!("  (func $f{k} (type $t) (i32.add (local.get 0) (i32.const {k})))\n"));
+    }
+    wat.push_str(
+        r#"  (func (export "check") (param i32 i32) (result i64)
+    i64.const 6
+    i64.const 7
+    i32.const 1
+    call_indirect (type $wide)
+    i32.const 40
+    i32.const 2
+    block (type $pair)
+      i32.add
+    end
+    i64.extend_i32_u
+    i64.eq
+    (if (result i64) (then (i64.const 0x0000001000000004)) (else (i64.const 0x0000002000000005))))
+)"#,
+    );
+    wat
+}
+
+#[test]
+fn types_a_part_names_only_in_its_instructions_keep_their_meaning_on_both_compilers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("types.wat");
+    std::fs::write(&path, many_types()).unwrap();
+    for compiler in [Compiler::Winch, Compiler::Cranelift] {
+        let node = node(dir.path(), compiler);
+        let loaded = node.load_module("types", &path, &ReloadOptions::default());
+        assert_eq!(loaded.status(), Status::Ok, "{compiler:?}: {loaded:#?}");
+        assert_eq!(node.call("types", "check", "null").unwrap(), "true", "{compiler:?}: 6 × 7 = 40 + 2");
+        // The same indirect call reaching a function of another type traps
+        // as the whole module would.
+        std::fs::write(&path, many_types().replace("(elem (i32.const 1) $mul)", "(elem (i32.const 1) $unused)"))
+            .unwrap();
+        assert_eq!(node.reload_module("types", &ReloadOptions::default()).status(), Status::Ok);
+        let trapped = node.call("types", "check", "null").unwrap_err().to_string();
+        assert!(trapped.contains("indirect call type mismatch"), "{compiler:?}: {trapped}");
+        std::fs::write(&path, many_types()).unwrap();
+    }
+}
