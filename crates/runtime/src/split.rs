@@ -14,7 +14,8 @@
 //!   `"zest"` host functions and the core's memory, tables and globals (so
 //!   every index a body uses means what it meant), each exporting its own
 //!   dispatcher ([`dispatch::DISPATCH`]) over the callables it defines, and
-//!   the reserved `zest_` exports it defines under their own names.
+//!   the reserved `zest_` exports it defines under their own names; of the
+//!   guest's types each keeps those it names (`Cut::type_section`).
 //!
 //! A body's bytes are copied as they are, but for `call`s: a call of a
 //! function in the same part gets the part's index; a call of a function in
