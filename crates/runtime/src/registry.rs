@@ -67,7 +67,8 @@ fn to_canary(percent: u32) -> bool {
     CALLS.with(|calls| takes_share(calls, &THREADS, percent))
 }
 
-/// [`to_canary`] on a given thread count `calls` and node-wide `threads`.
+/// [`to_canary`], given the calling thread's count `calls` and the node's
+/// count of calling threads `threads`.
 fn takes_share(calls: &Cell<Option<u32>>, threads: &AtomicU32, percent: u32) -> bool {
     let n = calls.get().unwrap_or_else(|| threads.fetch_add(1, Ordering::Relaxed) % 100);
     calls.set(Some(if n >= 99 { 0 } else { n + 1 }));
@@ -231,20 +232,14 @@ mod tests {
 
     use super::takes_share;
 
-    /// The choices of `threads` threads making `calls` calls each, one after
-    /// another, on a fresh node.
+    /// The choices of `threads` threads (each its own count) making `calls`
+    /// calls each, one after another, on a fresh node.
     fn choices(percent: u32, threads: usize, calls: usize) -> Vec<bool> {
         let started = AtomicU32::new(0);
         let mut all = Vec::new();
         for _ in 0..threads {
-            let made = std::thread::scope(|scope| {
-                let thread = || {
-                    let count = Cell::new(None);
-                    (0..calls).map(|_| takes_share(&count, &started, percent)).collect::<Vec<_>>()
-                };
-                scope.spawn(thread).join().unwrap()
-            });
-            all.extend(made);
+            let count = Cell::new(None);
+            all.extend((0..calls).map(|_| takes_share(&count, &started, percent)));
         }
         all
     }
