@@ -25,6 +25,10 @@ use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef, Val
 /// The one export the host calls callables through.
 pub(crate) const DISPATCH: &str = "zest$dispatch";
 
+/// The dispatcher's type, `(i32 index, i32 ptr, i32 len) -> i64`, as a type
+/// section entry.
+pub(crate) const TYPE_ENTRY: [u8; 7] = [0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x01, 0x7e];
+
 /// How many callables one dispatcher function switches over.
 const CHUNK: usize = 256;
 
@@ -184,9 +188,7 @@ fn encode(
         let data = &wasm[range];
         match payload {
             Payload::TypeSection(_) => {
-                // (i32 index, i32 ptr, i32 len) -> i64
-                let entry = [0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x01, 0x7e];
-                let data = extend_vector(data, 1, &entry)?;
+                let data = extend_vector(data, 1, &TYPE_ENTRY)?;
                 module.section(&RawSection { id, data: &data });
             }
             Payload::FunctionSection(_) => {

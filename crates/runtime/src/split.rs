@@ -633,7 +633,7 @@ impl<'a> Cut<'a> {
     /// way; types that are not [plain](is_plain) are kept as they are.
     fn type_section(&self, part: usize, functions: Range<usize>) -> Option<Vec<u8>> {
         let layout = &self.layout;
-        let dispatch = [0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x01, 0x7e];
+        let dispatch = dispatch::TYPE_ENTRY;
         let mut data = Vec::new();
         let Some(range) = &layout.type_section else {
             dispatch::push_leb(&mut data, 1);
