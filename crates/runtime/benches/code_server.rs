@@ -118,9 +118,12 @@ fn node(data: &Path, compiler: Compiler) -> Node {
 }
 
 /// Writes `build` to `path`, reloads, and calls `get` until it answers `marker`:
-/// the time from "file changed" to "new code served".
+/// the time from "file changed" to "new code served". The node first finishes
+/// the work that followed its last swap (writes, a wide build's pieces): a
+/// reload on a node at rest, as an edit comes seconds after the last one.
 fn timed_reload(node: &Node, name: &str, path: &Path, build: impl AsRef<[u8]>, marker: u64) -> Duration {
     let expected = format!("1{marker:019}");
+    node.settle();
     let started = Instant::now();
     std::fs::write(path, build).unwrap();
     let result = node.reload_module(name, &ReloadOptions::default());
@@ -193,11 +196,22 @@ fn reload_latency(quick: bool, only: &Only, beam: Option<&Beam>) -> Vec<Row> {
             // loads compiled `.beam` files (neither side's compiler from
             // source is timed), then the same as WAT text, which the node
             // parses first.
+            // The `.wasm` rows run on a node of their own, dropped before the
+            // WAT rows, so that a tier-up of its module (`auto`, once quiet)
+            // does not land in them.
             let wasm_path = dir.path().join(format!("w{functions}.wasm"));
             let first = wat::parse_str(module_wat(functions, marker)).unwrap();
             std::fs::write(&wasm_path, first).unwrap();
-            assert_eq!(node.load_module("w", &wasm_path, &ReloadOptions::default()).status(), Status::Ok);
-            for (format, module, path) in [(".wasm", "w", &wasm_path), ("WAT", "m", &path)] {
+            for format in [".wasm", "WAT"] {
+                let wasm_node = (format == ".wasm").then(|| {
+                    let wasm_node = self::node(&dir.path().join(format!("data-{label}-{functions}-wasm")), compiler);
+                    assert_eq!(wasm_node.load_module("w", &wasm_path, &ReloadOptions::default()).status(), Status::Ok);
+                    wasm_node
+                });
+                let (node, module, path) = match &wasm_node {
+                    Some(wasm_node) => (wasm_node, "w", &wasm_path),
+                    None => (&node, "m", &path),
+                };
                 let build = |wat: String| match format {
                     ".wasm" => wat::parse_str(wat).unwrap(),
                     _ => wat.into_bytes(),
@@ -210,7 +224,7 @@ fn reload_latency(quick: bool, only: &Only, beam: Option<&Beam>) -> Vec<Row> {
                         marker += 1;
                         let bodies = if edit { Bodies::Edited(functions / 2, marker) } else { Bodies::AllNew };
                         let bytes = build(module_wat_with(functions, marker, bodies));
-                        samples.push(timed_reload(&node, module, path, &bytes, marker));
+                        samples.push(timed_reload(node, module, path, &bytes, marker));
                     }
                     let case =
                         if edit { format!("one fn edited ({format})") } else { format!("cold (all new, {format})") };

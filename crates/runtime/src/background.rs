@@ -1,9 +1,11 @@
-//! Work that follows a swap but need not delay it. A node has two workers:
+//! Work that follows a swap but need not delay it. A node has three workers:
 //!
 //! - the writer: serialising a fresh build into the compile cache and writing
 //!   builds to disk;
 //! - the tier-up worker, at a lower priority: recompiling builds with the
-//!   optimising compiler once their module has been quiet (`reload/module.rs`).
+//!   optimising compiler once their module has been quiet (`reload/module.rs`);
+//! - the pieces worker, at a lower priority: compiling the pieces a build
+//!   compiled wide left for the next edit (`Engines::compile_later`).
 //!
 //! Each runs its jobs in order, a job not before the time it was given;
 //! dropping a [`Background`] (the node going away) runs what is queued — but

@@ -5,7 +5,7 @@
 //! to compile). Each version remembers which one compiled it; stores, linkers and
 //! cache entries are per engine.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -58,6 +58,10 @@ pub(crate) struct Engines {
     choice: Compiler,
     recent: Recent,
     pieces: PieceCache,
+    /// Compile threads: how many parts a build compiled wide is cut into.
+    workers: usize,
+    /// Reloads' loads under way, and when the last one ended.
+    activity: Activity,
     pub(crate) clock: Arc<Clock>,
     _ticker: Ticker,
     /// `limits.memory_mb`: a build whose memory starts larger is refused.
@@ -172,14 +176,19 @@ impl PieceCache {
         Some(module.clone())
     }
 
-    /// Keeps every piece of `pieces`; the least recently used go first when
-    /// the cache is over its bounds (down to three quarters of them).
+    /// Keeps every piece of `pieces`.
     fn put(&self, pieces: &Pieces, compiler: Compiler) {
+        let modules = std::iter::once(&pieces.core).chain(&pieces.parts);
+        self.put_each(pieces.keys.iter().zip(modules), compiler);
+    }
+
+    /// Keeps each (key, piece); the least recently used go first when the
+    /// cache is over its bounds (down to three quarters of them).
+    fn put_each<'m>(&self, pieces: impl Iterator<Item = (&'m [u8; 32], &'m Module)>, compiler: Compiler) {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         map.clock += 1;
         let clock = map.clock;
-        let modules = std::iter::once(&pieces.core).chain(&pieces.parts);
-        for (key, module) in pieces.keys.iter().zip(modules) {
+        for (key, module) in pieces {
             if let Some((_, used)) = map.entries.get_mut(&(*key, compiler)) {
                 *used = clock;
             } else {
@@ -196,6 +205,48 @@ impl PieceCache {
             map.bytes = map.entries.values().map(|(module, _)| code_size(module)).sum();
         }
     }
+}
+
+/// Loads of builds under way, and when the last one ended (clock ms).
+#[derive(Default)]
+struct Activity {
+    running: AtomicUsize,
+    last_end: AtomicU64,
+}
+
+impl Activity {
+    fn start<'a>(&'a self, clock: &'a Clock) -> impl Drop + 'a {
+        struct Running<'a>(&'a Activity, &'a Clock);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.last_end.fetch_max(self.1.now(), Ordering::Relaxed);
+                self.0.running.fetch_sub(1, Ordering::Release);
+            }
+        }
+        self.running.fetch_add(1, Ordering::Acquire);
+        Running(self, clock)
+    }
+
+    fn busy_for(&self, clock: &Clock, quiet: Duration) -> Option<Duration> {
+        if self.running.load(Ordering::Acquire) > 0 {
+            return Some(quiet);
+        }
+        let since = clock.now().saturating_sub(self.last_end.load(Ordering::Relaxed));
+        let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
+        (since < quiet_ms).then(|| Duration::from_millis(quiet_ms - since))
+    }
+}
+
+/// The sha256 of each piece of `split`: the core's, then each part's.
+fn piece_keys(split: &split::Split) -> Vec<[u8; 32]> {
+    let bytes: Vec<&[u8]> = std::iter::once(&split.core).chain(&split.parts).map(Vec::as_slice).collect();
+    bytes.par_iter().map(|piece| Sha256::digest(piece).into()).collect()
+}
+
+fn compile_piece(engine: &wasmtime::Engine, piece: &[u8]) -> Option<Module> {
+    Module::new(engine, piece)
+        .inspect_err(|err| tracing::debug!(error = %format!("{err:#}"), "a piece did not compile"))
+        .ok()
 }
 
 /// How much of a freed instance's linear memory is zeroed in place rather than
@@ -230,6 +281,34 @@ pub(crate) struct Loaded {
     /// For a build compiled by pieces: how many were compiled now (the others
     /// were a recent build's), of how many.
     pub(crate) pieces: Option<(usize, usize)>,
+    /// For a build compiled wide (none of its pieces known): its pieces of the
+    /// usual size, to compile after the swap ([`Engines::compile_later`]) so
+    /// that the next edit finds them.
+    pub(crate) later: Option<split::Split>,
+}
+
+/// Whether a build of `total` pieces, `fresh` of them not compiled by any
+/// recent build, compiles faster cut into one part per compile thread
+/// (`workers`) than by its pieces: when there are more parts than threads and
+/// at most a fifth of the pieces are known. Fewer, larger parts cost less
+/// than many small ones (a piece has a fixed cost: trampolines, its
+/// dispatcher, publishing its code), but are shared by no later build.
+fn goes_wide(fresh: usize, total: usize, workers: usize) -> bool {
+    total - 1 > workers && fresh * 5 >= total * 4
+}
+
+/// The most functions a part of a wide build holds, short of one part per
+/// thread: a part's dispatcher is one function with a branch and a call per
+/// callable, which Winch compiles as one (at 10,000 functions, six parts
+/// were served in 177–187 ms where two took 183–234 and ten 194–254;
+/// `docs/benchmarks.md`, "Cold reloads").
+const WIDE_PART_FUNCTIONS: usize = 2048;
+
+/// How many parts a wide build of `functions` is cut into: a multiple of the
+/// compile threads, so that each thread gets as much.
+fn wide_parts(functions: usize, workers: usize) -> usize {
+    let workers = workers.max(1);
+    workers * functions.div_ceil(workers * WIDE_PART_FUNCTIONS).max(1)
 }
 
 impl Engines {
@@ -244,6 +323,8 @@ impl Engines {
             choice: config.compiler,
             recent: Recent::default(),
             pieces: PieceCache::default(),
+            workers: rayon::current_num_threads(),
+            activity: Activity::default(),
             clock,
             _ticker: ticker,
             memory_mb: config.limits.memory_mb,
@@ -269,6 +350,7 @@ impl Engines {
         is_text: bool,
         source: &std::path::Path,
     ) -> Result<Loaded, (Reason, String)> {
+        let _loading = self.activity.start(&self.clock);
         let candidates: &[Compiler] = match self.choice {
             Compiler::Cranelift => &[Compiler::Cranelift],
             Compiler::Winch => &[Compiler::Winch],
@@ -295,6 +377,13 @@ impl Engines {
         self.compile(&wasm, compiler)
     }
 
+    /// How much longer to wait before no reload has loaded a build for
+    /// `quiet`: `None` when that is already so. A tier-up waits for it, so
+    /// that its long compile does not run beside a reload's.
+    pub(crate) fn busy_for(&self, quiet: Duration) -> Option<Duration> {
+        self.activity.busy_for(&self.clock, quiet)
+    }
+
     /// The build (whose sha256 is `key`) compiled by `compiler`: from memory or
     /// the disk cache when there, else compiled now. A tier-up's path.
     pub(crate) fn load_with(
@@ -313,12 +402,12 @@ impl Engines {
     /// The build `key` compiled by `compiler`, from memory or the disk cache.
     fn cached(&self, key: &[u8; 32], compiler: Compiler) -> Option<Loaded> {
         if let Some((code, callables)) = self.recent.get(key, compiler) {
-            return Some(Loaded { code, callables, compiler, compiled: false, pieces: None });
+            return Some(Loaded { code, callables, compiler, compiled: false, pieces: None, later: None });
         }
         let backend = self.backend(compiler);
         let (code, callables) = backend.cache.as_ref()?.load(&backend.engine, key)?;
         self.keep_in_memory(key, compiler, &code, &callables);
-        Some(Loaded { code, callables, compiler, compiled: false, pieces: None })
+        Some(Loaded { code, callables, compiler, compiled: false, pieces: None, later: None })
     }
 
     fn compile(&self, wasm: &[u8], compiler: Compiler) -> Result<Loaded, (Reason, String)> {
@@ -326,10 +415,12 @@ impl Engines {
         // edit recompiles only what changed; a piece the engine refuses sends
         // the build down the whole path, which says why.
         if compiler == Compiler::Winch {
-            if let Some(split) = split::split(wasm) {
-                self.check_memory(split.memory_min_bytes)?;
-                if let Some(loaded) = self.compile_split(split, compiler) {
-                    return Ok(loaded);
+            if let Some(module) = split::Cuttable::read(wasm) {
+                if let Some(split) = module.cut(None) {
+                    self.check_memory(split.memory_min_bytes)?;
+                    if let Some(loaded) = self.compile_split(&module, split, compiler) {
+                        return Ok(loaded);
+                    }
                 }
             }
         }
@@ -338,7 +429,7 @@ impl Engines {
         let module = Module::new(&self.backend(compiler).engine, &rewritten.wasm)
             .map_err(|err| (Reason::InvalidModule, format!("{err:#}")))?;
         let callables = rewritten.callables.into();
-        Ok(Loaded { code: Compiled::Whole(module), callables, compiler, compiled: true, pieces: None })
+        Ok(Loaded { code: Compiled::Whole(module), callables, compiler, compiled: true, pieces: None, later: None })
     }
 
     fn check_memory(&self, memory_min_bytes: u64) -> Result<(), (Reason, String)> {
@@ -354,21 +445,42 @@ impl Engines {
     }
 
     /// Compiles the pieces of `split` that no recent build had, in parallel;
-    /// `None` when the engine refuses one.
-    fn compile_split(&self, split: split::Split, compiler: Compiler) -> Option<Loaded> {
-        let engine = &self.backend(compiler).engine;
-        let bytes: Vec<&[u8]> = std::iter::once(&split.core).chain(&split.parts).map(Vec::as_slice).collect();
-        let keys: Vec<[u8; 32]> = bytes.par_iter().map(|piece| Sha256::digest(piece).into()).collect();
+    /// or, when almost none is known ([`goes_wide`]), `module` cut into one
+    /// part per compile thread, leaving `split`'s pieces for after the swap.
+    /// `None` when the engine refuses a piece.
+    fn compile_split(&self, module: &split::Cuttable, split: split::Split, compiler: Compiler) -> Option<Loaded> {
+        let keys = piece_keys(&split);
         let cached: Vec<Option<Module>> = keys.iter().map(|key| self.pieces.get(key, compiler)).collect();
         let fresh = cached.iter().filter(|module| module.is_none()).count();
+        if goes_wide(fresh, keys.len(), self.workers) {
+            if let Some(wide) = module.cut(Some(wide_parts(module.functions(), self.workers))) {
+                let keys = piece_keys(&wide);
+                let none = vec![None; keys.len()];
+                let mut loaded = self.compile_pieces(wide, keys, none, compiler)?;
+                loaded.later = Some(split);
+                return Some(loaded);
+            }
+        }
+        self.compile_pieces(split, keys, cached, compiler)
+    }
+
+    /// Compiles the pieces of `split` not in `cached`, in parallel.
+    fn compile_pieces(
+        &self,
+        split: split::Split,
+        keys: Vec<[u8; 32]>,
+        cached: Vec<Option<Module>>,
+        compiler: Compiler,
+    ) -> Option<Loaded> {
+        let engine = &self.backend(compiler).engine;
+        let fresh = cached.iter().filter(|module| module.is_none()).count();
+        let bytes: Vec<&[u8]> = std::iter::once(&split.core).chain(&split.parts).map(Vec::as_slice).collect();
         let modules: Vec<Option<Module>> = bytes
             .par_iter()
             .zip(cached)
             .map(|(piece, cached)| match cached {
                 Some(module) => Some(module),
-                None => Module::new(engine, piece)
-                    .inspect_err(|err| tracing::debug!(error = %format!("{err:#}"), "a piece did not compile"))
-                    .ok(),
+                None => compile_piece(engine, piece),
             })
             .collect();
         let mut modules = modules.into_iter().collect::<Option<Vec<Module>>>()?;
@@ -376,7 +488,29 @@ impl Engines {
         let pieces = Pieces::new(core, modules, keys, split.counts).ok()?;
         let total = pieces.parts.len() + 1;
         let code = Compiled::Split(Arc::new(pieces));
-        Some(Loaded { code, callables: split.callables.into(), compiler, compiled: true, pieces: Some((fresh, total)) })
+        let callables = split.callables.into();
+        Some(Loaded { code, callables, compiler, compiled: true, pieces: Some((fresh, total)), later: None })
+    }
+
+    /// Compiles, one at a time, the pieces of `split` that no recent build
+    /// had, and keeps them for the next edit: the work a build compiled wide
+    /// left for after its swap ([`Loaded::later`]). Stops at a piece the
+    /// engine refuses. Returns how many it compiled.
+    pub(crate) fn compile_later(&self, split: &split::Split, compiler: Compiler) -> usize {
+        let engine = &self.backend(compiler).engine;
+        let pieces = std::iter::once(&split.core).chain(&split.parts);
+        let mut compiled = 0;
+        for (key, piece) in piece_keys(split).iter().zip(pieces) {
+            if self.pieces.get(key, compiler).is_some() {
+                continue;
+            }
+            let Some(module) = compile_piece(engine, piece) else {
+                break;
+            };
+            self.pieces.put_each(std::iter::once((key, &module)), compiler);
+            compiled += 1;
+        }
+        compiled
     }
 
     fn keep_in_memory(&self, key: &[u8; 32], compiler: Compiler, code: &Compiled, callables: &Callables) {
@@ -547,23 +681,59 @@ mod tests {
     #[test]
     fn an_edit_of_one_function_compiles_one_part_and_a_small_module_stays_whole() {
         let config = NodeConfig { compiler: Compiler::Winch, ..NodeConfig::default() };
-        let engines = Engines::new(&config).unwrap();
-        // 301 functions: five parts of 64 (the last of 45) and a core.
+        let mut engines = Engines::new(&config).unwrap();
+        engines.workers = 2;
+        // 301 functions: five parts of 64 (the last of 45) and a core. None
+        // is known, so the first build compiles as two halves and a core,
+        // leaving its six pieces for later; so does an edit that comes first.
         let first = load(&engines, &build(300, (0, 0)));
-        assert_eq!(first.pieces, Some((6, 6)));
+        assert_eq!(first.pieces, Some((3, 3)));
+        let early = load(&engines, &build(300, (150, 8)));
+        assert_eq!(early.pieces, Some((3, 3)), "the first build's pieces are not compiled yet");
+        let later = first.later.expect("a build compiled wide leaves its pieces for later");
+        assert_eq!(later.parts.len(), 5);
+        // The five parts: the core (no call crosses a part here) is the
+        // halves' own, already kept.
+        assert_eq!(engines.compile_later(&later, Compiler::Winch), 5);
+        assert_eq!(engines.compile_later(&later, Compiler::Winch), 0, "pieces already kept compile once");
+
         let edited = load(&engines, &build(300, (150, 7)));
         assert_eq!(edited.pieces, Some((1, 6)), "only the part holding f150 compiles again");
+        assert!(edited.later.is_none());
         let back = load(&engines, &build(300, (0, 0)));
         assert_eq!((back.compiled, back.pieces), (false, None), "a recent build is reused whole");
         let small = load(&engines, &build(10, (0, 0)));
         assert!(matches!(small.code, Compiled::Whole(_)) && small.pieces.is_none());
 
-        let Compiled::Split(pieces) = &edited.code else { panic!("a large build is split") };
-        assert_eq!(pieces.counts.iter().sum::<u32>(), 300);
-        assert_eq!(edited.callables.len(), 300);
-        // Callable k is f{k}: part k / 64 (zest_alloc is part 0's first
-        // function), at its place among that part's callables.
-        assert_eq!(&*edited.callables[150], "f150");
-        assert_eq!(pieces.route(150), Some((2, 150 - 127)));
+        for loaded in [&edited, &early] {
+            let Compiled::Split(pieces) = &loaded.code else { panic!("a large build is split") };
+            assert_eq!(pieces.counts.iter().sum::<u32>(), 300);
+            assert_eq!(loaded.callables.len(), 300);
+            // Callable k is f{k}, at its place among its part's callables
+            // (zest_alloc is part 0's first function, not a callable).
+            assert_eq!(&*loaded.callables[150], "f150");
+        }
+        let Compiled::Split(pieces) = &edited.code else { unreachable!() };
+        assert_eq!(pieces.route(150), Some((2, 150 - 127)), "parts of 64");
+        let Compiled::Split(halves) = &early.code else { unreachable!() };
+        assert_eq!(halves.route(150), Some((1, 150 - 150)), "halves of 151 functions");
+    }
+
+    #[test]
+    fn a_build_goes_wide_when_it_has_more_parts_than_threads_and_almost_none_is_known() {
+        // (fresh, total pieces with the core, threads)
+        assert!(goes_wide(17, 17, 2), "all new: wide");
+        assert!(goes_wide(14, 17, 2), "14 of 17 new (82%): wide");
+        assert!(!goes_wide(13, 17, 2), "13 of 17 new (76%): by pieces");
+        assert!(!goes_wide(1, 17, 2), "an edit: by pieces");
+        assert!(!goes_wide(3, 3, 2), "two parts on two threads: nothing to gain");
+        assert!(goes_wide(3, 3, 1), "two parts on one thread: one part");
+        assert!(!goes_wide(17, 17, 16), "sixteen parts on sixteen threads");
+        assert_eq!(wide_parts(1_000, 2), 2);
+        assert_eq!(wide_parts(4_096, 2), 2);
+        assert_eq!(wide_parts(4_097, 2), 4);
+        assert_eq!(wide_parts(10_000, 2), 6, "parts of 1,667");
+        assert_eq!(wide_parts(1_000, 1), 1);
+        assert_eq!(wide_parts(10_000, 0), 5, "no thread count: one");
     }
 }

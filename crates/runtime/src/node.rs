@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub(crate) background: Background,
     /// Recompiles quiet Winch builds with Cranelift (`Compiler::Auto`).
     pub(crate) tiering: Background,
+    /// Compiles the pieces a build compiled wide left for after its swap
+    /// (`Engines::compile_later`), so the next edit finds them.
+    pub(crate) pieces: Background,
     pub(crate) telemetry: Telemetry,
     pub(crate) processes: ProcessTable,
     pub(crate) extensions: Extensions,
@@ -190,6 +193,7 @@ impl Node {
             trials: Trials::default(),
             background: Background::start("zest-writer", 0).map_err(NodeError::Background)?,
             tiering: Background::start("zest-tier-up", 10).map_err(NodeError::Background)?,
+            pieces: Background::start("zest-pieces", 10).map_err(NodeError::Background)?,
             rust,
             config,
             engines,
@@ -364,6 +368,15 @@ impl Node {
     /// Waits until the writes that follow earlier swaps are on disk: compile
     /// cache entries and builds (they run off the reload's path).
     pub fn flush_writes(&self) {
+        self.shared.background.flush();
+    }
+
+    /// Waits until the work that follows earlier swaps is done: the writes
+    /// of [`Node::flush_writes`], and the pieces of builds compiled wide
+    /// compiled for the next edit (`docs/benchmarks.md`, "Cold reloads").
+    /// Tier-ups, which wait for a module to be quiet, are not waited for.
+    pub fn settle(&self) {
+        self.shared.pieces.flush();
         self.shared.background.flush();
     }
 

@@ -25,10 +25,15 @@
 //! differs from a recent one in one function's body compiles one part (and
 //! the core when data changed too).
 //!
+//! The same module can also be cut into a few large parts
+//! ([`Cuttable::cut`] with a part count): what a build none of whose pieces
+//! the node knows is served from, one part per compile thread (`engine.rs`,
+//! "wide"), while its pieces of the usual size compile after the swap.
+//!
 //! Anything the cut does not handle — a start function, passive segments,
 //! `ref.func`, tail calls, imports other than `"zest"` functions, tags, element
 //! segments that overlap or reach past their table (whose order of writing, or
-//! whose trap, the parts would not keep) — leaves the module whole ([`split`] answers `None`), and so does any malformed
+//! whose trap, the parts would not keep) — leaves the module whole ([`Cuttable::read`] or [`Cuttable::cut`] answers `None`), and so does any malformed
 //! input: the whole path then reports it as it always did.
 
 use std::ops::Range;
@@ -122,14 +127,38 @@ struct Layout<'a> {
 /// A `call` instruction in a body: where it starts and ends, and the callee.
 type Call = (usize, usize, u32);
 
-/// Cuts `wasm` into a core and parts, or `None` when it is small or uses
-/// something the cut does not handle.
-pub(crate) fn split(wasm: &[u8]) -> Option<Split> {
-    let layout = read(wasm)?;
-    if layout.functions.len() <= PART_FUNCTIONS || layout.memory.is_none() {
-        return None;
+/// A module read for cutting, which can be cut more than one way.
+pub(crate) struct Cuttable<'a> {
+    wasm: &'a [u8],
+    layout: Layout<'a>,
+}
+
+impl<'a> Cuttable<'a> {
+    /// `None` when `wasm` is small, has no memory, or uses something the cut
+    /// does not handle.
+    pub(crate) fn read(wasm: &'a [u8]) -> Option<Cuttable<'a>> {
+        let layout = read(wasm)?;
+        if layout.functions.len() <= PART_FUNCTIONS || layout.memory.is_none() {
+            return None;
+        }
+        Some(Cuttable { wasm, layout })
     }
-    Cut::new(wasm, layout)?.encode()
+
+    /// How many functions the module defines.
+    pub(crate) fn functions(&self) -> usize {
+        self.layout.functions.len()
+    }
+
+    /// The cut into parts of the usual size ([`PART_FUNCTIONS`], the pieces
+    /// later builds share), or (`Some(n)`) into `n` parts of equal size.
+    pub(crate) fn cut(&self, parts: Option<usize>) -> Option<Split> {
+        let defined = self.layout.functions.len();
+        let size = match parts {
+            Some(parts) => defined.div_ceil(parts.clamp(1, defined)),
+            None => part_size(defined),
+        };
+        Cut::new(self.wasm, &self.layout, size)?.encode()
+    }
 }
 
 fn read(wasm: &[u8]) -> Option<Layout<'_>> {
@@ -337,7 +366,7 @@ fn is_plain(sub: &SubType) -> bool {
 /// other parts call.
 struct Cut<'a> {
     wasm: &'a [u8],
-    layout: Layout<'a>,
+    layout: &'a Layout<'a>,
     imported: u32,
     parts: usize,
     /// Functions per part.
@@ -355,10 +384,9 @@ struct Cut<'a> {
 }
 
 impl<'a> Cut<'a> {
-    fn new(wasm: &'a [u8], layout: Layout<'a>) -> Option<Cut<'a>> {
+    fn new(wasm: &'a [u8], layout: &'a Layout<'a>, size: usize) -> Option<Cut<'a>> {
         let imported = u32::try_from(layout.imports.len()).ok()?;
         let defined = layout.functions.len();
-        let size = part_size(defined);
         let parts = defined.div_ceil(size);
         let part_of = |function: u32| part_of(function, imported, size);
         let total = imported as usize + defined;
@@ -383,8 +411,8 @@ impl<'a> Cut<'a> {
         // items would write it, and a segment or a part of one could pass.
         // Such a module stays whole, which reports the trap as it always did.
         for (table, offset, items) in &layout.elements {
-            let size = layout.tables.get(*table as usize)?.minimum;
-            if u64::from(*offset) + items.len() as u64 > size || items.iter().any(|&f| f as usize >= total) {
+            let minimum = layout.tables.get(*table as usize)?.minimum;
+            if u64::from(*offset) + items.len() as u64 > minimum || items.iter().any(|&f| f as usize >= total) {
                 return None;
             }
         }
@@ -501,7 +529,7 @@ impl<'a> Cut<'a> {
 
     /// Part `part`: its functions, with calls rewritten, and its dispatcher.
     fn part(&self, part: usize) -> Option<Vec<u8>> {
-        let layout = &self.layout;
+        let layout = self.layout;
         let first = part * self.size;
         let end = (first + self.size).min(layout.functions.len());
         let imported = self.imported;
@@ -632,7 +660,7 @@ impl<'a> Cut<'a> {
     /// type (typed references, GC) is refused by the baseline compiler either
     /// way; types that are not [plain](is_plain) are kept as they are.
     fn type_section(&self, part: usize, functions: Range<usize>) -> Option<Vec<u8>> {
-        let layout = &self.layout;
+        let layout = self.layout;
         let dispatch = dispatch::TYPE_ENTRY;
         let mut data = Vec::new();
         let Some(range) = &layout.type_section else {
@@ -816,7 +844,8 @@ mod tests {
     (call_indirect (type $wide) (i64.const 1) (i64.const 2) (i32.const 0)))
 )"#,
         );
-        let cut = super::split(&wat::parse_str(wat).unwrap()).expect("a module of 71 functions is cut");
+        let wasm = wat::parse_str(wat).unwrap();
+        let cut = super::Cuttable::read(&wasm).and_then(|m| m.cut(None)).expect("a module of 71 functions is cut");
         assert_eq!(cut.parts.len(), 2);
         let dispatcher = "[I32, I32, I32] -> [I64]";
         let first = types_of(&cut.parts[0]);

@@ -53,6 +53,8 @@ struct Staged {
     version: Arc<Version>,
     callables: crate::dispatch::Callables,
     compiled: bool,
+    /// Pieces to compile after the swap ([`crate::engine::Loaded::later`]).
+    later: Option<crate::split::Split>,
 }
 
 impl ModuleStep {
@@ -231,7 +233,7 @@ impl ModuleStep {
             return ModuleStep::new(result, None, started);
         };
         let version = if mode == Mode::Promote { Arc::clone(&canary.version) } else { slot.current() };
-        let staged = Staged { version, callables: Vec::new().into(), compiled: false };
+        let staged = Staged { version, callables: Vec::new().into(), compiled: false, later: None };
         let mut step = ModuleStep::new(result, Some(staged), started);
         step.mode = mode;
         step.canary_percent = canary.percent;
@@ -266,7 +268,8 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
         .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
     // Held for other members of a cluster, and for a later rollback.
     shared.artifacts.keep(&sha256, build.bytes);
-    Ok(Some(Staged { version: Arc::new(version), callables: loaded.callables, compiled: loaded.compiled }))
+    let version = Arc::new(version);
+    Ok(Some(Staged { version, callables: loaded.callables, compiled: loaded.compiled, later: loaded.later }))
 }
 
 /// Swaps the staged build in; the next call gets it. No-op for a step that
@@ -328,15 +331,30 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
         );
     }
     shared.artifacts.persist(&staged.version.sha256, &shared.background);
-    if let (Compiler::Auto, Compiler::Winch, Some(quiet)) =
-        (shared.config.compiler, info.compiler, shared.config.tier_up_after)
-    {
-        let (node, version) = (Arc::downgrade(shared), Arc::downgrade(&staged.version));
-        shared.tiering.run_at(Instant::now() + quiet, move || {
-            if let (Some(shared), Some(version)) = (node.upgrade(), version.upgrade()) {
-                tier_up(&shared, &version);
+    let tiers_up = (shared.config.compiler, info.compiler) == (Compiler::Auto, Compiler::Winch);
+    let tier_up_after = shared.config.tier_up_after.filter(|_| tiers_up);
+    match staged.later {
+        // A build compiled wide: its pieces first, for the next edit; the
+        // quiet moment before a tier-up counts from when they are done.
+        Some(split) => {
+            let (node, version, compiler) = (Arc::downgrade(shared), Arc::downgrade(&staged.version), info.compiler);
+            let module = name.clone();
+            shared.pieces.run(move || {
+                let Some(shared) = node.upgrade() else { return };
+                let started = Instant::now();
+                let compiled = shared.engines.compile_later(&split, compiler);
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(%module, compiled, ms, "compiled a wide build's pieces");
+                if let (Some(quiet), Some(version)) = (tier_up_after, version.upgrade()) {
+                    schedule_tier_up(&shared, &version, quiet);
+                }
+            });
+        }
+        None => {
+            if let Some(quiet) = tier_up_after {
+                schedule_tier_up(shared, &staged.version, quiet);
             }
-        });
+        }
     }
     step.result.reloaded.push(name.clone());
     step.result.metadata.swaps.push(Swap {
@@ -353,12 +371,43 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
     step.elapsed += started.elapsed();
 }
 
+/// Tiers `version` up ([`tier_up`]) once `quiet` has passed, and then no
+/// reload has loaded a build for as long: a tier-up's compile is long, and
+/// beside a reload's it would slow it.
+fn schedule_tier_up(shared: &Arc<Shared>, version: &Arc<Version>, quiet: std::time::Duration) {
+    schedule_tier_up_in(shared, version, quiet, quiet);
+}
+
+fn schedule_tier_up_in(
+    shared: &Arc<Shared>,
+    version: &Arc<Version>,
+    wait: std::time::Duration,
+    quiet: std::time::Duration,
+) {
+    let (node, version) = (Arc::downgrade(shared), Arc::downgrade(version));
+    shared.tiering.run_at(Instant::now() + wait, move || {
+        let (Some(shared), Some(version)) = (node.upgrade(), version.upgrade()) else { return };
+        if !is_current(&shared, &version) {
+            return;
+        }
+        match shared.engines.busy_for(quiet) {
+            Some(wait) => schedule_tier_up_in(&shared, &version, wait, quiet),
+            None => tier_up(&shared, &version),
+        }
+    });
+}
+
+/// Whether `version` is what its module runs.
+fn is_current(shared: &Shared, version: &Arc<Version>) -> bool {
+    let current = shared.registry.slot(&version.info.module).map(|slot| slot.current());
+    current.is_some_and(|current| Arc::ptr_eq(&current, version))
+}
+
 /// Replaces a Winch build's machine code by Cranelift's, if its module still
 /// runs it (a newer build has a tier-up of its own coming).
 fn tier_up(shared: &Shared, version: &Arc<Version>) {
     let name = &version.info.module;
-    let current = shared.registry.slot(name).map(|slot| slot.current());
-    if !current.is_some_and(|current| Arc::ptr_eq(&current, version)) {
+    if !is_current(shared, version) {
         return;
     }
     let Some(bytes) = shared.artifacts.get(&version.sha256) else {

@@ -77,8 +77,8 @@ fn cross_calls() -> String {
 fn a_large_module_cut_into_parts_answers_as_the_whole_module_does() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cross.wat");
-    std::fs::write(&path, cross_calls()).unwrap();
     for compiler in [Compiler::Winch, Compiler::Cranelift] {
+        std::fs::write(&path, cross_calls()).unwrap();
         let node = node(dir.path(), compiler);
         let loaded = node.load_module("cross", &path, &ReloadOptions::default());
         assert_eq!(loaded.status(), Status::Ok, "{compiler:?}: {loaded:#?}");
@@ -89,6 +89,21 @@ fn a_large_module_cut_into_parts_answers_as_the_whole_module_does() {
         let status = node.status();
         let module = status.modules.iter().find(|m| m.name == "cross").unwrap();
         assert_eq!(module.current.compiler, compiler);
+
+        // A build none of whose pieces the node knew compiled wide (a part
+        // per compile thread, `engine.rs`); once its pieces of the usual
+        // size are compiled, an edit of one function compiles by them, and
+        // both answer alike.
+        node.settle();
+        let edited = cross_calls().replace("(i32.const 100))", "(i32.const 7100))");
+        assert_ne!(edited, cross_calls());
+        std::fs::write(&path, edited).unwrap();
+        let reloaded = node.reload_module("cross", &ReloadOptions::default());
+        assert_eq!(reloaded.status(), Status::Ok, "{compiler:?}: {reloaded:#?}");
+        assert!(reloaded.metadata.swaps.first().is_some_and(|swap| swap.compiled), "{reloaded:#?}");
+        for round in 0..3 {
+            assert_eq!(node.call("cross", "check", "null").unwrap(), "true", "{compiler:?}, edited, call {round}");
+        }
     }
 }
 
