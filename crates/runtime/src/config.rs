@@ -19,8 +19,9 @@ pub struct NodeConfig {
     /// Where extensions may live, and which `rustc` builds `.rs` ones.
     pub extensions: ExtensionsConfig,
     /// With [`Compiler::Auto`]: how long a module must run a Winch build, no
-    /// newer one coming, before the same build compiled by Cranelift replaces
-    /// its machine code. `None`: never (Winch code stays).
+    /// newer one coming (and no reload of any module loading a build), before
+    /// the same build compiled by Cranelift replaces its machine code.
+    /// `None`: never (Winch code stays).
     pub tier_up_after: Option<Duration>,
 }
 

@@ -495,12 +495,16 @@ impl Engines {
     /// Compiles, one at a time, the pieces of `split` that no recent build
     /// had, and keeps them for the next edit: the work a build compiled wide
     /// left for after its swap ([`Loaded::later`]). Stops at a piece the
-    /// engine refuses. Returns how many it compiled.
-    pub(crate) fn compile_later(&self, split: &split::Split, compiler: Compiler) -> usize {
+    /// engine refuses, or before a piece once `go_on` says no. Returns how
+    /// many it compiled.
+    pub(crate) fn compile_later(&self, split: &split::Split, compiler: Compiler, go_on: impl Fn() -> bool) -> usize {
         let engine = &self.backend(compiler).engine;
         let pieces = std::iter::once(&split.core).chain(&split.parts);
         let mut compiled = 0;
         for (key, piece) in piece_keys(split).iter().zip(pieces) {
+            if !go_on() {
+                break;
+            }
             if self.pieces.get(key, compiler).is_some() {
                 continue;
             }
@@ -694,8 +698,9 @@ mod tests {
         assert_eq!(later.parts.len(), 5);
         // The five parts: the core (no call crosses a part here) is the
         // halves' own, already kept.
-        assert_eq!(engines.compile_later(&later, Compiler::Winch), 5);
-        assert_eq!(engines.compile_later(&later, Compiler::Winch), 0, "pieces already kept compile once");
+        assert_eq!(engines.compile_later(&later, Compiler::Winch, || false), 0, "told to stop, it compiles none");
+        assert_eq!(engines.compile_later(&later, Compiler::Winch, || true), 5);
+        assert_eq!(engines.compile_later(&later, Compiler::Winch, || true), 0, "pieces already kept compile once");
 
         let edited = load(&engines, &build(300, (150, 7)));
         assert_eq!(edited.pieces, Some((1, 6)), "only the part holding f150 compiles again");

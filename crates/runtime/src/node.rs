@@ -46,7 +46,9 @@ pub struct Node {
 /// What the node's parts share; host functions hold it weakly.
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
-    pub(crate) engines: Engines,
+    /// Shared with the pieces worker's jobs, which must not keep the node
+    /// (and its data directory's lock) alive while they compile.
+    pub(crate) engines: Arc<Engines>,
     pub(crate) registry: Arc<Registry>,
     /// What every store shares (limits, clock, the registry for nested calls).
     pub(crate) env: Arc<Env>,
@@ -172,7 +174,7 @@ impl Node {
     /// A node whose reloads take `lock` (a cluster-wide lock, say).
     pub fn with_lock(config: NodeConfig, lock: Box<dyn ReloadLock>) -> Result<Node, NodeError> {
         let data_dir_lock = config.data_dir.as_deref().map(crate::retention::claim).transpose()?;
-        let engines = Engines::new(&config)?;
+        let engines = Arc::new(Engines::new(&config)?);
         let rust =
             RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref()).map_err(NodeError::TempDir)?;
         let registry = Arc::new(Registry::default());

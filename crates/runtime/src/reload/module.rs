@@ -337,15 +337,17 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
         // A build compiled wide: its pieces first, for the next edit; the
         // quiet moment before a tier-up counts from when they are done.
         Some(split) => {
+            // The job holds the engines, not the node: a node dropped
+            // meanwhile lets go of its data directory at once, and the job
+            // stops at the next piece.
             let (node, version, compiler) = (Arc::downgrade(shared), Arc::downgrade(&staged.version), info.compiler);
-            let module = name.clone();
+            let (engines, module) = (Arc::clone(&shared.engines), name.clone());
             shared.pieces.run(move || {
-                let Some(shared) = node.upgrade() else { return };
                 let started = Instant::now();
-                let compiled = shared.engines.compile_later(&split, compiler);
+                let compiled = engines.compile_later(&split, compiler, || node.strong_count() > 0);
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::debug!(%module, compiled, ms, "compiled a wide build's pieces");
-                if let (Some(quiet), Some(version)) = (tier_up_after, version.upgrade()) {
+                if let (Some(quiet), Some(shared), Some(version)) = (tier_up_after, node.upgrade(), version.upgrade()) {
                     schedule_tier_up(&shared, &version, quiet);
                 }
             });

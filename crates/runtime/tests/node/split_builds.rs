@@ -284,3 +284,34 @@ fn types_a_part_names_only_in_its_instructions_keep_their_meaning_on_both_compil
         std::fs::write(&path, many_types()).unwrap();
     }
 }
+
+/// A large build none of whose pieces the node knew compiles wide, and its
+/// pieces of the usual size compile after the swap; a node dropped while
+/// they do lets go of its data directory at once (a new node waits at most
+/// two seconds for it), so a new node can take it.
+#[test]
+fn a_node_dropped_while_a_wide_builds_pieces_compile_frees_its_data_directory_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.wat");
+    let big = format!(
+        "(module (memory (export \"memory\") 1)\n  (func (export \"zest_alloc\") (param i32) (result i32) i32.const 8192)\n{})",
+        padding(0, 6000)
+    );
+    std::fs::write(&path, &big).unwrap();
+    let first = node(dir.path(), Compiler::Winch);
+    let loaded = first.load_module("big", &path, &ReloadOptions::default());
+    assert_eq!(loaded.status(), Status::Ok, "{loaded:#?}");
+    // The pieces worker (at a low priority) is under way by now, with
+    // seconds of work left: 47 pieces of 128 functions, unoptimised.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(first);
+    let config = NodeConfig {
+        data_dir: Some(dir.path().join(format!("data-{:?}", Compiler::Winch))),
+        compiler: Compiler::Winch,
+        ..NodeConfig::default()
+    };
+    let again = Node::new(config).expect("the data directory is free");
+    let reloaded = again.load_module("big", &path, &ReloadOptions::default());
+    assert_eq!(reloaded.status(), Status::Ok, "{reloaded:#?}");
+    assert!(!reloaded.metadata.swaps[0].compiled, "the build came from the disk cache");
+}
