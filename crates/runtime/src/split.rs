@@ -38,6 +38,8 @@
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use wasm_encoder::{
     ConstExpr, ElementSection, Elements, EntityType, ExportKind, ExportSection, FunctionSection, GlobalType,
     ImportSection, MemoryType, Module, RawSection, RefType, TableSection, TableType,
@@ -465,7 +467,7 @@ impl<'a> Cut<'a> {
     fn encode(&self) -> Option<Split> {
         let page = 1u64 << self.layout.memory?.page_size_log2.unwrap_or(16);
         let memory_min_bytes = self.layout.memory?.minimum.saturating_mul(page);
-        let parts = (0..self.parts).map(|part| self.part(part)).collect::<Option<Vec<_>>>()?;
+        let parts = (0..self.parts).into_par_iter().map(|part| self.part(part)).collect::<Option<Vec<_>>>()?;
         let mut callables = Vec::new();
         let mut counts = Vec::new();
         for list in &self.callables {
