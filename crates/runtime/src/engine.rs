@@ -384,6 +384,15 @@ impl Engines {
         self.activity.busy_for(&self.clock, quiet)
     }
 
+    /// Waits while a reload loads a build (and `alive` holds): background
+    /// compiles yield the cores to it. Returns `alive()`.
+    pub(crate) fn wait_while_loading(&self, alive: impl Fn() -> bool) -> bool {
+        while self.activity.running.load(Ordering::Acquire) > 0 && alive() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        alive()
+    }
+
     /// The build (whose sha256 is `key`) compiled by `compiler`: from memory or
     /// the disk cache when there, else compiled now. A tier-up's path.
     pub(crate) fn load_with(
@@ -722,6 +731,27 @@ mod tests {
         assert_eq!(pieces.route(150), Some((2, 150 - 127)), "parts of 64");
         let Compiled::Split(halves) = &early.code else { unreachable!() };
         assert_eq!(halves.route(150), Some((1, 150 - 150)), "halves of 151 functions");
+    }
+
+    #[test]
+    fn background_compiles_wait_while_a_reload_loads_a_build() {
+        let config = NodeConfig { compiler: Compiler::Winch, ..NodeConfig::default() };
+        let engines = Engines::new(&config).unwrap();
+        assert!(engines.wait_while_loading(|| true), "nothing loads: no wait");
+        assert!(!engines.wait_while_loading(|| false), "the node is gone");
+        let loading = engines.activity.start(&engines.clock);
+        let started = std::time::Instant::now();
+        let waited = std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                engines.wait_while_loading(|| true);
+                started.elapsed()
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            drop(loading);
+            waiter.join().unwrap()
+        });
+        assert!(waited >= Duration::from_millis(50), "it waited for the load to end: {waited:?}");
+        assert!(engines.busy_for(Duration::from_secs(60)).is_some(), "a load just ended");
     }
 
     #[test]

@@ -344,7 +344,9 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
             let (engines, module) = (Arc::clone(&shared.engines), name.clone());
             shared.pieces.run(move || {
                 let started = Instant::now();
-                let compiled = engines.compile_later(&split, compiler, || node.strong_count() > 0);
+                // Before each piece, it yields to any reload loading a build.
+                let alive = || node.strong_count() > 0;
+                let compiled = engines.compile_later(&split, compiler, || engines.wait_while_loading(alive));
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::debug!(%module, compiled, ms, "compiled a wide build's pieces");
                 if let (Some(quiet), Some(shared), Some(version)) = (tier_up_after, node.upgrade(), version.upgrade()) {
