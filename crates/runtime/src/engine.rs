@@ -769,6 +769,6 @@ mod tests {
         assert_eq!(wide_parts(4_097, 2), 4);
         assert_eq!(wide_parts(10_000, 2), 6, "parts of 1,667");
         assert_eq!(wide_parts(1_000, 1), 1);
-        assert_eq!(wide_parts(10_000, 0), 5, "no thread count: one");
+        assert_eq!(wide_parts(10_000, 0), 5, "no thread count counts as one: five parts of at most 2,048");
     }
 }
