@@ -30,11 +30,13 @@
 //! the node knows is served from, one part per compile thread (`engine.rs`,
 //! "wide"), while its pieces of the usual size compile after the swap.
 //!
-//! Anything the cut does not handle — a start function, instructions that use passive segments (`memory.init`, `data.drop`, `table.init`),
-//! `ref.func`, tail calls, imports other than `"zest"` functions, tags, element
-//! segments that overlap or reach past their table (whose order of writing, or
-//! whose trap, the parts would not keep) — leaves the module whole ([`Cuttable::read`] or [`Cuttable::cut`] answers `None`), and so does any malformed
-//! input: the whole path then reports it as it always did.
+//! Anything the cut does not handle — a start function, instructions that
+//! use passive segments (`memory.init`, `data.drop`, `table.init`),
+//! `ref.func`, tail calls, imports other than `"zest"` functions, tags,
+//! element segments that overlap or reach past their table (whose order of
+//! writing, or whose trap, the parts would not keep) — leaves the module whole
+//! ([`Cuttable::read`] or [`Cuttable::cut`] answers `None`), and so does any
+//! malformed input: the whole path then reports it as it always did.
 
 use std::ops::Range;
 
