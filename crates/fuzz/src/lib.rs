@@ -17,10 +17,12 @@
 //! | `wasm_smith` | the same on well-formed modules made by `wasm-smith` | as `wasm_raw` |
 //! | `wasm_cut` | the loader's cut of a large module into pieces (`split.rs`) on `wasm-smith` modules of 65–200 functions, run whole and cut on one engine | every exported function returns the same values (or traps the same way) whole and cut, calls the host the same way, and leaves the same memory (running out of fuel or stack excepted) |
 //! | `wasm_split` | large `wasm-smith` modules (65–160 functions), which Winch compiles cut into pieces (`split.rs`) and Cranelift whole | both load or both refuse; every call answers the same on both, errors word for word (a timeout or a stack overflow, which differ between compilers, excepted) |
+//! | `wat_splice` | the node's parse of a module's successive WAT texts (`text.rs`), which splices an edited body or data string into the binary of a text it parsed before, on a generated module (named and numbered calls, globals, types named and inline, labels, multi-value blocks, `call_indirect`, data and its count, comments, annotations, unresolved names) and a run of edits to it | every text gives byte for byte `wat`'s own binary, or the same error |
 //! | `guest_json` | the guest SDK's JSON parser and printer | no panic; it accepts only what serde_json accepts; what it prints parses back to the same value |
 //! | `extension_path` | extension path checks (§5.4) | no panic; an accepted path resolves inside a root and names a file with a module extension |
 
 pub mod drive;
+mod wat_text;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -33,7 +35,7 @@ use zest_runtime::{Node, NodeConfig, Reason, ReloadOptions, Status};
 pub type Target = fn(&[u8]);
 
 /// Every target by name.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("manifest", manifest),
     ("node_config", node_config),
     ("reload_params", reload_params),
@@ -42,6 +44,7 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("wasm_smith", wasm_smith),
     ("wasm_split", wasm_split),
     ("wasm_cut", wasm_cut),
+    ("wat_splice", wat_splice),
     ("guest_json", guest_json),
     ("extension_path", extension_path),
 ];
@@ -417,6 +420,23 @@ fn extension_root() -> &'static (PathBuf, PathBuf) {
         let _ = std::os::unix::fs::symlink(root.join("hello.wat"), root.join("inner.wat"));
         (root, outside)
     })
+}
+
+pub fn wat_splice(data: &[u8]) {
+    let mut input = arbitrary::Unstructured::new(data);
+    let Ok(texts) = wat_text::texts(&mut input) else { return };
+    if let Err(message) = zest_runtime::fuzzing::parse_texts_in_turn(&texts) {
+        panic!("{message}");
+    }
+}
+
+/// How many of the texts `data` stands for (as `wat_splice` reads it) were
+/// spliced, and how many texts followed the first.
+pub fn wat_splice_count(data: &[u8]) -> (u64, usize) {
+    let mut input = arbitrary::Unstructured::new(data);
+    let Ok(texts) = wat_text::texts(&mut input) else { return (0, 0) };
+    let spliced = zest_runtime::fuzzing::parse_texts_in_turn(&texts).unwrap_or_else(|message| panic!("{message}"));
+    (spliced, texts.len() - 1)
 }
 
 pub fn extension_path(data: &[u8]) {

@@ -54,3 +54,26 @@ fn the_guest_json_target_refuses_what_serde_json_refuses() {
     }
     assert!(zest_fuzz::target("no_such_target").is_none());
 }
+
+/// The `wat_splice` target reaches the splice: a fifth or more of the edits
+/// it draws are spliced, so the comparison it makes is not of two whole parses.
+#[test]
+fn the_wat_splice_target_splices_a_fifth_or_more_of_its_edits() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let (mut spliced, mut edits) = (0, 0);
+    for _ in 0..300 {
+        let input: Vec<u8> = (0..600)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let (s, e) = zest_fuzz::wat_splice_count(&input);
+        spliced += s;
+        edits += e;
+    }
+    assert!(edits > 300, "{edits} edits drawn");
+    assert!(spliced * 5 > edits as u64, "{spliced} of {edits} edits spliced");
+}

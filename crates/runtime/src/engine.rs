@@ -28,6 +28,7 @@ use crate::host::{self, HostState};
 use crate::instance::Linked;
 use crate::reason::Reason;
 use crate::split::{self, Pieces};
+use crate::text::Texts;
 
 /// The epoch period: a running call notices its deadline or a hard purge within
 /// about this long. Deadlines are counted in these ticks (milliseconds).
@@ -58,6 +59,8 @@ pub(crate) struct Engines {
     choice: Compiler,
     recent: Recent,
     pieces: PieceCache,
+    /// The WAT texts parsed last, for an edit's parse to reuse (`text.rs`).
+    texts: Texts,
     /// Compile threads: how many parts a build compiled wide is cut into.
     workers: usize,
     /// Reloads' loads under way, and when the last one ended.
@@ -323,6 +326,7 @@ impl Engines {
             choice: config.compiler,
             recent: Recent::default(),
             pieces: PieceCache::default(),
+            texts: Texts::default(),
             workers: rayon::current_num_threads(),
             activity: Activity::default(),
             clock,
@@ -362,10 +366,10 @@ impl Engines {
             }
         }
         let wasm = if is_text {
-            wat::parse_bytes(bytes).map_err(|mut err| {
+            std::borrow::Cow::Owned(self.texts.parse(bytes).map_err(|mut err| {
                 err.set_path(source);
                 (Reason::CompileError, err.to_string())
-            })?
+            })?)
         } else {
             std::borrow::Cow::Borrowed(bytes)
         };
@@ -404,7 +408,7 @@ impl Engines {
         if let Some(loaded) = self.cached(key, compiler) {
             return Ok(loaded);
         }
-        let wasm = wat::parse_bytes(bytes).map_err(|err| (Reason::CompileError, err.to_string()))?;
+        let wasm = self.texts.parse(bytes).map_err(|err| (Reason::CompileError, err.to_string()))?;
         self.compile(&wasm, compiler)
     }
 

@@ -49,6 +49,7 @@ pub mod reload;
 mod retention;
 mod split;
 pub mod telemetry;
+mod text;
 pub mod toolchain;
 mod version;
 pub mod watch;
@@ -77,4 +78,19 @@ pub use telemetry::{Event, EventBody, Telemetry};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::split::check_against_whole;
+
+    /// Parses `texts` in turn, as a node parses a module's successive WAT
+    /// builds (`text.rs`): each result is `wat`'s own parse of that text, or
+    /// the same error. Returns how many were spliced rather than parsed whole.
+    pub fn parse_texts_in_turn(texts: &[String]) -> Result<u64, String> {
+        let cache = crate::text::Texts::default();
+        for (index, text) in texts.iter().enumerate() {
+            let ours = cache.parse(text.as_bytes()).map_err(|err| err.to_string());
+            let whole = wat::parse_str(text).map_err(|err| err.to_string());
+            if ours != whole {
+                return Err(format!("text {index} parses differently through the kept texts:\n{text}"));
+            }
+        }
+        Ok(cache.spliced())
+    }
 }
