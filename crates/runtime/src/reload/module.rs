@@ -4,7 +4,7 @@
 //! module of a plan.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -390,13 +390,14 @@ fn schedule_tier_up_in(
 ) {
     let (node, version) = (Arc::downgrade(shared), Arc::downgrade(version));
     shared.tiering.run_at(Instant::now() + wait, move || {
-        let (Some(shared), Some(version)) = (node.upgrade(), version.upgrade()) else { return };
-        if !is_current(&shared, &version) {
-            return;
-        }
+        let Some(shared) = node.upgrade() else { return };
+        let Some(current) = version.upgrade().filter(|version| is_current(&shared, version)) else { return };
         match shared.engines.busy_for(quiet) {
-            Some(wait) => schedule_tier_up_in(&shared, &version, wait, quiet),
-            None => tier_up(&shared, &version),
+            Some(wait) => schedule_tier_up_in(&shared, &current, wait, quiet),
+            None => {
+                drop(current);
+                tier_up(&shared, &version);
+            }
         }
     });
 }
@@ -408,17 +409,22 @@ fn is_current(shared: &Shared, version: &Arc<Version>) -> bool {
 }
 
 /// Replaces a Winch build's machine code by Cranelift's, if its module still
-/// runs it (a newer build has a tier-up of its own coming).
-fn tier_up(shared: &Shared, version: &Arc<Version>) {
-    let name = &version.info.module;
-    if !is_current(shared, version) {
+/// runs it (a newer build has a tier-up of its own coming). The long compile
+/// holds the version weakly: a reload meanwhile drains it without waiting for
+/// the compile (it did wait, up to the drain timeout, when the compile held
+/// it); the code then goes to the compile cache, and to the version if it is
+/// still there.
+fn tier_up(shared: &Shared, version: &Weak<Version>) {
+    let Some((name, sha256)) =
+        version.upgrade().filter(|version| is_current(shared, version)).map(|v| (v.info.module.clone(), v.sha256))
+    else {
         return;
-    }
-    let Some(bytes) = shared.artifacts.get(&version.sha256) else {
+    };
+    let Some(bytes) = shared.artifacts.get(&sha256) else {
         return;
     };
     let started = Instant::now();
-    let loaded = match shared.engines.load_with(Compiler::Cranelift, &version.sha256, &bytes) {
+    let loaded = match shared.engines.load_with(Compiler::Cranelift, &sha256, &bytes) {
         Ok(loaded) => loaded,
         Err((_, message)) => {
             tracing::warn!(module = %name, %message, "cannot tier up: the build stays on Winch code");
@@ -427,8 +433,11 @@ fn tier_up(shared: &Shared, version: &Arc<Version>) {
     };
     if loaded.compiled {
         let background = &shared.background;
-        shared.engines.remember(&version.sha256, &loaded.code, &loaded.callables, Compiler::Cranelift, background);
+        shared.engines.remember(&sha256, &loaded.code, &loaded.callables, Compiler::Cranelift, background);
     }
+    let Some(version) = version.upgrade() else {
+        return;
+    };
     match version.tier_up(&shared.engines, &loaded.code, Compiler::Cranelift) {
         Ok(()) => tracing::debug!(module = %name, vsn = %version.info.vsn, ms = started.elapsed().as_secs_f64() * 1e3,
             "tiered up to Cranelift code"),

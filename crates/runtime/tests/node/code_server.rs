@@ -296,6 +296,55 @@ fn a_failing_callee_fails_the_caller_with_the_callees_error() {
     );
 }
 
+/// A module of `functions` small callables whose `get` answers `marker`.
+fn large(functions: usize, marker: u32) -> String {
+    let mut wat = String::from(
+        r#"(module (memory (export "memory") 1)
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 1024)
+"#,
+    );
+    wat.push_str(&format!(
+        "  (data (i32.const 16) \"{marker}\")\n  (func (export \"get\") (param i32 i32) (result i64) i64.const {})\n",
+        (16u64 << 32) | marker.to_string().len() as u64
+    ));
+    for k in 0..functions {
+        wat.push_str(&format!(
+            "  (func (export \"f{k}\") (param i32 i32) (result i64) (i64.add (i64.extend_i32_u (local.get 0)) (i64.const {k})))\n"
+        ));
+    }
+    wat.push(')');
+    wat
+}
+
+#[test]
+fn a_reload_while_a_tier_up_compiles_drains_the_old_version_without_waiting_for_the_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = zest_runtime::NodeConfig {
+        data_dir: Some(dir.path().join("data")),
+        tier_up_after: Some(Duration::from_millis(1)),
+        limits: limits(5000, 256, 50),
+        ..zest_runtime::NodeConfig::default()
+    };
+    let node = zest_runtime::Node::new(config).unwrap();
+    let path = dir.path().join("big.wat");
+    std::fs::write(&path, large(6000, 1)).unwrap();
+    assert_eq!(node.load_module("big", &path, &ReloadOptions::default()).status(), Status::Ok);
+    // The wide build's pieces compile first; the tier-up starts right after.
+    node.settle();
+    thread::sleep(Duration::from_millis(20));
+    let compiler = || node.status().modules[0].current.compiler;
+    assert_eq!(compiler(), zest_runtime::Compiler::Winch, "the Cranelift compile of 6,000 functions is under way");
+
+    std::fs::write(&path, large(6000, 2)).unwrap();
+    let result = node.reload_module("big", &ReloadOptions::default());
+    assert_eq!(result.status(), Status::Ok, "{result:#?}");
+    // The old version drained within the drain timeout (50 ms): the tier-up
+    // compiling its code does not keep it in use.
+    assert!(result.skipped.is_empty(), "{result:#?}");
+    assert!(node.status().modules[0].old.is_empty());
+    assert_eq!(node.call("big", "get", "null").unwrap(), "2");
+}
+
 #[test]
 fn a_quiet_winch_build_tiers_up_to_cranelift_code_that_callers_and_processes_never_notice() {
     let dir = tempfile::tempdir().unwrap();
