@@ -21,7 +21,10 @@
 //! function in the same part gets the part's index; a call of a function in
 //! another part becomes `i32.const <index>; call_indirect` through a *cross*
 //! table the core holds, in which the callee's part places it at its original
-//! index. Each piece is compiled and cached by its own sha256, so a build that
+//! index. A callable nothing else reaches (no call, element segment or other
+//! export) is not a function of its part at all: its body sits in its case of
+//! the dispatcher, locals one index up ([`Cut::inlined`]), since Winch's
+//! fixed cost per function is most of a small function's compile. Each piece is compiled and cached by its own sha256, so a build that
 //! differs from a recent one in one function's body compiles one part (and
 //! the core when data changed too).
 //!
@@ -122,6 +125,11 @@ struct Layout<'a> {
     /// Per body: the type indices it names (`call_indirect`, block types,
     /// typed references in its locals and instructions).
     body_types: Vec<Vec<u32>>,
+    /// Per body: where its instructions start (after its locals), its
+    /// `local.get`/`set`/`tee` instructions (start, end, local index), and
+    /// its declared locals one by one (`None`: more than [`INLINE_LOCALS`]).
+    /// What a dispatcher needs to hold the body itself ([`Cut::inlined`]).
+    body_locals: Vec<BodyLocals>,
     /// Whether every type is a plain function type of numbers and vectors, in
     /// a group of its own: what lets a part replace the types it does not use
     /// ([`Cut::type_section`]).
@@ -130,6 +138,17 @@ struct Layout<'a> {
 
 /// A `call` instruction in a body: where it starts and ends, and the callee.
 type Call = (usize, usize, u32);
+
+/// A body's locals, as [`Layout::body_locals`] keeps them.
+#[derive(Default)]
+struct BodyLocals {
+    operators: usize,
+    uses: Vec<(usize, usize, u32)>,
+    declared: Option<Vec<ValType>>,
+}
+
+/// A callable with more declared locals than this keeps its own function.
+const INLINE_LOCALS: u32 = 64;
 
 /// A module read for cutting, which can be cut more than one way.
 pub(crate) struct Cuttable<'a> {
@@ -284,16 +303,29 @@ fn read(wasm: &[u8]) -> Option<Layout<'_>> {
             Payload::CodeSectionEntry(body) => {
                 let mut calls = Vec::new();
                 let mut types = Vec::new();
+                let mut locals = BodyLocals { declared: Some(Vec::new()), ..BodyLocals::default() };
+                let mut declared = 0u32;
                 for local in body.get_locals_reader().ok()? {
-                    let (_, ty) = local.ok()?;
+                    let (count, ty) = local.ok()?;
                     named_by(ty, &mut types)?;
+                    declared = declared.saturating_add(count);
+                    match &mut locals.declared {
+                        Some(list) if declared <= INLINE_LOCALS => list.extend((0..count).map(|_| ty)),
+                        _ => locals.declared = None,
+                    }
                 }
                 let mut ops = body.get_operators_reader().ok()?;
+                locals.operators = ops.original_position();
                 while !ops.eof() {
                     let (op, at) = ops.read_with_offset().ok()?;
                     match op {
                         Operator::Call { function_index } => {
                             calls.push((at, ops.original_position(), function_index));
+                        }
+                        Operator::LocalGet { local_index }
+                        | Operator::LocalSet { local_index }
+                        | Operator::LocalTee { local_index } => {
+                            locals.uses.push((at, ops.original_position(), local_index));
                         }
                         Operator::CallIndirect { type_index, .. } => types.push(type_index),
                         Operator::Block { blockty }
@@ -326,6 +358,7 @@ fn read(wasm: &[u8]) -> Option<Layout<'_>> {
                 }
                 layout.bodies.push((body.range(), calls));
                 layout.body_types.push(types);
+                layout.body_locals.push(locals);
             }
             Payload::CustomSection(_) => {}
             Payload::End(_) => {}
@@ -379,6 +412,10 @@ struct Cut<'a> {
     cross_len: u32,
     /// Per defined function: whether another part calls it.
     called_across: Vec<bool>,
+    /// Per defined function: whether anything but its one callable export
+    /// reaches it (a call, an element segment, another export), which keeps
+    /// it out of its dispatcher ([`Cut::inlined`]).
+    reached: Vec<bool>,
     /// Per part: its callables (name, function index), in export order. An
     /// exported import is part 0's (every part imports the same).
     callables: Vec<Vec<(&'a str, u32)>>,
@@ -463,7 +500,34 @@ impl<'a> Cut<'a> {
                 _ => return None,
             }
         }
-        Some(Cut { wasm, layout, imported, parts, size, cross_len, called_across, callables, exports, memory_names })
+        let mut reached = vec![false; defined];
+        let mut reach = |function: u32| {
+            if let Some(defined) = function.checked_sub(imported) {
+                reached[defined as usize] = true;
+            }
+        };
+        layout.bodies.iter().flat_map(|(_, calls)| calls).for_each(|&(_, _, callee)| reach(callee));
+        layout.elements.iter().flat_map(|(_, _, items)| items).for_each(|&function| reach(function));
+        exports.iter().flatten().for_each(|&(_, function)| reach(function));
+        let mut exported = std::collections::HashSet::new();
+        for &(_, function) in callables.iter().flatten() {
+            if !exported.insert(function) {
+                reach(function);
+            }
+        }
+        Some(Cut {
+            wasm,
+            layout,
+            imported,
+            parts,
+            size,
+            cross_len,
+            called_across,
+            reached,
+            callables,
+            exports,
+            memory_names,
+        })
     }
 
     fn encode(&self) -> Option<Split> {
@@ -531,19 +595,144 @@ impl<'a> Cut<'a> {
         })
     }
 
-    /// Part `part`: its functions, with calls rewritten, and its dispatcher.
+    /// Which of part `part`'s callables its dispatcher holds inline, in
+    /// place of a call, and the function whose declared locals the dispatcher
+    /// declares for them (`None`: none). Winch's fixed cost per function is
+    /// most of a small function's compile: a dispatcher holding 2,000 small
+    /// bodies compiled in a ninth of the time of 2,000 functions and a
+    /// dispatcher calling them (`docs/benchmarks.md`, "Callables inside
+    /// their dispatcher"). A callable goes inline when nothing else reaches
+    /// it and its declared locals begin the dispatcher's, so its locals keep
+    /// their types one index up (the dispatcher's first parameter is the
+    /// callable's number); each call of the dispatcher runs one body, on
+    /// locals zeroed at its entry as the function's own were.
+    fn inlined(&self, part: usize) -> (Vec<bool>, Option<u32>) {
+        let layout = self.layout;
+        let candidate = |function: u32| -> Option<&Vec<ValType>> {
+            let defined = function.checked_sub(self.imported)? as usize;
+            if self.reached[defined] {
+                return None;
+            }
+            layout.body_locals[defined].declared.as_ref()
+        };
+        let callables = &self.callables[part];
+        // The dispatcher's locals: those of the candidate that the most
+        // candidates' locals begin (ties: the shortest), among the 16 most
+        // common.
+        let mut common: Vec<(&Vec<ValType>, u32, usize)> = Vec::new();
+        for &(_, function) in callables {
+            if let Some(declared) = candidate(function) {
+                match common.iter_mut().find(|(seen, ..)| *seen == declared) {
+                    Some((_, _, count)) => *count += 1,
+                    None => common.push((declared, function, 1)),
+                }
+            }
+        }
+        common.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.len().cmp(&b.0.len())));
+        common.truncate(16);
+        let begins = |declared: &Vec<ValType>, chosen: &Vec<ValType>| chosen.starts_with(declared);
+        let best = common
+            .iter()
+            .map(|&(chosen, donor, _)| {
+                let served =
+                    common.iter().filter(|(declared, ..)| begins(declared, chosen)).map(|c| c.2).sum::<usize>();
+                (served, std::cmp::Reverse(chosen.len()), chosen, donor)
+            })
+            .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let Some((_, _, chosen, donor)) = best else {
+            return (vec![false; callables.len()], None);
+        };
+        let inline = callables
+            .iter()
+            .map(|&(_, function)| candidate(function).is_some_and(|declared| begins(declared, chosen)))
+            .collect();
+        (inline, (!chosen.is_empty()).then_some(donor))
+    }
+
+    /// The instructions of defined function `defined` from `from` (its
+    /// locals' start, or its instructions' when it goes inline) to its end,
+    /// calls rewritten for part `part` (`in_part`), local indices moved up by
+    /// `shift`.
+    fn body(
+        &self,
+        part: usize,
+        defined: usize,
+        from: usize,
+        shift: u32,
+        in_part: &impl Fn(u32) -> u32,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        let layout = self.layout;
+        let (range, calls) = &layout.bodies[defined];
+        let uses: &[(usize, usize, u32)] = if shift == 0 { &[] } else { &layout.body_locals[defined].uses };
+        let imported = self.imported;
+        let cross_table = layout.tables.len() as u32;
+        let (mut calls, mut uses) = (calls.iter().peekable(), uses.iter().peekable());
+        let mut at = from;
+        loop {
+            let call_first = match (calls.peek(), uses.peek()) {
+                (Some(call), Some(local)) => call.0 < local.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if call_first {
+                let &(start, stop, callee) = calls.next()?;
+                out.extend_from_slice(self.wasm.get(at..start)?);
+                at = stop;
+                if callee < imported || part_of(callee, imported, self.size) == part {
+                    out.push(0x10);
+                    dispatch::push_leb(out, in_part(callee));
+                } else {
+                    // i32.const callee; call_indirect (type of callee) (cross table)
+                    out.push(0x41);
+                    push_sleb(out, callee as i32);
+                    out.push(0x11);
+                    dispatch::push_leb(out, layout.functions[(callee - imported) as usize]);
+                    dispatch::push_leb(out, cross_table);
+                }
+            } else {
+                let &(start, stop, index) = uses.next()?;
+                out.extend_from_slice(self.wasm.get(at..start)?);
+                at = stop;
+                // The opcode stays (get, set or tee); the index moves.
+                out.push(self.wasm[start]);
+                dispatch::push_leb(out, index.checked_add(shift)?);
+            }
+        }
+        out.extend_from_slice(self.wasm.get(at..range.end)?);
+        Some(())
+    }
+
+    /// Part `part`: its functions, with calls rewritten, and its dispatcher,
+    /// holding inline the callables [`Cut::inlined`] chose.
     fn part(&self, part: usize) -> Option<Vec<u8>> {
         let layout = self.layout;
         let first = part * self.size;
         let end = (first + self.size).min(layout.functions.len());
         let imported = self.imported;
-        let local = |defined: u32| imported + defined - first as u32;
+        let callables = &self.callables[part];
+        let (inline, donor) = self.inlined(part);
+        let mut gone = vec![false; end - first];
+        for (&(_, function), _) in callables.iter().zip(&inline).filter(|(_, inline)| **inline) {
+            gone[(function - imported) as usize - first] = true;
+        }
+        // Each defined function's index in this part, those gone inline skipped.
+        let mut kept = 0u32;
+        let index: Vec<u32> = gone
+            .iter()
+            .map(|&gone| {
+                let at = imported + kept;
+                kept += u32::from(!gone);
+                at
+            })
+            .collect();
+        let local = |defined: u32| index[(defined - first as u32) as usize];
         // A function's index in this part: imports keep theirs.
         let in_part = |function: u32| match function.checked_sub(imported) {
             Some(defined) => local(defined),
             None => function,
         };
-        let callables = &self.callables[part];
         let mut module = Module::new();
 
         let dispatch_type = u32::try_from(layout.types.len()).ok()?;
@@ -567,7 +756,7 @@ impl<'a> Cut<'a> {
         module.section(&imports);
 
         let mut functions = FunctionSection::new();
-        for &ty in &layout.functions[first..end] {
+        for (&ty, _) in layout.functions[first..end].iter().zip(&gone).filter(|(_, gone)| !**gone) {
             functions.function(ty);
         }
         functions.function(dispatch_type);
@@ -577,7 +766,7 @@ impl<'a> Cut<'a> {
         for &(name, function) in &self.exports[part] {
             exports.export(name, ExportKind::Func, in_part(function));
         }
-        exports.export(DISPATCH, ExportKind::Func, local(end as u32));
+        exports.export(DISPATCH, ExportKind::Func, imported + kept);
         module.section(&exports);
 
         let mut elements = ElementSection::new();
@@ -621,33 +810,46 @@ impl<'a> Cut<'a> {
         }
 
         let mut code = Vec::new();
-        let count = u32::try_from(end - first + 1).ok()?;
-        dispatch::push_leb(&mut code, count);
+        dispatch::push_leb(&mut code, kept.checked_add(1)?);
         let mut body = Vec::new();
-        for (range, calls) in &layout.bodies[first..end] {
+        for defined in (first..end).filter(|&defined| !gone[defined - first]) {
             body.clear();
-            let mut at = range.start;
-            for &(start, stop, callee) in calls {
-                body.extend_from_slice(&self.wasm[at..start]);
-                at = stop;
-                if callee < imported || owner(callee) == part {
-                    body.push(0x10);
-                    dispatch::push_leb(&mut body, in_part(callee));
-                } else {
-                    // i32.const callee; call_indirect (type of callee) (cross table)
-                    body.push(0x41);
-                    push_sleb(&mut body, callee as i32);
-                    body.push(0x11);
-                    dispatch::push_leb(&mut body, layout.functions[(callee - imported) as usize]);
-                    dispatch::push_leb(&mut body, cross_table);
-                }
-            }
-            body.extend_from_slice(&self.wasm[at..range.end]);
+            self.body(part, defined, layout.bodies[defined].0.start, 0, &in_part, &mut body)?;
             dispatch::push_leb(&mut code, u32::try_from(body.len()).ok()?);
             code.extend_from_slice(&body);
         }
-        let targets: Vec<u32> = callables.iter().map(|&(_, function)| in_part(function)).collect();
-        wasm_encoder::Encode::encode(&dispatch::switch(&targets, None), &mut code);
+        // The dispatcher, as `dispatch::switch` lays it out, but with the
+        // bodies of the callables gone inline in their cases: each in a block
+        // of the function's result, its locals one index up, then a return.
+        body.clear();
+        match donor {
+            Some(donor) => {
+                let (range, _) = &layout.bodies[donor as usize - imported as usize];
+                let operators = layout.body_locals[donor as usize - imported as usize].operators;
+                body.extend_from_slice(self.wasm.get(range.start..operators)?);
+            }
+            None => body.push(0),
+        }
+        let cases = u32::try_from(callables.len()).ok()?;
+        body.extend((0..=cases).flat_map(|_| [0x02, 0x40]));
+        body.extend_from_slice(&[0x20, 0x00, 0x0e]);
+        dispatch::push_leb(&mut body, cases);
+        (0..=cases).for_each(|label| dispatch::push_leb(&mut body, label));
+        for (&(_, function), &inline) in callables.iter().zip(&inline) {
+            body.push(0x0b);
+            if inline {
+                let defined = (function - imported) as usize;
+                body.extend_from_slice(&[0x02, 0x7e]);
+                self.body(part, defined, layout.body_locals[defined].operators, 1, &in_part, &mut body)?;
+            } else {
+                body.extend_from_slice(&[0x20, 0x01, 0x20, 0x02, 0x10]);
+                dispatch::push_leb(&mut body, in_part(function));
+            }
+            body.push(0x0f);
+        }
+        body.extend_from_slice(&[0x0b, 0x00, 0x0b]);
+        dispatch::push_leb(&mut code, u32::try_from(body.len()).ok()?);
+        code.extend_from_slice(&body);
         module.section(&RawSection { id: wasm_encoder::SectionId::Code as u8, data: &code });
         Some(module.finish())
     }
@@ -866,5 +1068,73 @@ mod tests {
                 dispatcher
             ]
         );
+    }
+
+    /// How many functions a piece defines.
+    fn defined_in(piece: &[u8]) -> u32 {
+        Parser::new(0)
+            .parse_all(piece)
+            .find_map(|payload| match payload.unwrap() {
+                Payload::FunctionSection(reader) => Some(reader.count()),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn callables_nothing_else_reaches_go_inside_their_dispatcher_and_answer_as_before() {
+        // 80 callables: most with no locals or an i64 and an i32 (in that
+        // order), one with an f64 first, one with 70 locals; every tenth
+        // calls the next one, which then keeps its function; some bodies
+        // return early or branch out of their function, the others loop on
+        // a parameter; those with an i64 first add it to their answer.
+        let mut wat = String::from("(module (memory (export \"memory\") 1)\n");
+        for k in 0..80 {
+            let locals = match k {
+                7 => "(local f64 i64)".to_string(),
+                9 => format!("(local {})", "i32 ".repeat(70)),
+                _ if k % 3 == 0 => "(local i64 i32)".to_string(),
+                _ => String::new(),
+            };
+            let call = if k % 10 == 0 {
+                format!("(drop (call {} (local.get 0) (local.get 1)))", k + 1)
+            } else {
+                String::new()
+            };
+            // Declared locals in use: set, then read into the result.
+            let (set, add) = if k % 3 == 0 && k != 9 {
+                (format!("(local.set 2 (i64.const {}))", 3 * k), "(local.get 2)")
+            } else {
+                (String::new(), "(i64.const 0)")
+            };
+            wat.push_str(&format!(
+                "(func (export \"c{k}\") (param i32 i32) (result i64) {locals}
+                   {call} {set}
+                   (if (i32.eq (i32.const {}) (i32.const 1)) (then (return (i64.const -1))))
+                   (if (i32.eq (i32.const {}) (i32.const 2)) (then (br 1 (i64.const -2))))
+                   (loop $again
+                     (local.set 0 (i32.add (local.get 0) (i32.const {})))
+                     (br_if $again (i32.lt_u (local.get 0) (i32.const 200))))
+                   (i64.add {add} (i64.add (i64.extend_i32_u (local.get 0)) (i64.extend_i32_u (local.get 1)))))\n",
+                k % 5,
+                k % 5,
+                k + 1
+            ));
+        }
+        wat.push(')');
+        let wasm = wat::parse_str(&wat).unwrap();
+        // An empty custom section flips the length's parity: the check cuts
+        // an even-length module the usual way, an odd one in two halves.
+        let mut padded = wasm.clone();
+        padded.extend_from_slice(&[0, 1, 0]);
+        for module in [&wasm, &padded] {
+            assert_eq!(super::check_against_whole(module), Ok(true));
+        }
+        let cut = super::Cuttable::read(&wasm).unwrap().cut(None).unwrap();
+        // Part 0: of its 64 callables, the 7 called ones (1, 11, …, 61) and
+        // the two whose locals do not fit (7, 9) keep their functions.
+        assert_eq!(defined_in(&cut.parts[0]), 7 + 2 + 1);
+        // Part 1 (64–79): 71 is called, so stays.
+        assert_eq!(defined_in(&cut.parts[1]), 1 + 1);
     }
 }
