@@ -9,7 +9,7 @@
 //!
 //! A migration *suspends* the process: it waits for the message in progress to
 //! finish, takes the instance out (new messages queue behind the suspension), and
-//! hands back a [`Suspended`] that resumes the process on whichever instance the
+//! hands back a `Suspended` that resumes the process on whichever instance the
 //! reload settles on — the migrated one, or the old one when the migration failed
 //! or an atomic request rolled back. Nothing in the mailbox moves, so no message is
 //! lost, duplicated or reordered across a migration.
