@@ -15,7 +15,7 @@
 //! | `rpc_frame` | JSON-RPC framing before jsonrpsee (`frame.rs`) | no panic; every answer is JSON whose errors carry `data.code`; a passed body is JSON; odd ids come back as sent |
 //! | `wasm_raw` | the module loader on raw bytes (validation, the dispatcher rewrite, compilation) | no panic; a refusal has a reason of the loader's; a build that loads answers every call (maybe with an error) |
 //! | `wasm_smith` | the same on well-formed modules made by `wasm-smith` | as `wasm_raw` |
-//! | `wasm_cut` | the loader's cut of a large module into pieces (`split.rs`) on `wasm-smith` modules of 65–200 functions, run whole and cut on one engine | every exported function returns the same values (or traps the same way) whole and cut, calls the host the same way, and leaves the same memory (running out of fuel or stack excepted) |
+//! | `wasm_cut` | the loader's cut of a large module into pieces (`split.rs`) on `wasm-smith` modules of 65–200 functions (every item exported, or, for inputs whose first byte is odd, eight callables, which parts hold inside their dispatchers), run whole and cut on one engine | every exported function returns the same values (or traps the same way) whole and cut, calls the host the same way, and leaves the same memory (running out of fuel or stack excepted) |
 //! | `wasm_split` | large `wasm-smith` modules (65–160 functions), which Winch compiles cut into pieces (`split.rs`) and Cranelift whole | both load or both refuse; every call answers the same on both, errors word for word (a timeout or a stack overflow, which differ between compilers, excepted) |
 //! | `wat_splice` | the node's parse of a module's successive WAT texts (`text.rs`), which splices an edited body or data string into the binary of a text it parsed before, on a generated module (named and numbered calls, globals, types named and inline, labels, multi-value blocks, `call_indirect`, data and its count, comments, annotations, unresolved names) and a run of edits to it | every text gives byte for byte `wat`'s own binary, or the same error |
 //! | `guest_json` | the guest SDK's JSON parser and printer | no panic; it accepts only what serde_json accepts; what it prints parses back to the same value |
@@ -374,12 +374,28 @@ pub fn wasm_cut(data: &[u8]) {
         )
         .expect("the imports parse")
     });
+    // Inputs whose first byte is odd ask for eight callables, `(i32, i32) ->
+    // i64` functions that a part's dispatcher may hold inside it
+    // (`split.rs`, `Cut::inlined`), instead of exporting everything.
+    static CALLABLES: OnceLock<Vec<u8>> = OnceLock::new();
+    let callables = CALLABLES.get_or_init(|| {
+        let mut wat = String::from("(module (memory (export \"memory\") 1)\n");
+        for k in 0..8 {
+            wat.push_str(&format!("(func (export \"c{k}\") (param i32 i32) (result i64) unreachable)\n"));
+        }
+        wat.push(')');
+        wat::parse_str(wat).expect("the callables parse")
+    });
+    let shaped = data.first().is_some_and(|byte| byte % 2 == 1);
     let config = wasm_smith::Config {
         max_funcs: 200,
-        min_memories: 1,
+        // The callables' shape brings its own memory.
+        min_memories: u32::from(!shaped),
+        max_memories: usize::from(!shaped),
         max_memory32_bytes: 1 << 20,
         available_imports: Some(imports.clone()),
-        export_everything: true,
+        export_everything: !shaped,
+        exports: shaped.then(|| callables.clone()),
         ..cuttable()
     };
     let mut input = arbitrary::Unstructured::new(data);
