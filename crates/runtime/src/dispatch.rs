@@ -243,41 +243,68 @@ fn export_kind(kind: ExternalKind) -> Result<ExportKind, String> {
 /// chunk, taking the index within its chunk, and a top one that picks the chunk.
 fn dispatchers(callables: &[(Box<str>, u32)], first_new: u32) -> Vec<Function> {
     let targets: Vec<u32> = callables.iter().map(|(_, index)| *index).collect();
+    let dispatcher = |targets: &[u32], mask| {
+        let cases: Vec<Case<'_>> = targets.iter().map(|&target| Case::Call(target)).collect();
+        let mut function = Function::new([]);
+        function.raw(switch(&cases, mask));
+        function
+    };
     if targets.len() <= CHUNK {
-        return vec![switch(&targets, None)];
+        return vec![dispatcher(&targets, None)];
     }
     let chunks: Vec<&[u32]> = targets.chunks(CHUNK).collect();
-    let mut bodies: Vec<Function> = chunks.iter().map(|chunk| switch(chunk, Some(CHUNK as i32 - 1))).collect();
+    let mut bodies: Vec<Function> = chunks.iter().map(|chunk| dispatcher(chunk, Some(CHUNK as i32 - 1))).collect();
     let chunk_functions: Vec<u32> = (0..chunks.len() as u32).map(|i| first_new + i).collect();
     bodies.push(select_chunk(&chunk_functions));
     bodies
 }
 
-/// `(index, ptr, len)`: a direct call of `targets[index]` with `(ptr, len)`
-/// (`index & mask` when `mask` is given); an index out of range traps.
-pub(crate) fn switch(targets: &[u32], mask: Option<i32>) -> Function {
-    let mut body = Function::new([]);
-    let cases = targets.len() as u32;
-    for _ in 0..=cases {
-        body.instruction(&Instruction::Block(BlockType::Empty));
+/// What a dispatcher does for one callable.
+pub(crate) enum Case<'a> {
+    /// A direct call of this function with `(ptr, len)`.
+    Call(u32),
+    /// This function body's instructions (its final `end` included), run in
+    /// place: locals as the dispatcher declares them, the callable's one
+    /// index up (`split.rs`, `Cut::inlined`).
+    Inline(&'a [u8]),
+}
+
+/// `(index, ptr, len)`: the instructions of a dispatcher running
+/// `cases[index]` (`index & mask` when `mask` is given) and returning its
+/// answer; an index out of range traps.
+pub(crate) fn switch(cases: &[Case<'_>], mask: Option<i32>) -> Vec<u8> {
+    fn emit(body: &mut Vec<u8>, instruction: Instruction<'_>) {
+        wasm_encoder::Encode::encode(&instruction, body);
     }
-    body.instruction(&Instruction::LocalGet(0));
+    let mut body = Vec::new();
+    let count = cases.len() as u32;
+    for _ in 0..=count {
+        emit(&mut body, Instruction::Block(BlockType::Empty));
+    }
+    emit(&mut body, Instruction::LocalGet(0));
     if let Some(mask) = mask {
-        body.instruction(&Instruction::I32Const(mask));
-        body.instruction(&Instruction::I32And);
+        emit(&mut body, Instruction::I32Const(mask));
+        emit(&mut body, Instruction::I32And);
     }
-    let labels: Vec<u32> = (0..cases).collect();
-    body.instruction(&Instruction::BrTable(Cow::Owned(labels), cases));
-    for &target in targets {
-        body.instruction(&Instruction::End);
-        body.instruction(&Instruction::LocalGet(1));
-        body.instruction(&Instruction::LocalGet(2));
-        body.instruction(&Instruction::Call(target));
-        body.instruction(&Instruction::Return);
+    emit(&mut body, Instruction::BrTable(Cow::Owned((0..count).collect()), count));
+    for case in cases {
+        emit(&mut body, Instruction::End);
+        match case {
+            Case::Call(target) => {
+                emit(&mut body, Instruction::LocalGet(1));
+                emit(&mut body, Instruction::LocalGet(2));
+                emit(&mut body, Instruction::Call(*target));
+            }
+            Case::Inline(instructions) => {
+                emit(&mut body, Instruction::Block(BlockType::Result(wasm_encoder::ValType::I64)));
+                body.extend_from_slice(instructions);
+            }
+        }
+        emit(&mut body, Instruction::Return);
     }
-    body.instruction(&Instruction::End);
-    body.instruction(&Instruction::Unreachable);
-    body.instruction(&Instruction::End);
+    emit(&mut body, Instruction::End);
+    emit(&mut body, Instruction::Unreachable);
+    emit(&mut body, Instruction::End);
     body
 }
 

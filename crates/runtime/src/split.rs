@@ -24,9 +24,10 @@
 //! index. A callable nothing else reaches (no call, element segment or other
 //! export) is not a function of its part at all: its body sits in its case of
 //! the dispatcher, locals one index up ([`Cut::inlined`]), since Winch's
-//! fixed cost per function is most of a small function's compile. Each piece is compiled and cached by its own sha256, so a build that
-//! differs from a recent one in one function's body compiles one part (and
-//! the core when data changed too).
+//! fixed cost per function is most of a small function's compile. Each piece
+//! is compiled and cached by its own sha256, so a build that differs from a
+//! recent one in one function's body compiles one part (and the core when
+//! data changed too).
 //!
 //! The same module can also be cut into a few large parts
 //! ([`Cuttable::cut`] with a part count): what a build none of whose pieces
@@ -54,7 +55,7 @@ use wasmparser::{
     SubType, TableInit, TryTable, TypeRef, ValType,
 };
 
-use crate::dispatch::{self, DISPATCH};
+use crate::dispatch::{self, Case, DISPATCH};
 
 mod check;
 pub use check::check_against_whole;
@@ -818,36 +819,42 @@ impl<'a> Cut<'a> {
             dispatch::push_leb(&mut code, u32::try_from(body.len()).ok()?);
             code.extend_from_slice(&body);
         }
-        // The dispatcher, as `dispatch::switch` lays it out, but with the
-        // bodies of the callables gone inline in their cases: each in a block
-        // of the function's result, its locals one index up, then a return.
+        // The dispatcher: the callables gone inline run in their cases, on
+        // the locals it declares (the donor's).
+        let mut inlined = Vec::with_capacity(callables.len());
+        for (&(_, function), &inline) in callables.iter().zip(&inline) {
+            let mut instructions = Vec::new();
+            if inline {
+                let defined = (function - imported) as usize;
+                self.body(part, defined, layout.body_locals[defined].operators, 1, &in_part, &mut instructions)?;
+            }
+            inlined.push(instructions);
+        }
+        let cases: Vec<Case<'_>> = callables
+            .iter()
+            .zip(&inline)
+            .zip(&inlined)
+            .map(
+                |((&(_, function), &inline), instructions)| {
+                    if inline {
+                        Case::Inline(instructions)
+                    } else {
+                        Case::Call(in_part(function))
+                    }
+                },
+            )
+            .collect();
         body.clear();
         match donor {
             Some(donor) => {
-                let (range, _) = &layout.bodies[donor as usize - imported as usize];
-                let operators = layout.body_locals[donor as usize - imported as usize].operators;
-                body.extend_from_slice(self.wasm.get(range.start..operators)?);
+                let defined = (donor - imported) as usize;
+                body.extend_from_slice(
+                    self.wasm.get(layout.bodies[defined].0.start..layout.body_locals[defined].operators)?,
+                );
             }
             None => body.push(0),
         }
-        let cases = u32::try_from(callables.len()).ok()?;
-        body.extend((0..=cases).flat_map(|_| [0x02, 0x40]));
-        body.extend_from_slice(&[0x20, 0x00, 0x0e]);
-        dispatch::push_leb(&mut body, cases);
-        (0..=cases).for_each(|label| dispatch::push_leb(&mut body, label));
-        for (&(_, function), &inline) in callables.iter().zip(&inline) {
-            body.push(0x0b);
-            if inline {
-                let defined = (function - imported) as usize;
-                body.extend_from_slice(&[0x02, 0x7e]);
-                self.body(part, defined, layout.body_locals[defined].operators, 1, &in_part, &mut body)?;
-            } else {
-                body.extend_from_slice(&[0x20, 0x01, 0x20, 0x02, 0x10]);
-                dispatch::push_leb(&mut body, in_part(function));
-            }
-            body.push(0x0f);
-        }
-        body.extend_from_slice(&[0x0b, 0x00, 0x0b]);
+        body.extend_from_slice(&dispatch::switch(&cases, None));
         dispatch::push_leb(&mut code, u32::try_from(body.len()).ok()?);
         code.extend_from_slice(&body);
         module.section(&RawSection { id: wasm_encoder::SectionId::Code as u8, data: &code });
