@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub use crate::config::ExtensionsConfig;
 use crate::reason::{Failure, Reason};
-use crate::toolchain::{OnLine, Rustc, ToolchainError};
+use crate::toolchain::{OnLine, Rustc, Spare, ToolchainError};
 
 /// What an extension file is written in, from its file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,7 +279,22 @@ pub(crate) struct RustBuilds {
     /// The guest SDK build and the artifacts; a temporary directory of the node
     /// when it keeps nothing on disk.
     dir: PathBuf,
+    /// `rustc`s started ahead, each for the next build of one file
+    /// (`toolchain/spare.rs`), the latest last; at most [`SPARES`].
+    spares: Mutex<Spares>,
     _temp: Option<tempfile::TempDir>,
+}
+
+/// How many files at most have a `rustc` waiting for their next build (each
+/// holds about 12 MB of memory while it waits).
+const SPARES: usize = 2;
+
+#[derive(Debug, Default)]
+struct Spares {
+    ready: Vec<Spare>,
+    /// The file the last `rustc` run built, whose spare [`RustBuilds::start_spare`]
+    /// starts.
+    wanted: Option<PathBuf>,
 }
 
 /// A `.rs` build: the wasm, and what running `rustc` took (`None` when the
@@ -305,7 +320,16 @@ impl RustBuilds {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        Ok(RustBuilds { configured, rustc: Mutex::new(None), dir, _temp: temp })
+        // A spare's directory outlives it only when the node did not end
+        // cleanly; nothing in it is kept.
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("spare-") {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(RustBuilds { configured, rustc: Mutex::new(None), dir, spares: Mutex::default(), _temp: temp })
     }
 
     fn rustc(&self) -> Result<Rustc, ToolchainError> {
@@ -352,12 +376,33 @@ impl RustBuilds {
         fs::create_dir_all(self.dir.join("artifacts")).map_err(io)?;
         let private = tempfile::Builder::new().prefix("build-").tempdir_in(&self.dir).map_err(io)?;
         let file_name = file.file_name().unwrap_or(std::ffi::OsStr::new("extension.rs"));
-        let copy = private.path().join(file_name);
-        fs::write(&copy, source).map_err(io)?;
         let out = private.path().join("out.wasm");
         let shown_as = file.parent().unwrap_or(Path::new("/"));
         let started = std::time::Instant::now();
-        let command = rustc.compile_module(&copy, &out, &self.dir, shown_as, timeout, on_line).map_err(failed)?;
+        let spare = {
+            let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+            spares.wanted = Some(file.to_path_buf());
+            let at = spares.ready.iter().position(|spare| spare.serves(file_name, shown_as));
+            at.map(|at| spares.ready.remove(at))
+        };
+        let built = match spare.and_then(|spare| spare.compile(source, &out, timeout, on_line)) {
+            Some(built) => built.map(|()| rustc.command_line(file, shown_as)),
+            None => {
+                let copy = private.path().join(file_name);
+                fs::write(&copy, source).map_err(io)?;
+                rustc.compile_module(&copy, &out, &self.dir, shown_as, timeout, on_line)
+            }
+        };
+        let command = match built {
+            Ok(command) => command,
+            Err(err) => {
+                // The next build of this file is likely its fix: have its rustc ready.
+                if matches!(err, ToolchainError::Failed { .. }) {
+                    self.start_spare();
+                }
+                return Err(failed(err));
+            }
+        };
         let duration = started.elapsed();
         let wasm = fs::read(&out).map_err(io)?;
         // Keep the artifact (tmp + rename, so a crash never leaves half a file).
@@ -366,6 +411,30 @@ impl RustBuilds {
             tracing::warn!(artifact = %artifact.display(), "cannot keep the compiled extension; it will be rebuilt");
         }
         Ok(RustBuild { wasm, rustc: Some(RustcRun { command, duration }) })
+    }
+
+    /// Starts a `rustc` for the next build of the file the last `rustc` run
+    /// built, unless one waits already; the oldest spare goes beyond
+    /// [`SPARES`]. Called once a reload is over, so that its start does not
+    /// compete with compiling the module. A spare that cannot start is left out:
+    /// the next build starts its own `rustc`.
+    pub(crate) fn start_spare(&self) {
+        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(file) = spares.wanted.take() else { return };
+        let (Some(file_name), Some(shown_as)) = (file.file_name(), file.parent()) else { return };
+        if spares.ready.iter().any(|spare| spare.serves(file_name, shown_as)) {
+            return;
+        }
+        let Ok(rustc) = self.rustc() else { return };
+        match rustc.spare(file_name, &self.dir, shown_as) {
+            Ok(spare) => {
+                spares.ready.push(spare);
+                if spares.ready.len() > SPARES {
+                    spares.ready.remove(0);
+                }
+            }
+            Err(err) => tracing::debug!(file = %file.display(), %err, "no rustc started ahead for the next build"),
+        }
     }
 }
 

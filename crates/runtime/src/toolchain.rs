@@ -9,16 +9,21 @@
 //! compiler's wasm32 standard library made once per compiler (`sysroot`), which
 //! links the same bytes in half the time.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wait_timeout::ChildExt;
 
+mod spare;
 mod sysroot;
+
+pub use spare::Spare;
 
 /// The guest SDK's sources, as `(file name, text)`.
 const SDK_SOURCES: [(&str, &str); 2] =
@@ -52,6 +57,10 @@ pub struct Rustc {
     path: PathBuf,
     version: String,
     sysroot: PathBuf,
+    /// The first work directory's sysroot, once chosen
+    /// ([`Rustc::linking_sysroot`]); shared by clones, so that a copy that
+    /// could not be made there is tried once.
+    linking: Arc<OnceLock<(PathBuf, PathBuf)>>,
 }
 
 impl Rustc {
@@ -78,7 +87,7 @@ impl Rustc {
         if !target_lib.is_dir() {
             return Err(ToolchainError::NoTarget { rustc: path.display().to_string(), sysroot });
         }
-        Ok(Rustc { path: path.to_path_buf(), version, sysroot: PathBuf::from(sysroot) })
+        Ok(Rustc { path: path.to_path_buf(), version, sysroot: PathBuf::from(sysroot), linking: Arc::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -120,10 +129,32 @@ impl Rustc {
     ) -> Result<String, ToolchainError> {
         let sdk = self.guest_sdk(work_dir, timeout, on_line)?;
         let command = self.module_command(&self.linking_sysroot(work_dir), &sdk, source, out, shown_as);
-        let line =
-            format!("{} {}", self.path.display(), shown_as.join(source.file_name().unwrap_or_default()).display());
         run(command, timeout, on_line)?;
-        Ok(line)
+        Ok(self.command_line(source, shown_as))
+    }
+
+    /// The command line a build of `source` reports: the compiler and the
+    /// file, as its messages show it.
+    pub fn command_line(&self, source: &Path, shown_as: &Path) -> String {
+        format!("{} {}", self.path.display(), shown_as.join(source.file_name().unwrap_or_default()).display())
+    }
+
+    /// Starts the `rustc` of the next build of a file named `file_name` whose
+    /// messages show it in `shown_as`, waiting for its text ([`Spare`]). The
+    /// guest SDK must be built (by a build in `work_dir`).
+    pub fn spare(&self, file_name: &OsStr, work_dir: &Path, shown_as: &Path) -> Result<Spare, ToolchainError> {
+        let work_err = |source| ToolchainError::WorkDir { path: work_dir.to_path_buf(), source };
+        let sdk = self.sdk_path(work_dir);
+        if !sdk.is_file() {
+            return Err(work_err(std::io::Error::new(std::io::ErrorKind::NotFound, "the guest SDK is not built")));
+        }
+        let sysroot = self.linking_sysroot(work_dir);
+        let dir = tempfile::Builder::new().prefix("spare-").tempdir_in(work_dir).map_err(work_err)?;
+        let fifo = dir.path().join(file_name);
+        make_fifo(&fifo).map_err(work_err)?;
+        let built = dir.path().join("out.wasm");
+        let command = self.module_command(&sysroot, &sdk, &fifo, &built, shown_as);
+        Spare::start(command, dir, fifo, built, file_name, shown_as)
     }
 
     /// The command that builds `source` into `out` against `sysroot` and the
@@ -151,8 +182,7 @@ impl Rustc {
         timeout: Duration,
         on_line: OnLine<'_>,
     ) -> Result<PathBuf, ToolchainError> {
-        let tag = hex::encode(&self.build_tag()[..8]);
-        let rlib = work_dir.join(format!("libzest_guest-{tag}.rlib"));
+        let rlib = self.sdk_path(work_dir);
         if rlib.is_file() {
             return Ok(rlib);
         }
@@ -174,10 +204,25 @@ impl Rustc {
         Ok(rlib)
     }
 
+    /// Where the guest SDK built by this compiler is kept in `work_dir`.
+    fn sdk_path(&self, work_dir: &Path) -> PathBuf {
+        work_dir.join(format!("libzest_guest-{}.rlib", hex::encode(&self.build_tag()[..8])))
+    }
+
     /// The sysroot builds use: the copy under `work_dir` whose standard library
     /// links faster (`sysroot`), made the first time; the compiler's own when
     /// the copy cannot be made, which builds the same bytes more slowly.
+    /// Chosen once for the first work directory.
     fn linking_sysroot(&self, work_dir: &Path) -> PathBuf {
+        let (first, chosen) = self.linking.get_or_init(|| (work_dir.to_path_buf(), self.copy_sysroot(work_dir)));
+        if first == work_dir {
+            chosen.clone()
+        } else {
+            self.copy_sysroot(work_dir)
+        }
+    }
+
+    fn copy_sysroot(&self, work_dir: &Path) -> PathBuf {
         let dir = sysroot::path(work_dir, &hex::encode(&self.build_tag()[..8]));
         if dir.is_dir() {
             return dir;
@@ -230,6 +275,17 @@ impl Rustc {
     }
 }
 
+/// Makes a FIFO at `path`, readable and writable by its owner only.
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a valid C string for the length of the call.
+    if unsafe { libc::mkfifo(path.as_ptr(), 0o600) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A crate name derived from the file stem (`my-ext.rs` → `my_ext`).
 fn crate_name(source: &Path) -> String {
     let stem = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -257,12 +313,19 @@ pub type OnLine<'a> = &'a (dyn Fn(&str) + Sync);
 /// stderr goes to `on_line` as it comes, and the whole is the error when it fails.
 fn run(mut command: Command, timeout: Duration, on_line: OnLine<'_>) -> Result<(), ToolchainError> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| ToolchainError::Spawn { program: program.clone(), source })?;
+    finish(child, &program, timeout, on_line)
+}
+
+/// Waits for `child` (started with its stderr piped) to end, killing it after
+/// `timeout`; each line of its stderr goes to `on_line` as it comes, and the
+/// whole is the error when it fails.
+fn finish(mut child: Child, program: &str, timeout: Duration, on_line: OnLine<'_>) -> Result<(), ToolchainError> {
     let stderr = child.stderr.take().expect("stderr is piped");
     std::thread::scope(|scope| {
         // Read stderr on a thread so a chatty compiler never blocks on a full pipe.
@@ -282,7 +345,7 @@ fn run(mut command: Command, timeout: Duration, on_line: OnLine<'_>) -> Result<(
                 let _ = child.wait();
                 return Err(ToolchainError::TimedOut { seconds: timeout.as_secs() });
             }
-            Err(source) => return Err(ToolchainError::Spawn { program, source }),
+            Err(source) => return Err(ToolchainError::Spawn { program: program.to_string(), source }),
         };
         let stderr = reader.join().unwrap_or_default();
         if status.success() {
@@ -318,8 +381,9 @@ export!(tally);
 
     #[test]
     fn a_module_links_to_the_same_bytes_against_the_copied_standard_library() {
-        let rustc = Rustc::find(None)
-            .unwrap_or_else(|err| panic!("this test needs a wasm32-capable rustc (scripts/test.sh installs one): {err}"));
+        let rustc = Rustc::find(None).unwrap_or_else(|err| {
+            panic!("this test needs a wasm32-capable rustc (scripts/test.sh installs one): {err}")
+        });
         let dir = tempfile::tempdir().unwrap();
         let (work, source) = (dir.path().join("work"), dir.path().join("wide.rs"));
         fs::write(&source, WIDE).unwrap();
@@ -348,6 +412,79 @@ export!(tally);
         assert!(has_debug_relocations(&original), "the test means nothing if the original has none");
         assert!(!has_debug_relocations(&ours));
         assert_eq!(original.len(), ours.len());
+    }
+
+    fn rustc() -> Rustc {
+        Rustc::find(None).unwrap_or_else(|err| {
+            panic!("this test needs a wasm32-capable rustc (scripts/test.sh installs one): {err}")
+        })
+    }
+
+    #[test]
+    fn a_spare_rustc_builds_the_next_edit_of_its_file_as_a_fresh_one_does() {
+        let rustc = rustc();
+        let dir = tempfile::tempdir().unwrap();
+        let (work, shown_as) = (dir.path().join("work"), Path::new("/ext"));
+        let timeout = Duration::from_secs(300);
+        let fresh = |text: &str, name: &str| {
+            let source = dir.path().join("wide.rs");
+            fs::write(&source, text).unwrap();
+            let out = dir.path().join(name);
+            rustc.compile_module(&source, &out, &work, shown_as, timeout, &|_| {}).map(|_| fs::read(out).unwrap())
+        };
+        let edited = WIDE.replace("v + n as i64", "v * 2 + n as i64");
+        let expected = fresh(&edited, "fresh.wasm").unwrap();
+
+        let spare = rustc.spare(OsStr::new("wide.rs"), &work, shown_as).unwrap();
+        assert!(spare.serves(OsStr::new("wide.rs"), shown_as));
+        assert!(!spare.serves(OsStr::new("other.rs"), shown_as) && !spare.serves(OsStr::new("wide.rs"), &work));
+        let out = dir.path().join("spare.wasm");
+        spare.compile(edited.as_bytes(), &out, timeout, &|_| {}).expect("the spare took the source").unwrap();
+        assert_eq!(fs::read(&out).unwrap(), expected);
+
+        // A source that does not compile: the same words, the same paths, line by line.
+        let broken = "fn main() {\n    let x: u32 = \"nope\";\n}\n";
+        let ToolchainError::Failed { output: expected } = fresh(broken, "broken.wasm").unwrap_err() else {
+            panic!("a compile error")
+        };
+        assert!(expected.contains("/ext/wide.rs:2"), "{expected}");
+        let lines = std::sync::Mutex::new(Vec::new());
+        let spare = rustc.spare(OsStr::new("wide.rs"), &work, shown_as).unwrap();
+        let on_line = |line: &str| lines.lock().unwrap().push(line.to_string());
+        let err = spare.compile(broken.as_bytes(), &out, timeout, &on_line).unwrap().unwrap_err();
+        assert!(matches!(&err, ToolchainError::Failed { output } if *output == expected), "{err}");
+        assert_eq!(lines.into_inner().unwrap().join("\n"), expected);
+    }
+
+    fn alive(pid: u32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    }
+
+    #[test]
+    fn a_spare_ends_with_its_owner_and_one_that_died_builds_nothing() {
+        let rustc = rustc();
+        let dir = tempfile::tempdir().unwrap();
+        let (work, timeout) = (dir.path().join("work"), Duration::from_secs(300));
+        let err = rustc.spare(OsStr::new("a.rs"), &work, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("the guest SDK is not built"), "a spare never builds the SDK: {err}");
+        rustc.guest_sdk(&work, timeout, &|_| {}).unwrap();
+        let spare = rustc.spare(OsStr::new("a.rs"), &work, dir.path()).unwrap();
+        let pid = spare.pid().expect("the spare started");
+        assert!(alive(pid));
+        drop(spare);
+        assert!(!alive(pid), "dropping a spare kills and reaps its rustc");
+
+        let spare = rustc.spare(OsStr::new("a.rs"), &work, dir.path()).unwrap();
+        // SAFETY: the pid is the spare's own child, alive until reaped.
+        assert_eq!(unsafe { libc::kill(spare.pid().unwrap() as libc::pid_t, libc::SIGKILL) }, 0);
+        let out = dir.path().join("a.wasm");
+        assert!(spare.compile(b"pub fn f() {}", &out, timeout, &|_| {}).is_none());
+        assert!(!out.exists());
+        let spares = fs::read_dir(&work)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spare-"));
+        assert_eq!(spares.count(), 0, "a spare's directory goes with it");
     }
 
     #[test]

@@ -216,6 +216,49 @@ fn a_rust_extension_compiles_once_per_source_and_reports_rustcs_words() {
     );
 }
 
+/// Our child processes whose command line includes `needle`.
+fn children_running(needle: &str) -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: the fields after the last `)`.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if parent.as_deref() == Some(me.as_str()) && String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn after_a_rust_build_the_next_ones_rustc_waits_and_ends_with_the_node() {
+    let ext = Ext::new();
+    let path = ext.write("extensions/waiting.rs", RUST_EXTENSION);
+    assert_eq!(ext.reload(&path).status(), Status::Ok);
+    let waiting = children_running("waiting.rs");
+    assert_eq!(waiting.len(), 1, "one rustc waits for the next build of waiting.rs: {waiting:?}");
+
+    // The edit is built by it: the new code answers, and the next one waits.
+    ext.write("extensions/waiting.rs", RUST_EXTENSION.replace("GREETING", "AGAIN"));
+    let edited = ext.reload(&path);
+    assert_eq!(edited.status(), Status::Ok, "{edited:#?}");
+    assert!(edited.metadata.compile.is_some());
+    assert_eq!(ext.node.call("waiting", "greet", r#"{"name":"ops"}"#).unwrap(), r#"{"greeting":"AGAIN, ops"}"#);
+    let next = children_running("waiting.rs");
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{}", waiting[0])).exists(), "the first one built the edit and ended");
+
+    drop(ext);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{}", next[0])).exists() {
+        assert!(Instant::now() < deadline, "the waiting rustc outlived its node");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn extensions_are_loaded_again_after_a_restart_and_bad_records_never_stop_the_node() {
     let ext = Ext::new();
