@@ -10,7 +10,9 @@
 //!
 //! - a **core** holding everything that is not code: the memory, the tables,
 //!   the globals and the data segments, exported under internal names;
-//! - **parts** of 64 consecutive functions each (128 above 4,096), importing the
+//! - **parts** of consecutive functions, 64 each (128 above 4,096), or fewer
+//!   when their code is large ([`usual_starts`]: a part also ends after a body
+//!   of 512 bytes or more once it holds 2 KiB of code), importing the
 //!   `"zest"` host functions and the core's memory, tables and globals (so
 //!   every index a body uses means what it meant), each exporting its own
 //!   dispatcher ([`dispatch::DISPATCH`]) over the callables it defines, and
@@ -73,6 +75,41 @@ fn part_size(defined: usize) -> usize {
     } else {
         PART_FUNCTIONS
     }
+}
+
+/// A part also ends after a body of at least [`BIG_BODY`] bytes once it holds
+/// this much code: Winch compiles about 1.5 KB of code a millisecond, so a
+/// part of 64 functions of real code (a guest SDK's JSON parser, say) took
+/// 12–15 ms where a part of small functions takes 2–3 (`docs/benchmarks.md`,
+/// "Parts cut by code too").
+const PART_BYTES: usize = 2048;
+
+/// See [`PART_BYTES`]. Only a large body ends a part early, so that a module
+/// of small functions is cut every [`part_size`] functions as before, and an
+/// edit of one small body never moves a boundary.
+const BIG_BODY: usize = 512;
+
+/// Where the usual cut's parts begin, ending with the number of functions: a
+/// part ends after [`part_size`] functions, or after a body of [`BIG_BODY`]
+/// bytes or more once it holds [`PART_BYTES`] of code. An edit of one body
+/// moves at most the boundary of its own part (and so, within a run of
+/// [`part_size`] functions, the next ones up to the next boundary it cannot
+/// move).
+fn usual_starts(layout: &Layout<'_>) -> Vec<usize> {
+    let defined = layout.functions.len();
+    let cap = part_size(defined);
+    let mut starts = vec![0];
+    let (mut count, mut bytes) = (0, 0);
+    for (function, (body, _)) in layout.bodies.iter().enumerate() {
+        count += 1;
+        bytes += body.len();
+        if function + 1 < defined && (count == cap || (body.len() >= BIG_BODY && bytes >= PART_BYTES)) {
+            starts.push(function + 1);
+            (count, bytes) = (0, 0);
+        }
+    }
+    starts.push(defined);
+    starts
 }
 
 /// The import module under which parts import the core's exports.
@@ -173,15 +210,31 @@ impl<'a> Cuttable<'a> {
         self.layout.functions.len()
     }
 
-    /// The cut into parts of the usual size ([`PART_FUNCTIONS`], the pieces
-    /// later builds share), or (`Some(n)`) into `n` parts of equal size.
+    /// The cut into the usual parts ([`usual_starts`], the pieces later builds
+    /// share), or (`Some(n)`) into `n` parts of as many functions.
     pub(crate) fn cut(&self, parts: Option<usize>) -> Option<Split> {
         let defined = self.layout.functions.len();
-        let size = match parts {
-            Some(parts) => defined.div_ceil(parts.clamp(1, defined)),
-            None => part_size(defined),
+        let starts = match parts {
+            Some(parts) => {
+                let size = defined.div_ceil(parts.clamp(1, defined));
+                (0..defined).step_by(size).chain(std::iter::once(defined)).collect()
+            }
+            None => usual_starts(&self.layout),
         };
-        Cut::new(self.wasm, &self.layout, size)?.encode()
+        self.cut_at(starts)
+    }
+
+    /// The cut into parts beginning at `starts` (ascending from 0, then the
+    /// number of functions); `None` when they are not such.
+    pub(crate) fn cut_at(&self, starts: Vec<usize>) -> Option<Split> {
+        let defined = self.layout.functions.len();
+        let well_formed = starts.first() == Some(&0)
+            && starts.last() == Some(&defined)
+            && starts.windows(2).all(|pair| pair[0] < pair[1]);
+        if !well_formed {
+            return None;
+        }
+        Cut::new(self.wasm, &self.layout, starts)?.encode()
     }
 }
 
@@ -407,8 +460,10 @@ struct Cut<'a> {
     layout: &'a Layout<'a>,
     imported: u32,
     parts: usize,
-    /// Functions per part.
-    size: usize,
+    /// Where each part's defined functions begin, then their number.
+    starts: Vec<usize>,
+    /// Per defined function: its part.
+    owners: Vec<u32>,
     /// The cross table's size (0: no function is called across parts).
     cross_len: u32,
     /// Per defined function: whether another part calls it.
@@ -426,11 +481,15 @@ struct Cut<'a> {
 }
 
 impl<'a> Cut<'a> {
-    fn new(wasm: &'a [u8], layout: &'a Layout<'a>, size: usize) -> Option<Cut<'a>> {
+    fn new(wasm: &'a [u8], layout: &'a Layout<'a>, starts: Vec<usize>) -> Option<Cut<'a>> {
         let imported = u32::try_from(layout.imports.len()).ok()?;
         let defined = layout.functions.len();
-        let parts = defined.div_ceil(size);
-        let part_of = |function: u32| part_of(function, imported, size);
+        let parts = starts.len() - 1;
+        let mut owners = Vec::with_capacity(defined);
+        for (part, functions) in starts.windows(2).enumerate() {
+            owners.extend(std::iter::repeat_n(u32::try_from(part).ok()?, functions[1] - functions[0]));
+        }
+        let part_of = |function: u32| part_of(&owners, function, imported);
         let total = imported as usize + defined;
         let mut called_across = vec![false; defined];
         let mut cross_len = 0;
@@ -439,7 +498,7 @@ impl<'a> Cut<'a> {
                 if callee as usize >= total {
                     return None;
                 }
-                if callee >= imported && part_of(callee) != caller / size {
+                if callee >= imported && part_of(callee) != owners[caller] as usize {
                     called_across[(callee - imported) as usize] = true;
                     cross_len = cross_len.max(callee + 1);
                 }
@@ -521,7 +580,8 @@ impl<'a> Cut<'a> {
             layout,
             imported,
             parts,
-            size,
+            starts,
+            owners,
             cross_len,
             called_across,
             reached,
@@ -529,6 +589,11 @@ impl<'a> Cut<'a> {
             exports,
             memory_names,
         })
+    }
+
+    /// See [`part_of`].
+    fn part_of(&self, function: u32) -> usize {
+        part_of(&self.owners, function, self.imported)
     }
 
     fn encode(&self) -> Option<Split> {
@@ -681,7 +746,7 @@ impl<'a> Cut<'a> {
                 let &(start, stop, callee) = calls.next()?;
                 out.extend_from_slice(self.wasm.get(at..start)?);
                 at = stop;
-                if callee < imported || part_of(callee, imported, self.size) == part {
+                if callee < imported || self.part_of(callee) == part {
                     out.push(0x10);
                     dispatch::push_leb(out, in_part(callee));
                 } else {
@@ -709,8 +774,7 @@ impl<'a> Cut<'a> {
     /// holding inline the callables [`Cut::inlined`] chose.
     fn part(&self, part: usize) -> Option<Vec<u8>> {
         let layout = self.layout;
-        let first = part * self.size;
-        let end = (first + self.size).min(layout.functions.len());
+        let (first, end) = (self.starts[part], self.starts[part + 1]);
         let imported = self.imported;
         let callables = &self.callables[part];
         let (inline, donor) = self.inlined(part);
@@ -788,7 +852,7 @@ impl<'a> Cut<'a> {
             elements.active(Some(cross_table), &at, Elements::Functions(funcs.into()));
         }
         // This part's share of the guest's own element segments.
-        let owner = |function: u32| part_of(function, imported, self.size);
+        let owner = |function: u32| self.part_of(function);
         for (table, offset, items) in &layout.elements {
             let mut at = 0;
             while at < items.len() {
@@ -900,7 +964,7 @@ impl<'a> Cut<'a> {
         for defined in functions {
             layout.body_types[defined].iter().for_each(|&ty| mark(ty));
             for &(_, _, callee) in &layout.bodies[defined].1 {
-                if callee >= self.imported && part_of(callee, self.imported, self.size) != part {
+                if callee >= self.imported && self.part_of(callee) != part {
                     mark(layout.functions[(callee - self.imported) as usize]);
                 }
             }
@@ -938,9 +1002,10 @@ fn plain_val_type(ty: ValType) -> Option<u8> {
 }
 
 /// The part that holds function `function` (an index over imports and
-/// definitions): imported functions, the same in every part, count as part 0's.
-fn part_of(function: u32, imported: u32, size: usize) -> usize {
-    function.saturating_sub(imported) as usize / size
+/// definitions, below their number) by `owners`, each defined function's part:
+/// imported functions, the same in every part, count as part 0's.
+fn part_of(owners: &[u32], function: u32, imported: u32) -> usize {
+    function.checked_sub(imported).map_or(0, |defined| owners[defined as usize] as usize)
 }
 
 fn push_sleb(out: &mut Vec<u8>, mut value: i32) {
@@ -1014,6 +1079,8 @@ impl Pieces {
 #[cfg(test)]
 mod tests {
     use wasmparser::{Parser, Payload};
+
+    use super::{usual_starts, BIG_BODY, PART_BYTES, PART_FUNCTIONS};
 
     /// The function types of a piece's type section, as (params, results).
     fn types_of(piece: &[u8]) -> Vec<String> {
@@ -1130,12 +1197,8 @@ mod tests {
         }
         wat.push(')');
         let wasm = wat::parse_str(&wat).unwrap();
-        // An empty custom section flips the length's parity: the check cuts
-        // an even-length module the usual way, an odd one in two halves.
-        let mut padded = wasm.clone();
-        padded.extend_from_slice(&[0, 1, 0]);
-        for module in [&wasm, &padded] {
-            assert_eq!(super::check_against_whole(module), Ok(true));
+        for module in every_cut(&wasm) {
+            assert_eq!(super::check_against_whole(&module), Ok(true));
         }
         let cut = super::Cuttable::read(&wasm).unwrap().cut(None).unwrap();
         // Part 0: of its 64 callables, the 7 called ones (1, 11, …, 61) and
@@ -1143,5 +1206,76 @@ mod tests {
         assert_eq!(defined_in(&cut.parts[0]), 7 + 2 + 1);
         // Part 1 (64–79): 71 is called, so stays.
         assert_eq!(defined_in(&cut.parts[1]), 1 + 1);
+    }
+
+    /// `wasm` with custom sections that give its length each remainder by 3:
+    /// the check cuts the usual way, in two halves, or at drawn boundaries.
+    fn every_cut(wasm: &[u8]) -> Vec<Vec<u8>> {
+        [&[][..], &[0, 2, 0, 0], &[0, 3, 0, 0, 0]].iter().map(|extra| [wasm, extra].concat()).collect()
+    }
+
+    /// A module of `n` callables; those `big` says have bodies of about
+    /// `600 + 8 * k` bytes, the others a few bytes; every fifth calls the
+    /// next, so calls cross parts; callable `edited` answers `1000 + k`.
+    fn code_heavy(n: usize, big: impl Fn(usize) -> bool, edited: usize) -> Vec<u8> {
+        let mut wat = String::from("(module (memory (export \"memory\") 1)\n");
+        for k in 0..n {
+            let body = if big(k) {
+                // Stores that the answer then reads back: code that cannot fold.
+                let stores: String =
+                    (0..60 + k).map(|i| format!("(i32.store (i32.const {}) (local.get 0))", 4 * (i % 64))).collect();
+                format!("{stores} (i64.load (i32.const 8))")
+            } else {
+                "(i64.extend_i32_u (local.get 1))".to_string()
+            };
+            let call = if k % 5 == 0 && k + 1 < n {
+                format!("(drop (call {} (local.get 0) (local.get 1)))", k + 1)
+            } else {
+                String::new()
+            };
+            let answer = if k == edited { 1000 + k } else { k };
+            wat.push_str(&format!(
+                "(func (export \"c{k}\") (param i32 i32) (result i64) {call} (i64.add (i64.const {answer}) {body}))\n"
+            ));
+        }
+        wat.push(')');
+        wat::parse_str(&wat).unwrap()
+    }
+
+    #[test]
+    fn parts_end_after_a_large_body_once_they_hold_enough_code_and_answer_as_before() {
+        let big = |k: usize| k % 9 == 4;
+        let wasm = code_heavy(100, big, usize::MAX);
+        for module in every_cut(&wasm) {
+            assert_eq!(super::check_against_whole(&module), Ok(true));
+        }
+        let module = super::Cuttable::read(&wasm).unwrap();
+        let starts = usual_starts(&module.layout);
+        let sizes: Vec<usize> = module.layout.bodies.iter().map(|(body, _)| body.len()).collect();
+        assert!(sizes.iter().filter(|&&size| size >= BIG_BODY).count() > 8, "{sizes:?}");
+        assert_eq!((starts[0], starts.last()), (0, Some(&100)));
+        assert!(starts.len() > 3, "code cuts more parts than 64 functions would: {starts:?}");
+        for part in starts.windows(2) {
+            let (last, code) = (part[1] - 1, sizes[part[0]..part[1]].iter().sum::<usize>());
+            let full = part[1] - part[0] == PART_FUNCTIONS;
+            let ends_on_code = sizes[last] >= BIG_BODY && code >= PART_BYTES;
+            assert!(full || ends_on_code || part[1] == 100, "part {part:?} of {code} bytes");
+            // No earlier large body could have ended it.
+            let mut held = 0;
+            for (function, &size) in sizes.iter().enumerate().take(last).skip(part[0]) {
+                held += size;
+                assert!(!(size >= BIG_BODY && held >= PART_BYTES), "part {part:?} ran past {function}");
+            }
+        }
+
+        // Small modules of small functions are cut every 64 functions, as before.
+        let small = code_heavy(150, |_| false, usize::MAX);
+        assert_eq!(usual_starts(&super::Cuttable::read(&small).unwrap().layout), [0, 64, 128, 150]);
+
+        // An edit of one body, its size kept, changes one part and no boundary.
+        let parts = |wasm: &[u8]| super::Cuttable::read(wasm).unwrap().cut(None).unwrap().parts;
+        let (before, after) = (parts(&wasm), parts(&code_heavy(100, big, 40)));
+        assert_eq!(before.len(), after.len());
+        assert_eq!(before.iter().zip(&after).filter(|(a, b)| a != b).count(), 1);
     }
 }

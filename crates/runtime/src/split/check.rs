@@ -4,7 +4,8 @@
 use super::{Cuttable, CORE, CORE_MEMORY, DISPATCH};
 
 /// For fuzzing (`crates/fuzz`, target `wasm_cut`): runs `wasm` whole and cut
-/// into pieces (of the usual size, or two halves) on one engine, calling every function it exports with the
+/// into pieces (the usual parts, two halves, or parts at boundaries drawn
+/// from its bytes, by its length) on one engine, calling every function it exports with the
 /// same arguments on both, and compares what they return (values, or the
 /// kind of trap), what they asked of the host, and their memory afterwards.
 /// The pieces must instantiate exactly when the whole module does.
@@ -20,10 +21,22 @@ pub fn check_against_whole(wasm: &[u8]) -> Result<bool, String> {
         config.consume_fuel(true);
         Engine::new(&config).expect("an engine")
     });
-    // Cut into parts of the usual size, or (odd lengths) into two halves as
-    // a build compiled wide is.
-    let parts = (wasm.len() % 2 == 1).then_some(2);
-    let Some(cut) = Cuttable::read(wasm).and_then(|module| module.cut(parts)) else { return Ok(false) };
+    // Cut into the usual parts; into two halves as a build compiled wide is;
+    // or at boundaries drawn from the module's bytes (any boundaries must
+    // serve, whatever the rule that places them).
+    let Some(module) = Cuttable::read(wasm) else { return Ok(false) };
+    let cut = match wasm.len() % 3 {
+        0 => module.cut(None),
+        1 => module.cut(Some(2)),
+        _ => {
+            let defined = module.functions();
+            let mut starts = vec![0];
+            starts.extend((1..defined).filter(|&function| wasm[function * 7919 % wasm.len()].is_multiple_of(5)));
+            starts.push(defined);
+            module.cut_at(starts)
+        }
+    };
+    let Some(cut) = cut else { return Ok(false) };
     let compile = |bytes: &[u8]| wasmtime::Module::new(engine, bytes).map_err(|err| format!("{err:#}"));
     // A feature the engine lacks: nothing to compare.
     let Ok(whole) = compile(wasm) else { return Ok(false) };
