@@ -3,7 +3,8 @@
 //! extension, so that every kill may land in a history append, an extension
 //! record write, a compile-cache write or an artifact write — always starts
 //! again, serves exactly the builds on disk, keeps a readable history with
-//! nothing answered lost, and answers calls.
+//! nothing answered lost, and answers calls; and the rustc it started ahead of
+//! an extension's next build dies with it.
 //!
 //! `ZEST_CRASH_ITERATIONS` sets the number of kills (default 30); the figures
 //! in docs/reliability.md come from longer runs of this same test.
@@ -200,4 +201,55 @@ fn a_second_node_on_the_same_data_directory_is_refused_and_the_first_keeps_servi
     assert_eq!(std::fs::read_to_string(first.path(".zest/admin.token")).unwrap(), token_before);
     let time = first.rpc("module.call", json!({"module": "front", "function": "time"}));
     assert!(time["result"]["now_ms"].is_i64(), "{time}");
+}
+
+/// Whether process `pid` runs (a zombie, killed and not yet reaped, does not).
+fn running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
+}
+
+/// The children of `parent` whose command line includes `needle`.
+fn children_running(parent: u32, needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent.to_string()) && String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The rustc a node starts ahead of the next build of a `.rs` extension
+/// (`toolchain/spare.rs`) dies with it, even when the node is SIGKILLed.
+#[test]
+fn a_node_killed_outright_leaves_no_rustc_waiting() {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guests/hello.rs");
+    let source = std::fs::read_to_string(guest).unwrap();
+    let served = Served::start(&[], |dir| {
+        std::fs::create_dir_all(dir.join("extensions")).unwrap();
+        std::fs::write(dir.join("extensions/orphan_check.rs"), &source).unwrap();
+    });
+    let result = served.reload(json!({"scope": "extension", "path": "extensions/orphan_check.rs"}));
+    assert_eq!(result["status"].as_str(), Some("ok"), "{result}");
+    let node = served.pid() as u32;
+    let waiting = support::eventually(Duration::from_secs(10), || {
+        children_running(node, "orphan_check.rs").into_iter().find(|&pid| running(pid))
+    })
+    .expect("a rustc waits for the next build of orphan_check.rs");
+    // Let it load itself and block on its source; keep its directory, so that
+    // nothing but its node's death can end it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(running(waiting));
+    let (_dir, _temp) = served.kill_keeping_dir();
+    let gone = support::eventually(Duration::from_secs(10), || (!running(waiting)).then_some(()));
+    if gone.is_none() {
+        // SAFETY: kill(2) on the rustc the test found; no memory is involved.
+        unsafe { libc::kill(waiting as i32, libc::SIGKILL) };
+        panic!("rustc {waiting} outlived its SIGKILLed node");
+    }
 }
