@@ -281,21 +281,13 @@ pub(crate) struct RustBuilds {
     dir: PathBuf,
     /// `rustc`s started ahead, each for the next build of one file
     /// (`toolchain/spare.rs`), the latest last; at most [`SPARES`].
-    spares: Mutex<Spares>,
+    spares: Mutex<Vec<Spare>>,
     _temp: Option<tempfile::TempDir>,
 }
 
 /// How many files at most have a `rustc` waiting for their next build (each
 /// holds about 12 MB of memory while it waits).
 const SPARES: usize = 2;
-
-#[derive(Debug, Default)]
-struct Spares {
-    ready: Vec<Spare>,
-    /// The file the last `rustc` run built, whose spare [`RustBuilds::start_spare`]
-    /// starts.
-    wanted: Option<PathBuf>,
-}
 
 /// A `.rs` build: the wasm, and what running `rustc` took (`None` when the
 /// artifact was already there).
@@ -381,9 +373,8 @@ impl RustBuilds {
         let started = std::time::Instant::now();
         let spare = {
             let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
-            spares.wanted = Some(file.to_path_buf());
-            let at = spares.ready.iter().position(|spare| spare.serves(file_name, shown_as));
-            at.map(|at| spares.ready.remove(at))
+            let at = spares.iter().position(|spare| spare.serves(file_name, shown_as));
+            at.map(|at| spares.remove(at))
         };
         let built = match spare.and_then(|spare| spare.compile(source, &out, timeout, on_line)) {
             Some(built) => built.map(|()| rustc.command_line(file, shown_as)),
@@ -393,17 +384,14 @@ impl RustBuilds {
                 rustc.compile_module(&copy, &out, &self.dir, shown_as, timeout, on_line)
             }
         };
-        let command = match built {
-            Ok(command) => command,
-            Err(err) => {
-                // The next build of this file is likely its fix: have its rustc ready.
-                if matches!(err, ToolchainError::Failed { .. }) {
-                    self.start_spare();
-                }
-                return Err(failed(err));
-            }
-        };
         let duration = started.elapsed();
+        // The next build of this file likely comes soon (an edit, or the fix
+        // of this one): its rustc loads itself while this build's module
+        // compiles (on the other core, when one piece changed).
+        if matches!(built, Ok(_) | Err(ToolchainError::Failed { .. })) {
+            self.start_spare(&rustc, file_name, shown_as);
+        }
+        let command = built.map_err(failed)?;
         let wasm = fs::read(&out).map_err(io)?;
         // Keep the artifact (tmp + rename, so a crash never leaves half a file).
         let staged = private.path().join("artifact.wasm");
@@ -413,27 +401,23 @@ impl RustBuilds {
         Ok(RustBuild { wasm, rustc: Some(RustcRun { command, duration }) })
     }
 
-    /// Starts a `rustc` for the next build of the file the last `rustc` run
-    /// built, unless one waits already; the oldest spare goes beyond
-    /// [`SPARES`]. Called once a reload is over, so that its start does not
-    /// compete with compiling the module. A spare that cannot start is left out:
-    /// the next build starts its own `rustc`.
-    pub(crate) fn start_spare(&self) {
+    /// Starts a `rustc` for the next build of the file `file_name` shown as in
+    /// `shown_as`, unless one waits already; the oldest spare goes beyond
+    /// [`SPARES`]. Returns at once. A spare that cannot start is left out: the
+    /// next build starts its own `rustc`.
+    fn start_spare(&self, rustc: &Rustc, file_name: &std::ffi::OsStr, shown_as: &Path) {
         let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(file) = spares.wanted.take() else { return };
-        let (Some(file_name), Some(shown_as)) = (file.file_name(), file.parent()) else { return };
-        if spares.ready.iter().any(|spare| spare.serves(file_name, shown_as)) {
+        if spares.iter().any(|spare| spare.serves(file_name, shown_as)) {
             return;
         }
-        let Ok(rustc) = self.rustc() else { return };
         match rustc.spare(file_name, &self.dir, shown_as) {
             Ok(spare) => {
-                spares.ready.push(spare);
-                if spares.ready.len() > SPARES {
-                    spares.ready.remove(0);
+                spares.push(spare);
+                if spares.len() > SPARES {
+                    spares.remove(0);
                 }
             }
-            Err(err) => tracing::debug!(file = %file.display(), %err, "no rustc started ahead for the next build"),
+            Err(err) => tracing::debug!(file = ?file_name, %err, "no rustc started ahead for the next build"),
         }
     }
 }

@@ -84,8 +84,6 @@ pub(super) fn record(shared: &Arc<Shared>, record: ExtensionRecord, result: &mut
     if !result.errors.is_empty() {
         return;
     }
-    // The reload is over: the next build of a `.rs` file may start its rustc.
-    shared.rust.start_spare();
     if result.reloaded.contains(&record.name) {
         result.metadata.compiled_modules.push(record.name.clone());
     }
