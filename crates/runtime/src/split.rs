@@ -81,7 +81,7 @@ fn part_size(defined: usize) -> usize {
 /// this much code: Winch compiles about 1.5 KB of code a millisecond, so a
 /// part of 64 functions of real code (a guest SDK's JSON parser, say) took
 /// 12–15 ms where a part of small functions takes 2–3 (`docs/benchmarks.md`,
-/// "Parts cut by code too").
+/// "Extensions", item 3).
 const PART_BYTES: usize = 2048;
 
 /// See [`PART_BYTES`]. Only a large body ends a part early, so that a module

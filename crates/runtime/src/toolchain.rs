@@ -57,6 +57,8 @@ pub struct Rustc {
     path: PathBuf,
     version: String,
     sysroot: PathBuf,
+    /// [`Rustc::build_tag`].
+    tag: [u8; 32],
     /// The first work directory's sysroot, once chosen
     /// ([`Rustc::linking_sysroot`]); shared by clones, so that a copy that
     /// could not be made there is tried once.
@@ -87,7 +89,15 @@ impl Rustc {
         if !target_lib.is_dir() {
             return Err(ToolchainError::NoTarget { rustc: path.display().to_string(), sysroot });
         }
-        Ok(Rustc { path: path.to_path_buf(), version, sysroot: PathBuf::from(sysroot), linking: Arc::default() })
+        let mut rustc = Rustc {
+            path: path.to_path_buf(),
+            version,
+            sysroot: PathBuf::from(sysroot),
+            tag: [0; 32],
+            linking: Arc::default(),
+        };
+        rustc.tag = rustc.compute_tag();
+        Ok(rustc)
     }
 
     pub fn path(&self) -> &Path {
@@ -102,6 +112,10 @@ impl Rustc {
     /// What a build by this compiler depends on besides its source: the
     /// compiler's version, the guest SDK's sources and the flags.
     pub fn build_tag(&self) -> [u8; 32] {
+        self.tag
+    }
+
+    fn compute_tag(&self) -> [u8; 32] {
         let mut digest = Sha256::new();
         digest.update(self.version.as_bytes());
         for (name, text) in SDK_SOURCES {

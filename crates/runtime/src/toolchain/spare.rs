@@ -2,8 +2,8 @@
 //!
 //! Before it reads a byte of source, `rustc` spends about 35 ms of its ~130 ms
 //! on a one-function extension loading itself: the dynamic linker relocating
-//! `librustc_driver` and `libLLVM` (docs/benchmarks.md, "A rustc started
-//! ahead"). Edits come in runs on one file, so after a build the node starts
+//! `librustc_driver` and `libLLVM` (docs/benchmarks.md, "Extensions", item
+//! 2). Edits come in runs on one file, so after a build the node starts
 //! the next build's `rustc` at once, with every argument known, reading its
 //! source from a FIFO where the copy of the file would be; the next build of
 //! that file writes its text into the FIFO and waits for the usual result.

@@ -4,7 +4,7 @@
 //! relocations (`reloc..debug_info` and the like) outnumber its code's fifty to
 //! one, and `rust-lld` reads and checks every one of them before `--strip-all`
 //! throws the sections away: about 27 ms of a 63 ms link of a one-function
-//! module (docs/benchmarks.md, "A standard library that links faster").
+//! module (docs/benchmarks.md, "Extensions", item 1).
 //!
 //! The copy renames each such relocation section to a `.debug_` name of the same
 //! length. The linker then sees a debug section with no relocations, which it
