@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub(crate) background: Background,
     /// Recompiles quiet Winch builds with Cranelift (`Compiler::Auto`).
     pub(crate) tiering: Background,
+    /// Per module, the build its one pending tier-up job is for: the latest
+    /// scheduled (`reload/module.rs`, `schedule_tier_up`).
+    pub(crate) tier_ups: Mutex<std::collections::HashMap<String, std::sync::Weak<crate::version::Version>>>,
     /// Compiles the pieces a build compiled wide left for after its swap
     /// (`Engines::compile_later`), so the next edit finds them.
     pub(crate) pieces: Background,
@@ -195,6 +198,7 @@ impl Node {
             trials: Trials::default(),
             background: Background::start("zest-writer", 0).map_err(NodeError::Background)?,
             tiering: Background::start("zest-tier-up", 10).map_err(NodeError::Background)?,
+            tier_ups: Mutex::default(),
             pieces: Background::start("zest-pieces", 10).map_err(NodeError::Background)?,
             rust,
             config,

@@ -176,8 +176,7 @@ impl Slot {
     /// Stops the canary; its version becomes old (it drains like any other).
     pub(crate) fn clear_canary(&self) -> Option<Arc<Canary>> {
         let canary = self.canary.swap(None)?;
-        let old = Old { version: Arc::downgrade(&canary.version), life: canary.version.life() };
-        self.old.lock().unwrap_or_else(PoisonError::into_inner).push(old);
+        self.make_old(&canary.version);
         Some(canary)
     }
 
@@ -191,10 +190,18 @@ impl Slot {
 
     fn replace(&self, version: Arc<Version>) {
         let previous = self.current.swap(version);
-        let old = Old { version: Arc::downgrade(&previous), life: previous.life() };
-        self.old.lock().unwrap_or_else(PoisonError::into_inner).push(old);
+        self.make_old(&previous);
         // Dropping our reference here frees the version at once when no call runs on it.
         drop(previous);
+    }
+
+    /// Lists `version` among the old ones, and forgets those gone: a `Weak`
+    /// keeps its version's allocation, so a list only ever added to grew by
+    /// about 1 KB a reload (`docs/benchmarks.md`, "Resident memory").
+    fn make_old(&self, version: &Arc<Version>) {
+        let mut old = self.old.lock().unwrap_or_else(PoisonError::into_inner);
+        old.retain(|entry| !entry.life.is_gone());
+        old.push(Old { version: Arc::downgrade(version), life: version.life() });
     }
 
     /// Old versions that are still alive (something runs on them).

@@ -4,7 +4,7 @@
 //! module of a plan.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -378,27 +378,43 @@ pub(crate) fn commit(shared: &Arc<Shared>, step: &mut ModuleStep) {
 /// Tiers `version` up ([`tier_up`]) once `quiet` has passed, and then no
 /// reload has loaded a build for as long: a tier-up's compile is long, and
 /// beside a reload's it would slow it.
+///
+/// A module has one pending job, for its latest build: a reload meanwhile
+/// only names the new build (a job per reload held each build's allocation
+/// for the quiet period: about 1 KB a reload when reloading fast).
 fn schedule_tier_up(shared: &Arc<Shared>, version: &Arc<Version>, quiet: std::time::Duration) {
-    schedule_tier_up_in(shared, version, quiet, quiet);
+    let name = version.info.module.clone();
+    let mut pending = shared.tier_ups.lock().unwrap_or_else(PoisonError::into_inner);
+    if pending.insert(name.clone(), Arc::downgrade(version)).is_none() {
+        drop(pending);
+        schedule_tier_up_in(shared, name, quiet, quiet);
+    }
 }
 
-fn schedule_tier_up_in(
-    shared: &Arc<Shared>,
-    version: &Arc<Version>,
-    wait: std::time::Duration,
-    quiet: std::time::Duration,
-) {
-    let (node, version) = (Arc::downgrade(shared), Arc::downgrade(version));
+fn schedule_tier_up_in(shared: &Arc<Shared>, name: String, wait: std::time::Duration, quiet: std::time::Duration) {
+    let node = Arc::downgrade(shared);
     shared.tiering.run_at(Instant::now() + wait, move || {
         let Some(shared) = node.upgrade() else { return };
-        let Some(current) = version.upgrade().filter(|version| is_current(&shared, version)) else { return };
-        match shared.engines.busy_for(quiet) {
-            Some(wait) => schedule_tier_up_in(&shared, &current, wait, quiet),
-            None => {
-                drop(current);
-                tier_up(&shared, &version);
-            }
+        let pending = || shared.tier_ups.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(version) = pending().get(&name).cloned() else { return };
+        let current = version.upgrade().filter(|version| is_current(&shared, version));
+        let wait = match current {
+            Some(_) => shared.engines.busy_for(quiet),
+            None => None,
+        };
+        if let Some(wait) = wait {
+            return schedule_tier_up_in(&shared, name, wait, quiet);
         }
+        drop(current);
+        // The job ends here, unless a reload named a newer build meanwhile.
+        let mut jobs = pending();
+        if !jobs.get(&name).is_some_and(|latest| latest.ptr_eq(&version)) {
+            drop(jobs);
+            return schedule_tier_up_in(&shared, name, quiet, quiet);
+        }
+        jobs.remove(&name);
+        drop(jobs);
+        tier_up(&shared, &version);
     });
 }
 

@@ -404,4 +404,17 @@ fn a_quiet_winch_build_tiers_up_to_cranelift_code_that_callers_and_processes_nev
     let back = node.reload_module("clock", &ReloadOptions::default());
     assert_eq!(back.metadata.swaps[0].compiler, zest_runtime::Compiler::Cranelift, "{back:#?}");
     assert!(!back.metadata.swaps[0].compiled);
+
+    // A burst of new builds, faster than the quiet period: the last one tiers up.
+    for n in 3..23 {
+        std::fs::write(&clock, versioned(n, 0)).unwrap();
+        assert_eq!(node.reload_module("clock", &ReloadOptions::default()).status(), Status::Ok);
+    }
+    assert_eq!(compiler("clock"), zest_runtime::Compiler::Winch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while compiler("clock") != zest_runtime::Compiler::Cranelift {
+        assert!(std::time::Instant::now() < deadline, "the last build of a burst did not tier up within 20 s");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(node.call("clock", "get", "null").unwrap(), r#"{"v":22}"#);
 }
