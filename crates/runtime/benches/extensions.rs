@@ -5,7 +5,8 @@
 //! and Elixir's `Code.compile_file` (8.9–9.3 ms). For `.rs`, rustc's share
 //! (`metadata.compile.duration_ms`) and ours are reported separately, for an
 //! edit saved right after the last reload and for one saved 300 ms later (by
-//! which time the node has the next build's rustc waiting, `toolchain/spare.rs`).
+//! which time the node has the next build's rustc waiting, `toolchain/spare.rs`),
+//! and for a file the node never built (no rustc waits for it; a new module).
 //!
 //! Run: `cargo bench -p zest-runtime --bench extensions` (`-- --quick` for a
 //! shorter pass). Needs a wasm32-capable rustc (`scripts/test.sh` installs one).
@@ -115,5 +116,18 @@ fn main() {
         row(&format!(".rs, cold, {case}: ours (total − rustc)"), median(&mut ours));
         row(&format!(".rs, unchanged ({case})"), median(&mut unchanged));
     }
+    // A file this node never built: no rustc waits for it, and its module is
+    // new (every piece compiled).
+    let (mut total, mut rustc) = (Vec::new(), Vec::new());
+    for n in 0..edits {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let file = root.join(format!("first{n}.rs"));
+        std::fs::write(&file, rs_source(2000 + n)).unwrap();
+        let (ms, result) = reload(&node, &file);
+        total.push(ms);
+        rustc.push(result.metadata.compile.expect("rustc ran for a new file").duration.as_secs_f64() * 1e3);
+    }
+    row(".rs, cold, a file never built before: total", median(&mut total));
+    row(".rs, cold, a file never built before: rustc's share", median(&mut rustc));
     println!("\nFirst .rs build, guest SDK included: {first_ms:.1} ms.");
 }
