@@ -216,30 +216,25 @@ fn a_rust_extension_compiles_once_per_source_and_reports_rustcs_words() {
     );
 }
 
-/// Our child processes whose command line includes `needle`.
-fn children_running(needle: &str) -> Vec<u32> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // `pid (comm) state ppid ...`: the fields after the last `)`.
-        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if parent.as_deref() == Some(me.as_str()) && String::from_utf8_lossy(&cmdline).contains(needle) {
-            found.push(pid);
-        }
-    }
-    found
+/// The directories of the rustcs waiting for a next build
+/// (`<data>/rust/spare-*`, each holding its FIFO): a directory goes once its
+/// process has ended and been reaped.
+fn waiting_rustcs(data: &Path) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(data.join("rust")).unwrap().flatten();
+    entries.map(|entry| entry.path()).filter(|path| path.to_string_lossy().contains("/spare-")).collect()
 }
 
 #[test]
 fn after_a_rust_build_the_next_ones_rustc_waits_and_ends_with_the_node() {
+    use std::os::unix::fs::FileTypeExt;
     let ext = Ext::new();
+    let data = ext.path("data");
     let path = ext.write("extensions/waiting.rs", RUST_EXTENSION);
     assert_eq!(ext.reload(&path).status(), Status::Ok);
-    let waiting = children_running("waiting.rs");
+    let waiting = waiting_rustcs(&data);
     assert_eq!(waiting.len(), 1, "one rustc waits for the next build of waiting.rs: {waiting:?}");
+    let fifo = std::fs::metadata(waiting[0].join("waiting.rs")).unwrap();
+    assert!(fifo.file_type().is_fifo(), "it reads its source from a FIFO named as the file");
 
     // The edit is built by it: the new code answers, and the next one waits.
     ext.write("extensions/waiting.rs", RUST_EXTENSION.replace("GREETING", "AGAIN"));
@@ -247,16 +242,14 @@ fn after_a_rust_build_the_next_ones_rustc_waits_and_ends_with_the_node() {
     assert_eq!(edited.status(), Status::Ok, "{edited:#?}");
     assert!(edited.metadata.compile.is_some());
     assert_eq!(ext.node.call("waiting", "greet", r#"{"name":"ops"}"#).unwrap(), r#"{"greeting":"AGAIN, ops"}"#);
-    let next = children_running("waiting.rs");
+    let next = waiting_rustcs(&data);
     assert_eq!(next.len(), 1, "{next:?}");
-    assert!(!std::path::Path::new(&format!("/proc/{}", waiting[0])).exists(), "the first one built the edit and ended");
+    assert_ne!(next, waiting, "the first one built the edit and ended");
 
-    drop(ext);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{}", next[0])).exists() {
-        assert!(Instant::now() < deadline, "the waiting rustc outlived its node");
-        thread::sleep(Duration::from_millis(10));
-    }
+    // Stopping the node ends the one waiting.
+    let Ext { dir, node } = ext;
+    drop(node);
+    assert_eq!(waiting_rustcs(&dir.path().join("data")), Vec::<PathBuf>::new());
 }
 
 #[test]
