@@ -413,9 +413,10 @@ impl RustBuilds {
         match rustc.spare(file_name, &self.dir, shown_as) {
             Ok(spare) => {
                 spares.push(spare);
-                if spares.len() > SPARES {
-                    spares.remove(0);
-                }
+                // Dropped (killed and reaped) once the list is free again.
+                let evicted = (spares.len() > SPARES).then(|| spares.remove(0));
+                drop(spares);
+                drop(evicted);
             }
             Err(err) => tracing::debug!(file = ?file_name, %err, "no rustc started ahead for the next build"),
         }

@@ -398,11 +398,7 @@ fn schedule_tier_up_in(shared: &Arc<Shared>, name: String, wait: std::time::Dura
         let pending = || shared.tier_ups.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(version) = pending().get(&name).cloned() else { return };
         let current = version.upgrade().filter(|version| is_current(&shared, version));
-        let wait = match current {
-            Some(_) => shared.engines.busy_for(quiet),
-            None => None,
-        };
-        if let Some(wait) = wait {
+        if let Some(wait) = current.as_ref().and_then(|_| shared.engines.busy_for(quiet)) {
             return schedule_tier_up_in(&shared, name, wait, quiet);
         }
         drop(current);
