@@ -10,8 +10,18 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::TokenSource;
 use crate::wire::Code;
+
+/// Where a token comes from, and what it may do.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    File {
+        path: PathBuf,
+        scopes: Vec<Scope>,
+    },
+    /// `--token T`: an admin token given on the command line.
+    Inline(String),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {

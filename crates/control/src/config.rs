@@ -12,6 +12,7 @@ use zest_runtime::watch::WatchConfig;
 use zest_runtime::{ExtensionsConfig, Limits};
 
 use crate::auth::Scope;
+pub use crate::auth::TokenSource;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -43,17 +44,6 @@ pub struct ClusterConfig {
     pub token_file: PathBuf,
     pub lease_ttl: Duration,
     pub prepare_timeout: Duration,
-}
-
-/// Where a token comes from, and what it may do.
-#[derive(Debug, Clone)]
-pub enum TokenSource {
-    File {
-        path: PathBuf,
-        scopes: Vec<Scope>,
-    },
-    /// `--token T`: an admin token given on the command line.
-    Inline(String),
 }
 
 /// The flags of `zest serve`.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::server::{SUBSCRIBE, UNSUBSCRIBE};
+use crate::protocol::{SUBSCRIBE, UNSUBSCRIBE};
 use crate::wire::Code;
 
 /// The most requests one batch may hold.

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod frame;
+mod protocol;
 pub mod server;
 pub mod ui;
 pub mod wire;

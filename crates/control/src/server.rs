@@ -39,33 +39,13 @@ use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError};
 use crate::auth::{bearer, Caller, Scope, Tokens};
 use crate::cluster::{Cluster, Refusal};
 use crate::frame;
+use crate::protocol::{respond, METHODS};
+pub use crate::protocol::{EVENT_NOTIFICATION, SUBSCRIBE, UNSUBSCRIBE};
 use crate::wire::{self, Code, NodeInfo, Nodes};
-
-/// The methods a client may call; any other name reaches [`NOT_FOUND_METHOD`].
-pub(crate) const METHODS: [&str; 13] = [
-    "system.reload",
-    "system.history",
-    "system.rollback",
-    "system.promote",
-    "system.status",
-    "module.call",
-    "process.call",
-    "system.subscribe_events",
-    UNSUBSCRIBE,
-    "cluster.prepare",
-    "cluster.commit",
-    "cluster.settle",
-    "cluster.abort",
-];
 
 /// Where [`KnownMethods`] sends calls of unknown methods, so their error carries
 /// `data.code` on every transport.
 const NOT_FOUND_METHOD: &str = "zest.method_not_found";
-
-/// The notification method of `system.subscribe_events`, and how to unsubscribe.
-pub const EVENT_NOTIFICATION: &str = "system.event";
-pub const SUBSCRIBE: &str = "system.subscribe_events";
-pub const UNSUBSCRIBE: &str = "system.unsubscribe_events";
 
 const TOKEN_REQUIRED: &str = "a valid bearer token is required (Authorization: Bearer <token>)";
 
@@ -588,14 +568,6 @@ struct Gate<S> {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-pub(crate) fn respond(status: http::StatusCode, content_type: &str, body: impl Into<HttpBody>) -> HttpResponse {
-    http::Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .body(body.into())
-        .expect("static response parts are valid")
-}
 
 fn json_answer(status: http::StatusCode, text: String) -> HttpResponse {
     respond(status, "application/json", text)

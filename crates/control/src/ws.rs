@@ -49,7 +49,7 @@ use zest_runtime::Node;
 
 use crate::auth::{Caller, Scope};
 use crate::frame::{self, error_answer, Transport, Vetted};
-use crate::server::{EVENT_NOTIFICATION, SUBSCRIBE};
+use crate::protocol::{respond, EVENT_NOTIFICATION, METHODS, SUBSCRIBE};
 use crate::wire::{self, Code};
 
 /// Requests one connection may have running at once.
@@ -113,7 +113,7 @@ where
             Code::InvalidRequest,
             "a WebSocket handshake is a GET with Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
         );
-        return crate::server::respond(http::StatusCode::BAD_REQUEST, "application/json", body);
+        return respond(http::StatusCode::BAD_REQUEST, "application/json", body);
     };
     let accept = tungstenite::handshake::derive_accept_key(&key);
     let mut response = http::Response::builder()
@@ -242,7 +242,7 @@ where
                 // directly; anything else is answered as over HTTP.
                 let direct = fixes
                     .single_call()
-                    .is_some_and(|method| crate::server::METHODS.contains(&method))
+                    .is_some_and(|method| METHODS.contains(&method))
                     .then(|| session.methods.clone());
                 let mut answer = Box::pin(async move {
                     if let Some(methods) = direct {

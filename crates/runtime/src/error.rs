@@ -83,9 +83,9 @@ pub enum NodeError {
     #[error(
         "the data directory {} is in use by another zest node (its lock file {} is held); \
          stop that node or give this one a data directory of its own",
-        path.display(), path.join(crate::retention::LOCK_FILE).display()
+        path.display(), lock_file.display()
     )]
-    DataDirInUse { path: PathBuf },
+    DataDirInUse { path: PathBuf, lock_file: PathBuf },
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
     #[error("cannot start the background writer thread: {0}")]

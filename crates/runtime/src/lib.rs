@@ -4,58 +4,55 @@
 //! `docs/abi.md`), calls their functions and replaces their code while calls keep
 //! flowing. Any Rust program can embed it; the `zest` binary is one such program.
 //!
-//! The crate is organised after the concepts of CONTRACT.md:
+//! The crate is a stack of layers, each using only those below it
+//! (`docs/ARCHITECTURE.md` has the map and what each may not name; a tidy
+//! test keeps it free of import circles). From the bottom up:
 //!
-//! - [`node`]: the [`Node`] type, the API boundary;
-//! - `registry`: the code server, module name → current version plus old versions
-//!   that something still runs on;
-//! - `version`: one loaded build of a module and its pool of instances;
-//! - `engine`: wasmtime engines, the epoch ticker and the compile cache;
-//! - [`app`]: app manifests (`zest.toml`);
-//! - [`compile`]: running an app's build (`compile: true`);
-//! - [`extension`]: extension path checks, builds and durable records;
-//! - [`process`]: stateful processes, their mailboxes and migrations;
-//! - [`lock`]: the reload lock;
-//! - [`telemetry`]: reload events, their subscribers and metrics;
-//! - `abi`: validation of a module against guest ABI version 1;
-//! - `host`: the `"zest"` imports;
-//! - [`reload`]: the reload request, its one result type, and the [`Plan`] API
-//!   of its phases (stage, commit, settle or undo, finish);
-//! - [`reason`]: the reason strings every report uses;
-//! - `artifact`: builds by sha256, for other members and later rollbacks;
-//! - [`toolchain`]: finding a wasm32-capable `rustc` and running it.
+//! - vocabulary every layer may use: [`error`], [`reason`], [`lock`] (the
+//!   reload lock), [`config`], `background` (worker threads);
+//! - `wasm/`: the bytes of a build — [`abi`] (names and checks of guest ABI
+//!   version 1), the loader's dispatch rewrite and cut, WAT text;
+//! - `engine/`: machine code — the wasmtime engines, the epoch ticker, the
+//!   compile caches;
+//! - `store/`: what the data directory keeps — builds by sha256, the
+//!   [`history`], retention and the directory's lock;
+//! - `report.rs`: the one result type and what it carries; [`telemetry`]:
+//!   events over reports;
+//! - `build/`: where builds come from — [`app`] manifests, [`compile`] (an
+//!   app's build command), [`extension`]s, the wasm32 [`toolchain`];
+//! - `request.rs`: requests, options, scopes, trials, blueprints;
+//! - `code/`: the code server — the `"zest"` imports, instances, versions,
+//!   the registry, [`process`]es;
+//! - `state.rs`: what the node's parts share;
+//! - [`reload`]: the phases, as the [`Plan`] API (stage, commit, settle or
+//!   undo, finish), and the trial watcher;
+//! - [`node`] (the [`Node`], the API boundary) and [`watch`] mode on top.
 
-pub mod abi;
-pub mod app;
-mod artifact;
 mod background;
-mod cache;
-pub mod compile;
+mod build;
+mod code;
 pub mod config;
-mod dispatch;
 mod engine;
 pub mod error;
-pub mod extension;
-pub mod history;
-mod host;
-mod instance;
-mod ledger;
 pub mod lock;
 pub mod node;
-pub mod process;
 pub mod reason;
-mod registry;
 pub mod reload;
-mod retention;
-mod split;
+mod report;
+mod request;
+mod state;
+mod store;
 pub mod telemetry;
-mod text;
-pub mod toolchain;
-mod version;
+mod wasm;
 pub mod watch;
 
+// The public paths of the modules that moved into layers.
+pub use build::{app, compile, extension, toolchain};
+pub use code::process;
+pub use store::history;
+pub use wasm::abi;
+
 pub use app::{AppManifest, ManifestError};
-pub use artifact::Bytes;
 pub use compile::CompileReport;
 pub use config::ExtensionsConfig;
 pub use config::RestartPolicy;
@@ -72,18 +69,19 @@ pub use reload::{
     Plan, PlanEntry, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget, Scope,
     Session, Status, Swap, TrialSpec,
 };
+pub use store::artifact::Bytes;
 pub use telemetry::{Event, EventBody, Telemetry};
 
 /// For the fuzz targets (`crates/fuzz`), not for embedders.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::split::check_against_whole;
+    pub use crate::wasm::split::check_against_whole;
 
     /// Parses `texts` in turn, as a node parses a module's successive WAT
     /// builds (`text.rs`): each result is `wat`'s own parse of that text, or
     /// the same error. Returns how many were spliced rather than parsed whole.
     pub fn parse_texts_in_turn(texts: &[String]) -> Result<u64, String> {
-        let cache = crate::text::Texts::default();
+        let cache = crate::wasm::text::Texts::default();
         for (index, text) in texts.iter().enumerate() {
             let ours = cache.parse(text.as_bytes()).map_err(|err| err.to_string());
             let whole = wat::parse_str(text).map_err(|err| err.to_string());

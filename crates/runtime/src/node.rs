@@ -1,36 +1,29 @@
 //! The [`Node`]: the API boundary of the runtime. Any Rust program can embed one;
 //! `zest serve` is one such program.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::app::AppManifest;
-use crate::artifact::{parse_sha256, Artifacts, Bytes};
-use crate::background::Background;
+use crate::build::app::AppManifest;
+use crate::build::extension::ExtensionRecord;
+use crate::code::host::CallCtx;
+use crate::code::process::ProcessStatus;
 use crate::config::NodeConfig;
-use crate::engine::Engines;
 use crate::error::{CallError, NodeError, ProcessError};
-use crate::extension::{ExtensionRecord, Extensions, RustBuilds};
-use crate::history::{History, HistoryEntry};
-use crate::host::Env;
-use crate::instance::CallCtx;
 use crate::lock::{LocalLock, LockError, ReloadLock};
-use crate::process::{Process, ProcessStatus, ProcessTable};
-use crate::registry::Registry;
-use crate::reload::plan::Work;
-use crate::reload::trial::Trials;
 use crate::reload::{
     Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget,
-    Scope, Session,
+    Scope, Session, Work,
 };
+use crate::state::Shared;
+use crate::store::artifact::{parse_sha256, Bytes};
+use crate::store::history::HistoryEntry;
 use crate::telemetry::Telemetry;
 
-pub use crate::version::VersionInfo;
+pub use crate::code::version::VersionInfo;
 
 /// A running zest node: apps, modules, their versions, and calls into them.
 ///
@@ -41,72 +34,6 @@ pub use crate::version::VersionInfo;
 #[derive(Debug)]
 pub struct Node {
     shared: Arc<Shared>,
-}
-
-/// What the node's parts share; host functions hold it weakly.
-pub(crate) struct Shared {
-    pub(crate) config: NodeConfig,
-    /// Shared with the pieces worker's jobs, which must not keep the node
-    /// (and its data directory's lock) alive while they compile.
-    pub(crate) engines: Arc<Engines>,
-    pub(crate) registry: Arc<Registry>,
-    /// What every store shares (limits, clock, the registry for nested calls).
-    pub(crate) env: Arc<Env>,
-    pub(crate) artifacts: Artifacts,
-    /// Every committed change of a module's build.
-    pub(crate) history: History,
-    /// Reloads on trial.
-    pub(crate) trials: Trials,
-    /// Writes that follow a swap (compile cache, builds on disk), off its path.
-    pub(crate) background: Background,
-    /// Recompiles quiet Winch builds with Cranelift (`Compiler::Auto`).
-    pub(crate) tiering: Background,
-    /// Per module, the build its one pending tier-up job is for: the latest
-    /// scheduled (`reload/module.rs`, `schedule_tier_up`).
-    pub(crate) tier_ups: Mutex<std::collections::HashMap<String, std::sync::Weak<crate::version::Version>>>,
-    /// Compiles the pieces a build compiled wide left for after its swap
-    /// (`Engines::compile_later`), so the next edit finds them.
-    pub(crate) pieces: Background,
-    pub(crate) telemetry: Telemetry,
-    pub(crate) processes: ProcessTable,
-    pub(crate) extensions: Extensions,
-    pub(crate) rust: RustBuilds,
-    lock: Box<dyn ReloadLock>,
-    /// The data directory's lock (`retention::claim`), held while the node lives.
-    _data_dir_lock: Option<std::fs::File>,
-    /// Loaded apps by name, with the manifest as last applied.
-    apps: Mutex<BTreeMap<String, AppManifest>>,
-    requests: AtomicU64,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("config", &self.config).field("registry", &self.registry).finish()
-    }
-}
-
-impl Shared {
-    pub(crate) fn app(&self, name: &str) -> Option<AppManifest> {
-        self.apps.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
-    }
-
-    pub(crate) fn apps(&self) -> Vec<AppManifest> {
-        self.apps.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
-    }
-
-    pub(crate) fn app_names(&self) -> Vec<String> {
-        self.apps.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
-    }
-
-    /// The app that declares module `module`, if any.
-    pub(crate) fn app_declaring(&self, module: &str) -> Option<String> {
-        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
-        apps.values().find(|app| app.modules.iter().any(|m| m.name == module)).map(|app| app.name.clone())
-    }
-
-    pub(crate) fn record_app(&self, manifest: AppManifest) {
-        self.apps.lock().unwrap_or_else(PoisonError::into_inner).insert(manifest.name.clone(), manifest);
-    }
 }
 
 /// A snapshot of the node (`system.status`).
@@ -176,61 +103,18 @@ impl Node {
 
     /// A node whose reloads take `lock` (a cluster-wide lock, say).
     pub fn with_lock(config: NodeConfig, lock: Box<dyn ReloadLock>) -> Result<Node, NodeError> {
-        let data_dir_lock = config.data_dir.as_deref().map(crate::retention::claim).transpose()?;
-        let engines = Arc::new(Engines::new(&config)?);
-        let rust =
-            RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref()).map_err(NodeError::TempDir)?;
-        let registry = Arc::new(Registry::default());
-        let (history, recovered) = History::open(config.data_dir.as_deref());
-        for problem in recovered.problems {
-            tracing::warn!(%problem, "reading the history back");
-        }
-        let env = Arc::new(Env {
-            limits: config.limits.clone(),
-            clock: Arc::clone(&engines.clock),
-            registry: Arc::downgrade(&registry),
-            ledger: Arc::default(),
-        });
-        let shared = Shared {
-            extensions: Extensions::new(config.data_dir.as_deref()),
-            artifacts: Artifacts::new(config.data_dir.as_deref()),
-            history,
-            trials: Trials::default(),
-            background: Background::start("zest-writer", 0).map_err(NodeError::Background)?,
-            tiering: Background::start("zest-tier-up", 10).map_err(NodeError::Background)?,
-            tier_ups: Mutex::default(),
-            pieces: Background::start("zest-pieces", 10).map_err(NodeError::Background)?,
-            rust,
-            config,
-            engines,
-            registry,
-            env,
-            telemetry: Telemetry::default(),
-            processes: ProcessTable::default(),
-            lock,
-            _data_dir_lock: data_dir_lock,
-            apps: Mutex::new(BTreeMap::new()),
-            requests: AtomicU64::new(0),
-        };
+        let shared = Shared::new(config, lock, crate::reload::trial::watch)?;
         Ok(Node { shared: Arc::new(shared) })
     }
 
+    /// The node of `shared` (watch mode's thread holds the node weakly).
     pub(crate) fn from_shared(shared: &Arc<Shared>) -> Node {
         Node { shared: Arc::clone(shared) }
     }
 
-    /// Watch mode (CONTRACT.md §12, `watch.rs`): reloads by itself what a
-    /// changed file belongs to; `report` hears of each automatic reload and
-    /// each problem, on the watch thread. Stops when the [`Watch`] is dropped
-    /// (or the node goes away).
-    ///
-    /// [`Watch`]: crate::watch::Watch
-    pub fn watch(
-        &self,
-        config: crate::watch::WatchConfig,
-        report: impl Fn(&crate::watch::WatchEvent) + Send + 'static,
-    ) -> std::io::Result<crate::watch::Watch> {
-        crate::watch::start(Arc::downgrade(&self.shared), self.shared.config.data_dir.as_deref(), config, report)
+    /// What the node's parts share, for the drivers above it (watch mode).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -273,20 +157,14 @@ impl Node {
     /// lock is held past `options.lock_timeout` (`CONFLICT`).
     pub fn promote(&self, target: &RollbackTarget, options: &ReloadOptions) -> Result<ReloadResult, ReloadError> {
         let session = self.session(options.lock_timeout, None)?;
-        let (kind, name) = match target {
-            RollbackTarget::Module(name) => (Kind::Module, name.clone()),
-            RollbackTarget::App(name) => (Kind::App, name.clone()),
-        };
-        let request_id = session.request_id().to_string();
-        Ok(self.shared.telemetry.step(kind, &name, &request_id, || session.promote(target, options)))
+        Ok(session.promote_step(target, options))
     }
 
     /// Takes the node's reload lock, waiting up to `wait`, for a plan driven
     /// step by step (a cluster drives its phases on every member this way).
     /// `request_id` is carried in every event; the node makes one up when `None`.
     pub fn session(&self, wait: Duration, request_id: Option<&str>) -> Result<Session, LockError> {
-        let guard = self.shared.lock.acquire(wait)?;
-        Ok(Session::new(&self.shared, guard, self.request_id(request_id)))
+        Session::acquire(&self.shared, wait, request_id)
     }
 
     /// Loads the app in `dir` (its `zest.toml` and every module it declares), or
@@ -342,16 +220,9 @@ impl Node {
         self.shared.telemetry.step(kind, target, &request_id, || session.stage(work, options).run())
     }
 
-    fn request_id(&self, given: Option<&str>) -> String {
-        match given {
-            Some(id) => id.to_string(),
-            None => self.next_request_id(),
-        }
-    }
-
     /// A request id no other request of this node carries (`r1`, `r2`, …).
     pub fn next_request_id(&self) -> String {
-        format!("r{}", self.shared.requests.fetch_add(1, Ordering::Relaxed) + 1)
+        self.shared.next_request_id()
     }
 
     /// The manifest of loaded app `name`, as last applied.
@@ -477,7 +348,7 @@ impl Node {
     /// Starts process `name` on module `module`'s current version, passing `init`
     /// (JSON text) to its `zest_init`.
     pub fn start_process(&self, name: &str, module: &str, init: &str) -> Result<(), ProcessError> {
-        start_process(&self.shared, name, module, init)
+        self.shared.start_process(name, module, init)
     }
 
     /// Sends `message` (JSON text) to process `name` and waits for its reply, up
@@ -512,19 +383,4 @@ impl Node {
             self.stop_process(&process.name);
         }
     }
-}
-
-/// Starts a process (the API and app manifests alike).
-pub(crate) fn start_process(shared: &Arc<Shared>, name: &str, module: &str, init: &str) -> Result<(), ProcessError> {
-    crate::abi::check_name(name).map_err(|message| ProcessError::Start { module: module.to_string(), message })?;
-    if shared.processes.get(name).is_some() {
-        return Err(ProcessError::AlreadyExists { process: name.to_string() });
-    }
-    let Some(slot) = shared.registry.slot(module) else {
-        let message = format!("module `{module}` is not loaded");
-        return Err(ProcessError::Start { module: module.to_string(), message });
-    };
-    let process = Process::start(name, &slot.current(), init, shared.config.restart.clone())?;
-    shared.processes.insert(process)?;
-    Ok(())
 }

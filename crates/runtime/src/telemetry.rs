@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::reload::{Failure, Kind, Reason, ReloadResult, Status};
+use crate::reason::{Failure, Reason};
+pub use crate::report::Stream;
+use crate::report::{Kind, ReloadResult, Status};
 
 /// How many events the broadcast feed buffers for a slow subscriber before it
 /// starts missing the oldest (a subscriber is told how many it missed).
@@ -61,21 +63,6 @@ pub enum EventBody {
     ClusterCommit { nodes: Vec<String>, revision: i64 },
     /// `zest.cluster.abort`: nothing was swapped on any member, because of this.
     ClusterAbort { nodes: Vec<String>, reason: Reason, message: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
 }
 
 impl Event {
@@ -276,7 +263,7 @@ mod tests {
         let mut feed = telemetry.subscribe();
         let result = telemetry.step(Kind::App, "demo", "r-1", || {
             let mut result = ReloadResult::new(Kind::App, "demo");
-            result.skipped.push(crate::reload::Skip { target: "clock".into(), reason: Reason::InUse });
+            result.skipped.push(crate::reason::Skip { target: "clock".into(), reason: Reason::InUse });
             result
         });
         assert_eq!(result.status(), Status::Partial);

@@ -33,7 +33,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,9 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
-use crate::node::{Node, Shared};
+use crate::node::Node;
 use crate::reload::{ReloadOptions, ReloadRequest, ReloadResult, Scope};
+use crate::state::Shared;
 
 /// How long a reload started by the watcher waits for the reload lock.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
@@ -130,8 +131,18 @@ enum Message {
     Stop,
 }
 
-/// Starts watching what the node has loaded (`Node::watch`).
-pub(crate) fn start(
+impl Node {
+    /// Watch mode (CONTRACT.md §12, `watch.rs`): reloads by itself what a
+    /// changed file belongs to; `report` hears of each automatic reload and
+    /// each problem, on the watch thread. Stops when the [`Watch`] is dropped
+    /// (or the node goes away).
+    pub fn watch(&self, config: WatchConfig, report: impl Fn(&WatchEvent) + Send + 'static) -> std::io::Result<Watch> {
+        start(Arc::downgrade(self.shared()), self.config().data_dir.as_deref(), config, report)
+    }
+}
+
+/// Starts watching what the node has loaded.
+fn start(
     node: Weak<Shared>,
     data_dir: Option<&Path>,
     config: WatchConfig,

@@ -8,13 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::extension::plan_extension;
 use super::module;
-use super::plan::Unit;
-use super::{Failure, Kind, Reason, ReloadOptions, ReloadResult};
-use crate::app::AppManifest;
-use crate::compile::{self, CompileReport};
-use crate::extension::ExtensionRecord;
-use crate::node::Shared;
+use super::unit::{Record, Unit};
+use crate::build::app::AppManifest;
+use crate::build::compile::{self, CompileReport};
+use crate::reason::{Failure, Reason};
+use crate::report::Kind;
+use crate::request::ReloadOptions;
+use crate::state::Shared;
 use crate::telemetry::EventBody;
 
 /// Where an app reload finds its manifest.
@@ -23,13 +25,6 @@ pub(crate) enum AppSource<'a> {
     Name(&'a str),
     /// An app directory (loading an app for the first time).
     Dir(&'a Path),
-}
-
-/// What an applied plan leaves behind: the app's manifest, or the extension's
-/// durable record.
-pub(crate) enum Record {
-    App(AppManifest),
-    Extension(ExtensionRecord),
 }
 
 /// An app's unit: its manifest read and checked, its build run (`compile:
@@ -125,29 +120,6 @@ fn build_failure(target: &str, report: &CompileReport) -> Option<Failure> {
     Some(Failure::new(target, reason, report.failure_message()))
 }
 
-/// Starts the processes the manifest declares that are not running yet.
-pub(crate) fn start_processes(shared: &Arc<Shared>, manifest: &AppManifest, result: &mut ReloadResult) {
-    for decl in &manifest.processes {
-        if let Some(process) = shared.processes.get(&decl.name) {
-            if process.module != decl.module {
-                let message = format!(
-                    "{}: process `{}` already runs module `{}`, not `{}`",
-                    manifest.file.display(),
-                    decl.name,
-                    process.module,
-                    decl.module
-                );
-                result.errors.push(Failure::new(format!("process:{}", decl.name), Reason::InvalidModule, message));
-            }
-            continue;
-        }
-        if let Err(err) = crate::node::start_process(shared, &decl.name, &decl.module, &decl.init.to_string()) {
-            let message = format!("{}: {err}", manifest.file.display());
-            result.errors.push(Failure::new(format!("process:{}", decl.name), Reason::NotRunning, message));
-        }
-    }
-}
-
 /// Scope `module`'s unit: the module's app manifest is read again, so a module
 /// newly declared there loads; an extension reloads from its file by the
 /// extension rules; a module no app declares (loaded through the embedding API)
@@ -170,7 +142,7 @@ pub(crate) fn plan_module_scope(shared: &Arc<Shared>, name: &str, options: &Relo
     }
     let Some((manifest, path)) = found else {
         if let Some(record) = shared.extensions.get(name) {
-            let mut unit = super::extension::plan_extension(shared, &record.path, options, request_id);
+            let mut unit = plan_extension(shared, &record.path, options, request_id);
             unit.result.kind = Kind::Module;
             unit.result.target = name.to_string();
             return unit;

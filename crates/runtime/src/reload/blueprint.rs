@@ -1,73 +1,20 @@
-//! A [`Blueprint`]: what another node needs to stage exactly the builds a plan
-//! staged — the plan's units, each module's build by sha256, the manifests and
-//! extension records the plan applies, its `code_change` targets.
+//! Blueprints (`request.rs`) made and staged: a plan's units as the builds by
+//! sha256, manifests and records another node needs to stage exactly the
+//! same ([`of_plan`]), and one unit of a blueprint staged here
+//! ([`stage_unit`]).
 //!
 //! The coordinator of a cluster reload takes one from its own plan
-//! ([`crate::Plan::blueprint`]) and sends it to every member, which fetches the
-//! builds it lacks and stages them ([`crate::Session::plan_blueprint`]); a member
-//! catching up with the cluster stages the blueprint of what the cluster
-//! committed. Blueprints are plain data: the cluster layer owns their wire form.
+//! (`Plan::blueprint`) and sends it to every member, which fetches the builds
+//! it lacks and stages them (`Session::plan_blueprint`); a member catching up
+//! with the cluster stages the blueprint of what the cluster committed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::app::Record;
 use super::module::{self, ModuleStep};
-use super::plan::Unit;
-use super::{CodeChangeTarget, Kind, ReloadOptions};
-use crate::app::AppManifest;
-use crate::extension::ExtensionRecord;
-use crate::node::Shared;
-
-/// The builds of one reload, as another node stages them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Blueprint {
-    /// The request's scope, so the result has the shape the scope's has.
-    pub kind: Kind,
-    pub target: String,
-    pub units: Vec<BlueprintUnit>,
-    pub code_change: Vec<CodeChangeTarget>,
-    pub force: bool,
-    pub atomic: bool,
-}
-
-/// One app, extension or module of a blueprint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BlueprintUnit {
-    pub kind: Kind,
-    pub target: String,
-    pub builds: Vec<BuildRef>,
-    /// The app's manifest as the coordinator read it: kept, and its processes
-    /// started, once applied.
-    pub app: Option<AppManifest>,
-    /// The extension's record, kept once applied.
-    pub extension: Option<ExtensionRecord>,
-}
-
-/// One module's build, named by the sha256 of its bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildRef {
-    pub module: String,
-    /// Hex.
-    pub sha256: String,
-    pub vsn: String,
-    /// Where the coordinator read it (recorded as the version's source).
-    pub source: PathBuf,
-}
-
-impl Blueprint {
-    /// True when committing it would change nothing anywhere: no build, no
-    /// manifest, no record, no `code_change` target.
-    pub fn is_empty(&self) -> bool {
-        self.code_change.is_empty()
-            && self.units.iter().all(|unit| unit.builds.is_empty() && unit.app.is_none() && unit.extension.is_none())
-    }
-
-    /// Every build the blueprint names.
-    pub fn builds(&self) -> impl Iterator<Item = &BuildRef> {
-        self.units.iter().flat_map(|unit| unit.builds.iter())
-    }
-}
+use super::unit::{Record, Unit};
+use crate::report::Kind;
+use crate::request::{Blueprint, BlueprintUnit, CodeChangeTarget, ReloadOptions};
+use crate::state::Shared;
 
 pub(super) fn of_plan(
     shared: &Shared,

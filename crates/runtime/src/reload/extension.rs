@@ -9,14 +9,15 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use super::app::Record;
 use super::module::{self, Build};
-use super::plan::Unit;
-use super::{Failure, Kind, Reason, ReloadOptions, ReloadResult};
-use crate::compile::CompileReport;
-use crate::extension::{self, ExtensionRecord, Format};
-use crate::node::Shared;
-use crate::telemetry::{EventBody, Stream};
+use super::unit::{Record, Unit};
+use crate::build::compile::CompileReport;
+use crate::build::extension::{self, ExtensionRecord, Format};
+use crate::reason::{Failure, Reason};
+use crate::report::{Kind, Stream};
+use crate::request::ReloadOptions;
+use crate::state::Shared;
+use crate::telemetry::EventBody;
 
 /// An extension's unit: the file at `given` checked, built and its module
 /// staged. Nothing is swapped yet.
@@ -76,21 +77,4 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
     unit.steps.push(module::plan_build(shared, &checked.name, build, options.force, started));
     unit.record = Some(Record::Extension(record));
     unit
-}
-
-/// Records an applied extension, durably; lists its module in
-/// `metadata.compiled_modules` when it was loaded.
-pub(super) fn record(shared: &Arc<Shared>, record: ExtensionRecord, result: &mut ReloadResult) {
-    if !result.errors.is_empty() {
-        return;
-    }
-    if result.reloaded.contains(&record.name) {
-        result.metadata.compiled_modules.push(record.name.clone());
-    }
-    let name = record.name.clone();
-    if let Err(message) = shared.extensions.record(record) {
-        tracing::error!(extension = %name, %message, "the extension is loaded but not recorded for restarts");
-        let message = format!("loaded, but not recorded for restarts: {message}");
-        result.errors.push(Failure::new(result.target.clone(), Reason::InternalError, message));
-    }
 }

@@ -8,11 +8,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{CodeChangeTarget, Failure, Kind, Reason, ReloadResult};
-use crate::abi::check_name;
-use crate::node::Shared;
-use crate::process::{Body, Direction, Process, Suspended};
-use crate::version::Version;
+use crate::code::process::{Body, Process, Suspended};
+use crate::code::version::Version;
+use crate::reason::{Failure, Reason, Skip};
+use crate::report::{Kind, ReloadResult};
+use crate::request::{CodeChangeTarget, Direction};
+use crate::state::Shared;
+use crate::wasm::abi::check_name;
 
 /// A migrated process kept suspended until the request settles.
 pub(crate) struct Held {
@@ -144,7 +146,7 @@ fn run_code_change(
         return None;
     }
     let Some(process) = shared.processes.get(&target.server) else {
-        result.skipped.push(super::Skip { target: name, reason: Reason::NotRunning });
+        result.skipped.push(Skip { target: name, reason: Reason::NotRunning });
         return None;
     };
     if process.module != target.module {
@@ -159,7 +161,7 @@ fn run_code_change(
     let version = slot.current();
     let mut suspended = process.suspend();
     if suspended.old_vsn().is_none() {
-        result.skipped.push(super::Skip { target: name, reason: Reason::NotRunning });
+        result.skipped.push(Skip { target: name, reason: Reason::NotRunning });
         return None;
     }
     match suspended.migrate(&version, target.old_vsn.as_deref(), &target.extra, Direction::Up) {

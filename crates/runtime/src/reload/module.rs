@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::blueprint::BuildRef;
 use super::migrate::{self, Held};
-use super::{Failure, Kind, Reason, ReloadResult, Skip, Swap};
-use crate::artifact::{parse_sha256, Bytes};
+use crate::code::registry::Slot;
+use crate::code::version::Version;
 use crate::config::Compiler;
-use crate::history::BuildId;
-use crate::node::Shared;
-use crate::process::Direction;
-use crate::registry::Slot;
-use crate::version::Version;
+use crate::reason::{Failure, Reason, Skip};
+use crate::report::{Kind, PlanEntry, ReloadResult, Swap};
+use crate::request::{BuildRef, Direction};
+use crate::state::Shared;
+use crate::store::artifact::{parse_sha256, Bytes};
+use crate::store::history::BuildId;
 
 /// What committing a step does to its module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +51,10 @@ pub(crate) struct ModuleStep {
 
 struct Staged {
     version: Arc<Version>,
-    callables: crate::dispatch::Callables,
+    callables: crate::wasm::dispatch::Callables,
     compiled: bool,
     /// Pieces to compile after the swap ([`crate::engine::Loaded::later`]).
-    later: Option<crate::split::Split>,
+    later: Option<crate::wasm::split::Split>,
 }
 
 impl ModuleStep {
@@ -88,7 +88,7 @@ impl ModuleStep {
 
     /// What committing this step would change, for a dry run; `None` when
     /// nothing is staged.
-    pub(crate) fn preview(&self, shared: &Shared) -> Option<super::PlanEntry> {
+    pub(crate) fn preview(&self, shared: &Shared) -> Option<PlanEntry> {
         let staged = &self.staged.as_ref()?.version;
         let current = shared.registry.slot(&self.result.target).map(|slot| slot.current());
         let names = |version: &Version| -> std::collections::BTreeSet<String> {
@@ -101,7 +101,7 @@ impl ModuleStep {
             .iter()
             .map(|process| (process.name.clone(), process.can_migrate_to(staged)))
             .collect();
-        Some(super::PlanEntry {
+        Some(PlanEntry {
             module: self.result.target.clone(),
             from: current.map(|c| (c.info.vsn.clone(), c.info.sha256.clone())),
             to: (staged.info.vsn.clone(), staged.info.sha256.clone()),
@@ -183,7 +183,7 @@ pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> M
         result.errors.push(Failure::new(name, reason, message));
         ModuleStep::new(result, None, started)
     };
-    if let Err(message) = crate::abi::check_name(name) {
+    if let Err(message) = crate::wasm::abi::check_name(name) {
         return fail(Reason::InvalidModule, message);
     }
     let Some(sha256) = parse_sha256(&build.sha256) else {
@@ -196,7 +196,7 @@ pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> M
         return ModuleStep::new(result, None, started);
     }
     let Some(bytes) = shared.artifacts.get(&sha256) else {
-        let keeps = crate::retention::KEEP_BUILDS_PER_MODULE;
+        let keeps = crate::store::retention::KEEP_BUILDS_PER_MODULE;
         let message = format!(
             "this node does not hold build {} of `{name}` (it keeps each module's last {keeps} builds)",
             build.sha256
@@ -264,7 +264,7 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
     if let Some((compiled, pieces)) = loaded.pieces {
         tracing::debug!(module = name, compiled, pieces, "compiled by pieces; the others were a recent build's");
     }
-    let version = Version::new(&shared.engines, &shared.env, name, &build.source, sha256, &loaded)
+    let version = Version::new(&shared.env, name, &build.source, sha256, &loaded)
         .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
     // Held for other members of a cluster, and for a later rollback.
     shared.artifacts.keep(&sha256, build.bytes);
@@ -450,7 +450,7 @@ fn tier_up(shared: &Shared, version: &Weak<Version>) {
     let Some(version) = version.upgrade() else {
         return;
     };
-    match version.tier_up(&shared.engines, &loaded.code, Compiler::Cranelift) {
+    match version.tier_up(&loaded.code, Compiler::Cranelift) {
         Ok(()) => tracing::debug!(module = %name, vsn = %version.info.vsn, ms = started.elapsed().as_secs_f64() * 1e3,
             "tiered up to Cranelift code"),
         Err(message) => tracing::warn!(module = %name, %message, "cannot tier up"),
@@ -476,7 +476,7 @@ pub(crate) fn migrate(shared: &Arc<Shared>, step: &mut ModuleStep, force: bool, 
         },
     };
     let started = Instant::now();
-    let canary = |percent: u32| move |name: &str| crate::registry::process_to_canary(name, percent);
+    let canary = |percent: u32| move |name: &str| crate::code::registry::process_to_canary(name, percent);
     let chosen = match step.mode {
         Mode::Canary(percent) => Some(canary(percent)),
         _ => None,
@@ -558,7 +558,7 @@ fn check_size(shared: &Shared, name: &str, source: &Path, bytes: u64) -> Result<
 }
 
 fn read_build(shared: &Arc<Shared>, name: &str, source: Option<&Path>) -> Result<Build, Failure> {
-    crate::abi::check_name(name).map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    crate::wasm::abi::check_name(name).map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
     let path: PathBuf = match source {
         Some(path) => path.to_path_buf(),
         None => match shared.registry.slot(name) {

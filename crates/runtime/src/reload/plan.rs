@@ -29,18 +29,24 @@
 //! the request's last event is out).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::app::{self, AppSource, Record};
-use super::blueprint::{self, Blueprint};
+use super::app::{self, AppSource};
+use super::blueprint;
+use super::extension::plan_extension;
 use super::migrate::{self, Held};
 use super::module::{self, Mode, ModuleStep};
-use super::{
-    AllScope, CodeChangeTarget, Counts, Failure, Kind, Reason, ReloadOptions, ReloadRequest, ReloadResult, Scope,
+use super::rollback;
+use super::unit::Unit;
+use crate::lock::{LockError, LockGuard};
+use crate::reason::{Failure, Reason};
+use crate::report::{Counts, Kind, ReloadResult};
+use crate::request::{
+    AllScope, Blueprint, CodeChangeTarget, Direction, ReloadOptions, ReloadRequest, RollbackRequest, RollbackTarget,
+    Scope,
 };
-use crate::history::{Action, BuildId, Change};
-use crate::lock::LockGuard;
-use crate::node::Shared;
+use crate::state::{start_trial, Shared};
+use crate::store::history::{Action, BuildId, Change};
 use crate::telemetry::EventBody;
 
 /// The node's reload lock, held: the right to stage and apply one plan.
@@ -64,8 +70,15 @@ pub(crate) enum Work<'a> {
 }
 
 impl Session {
-    pub(crate) fn new(shared: &Arc<Shared>, guard: LockGuard, request_id: String) -> Session {
-        Session { shared: Arc::clone(shared), guard: Arc::new(guard), request_id }
+    /// Takes the node's reload lock, waiting up to `wait`. `request_id` is
+    /// carried in every event; the node makes one up when `None`.
+    pub(crate) fn acquire(
+        shared: &Arc<Shared>,
+        wait: Duration,
+        request_id: Option<&str>,
+    ) -> Result<Session, LockError> {
+        let guard = shared.acquire(wait)?;
+        Ok(Session { shared: Arc::clone(shared), guard: Arc::new(guard), request_id: shared.request_id(request_id) })
     }
 
     /// Carried in every telemetry event of the plan.
@@ -94,7 +107,7 @@ impl Session {
     /// Promotes the canary of a module, or of every module of an app that runs
     /// one (CONTRACT.md §11): it becomes current for everyone, and the other
     /// processes migrate to it. Every phase in a row.
-    pub fn promote(&self, target: &super::RollbackTarget, options: &ReloadOptions) -> ReloadResult {
+    pub fn promote(&self, target: &RollbackTarget, options: &ReloadOptions) -> ReloadResult {
         match self.canary_plan(target, Mode::Promote, options) {
             Ok(mut plan) => {
                 plan.set_action(Action::Promote);
@@ -104,21 +117,25 @@ impl Session {
         }
     }
 
+    /// [`Session::promote`] as one telemetry operation: `system.promote`, or
+    /// a healthy canary at the end of its trial.
+    pub(crate) fn promote_step(&self, target: &RollbackTarget, options: &ReloadOptions) -> ReloadResult {
+        let (kind, name) = target.kind_and_name();
+        self.shared.telemetry.step(kind, &name, &self.request_id, || self.promote(target, options))
+    }
+
     /// The plan of a promotion or of dropping canaries: one step per module of
     /// `target` that runs a canary. An error result when none does.
     pub(crate) fn canary_plan(
         &self,
-        target: &super::RollbackTarget,
+        target: &RollbackTarget,
         mode: Mode,
         options: &ReloadOptions,
     ) -> Result<Plan, Box<ReloadResult>> {
-        let (kind, name) = match target {
-            super::RollbackTarget::Module(name) => (Kind::Module, name.clone()),
-            super::RollbackTarget::App(name) => (Kind::App, name.clone()),
-        };
+        let (kind, name) = target.kind_and_name();
         let modules: Vec<String> = match target {
-            super::RollbackTarget::Module(module) => vec![module.clone()],
-            super::RollbackTarget::App(app) => match self.shared.app(app) {
+            RollbackTarget::Module(module) => vec![module.clone()],
+            RollbackTarget::App(app) => match self.shared.app(app) {
                 Some(manifest) => manifest
                     .modules
                     .iter()
@@ -166,13 +183,13 @@ impl Session {
 
     /// Rolls back as `request` says (`reload/rollback.rs`), every phase in a
     /// row; processes migrate `down`.
-    pub fn rollback(&self, request: &super::RollbackRequest) -> ReloadResult {
+    pub fn rollback(&self, request: &RollbackRequest) -> ReloadResult {
         let (kind, target) = request.kind_and_target();
-        if request.to.is_none() && super::rollback::runs_canary(&self.shared, &request.target) {
+        if request.to.is_none() && rollback::runs_canary(&self.shared, &request.target) {
             // Rolling back a canary drops it: its processes come back down.
             let mut result = match self.canary_plan(&request.target, Mode::DropCanary, &request.options) {
                 Ok(mut plan) => {
-                    plan.set_direction(crate::process::Direction::Down);
+                    plan.set_direction(Direction::Down);
                     plan.set_action(Action::Rollback);
                     plan.run()
                 }
@@ -193,12 +210,12 @@ impl Session {
     /// Stages a rollback to the builds history names (not a canary's drop):
     /// processes will migrate `down`, the history records `rollback`. An error
     /// result when there is nothing to roll back to.
-    pub fn plan_rollback(&self, request: &super::RollbackRequest) -> Result<Plan, Box<ReloadResult>> {
+    pub fn plan_rollback(&self, request: &RollbackRequest) -> Result<Plan, Box<ReloadResult>> {
         let (kind, target) = request.kind_and_target();
-        match super::rollback::blueprint(&self.shared, request) {
+        match rollback::blueprint(&self.shared, request) {
             Ok(blueprint) => {
                 let mut plan = self.plan_blueprint(&blueprint);
-                plan.set_direction(crate::process::Direction::Down);
+                plan.set_direction(Direction::Down);
                 plan.set_action(Action::Rollback);
                 Ok(plan)
             }
@@ -225,9 +242,7 @@ impl Session {
         let unit = match work {
             Work::Scope(Scope::Module(name)) => app::plan_module_scope(&shared, name, options, &request_id),
             Work::Scope(Scope::App(name)) => app::plan_app(&shared, AppSource::Name(name), options, &request_id),
-            Work::Scope(Scope::Extension(path)) => {
-                super::extension::plan_extension(&shared, path, options, &request_id)
-            }
+            Work::Scope(Scope::Extension(path)) => plan_extension(&shared, path, options, &request_id),
             Work::LoadApp(dir) => app::plan_app(&shared, AppSource::Dir(dir), options, &request_id),
             Work::Loose { name, source } => {
                 let mut unit = Unit::new(Kind::Module, name);
@@ -245,52 +260,6 @@ impl Session {
         };
         plan.units.push(unit);
         plan
-    }
-}
-
-/// One child of a plan: an app, an extension, or a module of scope `module` —
-/// its result so far, its module steps, and what to keep once it is applied.
-pub(crate) struct Unit {
-    pub(crate) result: ReloadResult,
-    pub(crate) steps: Vec<ModuleStep>,
-    pub(crate) record: Option<Record>,
-    pub(crate) started: Instant,
-}
-
-impl Unit {
-    pub(crate) fn new(kind: Kind, target: &str) -> Unit {
-        Unit { result: ReloadResult::new(kind, target), steps: Vec::new(), record: None, started: Instant::now() }
-    }
-
-    /// The unit failed before any module was staged.
-    pub(crate) fn error(mut self, failure: Failure) -> Unit {
-        self.result.errors.push(failure);
-        self
-    }
-
-    /// The unit's result with what it leaves behind recorded: an app's result
-    /// has one child per module; an extension's or a module's step is its own
-    /// result.
-    fn finish(self, shared: &Arc<Shared>) -> ReloadResult {
-        let Unit { mut result, steps, record, started } = self;
-        for step in steps {
-            match result.kind {
-                Kind::App => result.absorb(step.finish()),
-                _ => result.merge(step.finish()),
-            }
-        }
-        match (result.kind, record) {
-            (Kind::App, Some(Record::App(manifest))) => {
-                app::start_processes(shared, &manifest, &mut result);
-                shared.record_app(manifest);
-            }
-            // Scope `module` keeps the manifest it read once its module applied.
-            (_, Some(Record::App(manifest))) if result.errors.is_empty() => shared.record_app(manifest),
-            (_, Some(Record::Extension(record))) => super::extension::record(shared, record, &mut result),
-            _ => {}
-        }
-        result.duration = started.elapsed();
-        result
     }
 }
 
@@ -376,7 +345,7 @@ impl Plan {
     }
 
     /// Which way this plan's processes migrate (`Down` for a rollback).
-    pub fn set_direction(&mut self, direction: crate::process::Direction) {
+    pub fn set_direction(&mut self, direction: Direction) {
         self.options.direction = direction;
     }
 
@@ -499,7 +468,7 @@ impl Plan {
             })
             .collect();
         if !self.shared.history.record(changes, &self.shared.background).is_empty() {
-            crate::retention::sweep_later(&self.shared);
+            self.shared.sweep_later();
         }
         result
     }
@@ -570,7 +539,7 @@ impl Plan {
         let (shared, request_id) = (Arc::clone(&self.shared), self.request_id.clone());
         let result = self.finish();
         if let (Some(spec), None) = (trial, undo) {
-            super::trial::start(&shared, &spec, canary, &request_id, &result);
+            start_trial(&shared, &spec, canary, &request_id, &result);
         }
         result
     }
@@ -588,7 +557,7 @@ impl Plan {
         for path in &all.extensions {
             let target = path.display().to_string();
             self.emit_child(Kind::Extension, &target, EventBody::Start { system_time: SystemTime::now() });
-            self.units.push(super::extension::plan_extension(&shared, path, &self.options, &self.request_id));
+            self.units.push(plan_extension(&shared, path, &self.options, &self.request_id));
         }
         self.code_change = all.code_change.clone();
     }
@@ -608,7 +577,7 @@ impl Plan {
         for record in recovered.records {
             let target = record.path.display().to_string();
             self.emit_child(Kind::Extension, &target, EventBody::Start { system_time: SystemTime::now() });
-            let unit = super::extension::plan_extension(&shared, &record.path, &self.options, &self.request_id);
+            let unit = plan_extension(&shared, &record.path, &self.options, &self.request_id);
             for failure in &unit.result.errors {
                 tracing::error!(extension = %target, reason = %failure.reason, message = %failure.message,
                     "a recorded extension did not load");

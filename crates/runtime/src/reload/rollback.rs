@@ -7,42 +7,10 @@
 //! the lock, committed, settled, purged — with processes migrating
 //! `"direction": "down"` and the history recording `rollback`.
 
-use super::blueprint::{Blueprint, BlueprintUnit, BuildRef};
-use super::{Failure, Kind, Reason, ReloadOptions};
-use crate::history::{BuildId, History};
-use crate::node::Shared;
-
-/// What to roll back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RollbackTarget {
-    Module(String),
-    App(String),
-}
-
-/// One `system.rollback` request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RollbackRequest {
-    pub target: RollbackTarget,
-    /// A history id: that entry's build (for an app: each module's build as of
-    /// that entry) becomes current. `None`: the build the newest entry replaced.
-    pub to: Option<u64>,
-    /// `force`, `atomic` and `lock_timeout` as for a reload.
-    pub options: ReloadOptions,
-    pub request_id: Option<String>,
-}
-
-impl RollbackRequest {
-    pub fn new(target: RollbackTarget) -> Self {
-        RollbackRequest { target, to: None, options: ReloadOptions::default(), request_id: None }
-    }
-
-    pub fn kind_and_target(&self) -> (Kind, String) {
-        match &self.target {
-            RollbackTarget::Module(name) => (Kind::Module, name.clone()),
-            RollbackTarget::App(name) => (Kind::App, name.clone()),
-        }
-    }
-}
+use crate::reason::{Failure, Reason};
+use crate::request::{Blueprint, BlueprintUnit, BuildRef, RollbackRequest, RollbackTarget};
+use crate::state::Shared;
+use crate::store::history::{BuildId, History};
 
 /// Whether the module, or a module of the app, runs a canary (a rollback then
 /// drops the canaries).

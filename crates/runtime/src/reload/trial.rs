@@ -7,108 +7,30 @@
 //! (`zest.reload.permanent`). A canary on trial is promoted at the window's end,
 //! or dropped on failure.
 //!
-//! One watcher thread per node sleeps until the nearest window ends, or until a
-//! failing version on trial rings the ledger's alarm; it holds the node only
-//! weakly, so a node going away ends it.
+//! A plan records its trial in the node's book (`state.rs`), which starts
+//! this file's watcher once: one thread per node that sleeps until the
+//! nearest window ends, or until a failing version on trial rings the
+//! ledger's alarm. It holds the node only weakly, so a node going away ends
+//! it, and it reverts and promotes through sessions it acquires itself, as
+//! any driver of the phases does.
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
-use super::blueprint::{Blueprint, BlueprintUnit, BuildRef};
 use super::module::Mode;
-use super::{Kind, ReloadOptions, ReloadResult, RollbackTarget, TrialSpec};
-use crate::history::Action;
-use crate::node::Shared;
-use crate::process::Direction;
+use super::plan::Session;
+use crate::report::{Kind, ReloadResult};
+use crate::request::{Blueprint, BlueprintUnit, BuildRef, Direction, ReloadOptions, RollbackTarget};
+use crate::state::{Shared, Trial, Watched};
+use crate::store::history::Action;
 use crate::telemetry::EventBody;
-use crate::version::Version;
 
 /// How long a revert waits for the reload lock.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default)]
-pub(crate) struct Trials {
-    running: Mutex<Vec<Trial>>,
-    watcher: Mutex<bool>,
-}
-
-#[derive(Debug)]
-struct Trial {
-    request_id: String,
-    kind: Kind,
-    target: String,
-    spec: TrialSpec,
-    until: Instant,
-    until_wall: SystemTime,
-    watched: Vec<Watched>,
-    /// A canary: promoted at the end, dropped on failure.
-    canary: bool,
-}
-
-#[derive(Debug)]
-struct Watched {
-    module: String,
-    /// Weak: a newer reload of the module ends the trial (superseded).
-    version: Weak<Version>,
-    /// `(calls, failures)` when the trial started.
-    baseline: (u64, u64),
-    /// The build it replaced (`None` for a module new in this reload, which a
-    /// revert leaves alone) .
-    revert_to: Option<BuildRef>,
-}
-
-impl Trials {
-    /// When the trial watching `module` ends, if one does.
-    pub(crate) fn until(&self, module: &str) -> Option<SystemTime> {
-        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.iter().find(|t| t.watched.iter().any(|w| w.module == module)).map(|t| t.until_wall)
-    }
-}
-
-/// Starts watching what `result` (of a reload with `spec`) swapped in.
-pub(crate) fn start(shared: &Arc<Shared>, spec: &TrialSpec, canary: bool, request_id: &str, result: &ReloadResult) {
-    let mut watched = Vec::new();
-    for swap in &result.metadata.swaps {
-        let Some(slot) = shared.registry.slot(&swap.module) else { continue };
-        let version = if canary { slot.canary().map(|c| Arc::clone(&c.version)) } else { Some(slot.current()) };
-        let Some(version) = version.filter(|v| v.info.sha256 == swap.sha256) else { continue };
-        version.on_trial.store(true, std::sync::atomic::Ordering::Relaxed);
-        let revert_to = swap.from.as_ref().map(|from| BuildRef {
-            module: swap.module.clone(),
-            sha256: from.sha256.clone(),
-            vsn: from.vsn.clone(),
-            source: from.source.clone(),
-        });
-        let baseline = version.counts.read();
-        watched.push(Watched { module: swap.module.clone(), baseline, version: Arc::downgrade(&version), revert_to });
-    }
-    if watched.is_empty() {
-        return;
-    }
-    let trial = Trial {
-        request_id: request_id.to_string(),
-        kind: result.kind,
-        target: result.target.clone(),
-        spec: spec.clone(),
-        until: Instant::now() + spec.window,
-        until_wall: SystemTime::now() + spec.window,
-        watched,
-        canary,
-    };
-    shared.trials.running.lock().unwrap_or_else(PoisonError::into_inner).push(trial);
-    shared.env.ledger.alarm.armed.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut started = shared.trials.watcher.lock().unwrap_or_else(PoisonError::into_inner);
-    if !*started {
-        let node = Arc::downgrade(shared);
-        if std::thread::Builder::new().name("zest-trials".into()).spawn(move || watch(node)).is_ok() {
-            *started = true;
-        }
-    }
-    drop(started);
-    shared.env.ledger.alarm.ring();
-}
-
-fn watch(node: Weak<Shared>) {
+/// The watcher's body (see the module documentation); the node's trial book
+/// runs it on a thread of its own.
+pub(crate) fn watch(node: Weak<Shared>) {
     loop {
         let wait = {
             let Some(shared) = node.upgrade() else { return };
@@ -198,9 +120,8 @@ fn canary_target(trial: &Trial) -> RollbackTarget {
 
 /// Puts the replaced builds back (or drops the canary), as a rollback does.
 fn revert(shared: &Arc<Shared>, trial: &Trial) -> ReloadResult {
-    let node = crate::Node::from_shared(shared);
     let request_id = format!("revert-{}", trial.request_id);
-    let session = match node.session(LOCK_WAIT, Some(&request_id)) {
+    let session = match Session::acquire(shared, LOCK_WAIT, Some(&request_id)) {
         Ok(session) => session,
         Err(err) => {
             tracing::error!(%err, request_id = %trial.request_id, "cannot revert a failing trial: the lock is held");
@@ -242,9 +163,10 @@ fn revert(shared: &Arc<Shared>, trial: &Trial) -> ReloadResult {
 
 /// A healthy canary at the end of its trial becomes current for everyone.
 fn promote(shared: &Arc<Shared>, trial: &Trial) {
-    let node = crate::Node::from_shared(shared);
     let options = ReloadOptions { lock_timeout: LOCK_WAIT, ..ReloadOptions::default() };
-    match node.promote(&canary_target(trial), &options) {
+    match Session::acquire(shared, options.lock_timeout, None)
+        .map(|session| session.promote_step(&canary_target(trial), &options))
+    {
         Ok(result) => tracing::info!(request_id = %trial.request_id, status = result.status().as_str(),
             "trial ended: canary promoted"),
         Err(err) => tracing::error!(%err, request_id = %trial.request_id, "cannot promote a healthy canary"),

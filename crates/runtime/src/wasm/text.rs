@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use wasm_encoder::RawSection;
 use wasmparser::Parser;
 
-use crate::dispatch::{leb_u32, push_leb};
+use super::dispatch::{leb_u32, push_leb};
 
 /// How many parsed texts [`Texts`] keeps, and how many bytes of text and
 /// binary at most.

@@ -17,9 +17,9 @@ use std::sync::{Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::toolchain::{OnLine, Rustc, Spare, ToolchainError};
 pub use crate::config::ExtensionsConfig;
 use crate::reason::{Failure, Reason};
-use crate::toolchain::{OnLine, Rustc, Spare, ToolchainError};
 
 /// What an extension file is written in, from its file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +94,7 @@ pub fn check_path(roots: &[PathBuf], given: &Path) -> Result<Checked, Failure> {
         return Err(fail(Reason::UnsupportedExtension, message));
     };
     let name = given.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
-    crate::abi::check_name(&name).map_err(|message| {
+    crate::wasm::abi::check_name(&name).map_err(|message| {
         fail(Reason::InvalidModule, format!("{target}: the file stem names the module, and it is an {message}"))
     })?;
     Ok(Checked { name, file, format })

@@ -19,9 +19,10 @@ use std::cell::Cell;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use super::host::{CallCtx, Callee};
+use super::life::Life;
+use super::version::{Version, VersionInfo};
 use crate::error::CallError;
-use crate::instance::CallCtx;
-use crate::version::{Life, Version, VersionInfo};
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
@@ -89,6 +90,14 @@ pub(crate) fn process_to_canary(name: &str, percent: u32) -> bool {
 struct Old {
     version: Weak<Version>,
     life: Arc<Life>,
+}
+
+/// Nested guest calls (`call` of the `"zest"` imports) reach the registry
+/// through the host layer's trait.
+impl Callee for Registry {
+    fn call(&self, module: &str, function: &str, args: &str, ctx: CallCtx) -> Result<String, CallError> {
+        Registry::call(self, module, function, args, ctx)
+    }
 }
 
 impl Registry {

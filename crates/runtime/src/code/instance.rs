@@ -3,37 +3,15 @@
 //! it is UTF-8 JSON.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::value::RawValue;
-use wasmtime::{Error, InstancePre, Linker, Memory, Store, TypedFunc};
+use wasmtime::{Error, InstancePre, Linker, Memory, Module, Store, TypedFunc};
 
-use crate::engine::{Clock, Compiled};
+use super::host::{self, unpack, Abort, CallCtx, Env, GuestExports, HostState};
+use crate::config::Compiler;
+use crate::engine::{Compiled, Pieces};
 use crate::error::CallError;
-use crate::host::{self, Abort, GuestExports, HostState};
-use crate::split::{self, Pieces};
-
-/// The deadline (a [`Clock`] tick) and nesting depth of one call; nested calls
-/// inherit the deadline.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallCtx {
-    pub(crate) deadline: u64,
-    pub(crate) depth: u32,
-}
-
-impl CallCtx {
-    pub(crate) fn root(clock: &Clock, timeout: Duration) -> Self {
-        CallCtx { deadline: clock.deadline(timeout), depth: 0 }
-    }
-}
-
-pub(crate) fn pack(ptr: u32, len: u32) -> i64 {
-    (((ptr as u64) << 32) | len as u64) as i64
-}
-
-pub(crate) fn unpack(packed: i64) -> (u32, u32) {
-    ((packed as u64 >> 32) as u32, packed as u64 as u32)
-}
+use crate::wasm::abi::{CORE, DISPATCH};
 
 /// `(index, ptr, len) -> packed`: the loader's dispatcher (`dispatch.rs`).
 type Dispatch = TypedFunc<(i32, i32, i32), i64>;
@@ -52,6 +30,21 @@ pub(crate) enum Linked {
 }
 
 impl Linked {
+    /// Links `code`, compiled by `compiler`, against the `"zest"` imports of
+    /// its engine.
+    pub(crate) fn new(env: &Env, code: &Compiled, compiler: Compiler) -> Result<Linked, String> {
+        let linker = env.linkers.get(compiler);
+        let pre = |module: &Module| -> Result<InstancePre<HostState>, String> {
+            linker.instantiate_pre(module).map_err(|err| format!("cannot link: {err:#}"))
+        };
+        Ok(match code {
+            Compiled::Whole(module) => Linked::Whole(pre(module)?),
+            Compiled::Split(pieces) => {
+                Linked::Split { core: pre(&pieces.core)?, pieces: Arc::clone(pieces), linker: linker.clone() }
+            }
+        })
+    }
+
     /// The machine code it links.
     pub(crate) fn compiled(&self) -> Compiled {
         match self {
@@ -103,7 +96,7 @@ impl Instance {
                 let mut imports = Vec::new();
                 for import in pieces.parts.first().map(|part| part.imports()).into_iter().flatten() {
                     let found = match import.module() {
-                        split::CORE => core.get_export(&mut store, import.name()),
+                        CORE => core.get_export(&mut store, import.name()),
                         module => linker.get(&mut store, module, import.name()).ok(),
                     };
                     let missing = || Error::msg(format!("cannot link `{}.{}`", import.module(), import.name()));
@@ -122,8 +115,8 @@ impl Instance {
         store.data_mut().guest = Some(GuestExports { memory, alloc: alloc.clone() });
         let mut dispatch = Vec::with_capacity(instances.len());
         for instance in &instances {
-            if instance.get_export(&mut store, crate::dispatch::DISPATCH).is_some() {
-                dispatch.push(instance.get_typed_func::<(i32, i32, i32), i64>(&mut store, crate::dispatch::DISPATCH)?);
+            if instance.get_export(&mut store, DISPATCH).is_some() {
+                dispatch.push(instance.get_typed_func::<(i32, i32, i32), i64>(&mut store, DISPATCH)?);
             }
         }
         let instances = instances.into_boxed_slice();

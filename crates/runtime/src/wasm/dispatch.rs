@@ -22,8 +22,7 @@ use std::borrow::Cow;
 use wasm_encoder::{BlockType, ExportKind, ExportSection, Function, Instruction, RawSection};
 use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef, ValType};
 
-/// The one export the host calls callables through.
-pub(crate) const DISPATCH: &str = "zest$dispatch";
+use super::abi::DISPATCH;
 
 /// The dispatcher's type, `(i32 index, i32 ptr, i32 len) -> i64`, as a type
 /// section entry.

@@ -1,7 +1,8 @@
 //! The cut checked against the module it was cut from, for the fuzz target
 //! `wasm_cut`: one engine, the same calls, the same answers.
 
-use super::{Cuttable, CORE, CORE_MEMORY, DISPATCH};
+use super::{Cuttable, CORE_MEMORY};
+use crate::wasm::abi::{CORE, DISPATCH, IMPORT_MODULE};
 
 /// For fuzzing (`crates/fuzz`, target `wasm_cut`): runs `wasm` whole and cut
 /// into pieces (the usual parts, two halves, or parts at boundaries drawn
@@ -47,7 +48,7 @@ pub fn check_against_whole(wasm: &[u8]) -> Result<bool, String> {
     type Log = Vec<String>;
     // Host functions that log what they were given and answer zeros.
     let host = |store: &mut Store<Log>, module: &wasmtime::Module, name: &str| -> Option<Extern> {
-        let ty = module.imports().find(|i| i.module() == crate::host::IMPORT_MODULE && i.name() == name)?.ty();
+        let ty = module.imports().find(|i| i.module() == IMPORT_MODULE && i.name() == name)?.ty();
         let ty = ty.func()?.clone();
         let name = name.to_string();
         let func = Func::new(&mut *store, ty.clone(), move |mut caller, params, results| {

@@ -16,59 +16,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::telemetry::Stream;
+pub use crate::report::CompileReport;
+use crate::report::Stream;
 
 /// How many of the last output lines a failed build reports.
 const TAIL_LINES: usize = 20;
-
-/// What running a build did (`metadata.compile`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileReport {
-    /// False when the app declares no `build` command.
-    pub ran: bool,
-    pub command: Option<String>,
-    pub duration: Duration,
-    /// `None` when the build was killed (timeout) or ended by a signal.
-    pub exit_code: Option<i32>,
-    pub timed_out: bool,
-    /// The last lines of its output, stdout and stderr interleaved as they came.
-    pub tail: Vec<String>,
-}
-
-impl CompileReport {
-    pub fn not_run() -> Self {
-        CompileReport {
-            ran: false,
-            command: None,
-            duration: Duration::ZERO,
-            exit_code: None,
-            timed_out: false,
-            tail: Vec::new(),
-        }
-    }
-
-    pub fn succeeded(&self) -> bool {
-        !self.ran || self.exit_code == Some(0)
-    }
-
-    /// The human explanation of a failed build, with its last lines.
-    pub fn failure_message(&self) -> String {
-        let command = self.command.as_deref().unwrap_or("");
-        let what = if self.timed_out {
-            format!("build `{command}` was killed after {} ms (limits.build_timeout_ms)", self.duration.as_millis())
-        } else {
-            match self.exit_code {
-                Some(code) => format!("build `{command}` exited with status {code}"),
-                None => format!("build `{command}` was ended by a signal"),
-            }
-        };
-        if self.tail.is_empty() {
-            format!("{what} and printed nothing")
-        } else {
-            format!("{what}; its last lines:\n{}", self.tail.join("\n"))
-        }
-    }
-}
 
 /// Runs `command` in `dir`, calling `on_line` for each output line as it arrives.
 /// Errors only when the shell cannot be started.

@@ -28,12 +28,11 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::background::Background;
 use crate::error::NodeError;
-use crate::node::Shared;
 
 /// Distinct builds kept per module, newest first, as the history names them.
 pub(crate) const KEEP_BUILDS_PER_MODULE: usize = 8;
@@ -63,7 +62,10 @@ pub(crate) fn claim(data_dir: &Path) -> Result<fs::File, NodeError> {
             Err(fs::TryLockError::WouldBlock) if Instant::now() < patience => {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(fs::TryLockError::WouldBlock) => return Err(NodeError::DataDirInUse { path: data_dir.to_path_buf() }),
+            Err(fs::TryLockError::WouldBlock) => {
+                let lock_file = data_dir.join(LOCK_FILE);
+                return Err(NodeError::DataDirInUse { path: data_dir.to_path_buf(), lock_file });
+            }
             Err(fs::TryLockError::Error(err)) => return Err(fail(err)),
         }
     }
@@ -103,34 +105,23 @@ fn is_temporary(name: &str) -> bool {
     name.strip_prefix(".tmp").is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// Queues a sweep on the background writer.
-pub(crate) fn sweep_later(shared: &Arc<Shared>) {
-    let Some(data_dir) = shared.config.data_dir.clone() else { return };
-    // Weak: a job queued on the node's own writer must not keep the node alive.
-    let node: Weak<Shared> = Arc::downgrade(shared);
-    shared.background.run(move || {
-        if let Some(shared) = node.upgrade() {
-            let kept = kept_builds(&shared);
-            drop(shared);
+/// Queues a sweep of `data_dir` on `background` (after the writes already
+/// queued there): every store file whose build `kept` does not name goes.
+/// `kept` runs on the writer, at the sweep; `None` (its node went away
+/// meanwhile) sweeps nothing.
+pub(crate) fn sweep_later(
+    data_dir: PathBuf,
+    background: &Background,
+    kept: impl FnOnce() -> Option<HashSet<String>> + Send + 'static,
+) {
+    background.run(move || {
+        if let Some(kept) = kept() {
             let removed = sweep(&data_dir, &kept);
             if removed > 0 {
                 tracing::debug!(removed, "data directory swept");
             }
         }
     });
-}
-
-/// Hex sha256 of every build the node must keep.
-fn kept_builds(shared: &Shared) -> HashSet<String> {
-    let mut kept = shared.history.recent_builds(KEEP_BUILDS_PER_MODULE);
-    for (_, slot) in shared.registry.modules() {
-        kept.insert(slot.current().info.sha256.clone());
-        if let Some(canary) = slot.canary() {
-            kept.insert(canary.version.info.sha256.clone());
-        }
-        kept.extend(slot.old_versions().into_iter().map(|info| info.sha256));
-    }
-    kept
 }
 
 /// Deletes what `kept` does not name; returns how many files went.

@@ -27,7 +27,7 @@ pub use spare::Spare;
 
 /// The guest SDK's sources, as `(file name, text)`.
 const SDK_SOURCES: [(&str, &str); 2] =
-    [("lib.rs", include_str!("../../guest/src/lib.rs")), ("json.rs", include_str!("../../guest/src/json.rs"))];
+    [("lib.rs", include_str!("../../../guest/src/lib.rs")), ("json.rs", include_str!("../../../guest/src/json.rs"))];
 
 const TARGET: &str = "wasm32-unknown-unknown";
 

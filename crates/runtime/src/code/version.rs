@@ -9,38 +9,26 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::abi::{self, Exports};
-use crate::config::Compiler;
-use crate::engine::{Compiled, Engines, Loaded};
-use crate::error::CallError;
-use crate::host::Env;
-use crate::host::HostState;
-use crate::instance::{CallCtx, Instance, Linked};
-use crate::ledger::CallCounts;
 use crossbeam_utils::CachePadded;
 
-/// Idle instances are kept in this many shards, each thread using its own first,
-/// so that callers on different cores do not contend for one lock.
-pub(crate) const SHARDS: usize = 4;
+use super::host::{Abort, CallCtx, Env, HostState};
+use super::instance::{Instance, Linked};
+use super::ledger::{home_shard, CallCounts, SHARDS};
+use super::life::Life;
+use crate::config::Compiler;
+use crate::engine::{Compiled, Loaded};
+use crate::error::CallError;
+use crate::wasm::abi::{self, Exports};
 
 /// How many idle instances each shard keeps for reuse. Calls beyond that many at
 /// once instantiate afresh and drop the extra instance afterwards.
 const MAX_IDLE_PER_SHARD: usize = 8;
-
-/// The shard this thread uses first.
-pub(crate) fn home_shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    HOME.with(|home| *home)
-}
 
 /// What status reports about a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +81,6 @@ impl Version {
     /// Validates `module` against the ABI and instantiates it once (which also reads
     /// its `zest_vsn`); the instance becomes the first idle one.
     pub(crate) fn new(
-        engines: &Engines,
         env: &Arc<Env>,
         name: &str,
         source: &Path,
@@ -101,18 +88,18 @@ impl Version {
         loaded: &Loaded,
     ) -> Result<Version, String> {
         let compiler = loaded.compiler;
-        let exports = abi::check(&loaded.code, &loaded.callables)?;
-        let pre = engines.link(&loaded.code, compiler)?;
+        let exports = abi::check(&loaded.code.modules(), loaded.code.is_split(), &loaded.callables)?;
+        let pre = Linked::new(env, &loaded.code, compiler)?;
         let life = Arc::new(Life::default());
         let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
         let mut first = Instance::new(&pre, state, 0).map_err(|err| {
             // A start function (or data) that breaks a limit says which.
-            match err.downcast_ref::<crate::host::Abort>() {
-                Some(crate::host::Abort::Timeout) => format!(
+            match err.downcast_ref::<crate::code::host::Abort>() {
+                Some(Abort::Timeout) => format!(
                     "cannot instantiate: its start function ran past the call deadline of {} ms (limits.call_timeout_ms)",
                     env.limits.call_timeout.as_millis()
                 ),
-                Some(crate::host::Abort::MemoryLimit) => format!(
+                Some(Abort::MemoryLimit) => format!(
                     "cannot instantiate: it needs more memory than the limit of {} MiB (limits.memory_mb)",
                     env.limits.memory_mb
                 ),
@@ -161,8 +148,8 @@ impl Version {
     /// Replaces the machine code of this version by `module` (the same build,
     /// compiled by `compiler`): new instances come from it, idle instances of
     /// the old code are dropped.
-    pub(crate) fn tier_up(&self, engines: &Engines, code: &Compiled, compiler: Compiler) -> Result<(), String> {
-        let pre = engines.link(code, compiler)?;
+    pub(crate) fn tier_up(&self, code: &Compiled, compiler: Compiler) -> Result<(), String> {
+        let pre = Linked::new(&self.env, code, compiler)?;
         let generation = self.code.load().generation + 1;
         self.code.store(Arc::new(Code { pre, compiler, generation }));
         self.generation.store(generation, Ordering::Release);
@@ -194,7 +181,7 @@ impl Version {
                 function: function.to_string(),
             });
         };
-        if let Err(message) = crate::instance::check_json(args) {
+        if let Err(message) = crate::code::instance::check_json(args) {
             return Err(CallError::InvalidArgs {
                 module: self.info.module.clone(),
                 function: function.to_string(),
@@ -258,61 +245,5 @@ impl Version {
 impl Drop for Version {
     fn drop(&mut self) {
         self.life.mark_gone();
-    }
-}
-
-/// Shared between a version and the registry: the hard-purge flag that running
-/// calls check at every epoch tick, and the "gone" signal a purge waits on.
-#[derive(Debug, Default)]
-pub(crate) struct Life {
-    killed: AtomicBool,
-    /// How many processes run on the version: a purge need not wait for it.
-    pins: AtomicUsize,
-    gone: Mutex<bool>,
-    changed: Condvar,
-}
-
-impl Life {
-    pub(crate) fn kill(&self) {
-        self.killed.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn is_killed(&self) -> bool {
-        self.killed.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn pin(&self) {
-        self.pins.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn unpin(&self) {
-        self.pins.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// True while a process runs on the version (it stays until the process moves).
-    pub(crate) fn is_pinned(&self) -> bool {
-        self.pins.load(Ordering::Relaxed) > 0
-    }
-
-    pub(crate) fn is_gone(&self) -> bool {
-        *self.gone.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn mark_gone(&self) {
-        *self.gone.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.changed.notify_all();
-    }
-
-    /// Blocks until the version is gone or `deadline` passes.
-    pub(crate) fn wait_gone(&self, deadline: Instant) -> bool {
-        let mut gone = self.gone.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*gone {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            gone = self.changed.wait_timeout(gone, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
-        }
-        true
     }
 }

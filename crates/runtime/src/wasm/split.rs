@@ -57,7 +57,8 @@ use wasmparser::{
     SubType, TableInit, TryTable, TypeRef, ValType,
 };
 
-use crate::dispatch::{self, Case, DISPATCH};
+use super::abi::{CORE, DISPATCH, IMPORT_MODULE};
+use super::dispatch::{self, Case};
 
 mod check;
 pub use check::check_against_whole;
@@ -111,9 +112,6 @@ fn usual_starts(layout: &Layout<'_>) -> Vec<usize> {
     starts.push(defined);
     starts
 }
-
-/// The import module under which parts import the core's exports.
-pub(crate) const CORE: &str = "zest$core";
 
 /// The core's memory, as parts import it.
 const CORE_MEMORY: &str = "zest$memory";
@@ -262,9 +260,7 @@ fn read(wasm: &[u8]) -> Option<Layout<'_>> {
                 for import in reader.into_imports() {
                     let import = import.ok()?;
                     match import.ty {
-                        TypeRef::Func(ty) if import.module == crate::host::IMPORT_MODULE => {
-                            layout.imports.push((import.name, ty))
-                        }
+                        TypeRef::Func(ty) if import.module == IMPORT_MODULE => layout.imports.push((import.name, ty)),
                         _ => return None,
                     }
                 }
@@ -806,7 +802,7 @@ impl<'a> Cut<'a> {
 
         let mut imports = ImportSection::new();
         for &(name, ty) in &layout.imports {
-            imports.import(crate::host::IMPORT_MODULE, name, EntityType::Function(ty));
+            imports.import(IMPORT_MODULE, name, EntityType::Function(ty));
         }
         imports.import(CORE, CORE_MEMORY, layout.memory?);
         for (index, table) in layout.tables.iter().enumerate() {
@@ -1018,61 +1014,6 @@ fn push_sleb(out: &mut Vec<u8>, mut value: i32) {
             return;
         }
         out.push(byte | 0x80);
-    }
-}
-
-/// A split build compiled: its pieces' machine code, and how calls find them.
-pub(crate) struct Pieces {
-    pub(crate) core: wasmtime::Module,
-    pub(crate) parts: Vec<wasmtime::Module>,
-    /// The sha256 of each piece's bytes: the core's, then each part's.
-    pub(crate) keys: Vec<[u8; 32]>,
-    /// How many callables each part's dispatcher switches over.
-    pub(crate) counts: Vec<u32>,
-    /// Callable number → (part, index within that part's dispatcher).
-    route: Vec<(u32, u32)>,
-    /// Every function export of the parts (the reserved `zest_` ones, and any
-    /// the ABI refuses) → the part that defines it.
-    owners: rustc_hash::FxHashMap<Box<str>, u32>,
-}
-
-impl std::fmt::Debug for Pieces {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pieces").field("parts", &self.parts.len()).finish_non_exhaustive()
-    }
-}
-
-impl Pieces {
-    pub(crate) fn new(
-        core: wasmtime::Module,
-        parts: Vec<wasmtime::Module>,
-        keys: Vec<[u8; 32]>,
-        counts: Vec<u32>,
-    ) -> Result<Pieces, String> {
-        if counts.len() != parts.len() || keys.len() != parts.len() + 1 {
-            return Err("a split build's pieces do not add up".into());
-        }
-        let route =
-            counts.iter().enumerate().flat_map(|(part, &count)| (0..count).map(move |k| (part as u32, k))).collect();
-        let mut owners = rustc_hash::FxHashMap::default();
-        for (part, module) in parts.iter().enumerate() {
-            for export in module.exports() {
-                if export.name() != DISPATCH {
-                    owners.insert(Box::from(export.name()), part as u32);
-                }
-            }
-        }
-        Ok(Pieces { core, parts, keys, counts, route, owners })
-    }
-
-    /// Where callable number `index` is: its part, and its index there.
-    pub(crate) fn route(&self, index: usize) -> Option<(usize, i32)> {
-        self.route.get(index).map(|&(part, local)| (part as usize, local as i32))
-    }
-
-    /// The part that defines export `name`.
-    pub(crate) fn owner(&self, name: &str) -> Option<usize> {
-        self.owners.get(name).map(|&part| part as usize)
     }
 }
 

@@ -15,15 +15,27 @@
 //! wakes the trial's watcher.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crossbeam_utils::CachePadded;
 
-use crate::version::SHARDS;
+/// Calling threads are spread over this many shards (of a version's idle
+/// instances, of its call counts), each thread using its own first, so that
+/// callers on different cores do not contend for one lock or cache line.
+pub(crate) const SHARDS: usize = 4;
+
+/// The shard this thread uses first.
+pub(crate) fn home_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    HOME.with(|home| *home)
+}
 
 /// Calls that answered and calls that failed, counted when each call ends,
-/// per shard of calling threads ([`crate::version::home_shard`]), each shard
+/// per shard of calling threads ([`home_shard`]), each shard
 /// on its own cache line: callers on different cores never write the same
 /// line, and a read sums the shards. Both counts only grow, so each read sum
 /// does too (what a Prometheus counter needs).

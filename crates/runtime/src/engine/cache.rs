@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
-use crate::dispatch::Callables;
-use crate::engine::Compiled;
+use super::compiled::{Compiled, Pieces};
 use crate::error::NodeError;
-use crate::split::Pieces;
+use crate::wasm::dispatch::Callables;
 
 const MAGIC: &[u8; 8] = b"ZESTMOD3";
 const HEADER_LEN: usize = MAGIC.len() + 32 + 32;

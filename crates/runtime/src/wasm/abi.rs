@@ -5,11 +5,18 @@
 //! it is refused with `invalid_module` and a message naming the import or export.
 
 use rustc_hash::FxHashMap;
-use wasmtime::{ExternType, FuncType, ValType};
+use wasmtime::{ExternType, FuncType, Module, ValType};
 
-use crate::engine::Compiled;
+/// The import module every import must come from.
+pub const IMPORT_MODULE: &str = "zest";
 
-use crate::host::IMPORT_MODULE;
+/// The one export the host calls callables through: the loader's dispatcher
+/// (`dispatch.rs`), not the guest's.
+pub(crate) const DISPATCH: &str = "zest$dispatch";
+
+/// The import module under which a split build's parts import the core's
+/// exports (`split.rs`): the loader's, not the guest's.
+pub(crate) const CORE: &str = "zest$core";
 
 /// The imports a module may have, with their types.
 const IMPORTS: [(&str, &str); 4] = [
@@ -61,16 +68,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Validates a compiled build against ABI version 1. `callables` are the
+/// Validates a compiled build (its `modules`: the whole one, or a split
+/// build's core then parts, when `split`) against ABI version 1. `callables` are the
 /// callable exports the loader moved behind the dispatcher (`dispatch.rs`),
 /// in dispatch order; every other function export is checked here. A split
 /// build (`split.rs`) is checked as the module it was cut from: the imports
 /// its parts make of its core are the loader's, not the guest's.
-pub(crate) fn check(code: &Compiled, callables: &[Box<str>]) -> Result<Exports, String> {
-    let modules = code.modules();
-    let split = matches!(code, Compiled::Split(_));
+pub(crate) fn check(modules: &[&Module], split: bool, callables: &[Box<str>]) -> Result<Exports, String> {
     let imports = modules.iter().flat_map(|module| module.imports());
-    for import in imports.filter(|import| !(split && import.module() == crate::split::CORE)) {
+    for import in imports.filter(|import| !(split && import.module() == CORE)) {
         let ty = import.ty();
         if import.module() != IMPORT_MODULE {
             return Err(format!(
@@ -112,7 +118,7 @@ pub(crate) fn check(code: &Compiled, callables: &[Box<str>]) -> Result<Exports, 
         let ExternType::Func(_) = &ty else {
             continue; // globals and tables are the guest's own business
         };
-        if name == crate::dispatch::DISPATCH {
+        if name == DISPATCH {
             continue; // the loader's, not the guest's
         }
         let have = describe(&ty);
@@ -183,9 +189,9 @@ mod tests {
 
     fn check_wat(body: &str) -> Result<Exports, String> {
         let engine = wasmtime::Engine::default();
-        let rewritten = crate::dispatch::rewrite(&wat::parse_str(format!("(module {body})")).unwrap())?;
+        let rewritten = crate::wasm::dispatch::rewrite(&wat::parse_str(format!("(module {body})")).unwrap())?;
         let module = wasmtime::Module::new(&engine, rewritten.wasm).unwrap();
-        check(&Compiled::Whole(module), &rewritten.callables)
+        check(&[&module], false, &rewritten.callables)
     }
 
     const BASE: &str = r#"(memory (export "memory") 1)

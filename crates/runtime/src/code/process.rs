@@ -23,30 +23,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use super::instance::{check_json, Instance};
+use super::ledger::home_shard;
+use super::life::Life;
+use super::version::Version;
 pub use crate::config::RestartPolicy;
 use crate::error::{CallError, ProcessError};
-use crate::instance::{check_json, Instance};
 use crate::reason::{Failure, Reason};
-use crate::version::{Life, Version};
-
-/// Which way a migration goes (`direction` in `zest_code_change`'s input):
-/// `Down` when a rollback moves a process back to an earlier build (OTP's
-/// `{down, Vsn}`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Direction {
-    #[default]
-    Up,
-    Down,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Up => "up",
-            Direction::Down => "down",
-        }
-    }
-}
+pub use crate::request::Direction;
 
 /// Running, suspended (a migration holds it), or down (given up on after crashes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +50,7 @@ impl ProcessState {
     }
 }
 
-/// One process in [`crate::NodeStatus`].
+/// One process in `NodeStatus`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessStatus {
     pub name: String,
@@ -257,7 +241,7 @@ impl Process {
         let reply = body.instance.invoke_reserved("zest_handle", Some(message.as_bytes()));
         let body = match &reply {
             Ok(_) => {
-                body.version.counts.ok(crate::version::home_shard());
+                body.version.counts.ok(home_shard());
                 Ok(body)
             }
             Err(err) => {

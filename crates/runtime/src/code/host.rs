@@ -11,22 +11,48 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Error, Linker, Memory, ResourceLimiter, StoreContextMut, Trap, TypedFunc, UpdateDeadline};
 
-use crate::config::Limits;
-use crate::engine::Clock;
+use super::ledger::Ledger;
+use super::life::Life;
+use crate::config::{Compiler, Limits};
+use crate::engine::{Clock, Engines};
 use crate::error::CallError;
-use crate::instance::{pack, unpack, CallCtx};
-use crate::ledger::Ledger;
-use crate::registry::Registry;
-use crate::version::Life;
-
-/// The import module every import must come from.
-pub const IMPORT_MODULE: &str = "zest";
+use crate::wasm::abi::IMPORT_MODULE;
 
 /// How deep module-to-module calls may nest before the innermost one fails.
 pub(crate) const MAX_CALL_DEPTH: u32 = 64;
 
 /// The most table elements one instance may grow its tables to.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The deadline (a [`Clock`] tick) and nesting depth of one call; nested calls
+/// inherit the deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallCtx {
+    pub(crate) deadline: u64,
+    pub(crate) depth: u32,
+}
+
+impl CallCtx {
+    pub(crate) fn root(clock: &Clock, timeout: Duration) -> Self {
+        CallCtx { deadline: clock.deadline(timeout), depth: 0 }
+    }
+}
+
+pub(crate) fn pack(ptr: u32, len: u32) -> i64 {
+    (((ptr as u64) << 32) | len as u64) as i64
+}
+
+pub(crate) fn unpack(packed: i64) -> (u32, u32) {
+    ((packed as u64 >> 32) as u32, packed as u64 as u32)
+}
+
+/// Where a guest's `call` goes: the code server, which calls the callee's
+/// current version. The host layer names no registry; the registry
+/// implements this (as wasmtime's VM layer calls its `Store` through
+/// `VMStore`).
+pub(crate) trait Callee: Send + Sync {
+    fn call(&self, module: &str, function: &str, args: &str, ctx: CallCtx) -> Result<String, CallError>;
+}
 
 /// Why a host function, the epoch callback or the memory limiter stopped a call.
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +99,49 @@ pub(crate) struct HostState {
 }
 
 /// What every store of one node shares: its limits, its clock, the way back to
-/// its registry for nested calls — weak, so stores never keep the node alive —
-/// and the ledger its versions count calls into.
+/// its code server for nested calls — weak, so stores never keep the node
+/// alive —, the ledger its versions count calls into, and the `"zest"`
+/// imports linked for each engine.
 #[derive(Debug)]
 pub(crate) struct Env {
     pub(crate) limits: Limits,
     pub(crate) clock: Arc<Clock>,
-    pub(crate) registry: Weak<Registry>,
+    pub(crate) callee: Weak<dyn Callee>,
     /// Calls and failures per version.
     pub(crate) ledger: Arc<Ledger>,
+    pub(crate) linkers: Linkers,
+}
+
+/// The `"zest"` imports, defined once per engine: a build links against the
+/// linker of the engine that compiled it.
+pub(crate) struct Linkers {
+    cranelift: Linker<HostState>,
+    winch: Linker<HostState>,
+}
+
+impl std::fmt::Debug for Linkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linkers").finish_non_exhaustive()
+    }
+}
+
+impl Linkers {
+    pub(crate) fn new(engines: &Engines) -> wasmtime::Result<Linkers> {
+        let linker = |compiler| -> wasmtime::Result<Linker<HostState>> {
+            let mut linker = Linker::new(engines.engine(compiler));
+            register(&mut linker)?;
+            Ok(linker)
+        };
+        Ok(Linkers { cranelift: linker(Compiler::Cranelift)?, winch: linker(Compiler::Winch)? })
+    }
+
+    /// The linker of the engine `compiler` names (`Auto`: Cranelift's).
+    pub(crate) fn get(&self, compiler: Compiler) -> &Linker<HostState> {
+        match compiler {
+            Compiler::Winch => &self.winch,
+            Compiler::Cranelift | Compiler::Auto => &self.cranelift,
+        }
+    }
 }
 
 impl HostState {
@@ -191,7 +251,7 @@ fn guest_call(
     if state.ctx.depth + 1 >= MAX_CALL_DEPTH {
         return Err(callee_failed(CallError::DepthExceeded { module, function, limit: MAX_CALL_DEPTH }));
     }
-    let Some(registry) = state.env.registry.upgrade() else {
+    let Some(callee) = state.env.callee.upgrade() else {
         let message = "the node is shutting down".to_string();
         return Err(callee_failed(CallError::Engine { module, function, message }));
     };
@@ -201,8 +261,8 @@ fn guest_call(
     };
     let ctx = CallCtx { deadline: state.ctx.deadline, depth: state.ctx.depth + 1 };
     let args = if args.is_empty() { "null" } else { args.as_str() };
-    let output = registry.call(&module, &function, args, ctx).map_err(callee_failed)?;
-    drop(registry);
+    let output = callee.call(&module, &function, args, ctx).map_err(callee_failed)?;
+    drop(callee);
     let len = i32::try_from(output.len()).map_err(|_| Error::new(Abort::BadOutput("output too large".into())))?;
     let ptr = guest.alloc.call(&mut caller, len)?;
     guest

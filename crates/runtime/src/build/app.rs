@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::abi::check_name;
 use crate::reason::Reason;
+use crate::wasm::abi::check_name;
 
 /// The manifest's file name inside an app directory.
 pub const MANIFEST: &str = "zest.toml";

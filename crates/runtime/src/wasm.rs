@@ -1,0 +1,12 @@
+//! The bytes of a build, before any engine sees them: the guest ABI's names
+//! and checks (`abi.rs`), the loader's rewrite behind one dispatcher
+//! (`dispatch.rs`), its cut of a large build into a core and parts
+//! (`split.rs`), and WAT text to binary (`text.rs`).
+//!
+//! *Architecture invariant*: `wasm/` names nothing else of the crate: it is
+//! bytes in, bytes (or a verdict) out.
+
+pub mod abi;
+pub(crate) mod dispatch;
+pub(crate) mod split;
+pub(crate) mod text;
