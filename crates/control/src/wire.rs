@@ -158,7 +158,7 @@ pub fn result(result: &ReloadResult) -> Value {
 fn version(info: &VersionInfo) -> Value {
     json!({"vsn": info.vsn, "sha256": info.sha256, "loaded_at": time(info.loaded_at),
            "source": info.source.display().to_string(),
-           "compiler": info.compiler.as_str()})
+           "compiler": info.compiler.as_str(), "kind": info.kind.as_str()})
 }
 
 /// What `system.status` answers.

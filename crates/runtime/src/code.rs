@@ -1,7 +1,8 @@
 //! The code server: running guests. From the bottom up: a version's life
 //! (`life.rs`: purge flag, pins, gone signal), the ledger of calls
 //! (`ledger.rs`), the `"zest"` imports and per-store state (`host.rs`), one
-//! instance and the call protocol (`instance.rs`), one build with its pool of
+//! instance and the call protocol (`instance.rs`, with `wit.rs` mapping JSON
+//! to a component's WIT values), one build with its pool of
 //! instances (`version.rs`), the registry of modules (`registry.rs`), and
 //! processes (`process.rs`).
 //!
@@ -16,3 +17,4 @@ pub(crate) mod life;
 pub mod process;
 pub(crate) mod registry;
 pub(crate) mod version;
+pub(crate) mod wit;

@@ -23,7 +23,7 @@ use crate::store::artifact::{parse_sha256, Bytes};
 use crate::store::history::HistoryEntry;
 use crate::telemetry::Telemetry;
 
-pub use crate::code::version::VersionInfo;
+pub use crate::code::version::{BuildKind, VersionInfo};
 
 /// A running zest node: apps, modules, their versions, and calls into them.
 ///

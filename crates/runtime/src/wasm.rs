@@ -1,5 +1,5 @@
 //! The bytes of a build, before any engine sees them: the guest ABI's names
-//! and checks (`abi.rs`), the loader's rewrite behind one dispatcher
+//! and checks (`abi.rs` for core modules, `component.rs` for components), the loader's rewrite behind one dispatcher
 //! (`dispatch.rs`), its cut of a large build into a core and parts
 //! (`split.rs`), and WAT text to binary (`text.rs`).
 //!
@@ -7,6 +7,7 @@
 //! bytes in, bytes (or a verdict) out.
 
 pub mod abi;
+pub(crate) mod component;
 pub(crate) mod dispatch;
 pub(crate) mod split;
 pub(crate) mod text;

@@ -6,6 +6,7 @@ mod node {
     mod apps;
     mod code_server;
     mod compile_cache;
+    mod components;
     mod extensions;
     mod guest_sdk;
     mod processes;

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use wasmtime::component;
 use wasmtime::{Caller, Error, Linker, Memory, ResourceLimiter, StoreContextMut, Trap, TypedFunc, UpdateDeadline};
 
 use super::ledger::Ledger;
@@ -117,6 +118,8 @@ pub(crate) struct Env {
 pub(crate) struct Linkers {
     cranelift: Linker<HostState>,
     winch: Linker<HostState>,
+    /// `zest:guest/host` for components, per engine likewise.
+    components: [component::Linker<HostState>; 2],
 }
 
 impl std::fmt::Debug for Linkers {
@@ -132,7 +135,24 @@ impl Linkers {
             register(&mut linker)?;
             Ok(linker)
         };
-        Ok(Linkers { cranelift: linker(Compiler::Cranelift)?, winch: linker(Compiler::Winch)? })
+        let component_linker = |compiler| -> wasmtime::Result<component::Linker<HostState>> {
+            let mut linker = component::Linker::new(engines.engine(compiler));
+            register_component(&mut linker)?;
+            Ok(linker)
+        };
+        Ok(Linkers {
+            cranelift: linker(Compiler::Cranelift)?,
+            winch: linker(Compiler::Winch)?,
+            components: [component_linker(Compiler::Cranelift)?, component_linker(Compiler::Winch)?],
+        })
+    }
+
+    /// The component linker of the engine `compiler` names (`Auto`: Cranelift's).
+    pub(crate) fn component(&self, compiler: Compiler) -> &component::Linker<HostState> {
+        match compiler {
+            Compiler::Winch => &self.components[1],
+            Compiler::Cranelift | Compiler::Auto => &self.components[0],
+        }
     }
 
     /// The linker of the engine `compiler` names (`Auto`: Cranelift's).
@@ -220,7 +240,12 @@ fn guest_error(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtim
 /// of range is logged at `warn` with the level it gave.
 fn guest_log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
     let message = read_string(&mut caller, ptr, len, "log")?;
-    let module = &*caller.data().module;
+    log(&caller.data().module, level, &message);
+    Ok(())
+}
+
+/// A guest's log line, at its level, with its module's name.
+fn log(module: &str, level: i32, message: &str) {
     match level {
         0 => tracing::trace!(target: "zest::guest", module, "{message}"),
         1 => tracing::debug!(target: "zest::guest", module, "{message}"),
@@ -229,7 +254,6 @@ fn guest_log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) 
         4 => tracing::error!(target: "zest::guest", module, "{message}"),
         _ => tracing::warn!(target: "zest::guest", module, level, "(log level out of range) {message}"),
     }
-    Ok(())
 }
 
 /// `call(mod, fn, args) -> packed`: calls another module's current version and
@@ -246,23 +270,12 @@ fn guest_call(
     let module = read_string(&mut caller, mod_ptr, mod_len, "call")?;
     let function = read_string(&mut caller, fn_ptr, fn_len, "call")?;
     let args = read_string(&mut caller, args_ptr, args_len, "call")?;
-    let state = caller.data();
     let callee_failed = |err: CallError| Error::new(Abort::Callee(err));
-    if state.ctx.depth + 1 >= MAX_CALL_DEPTH {
-        return Err(callee_failed(CallError::DepthExceeded { module, function, limit: MAX_CALL_DEPTH }));
-    }
-    let Some(callee) = state.env.callee.upgrade() else {
-        let message = "the node is shutting down".to_string();
-        return Err(callee_failed(CallError::Engine { module, function, message }));
-    };
-    let Some(guest) = state.guest.clone() else {
+    let Some(guest) = caller.data().guest.clone() else {
         let message = "`call` is not available while the caller is being instantiated".to_string();
         return Err(callee_failed(CallError::Engine { module, function, message }));
     };
-    let ctx = CallCtx { deadline: state.ctx.deadline, depth: state.ctx.depth + 1 };
-    let args = if args.is_empty() { "null" } else { args.as_str() };
-    let output = callee.call(&module, &function, args, ctx).map_err(callee_failed)?;
-    drop(callee);
+    let output = nested_call(caller.data(), module, function, &args).map_err(callee_failed)?;
     let len = i32::try_from(output.len()).map_err(|_| Error::new(Abort::BadOutput("output too large".into())))?;
     let ptr = guest.alloc.call(&mut caller, len)?;
     guest
@@ -270,6 +283,42 @@ fn guest_call(
         .write(&mut caller, ptr as u32 as usize, output.as_bytes())
         .map_err(|_| Error::new(Abort::BadOutput(format!("zest_alloc({len}) returned an out-of-bounds pointer"))))?;
     Ok(pack(ptr as u32, len as u32))
+}
+
+/// Calls `module.function` with `args` (JSON text; empty is `null`) on the
+/// callee's current version, within the caller's deadline, one level deeper.
+fn nested_call(state: &HostState, module: String, function: String, args: &str) -> Result<String, CallError> {
+    if state.ctx.depth + 1 >= MAX_CALL_DEPTH {
+        return Err(CallError::DepthExceeded { module, function, limit: MAX_CALL_DEPTH });
+    }
+    let Some(callee) = state.env.callee.upgrade() else {
+        return Err(CallError::Engine { module, function, message: "the node is shutting down".to_string() });
+    };
+    let ctx = CallCtx { deadline: state.ctx.deadline, depth: state.ctx.depth + 1 };
+    let args = if args.is_empty() { "null" } else { args };
+    callee.call(&module, &function, args, ctx)
+}
+
+/// The `zest:guest/host` interface components import (CONTRACT.md §13).
+pub(crate) const HOST_INTERFACE: &str = "zest:guest/host@1.0.0";
+
+/// Defines `zest:guest/host` in `linker`: the component form of the imports,
+/// `log`, `now-ms` and `call`, whose `err` holds the callee's failure as the
+/// caller's own call would report it.
+pub(crate) fn register_component(linker: &mut component::Linker<HostState>) -> wasmtime::Result<()> {
+    let mut host = linker.instance(HOST_INTERFACE)?;
+    host.func_wrap("log", |store: StoreContextMut<'_, HostState>, (level, message): (u8, String)| {
+        log(&store.data().module, i32::from(level), &message);
+        Ok(())
+    })?;
+    host.func_wrap("now-ms", |_: StoreContextMut<'_, HostState>, (): ()| Ok((now_ms() as u64,)))?;
+    host.func_wrap(
+        "call",
+        |store: StoreContextMut<'_, HostState>, (module, function, args): (String, String, String)| {
+            Ok((nested_call(store.data(), module, function, &args).map_err(|err| err.to_string()),))
+        },
+    )?;
+    Ok(())
 }
 
 /// `now_ms() -> i64`: wall-clock milliseconds since the Unix epoch.

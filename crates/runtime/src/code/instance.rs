@@ -1,17 +1,24 @@
 //! One instance of a version and the call protocol of guest ABI version 1:
 //! `zest_alloc(len)`, write the input, call, read the packed output and check that
-//! it is UTF-8 JSON.
+//! it is UTF-8 JSON; or, for a component (CONTRACT.md §13), its functions
+//! called with values their WIT types read from JSON (`wit.rs`).
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
+use wasmtime::component::{
+    self, ComponentExportIndex, ComponentNamedList, Lift, Lower, TypedFunc as TypedComponentFunc, Val,
+};
 use wasmtime::{Error, InstancePre, Linker, Memory, Module, Store, TypedFunc};
 
 use super::host::{self, unpack, Abort, CallCtx, Env, GuestExports, HostState};
+use super::wit;
 use crate::config::Compiler;
 use crate::engine::{Compiled, Pieces};
 use crate::error::CallError;
+use crate::wasm;
 use crate::wasm::abi::{CORE, DISPATCH};
+use crate::wasm::component::ComponentExports;
 
 /// `(index, ptr, len) -> packed`: the loader's dispatcher (`dispatch.rs`).
 type Dispatch = TypedFunc<(i32, i32, i32), i64>;
@@ -20,6 +27,12 @@ type Dispatch = TypedFunc<(i32, i32, i32), i64>;
 /// against the `"zest"` imports.
 pub(crate) enum Linked {
     Whole(InstancePre<HostState>),
+    /// A component, with what it exports (the indices of its exports are its
+    /// own: a tier-up's component has others).
+    Component {
+        pre: component::InstancePre<HostState>,
+        exports: Arc<ComponentExports>,
+    },
     /// A split build (`split.rs`): its core, which imports nothing, is linked
     /// ahead; each store links its parts to its own core.
     Split {
@@ -38,6 +51,13 @@ impl Linked {
             linker.instantiate_pre(module).map_err(|err| format!("cannot link: {err:#}"))
         };
         Ok(match code {
+            Compiled::Component(component) => {
+                let exports = wasm::component::check(component.engine(), component)?;
+                let pre = env.linkers.component(compiler).instantiate_pre(component).map_err(|err| {
+                    format!("cannot link: {err:#}")
+                })?;
+                Linked::Component { pre, exports: Arc::new(exports) }
+            }
             Compiled::Whole(module) => Linked::Whole(pre(module)?),
             Compiled::Split(pieces) => {
                 Linked::Split { core: pre(&pieces.core)?, pieces: Arc::clone(pieces), linker: linker.clone() }
@@ -50,12 +70,26 @@ impl Linked {
         match self {
             Linked::Whole(pre) => Compiled::Whole(pre.module().clone()),
             Linked::Split { pieces, .. } => Compiled::Split(Arc::clone(pieces)),
+            Linked::Component { pre, .. } => Compiled::Component(pre.component().clone()),
         }
     }
 }
 
 pub(crate) struct Instance {
     store: Store<HostState>,
+    guest: Guest,
+    /// Which code of its version it runs (`Version::tier_up`).
+    generation: u32,
+}
+
+/// The instance proper: of a core module (whole or split), or of a component.
+enum Guest {
+    Core(Core),
+    Component { instance: component::Instance, exports: Arc<ComponentExports> },
+}
+
+/// A core module's instance and the exports the call protocol uses.
+struct Core {
     /// The instance exports are found in: the one instance, or a split
     /// build's parts (its core's only export the guest sees is its memory).
     instances: Box<[wasmtime::Instance]>,
@@ -64,8 +98,6 @@ pub(crate) struct Instance {
     alloc: TypedFunc<i32, i32>,
     /// One per part (one for a whole build; none for a build without callables).
     dispatch: Box<[Dispatch]>,
-    /// Which code of its version it runs (`Version::tier_up`).
-    generation: u32,
 }
 
 impl Instance {
@@ -74,6 +106,7 @@ impl Instance {
         let engine = match linked {
             Linked::Whole(pre) => pre.module().engine(),
             Linked::Split { core, .. } => core.module().engine(),
+            Linked::Component { pre, .. } => pre.component().engine(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(HostState::limiter);
@@ -83,6 +116,11 @@ impl Instance {
         store.set_epoch_deadline(1);
         let no_memory = || Error::msg("the module exports no memory named `memory`");
         let (instances, memory, pieces) = match linked {
+            Linked::Component { pre, exports } => {
+                let instance = pre.instantiate(&mut store)?;
+                let guest = Guest::Component { instance, exports: Arc::clone(exports) };
+                return Ok(Instance { store, guest, generation });
+            }
             Linked::Whole(pre) => {
                 let instance = pre.instantiate(&mut store)?;
                 let memory = instance.get_memory(&mut store, "memory").ok_or_else(no_memory)?;
@@ -120,13 +158,8 @@ impl Instance {
             }
         }
         let instances = instances.into_boxed_slice();
-        Ok(Instance { store, instances, pieces, memory, alloc, dispatch: dispatch.into_boxed_slice(), generation })
-    }
-
-    /// The instance that defines export `name`.
-    fn owner(&self, name: &str) -> wasmtime::Instance {
-        let part = self.pieces.as_ref().and_then(|pieces| pieces.owner(name)).unwrap_or(0);
-        self.instances[part]
+        let core = Core { instances, pieces, memory, alloc, dispatch: dispatch.into_boxed_slice() };
+        Ok(Instance { store, guest: Guest::Core(core), generation })
     }
 
     pub(crate) fn generation(&self) -> u32 {
@@ -143,78 +176,200 @@ impl Instance {
         ctx: CallCtx,
     ) -> Result<String, CallError> {
         self.store.data_mut().ctx = ctx;
-        match self.invoke_inner(index, function, input) {
-            Ok(output) => Ok(output),
-            Err(err) => Err(host::classify(err, self.store.data(), function)),
-        }
-    }
-
-    fn invoke_inner(&mut self, index: usize, function: &str, input: &[u8]) -> wasmtime::Result<String> {
-        let Instance { store, memory, alloc, dispatch, pieces, .. } = self;
-        let (part, index) = match pieces {
-            Some(pieces) => pieces.route(index).ok_or_else(|| Error::msg("callable index out of range"))?,
-            None => (0, i32::try_from(index).map_err(|_| Error::msg("callable index out of range"))?),
+        let result = match &self.guest {
+            Guest::Core(core) => core.invoke(&mut self.store, index, function, input),
+            Guest::Component { instance, exports } => {
+                let (instance, exports) = (*instance, Arc::clone(exports));
+                return invoke_component(&mut self.store, instance, &exports, index, function, input);
+            }
         };
-        let Some(dispatch) = dispatch.get(part) else {
-            return Err(Error::msg(format!("no callable `{function}`")));
-        };
-        let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
-        let ptr = alloc.call(&mut *store, len)?;
-        memory
-            .write(&mut *store, ptr as u32 as usize, input)
-            .map_err(|_| bad_output(format!("zest_alloc({len}) returned an out-of-bounds pointer {ptr}")))?;
-        let packed = dispatch.call(&mut *store, (index, ptr, len))?;
-        read_output(memory, &*store, packed)
+        result.map_err(|err| host::classify(err, self.store.data(), function))
     }
 
     /// Calls a reserved `(ptr, len) -> i64` export (`zest_init`, `zest_handle`,
     /// `zest_code_change`) with `input`, or the `() -> i64` export `zest_state_save`
-    /// when `input` is `None`, with a fresh call deadline. The caller checked that
+    /// when `input` is `None`, with a fresh call deadline; on a component, the
+    /// `zest:guest/process` function of the same role. The caller checked that
     /// the export exists.
     pub(crate) fn invoke_reserved(&mut self, export: &str, input: Option<&[u8]>) -> Result<String, CallError> {
         let ctx = self.store.data().root_ctx();
         self.store.data_mut().ctx = ctx;
-        let result = match input {
-            Some(input) => self.invoke_reserved_inner(export, input),
-            None => self.invoke_nullary(export),
+        let result = match (&self.guest, input) {
+            (Guest::Core(core), Some(input)) => core.invoke_reserved(&mut self.store, export, input),
+            (Guest::Core(core), None) => core.invoke_nullary(&mut self.store, export),
+            (Guest::Component { instance, exports }, input) => {
+                let (instance, exports) = (*instance, Arc::clone(exports));
+                process_call(&mut self.store, instance, &exports, export, input.unwrap_or_default())
+            }
         };
         result.map_err(|err| host::classify(err, self.store.data(), export))
     }
 
-    fn invoke_reserved_inner(&mut self, export: &str, input: &[u8]) -> wasmtime::Result<String> {
-        let func = self.owner(export).get_typed_func::<(i32, i32), i64>(&mut self.store, export)?;
-        let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
-        let ptr = self.alloc.call(&mut self.store, len)?;
-        self.memory
-            .write(&mut self.store, ptr as u32 as usize, input)
-            .map_err(|_| bad_output(format!("zest_alloc({len}) returned an out-of-bounds pointer {ptr}")))?;
-        let packed = func.call(&mut self.store, (ptr, len))?;
-        read_output(&self.memory, &self.store, packed)
-    }
-
-    fn invoke_nullary(&mut self, export: &str) -> wasmtime::Result<String> {
-        let func = self.owner(export).get_typed_func::<(), i64>(&mut self.store, export)?;
-        let packed = func.call(&mut self.store, ())?;
-        read_output(&self.memory, &self.store, packed)
-    }
-
-    /// Calls `zest_vsn` and checks what it returns.
+    /// Calls `zest_vsn` (a component's `vsn`) and checks what it returns.
     pub(crate) fn read_vsn(&mut self) -> Result<String, String> {
         self.store.data_mut().ctx = self.store.data().root_ctx();
-        let memory = self.memory;
-        let func = self
-            .owner("zest_vsn")
-            .get_typed_func::<(), i64>(&mut self.store, "zest_vsn")
-            .map_err(|err| format!("zest_vsn: {err:#}"))?;
-        let packed = func
-            .call(&mut self.store, ())
-            .map_err(|err| format!("zest_vsn failed: {}", host::classify(err, self.store.data(), "zest_vsn")))?;
-        let vsn = host::read_packed(memory.data(&self.store), packed).map_err(|err| format!("zest_vsn: {err}"))?;
+        let vsn = match &self.guest {
+            Guest::Core(core) => {
+                let memory = core.memory;
+                let func = core
+                    .owner("zest_vsn")
+                    .get_typed_func::<(), i64>(&mut self.store, "zest_vsn")
+                    .map_err(|err| format!("zest_vsn: {err:#}"))?;
+                let packed = func.call(&mut self.store, ()).map_err(|err| {
+                    format!("zest_vsn failed: {}", host::classify(err, self.store.data(), "zest_vsn"))
+                })?;
+                let vsn = host::read_packed(memory.data(&self.store), packed).map_err(|err| format!("zest_vsn: {err}"))?;
+                vsn.to_string()
+            }
+            Guest::Component { instance, exports } => {
+                let index = exports.vsn.ok_or("the component exports no `vsn`")?;
+                let instance = *instance;
+                let called = typed::<(), (String,)>(&mut self.store, instance, &index)
+                    .and_then(|func| func.call(&mut self.store, ()));
+                called.map_err(|err| format!("vsn failed: {}", host::classify(err, self.store.data(), "vsn")))?.0
+            }
+        };
         if vsn.is_empty() || vsn.len() > 128 || vsn.chars().any(char::is_control) {
             return Err(format!("zest_vsn returned {vsn:?}: a version is 1 to 128 printable characters"));
         }
-        Ok(vsn.to_string())
+        Ok(vsn)
     }
+}
+
+impl Core {
+    /// The instance that defines export `name`.
+    fn owner(&self, name: &str) -> wasmtime::Instance {
+        let part = self.pieces.as_ref().and_then(|pieces| pieces.owner(name)).unwrap_or(0);
+        self.instances[part]
+    }
+
+    fn invoke(&self, store: &mut Store<HostState>, index: usize, function: &str, input: &[u8]) -> wasmtime::Result<String> {
+        let (part, index) = match &self.pieces {
+            Some(pieces) => pieces.route(index).ok_or_else(|| Error::msg("callable index out of range"))?,
+            None => (0, i32::try_from(index).map_err(|_| Error::msg("callable index out of range"))?),
+        };
+        let Some(dispatch) = self.dispatch.get(part) else {
+            return Err(Error::msg(format!("no callable `{function}`")));
+        };
+        let ptr = self.write_input(store, input)?;
+        let len = input.len() as i32;
+        let packed = dispatch.call(&mut *store, (index, ptr, len))?;
+        read_output(&self.memory, store, packed)
+    }
+
+    fn invoke_reserved(&self, store: &mut Store<HostState>, export: &str, input: &[u8]) -> wasmtime::Result<String> {
+        let func = self.owner(export).get_typed_func::<(i32, i32), i64>(&mut *store, export)?;
+        let ptr = self.write_input(store, input)?;
+        let packed = func.call(&mut *store, (ptr, input.len() as i32))?;
+        read_output(&self.memory, store, packed)
+    }
+
+    fn invoke_nullary(&self, store: &mut Store<HostState>, export: &str) -> wasmtime::Result<String> {
+        let func = self.owner(export).get_typed_func::<(), i64>(&mut *store, export)?;
+        let packed = func.call(&mut *store, ())?;
+        read_output(&self.memory, store, packed)
+    }
+
+    /// `input` written into the guest's memory through its `zest_alloc`; where.
+    fn write_input(&self, store: &mut Store<HostState>, input: &[u8]) -> wasmtime::Result<i32> {
+        let len = i32::try_from(input.len()).map_err(|_| Error::msg("input larger than 2 GiB"))?;
+        let ptr = self.alloc.call(&mut *store, len)?;
+        self.memory
+            .write(&mut *store, ptr as u32 as usize, input)
+            .map_err(|_| bad_output(format!("zest_alloc({len}) returned an out-of-bounds pointer {ptr}")))?;
+        Ok(ptr)
+    }
+}
+
+/// Calls a component's callable number `index` with `input` (JSON text) by its
+/// WIT types (`wit.rs`).
+fn invoke_component(
+    store: &mut Store<HostState>,
+    instance: component::Instance,
+    exports: &ComponentExports,
+    index: usize,
+    function: &str,
+    input: &[u8],
+) -> Result<String, CallError> {
+    let module = store.data().module.to_string();
+    let invalid = |message: String| CallError::InvalidArgs { module: module.clone(), function: function.into(), message };
+    let callable = exports.callables.get(index).ok_or_else(|| invalid("no such callable".into()))?;
+    if let Some(refused) = &callable.refused {
+        return Err(invalid(format!("it cannot be called over JSON: {refused}")));
+    }
+    let input = std::str::from_utf8(input).map_err(|err| invalid(format!("not UTF-8: {err}")))?;
+    let params = wit::params(&callable.ty, input).map_err(invalid)?;
+    let Some(func) = instance.get_func(&mut *store, callable.index) else {
+        return Err(CallError::Engine { module, function: function.into(), message: "the export is gone".into() });
+    };
+    let mut results = vec![Val::Bool(false); callable.ty.results().len()];
+    func.call(&mut *store, &params, &mut results).map_err(|err| host::classify(err, store.data(), function))?;
+    wit::results(&callable.ty, &results)
+        .map_err(|message| CallError::Failed { module, function: function.into(), message })
+}
+
+/// Calls the `zest:guest/process` function that plays the role of the core
+/// export `export` (`zest_init`, …), with `input` as the core export takes it.
+fn process_call(
+    store: &mut Store<HostState>,
+    instance: component::Instance,
+    exports: &ComponentExports,
+    export: &str,
+    input: &[u8],
+) -> wasmtime::Result<String> {
+    let process = exports.process.as_ref().ok_or_else(|| Error::msg("the component exports no zest:guest/process"))?;
+    let text = || std::str::from_utf8(input).map(str::to_string).map_err(|err| bad_output(format!("not UTF-8: {err}")));
+    let failed = |message: String| Error::new(Abort::Guest(message));
+    let output = match export {
+        "zest_init" => {
+            let func = typed::<(String,), (Result<(), String>,)>(store, instance, &process.init)?;
+            func.call(&mut *store, (text()?,))?.0.map_err(failed)?;
+            "null".to_string()
+        }
+        "zest_handle" => {
+            let func = typed::<(String,), (Result<String, String>,)>(store, instance, &process.handle)?;
+            func.call(&mut *store, (text()?,))?.0.map_err(failed)?
+        }
+        "zest_state_save" => {
+            let func = typed::<(), (String,)>(store, instance, &process.save_state)?;
+            func.call(&mut *store, ())?.0
+        }
+        "zest_code_change" => {
+            // The core export's input: {"old_vsn", "state", "extra", "direction"}.
+            let input: serde_json::Value = serde_json::from_slice(input).map_err(|err| bad_output(err.to_string()))?;
+            let field = |name: &str| input.get(name).cloned().unwrap_or(serde_json::Value::Null);
+            let old_vsn = field("old_vsn").as_str().unwrap_or_default().to_string();
+            let direction = Val::Enum(field("direction").as_str().unwrap_or("up").to_string());
+            let (state, extra) = (field("state").to_string(), field("extra").to_string());
+            let func = instance
+                .get_func(&mut *store, process.code_change)
+                .ok_or_else(|| Error::msg("code-change is gone"))?;
+            let params = [Val::String(old_vsn), direction, Val::String(state), Val::String(extra)];
+            let mut result = [Val::Bool(false)];
+            func.call(&mut *store, &params, &mut result)?;
+            if let Val::Result(Err(message)) = &result[0] {
+                let message = match message.as_deref() {
+                    Some(Val::String(message)) => message.clone(),
+                    _ => "code-change failed".to_string(),
+                };
+                return Err(failed(message));
+            }
+            "null".to_string()
+        }
+        other => return Err(Error::msg(format!("no process function plays `{other}`"))),
+    };
+    check_json(&output).map_err(bad_output)?;
+    Ok(output)
+}
+
+/// The typed function at `index` of `instance`.
+fn typed<P: ComponentNamedList + Lower, R: ComponentNamedList + Lift>(
+    store: &mut Store<HostState>,
+    instance: component::Instance,
+    index: &ComponentExportIndex,
+) -> wasmtime::Result<TypedComponentFunc<P, R>> {
+    let func = instance.get_func(&mut *store, index).ok_or_else(|| Error::msg("the export is gone"))?;
+    func.typed::<P, R>(&*store)
 }
 
 /// The checked JSON text at the packed `(ptr << 32) | len`; length 0 is `null`.

@@ -42,6 +42,24 @@ pub struct VersionInfo {
     /// The file the build was read from.
     pub source: PathBuf,
     pub compiler: Compiler,
+    /// A core module or a component (CONTRACT.md §13).
+    pub kind: BuildKind,
+}
+
+/// What kind of build a version runs (`"kind"` in `system.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildKind {
+    Module,
+    Component,
+}
+
+impl BuildKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildKind::Module => "module",
+            BuildKind::Component => "component",
+        }
+    }
 }
 
 pub(crate) struct Version {
@@ -88,8 +106,16 @@ impl Version {
         loaded: &Loaded,
     ) -> Result<Version, String> {
         let compiler = loaded.compiler;
-        let exports = abi::check(&loaded.code.modules(), loaded.code.is_split(), &loaded.callables)?;
+        // A component's check runs as it links: its exports are its own.
+        let exports = match &loaded.code {
+            Compiled::Component(_) => None,
+            code => Some(abi::check(&code.modules(), code.is_split(), &loaded.callables)?),
+        };
         let pre = Linked::new(env, &loaded.code, compiler)?;
+        let (exports, kind) = match &pre {
+            Linked::Component { exports: component, .. } => (component.summary(), BuildKind::Component),
+            _ => (exports.unwrap_or_default(), BuildKind::Module),
+        };
         let life = Arc::new(Life::default());
         let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
         let mut first = Instance::new(&pre, state, 0).map_err(|err| {
@@ -115,6 +141,7 @@ impl Version {
             loaded_at: SystemTime::now(),
             source: source.to_path_buf(),
             compiler,
+            kind,
         };
         let idle = std::array::from_fn(|_| CachePadded::new(Mutex::new(Vec::new())));
         idle[home_shard()].lock().unwrap_or_else(PoisonError::into_inner).push(Box::new(first));

@@ -148,11 +148,19 @@ fn split_callables(body: &[u8]) -> Result<(Callables, &[u8]), &'static str> {
     Ok((names.into(), rest))
 }
 
+/// Marks a component's entry where a part count would be.
+const COMPONENT: u32 = u32::MAX;
+
 /// The machine code block: a part count (0 for a whole build), then the one
 /// module; or each part's callable count, each piece's key, and each piece
-/// (the core first) as a length and its bytes (little-endian integers).
+/// (the core first) as a length and its bytes (little-endian integers); or
+/// [`COMPONENT`], then the component.
 fn encode_code(code: &Compiled, out: &mut Vec<u8>) -> wasmtime::Result<()> {
     match code {
+        Compiled::Component(component) => {
+            out.extend_from_slice(&COMPONENT.to_le_bytes());
+            out.extend_from_slice(&component.serialize()?);
+        }
         Compiled::Whole(module) => {
             out.extend_from_slice(&0u32.to_le_bytes());
             out.extend_from_slice(&module.serialize()?);
@@ -190,7 +198,13 @@ fn decode_code(engine: &Engine, block: &[u8]) -> Result<Compiled, String> {
     // wrote for this engine configuration (checked against the sha256 in the
     // entry's header), in a directory only the node's user can write.
     let deserialize = |bytes: &[u8]| unsafe { Module::deserialize(engine, bytes) }.map_err(|err| format!("{err:#}"));
-    let parts = word(take(4)?) as usize;
+    let parts = word(take(4)?);
+    if parts == COMPONENT {
+        // SAFETY: as above, what `Component::serialize` wrote.
+        let component = unsafe { wasmtime::component::Component::deserialize(engine, &block[4..]) };
+        return component.map(Compiled::Component).map_err(|err| format!("{err:#}"));
+    }
+    let parts = parts as usize;
     if parts == 0 {
         return deserialize(&block[4..]).map(Compiled::Whole);
     }

@@ -24,14 +24,18 @@ pub(crate) enum Compiled {
     Whole(Module),
     /// The build cut into a core and parts (`split.rs`).
     Split(Arc<Pieces>),
+    /// A component (CONTRACT.md §13), compiled whole.
+    Component(wasmtime::component::Component),
 }
 
 impl Compiled {
-    /// Its modules: the whole one, or the core then every part.
+    /// Its core modules: the whole one, or the core then every part (none
+    /// for a component).
     pub(crate) fn modules(&self) -> Vec<&Module> {
         match self {
             Compiled::Whole(module) => vec![module],
             Compiled::Split(pieces) => std::iter::once(&pieces.core).chain(&pieces.parts).collect(),
+            Compiled::Component(_) => Vec::new(),
         }
     }
 
@@ -42,7 +46,13 @@ impl Compiled {
 
     /// Bytes of machine code.
     pub(crate) fn code_size(&self) -> usize {
-        self.modules().into_iter().map(code_size).sum()
+        match self {
+            Compiled::Component(component) => {
+                let range = component.image_range();
+                range.end as usize - range.start as usize
+            }
+            _ => self.modules().into_iter().map(code_size).sum(),
+        }
     }
 }
 

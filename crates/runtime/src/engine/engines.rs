@@ -24,6 +24,7 @@ use crate::background::Background;
 use crate::config::{Compiler, NodeConfig};
 use crate::error::NodeError;
 use crate::reason::Reason;
+use crate::wasm::component;
 use crate::wasm::dispatch::{self, Callables};
 use crate::wasm::split;
 use crate::wasm::text::Texts;
@@ -374,6 +375,14 @@ impl Engines {
     }
 
     fn compile(&self, wasm: &[u8], compiler: Compiler) -> Result<Loaded, (Reason, String)> {
+        // A component compiles whole: the loader's rewrite and cut are of
+        // core modules (and its callables are named by its own exports).
+        if component::is_component(wasm) {
+            let component = wasmtime::component::Component::new(&self.backend(compiler).engine, wasm)
+                .map_err(|err| (Reason::InvalidModule, format!("{err:#}")))?;
+            let code = Compiled::Component(component);
+            return Ok(Loaded { code, callables: Arc::from([]), compiler, compiled: true, pieces: None, later: None });
+        }
         // A baseline compile of a large build goes by pieces, so that the next
         // edit recompiles only what changed; a piece the engine refuses sends
         // the build down the whole path, which says why.

@@ -1,0 +1,304 @@
+//! The component form of the guest ABI (CONTRACT.md §13, `wit/zest.wit`): which
+//! imports a component may have, and what it exports — its callables by the
+//! names `module.call` takes, its `vsn`, and the `zest:guest/process` functions.
+//!
+//! As [`super::abi::check`] does for core modules, the check runs once per
+//! build, before it can serve, and a refusal names the import or export.
+
+use rustc_hash::FxHashMap;
+use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
+use wasmtime::component::{Component, ComponentExportIndex};
+use wasmtime::Engine;
+
+use super::abi::Exports;
+
+/// The package every `zest:guest` interface belongs to.
+const PACKAGE: &str = "zest:guest";
+
+/// The imports of `zest:guest/host` and their WIT types.
+pub(crate) const HOST_FUNCTIONS: [(&str, &str); 3] = [
+    ("log", "func(level: u8, message: string)"),
+    ("now-ms", "func() -> u64"),
+    ("call", "func(module: string, function: string, args: string) -> result<string, string>"),
+];
+
+/// The functions of `zest:guest/process` and their WIT types.
+const PROCESS_FUNCTIONS: [(&str, &str); 4] = [
+    ("init", "func(args: string) -> result<_, string>"),
+    ("handle", "func(message: string) -> result<string, string>"),
+    ("save-state", "func() -> string"),
+    ("code-change", "func(old-vsn: string, direction: enum { up, down }, state: string, extra: string) -> result<_, string>"),
+];
+
+/// One function `module.call` reaches.
+#[derive(Debug, Clone)]
+pub(crate) struct Callable {
+    pub(crate) index: ComponentExportIndex,
+    pub(crate) ty: ComponentFunc,
+    /// Why it cannot be called over JSON (it takes or returns a resource, a
+    /// future or a stream); it still counts as the component's export.
+    pub(crate) refused: Option<String>,
+}
+
+/// `zest:guest/process`'s functions, when the component exports it.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessExports {
+    pub(crate) init: ComponentExportIndex,
+    pub(crate) handle: ComponentExportIndex,
+    pub(crate) save_state: ComponentExportIndex,
+    pub(crate) code_change: ComponentExportIndex,
+}
+
+/// What a valid component exports.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ComponentExports {
+    /// In the order of the names `functions` maps to.
+    pub(crate) callables: Vec<Callable>,
+    /// Each callable's name (and, for a function of an interface, its short
+    /// name when unique) → its index in `callables`.
+    pub(crate) functions: FxHashMap<Box<str>, usize>,
+    /// `vsn: func() -> string`.
+    pub(crate) vsn: Option<ComponentExportIndex>,
+    pub(crate) process: Option<ProcessExports>,
+}
+
+/// The name of a `zest:guest` interface (`zest:guest/host@1.0.0` → `host`).
+fn zest_interface(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(PACKAGE)?.strip_prefix('/')?;
+    let (interface, version) = rest.split_once('@')?;
+    version.starts_with("1.").then_some(interface)
+}
+
+/// Checks `component`'s imports and exports against the guest ABI's component
+/// form and lists what it exports.
+pub(crate) fn check(engine: &Engine, component: &Component) -> Result<ComponentExports, String> {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        match (zest_interface(name), item.ty) {
+            (Some("host"), ComponentItem::ComponentInstance(instance)) => {
+                for (function, item) in instance.exports(engine) {
+                    let ComponentItem::ComponentFunc(func) = item.ty else {
+                        return Err(format!("import `{name}` has `{function}`, which is not a function"));
+                    };
+                    let Some(&(_, want)) = HOST_FUNCTIONS.iter().find(|(known, _)| *known == function) else {
+                        return Err(format!(
+                            "import `{name}#{function}` is not part of the guest interface (known: log, now-ms, call)"
+                        ));
+                    };
+                    let have = describe_func(&func);
+                    if have != want {
+                        return Err(format!("import `{name}#{function}` has type {have}, expected {want}"));
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "import `{name}` is not provided: a component may import only `zest:guest/host@1.0.0`"
+                ))
+            }
+        }
+    }
+
+    let mut exports = ComponentExports::default();
+    let mut short: FxHashMap<Box<str>, Vec<usize>> = FxHashMap::default();
+    for (name, item) in ty.exports(engine) {
+        let index = component.get_export_index(None, name).ok_or_else(|| format!("export `{name}` cannot be found"))?;
+        match item.ty {
+            ComponentItem::ComponentFunc(func) => {
+                if name == "vsn" {
+                    let have = describe_func(&func);
+                    if have != "func() -> string" {
+                        return Err(format!("export `vsn` has type {have}, expected func() -> string"));
+                    }
+                    exports.vsn = Some(index);
+                } else if !is_toolchain_hook(&func, name) {
+                    exports.push(name.into(), index, func);
+                }
+            }
+            ComponentItem::ComponentInstance(instance) => {
+                let interface = zest_interface(name);
+                if interface == Some("process") {
+                    exports.process = Some(process_exports(component, engine, name, &index, &instance)?);
+                    continue;
+                }
+                if interface.is_some() {
+                    return Err(format!("export `{name}` is not an interface a guest exports (process)"));
+                }
+                for (function, item) in instance.exports(engine) {
+                    let ComponentItem::ComponentFunc(func) = item.ty else { continue };
+                    if name == "exports" && is_toolchain_hook(&func, function) {
+                        continue;
+                    }
+                    let Some(function_index) = component.get_export_index(Some(&index), function) else {
+                        return Err(format!("export `{name}#{function}` cannot be found"));
+                    };
+                    let at = exports.push(format!("{name}#{function}").into(), function_index, func);
+                    let short_name = name.split_once('/').map_or(name, |(_, rest)| rest);
+                    let short_name = short_name.split_once('@').map_or(short_name, |(interface, _)| interface);
+                    if short_name != name {
+                        short.entry(format!("{short_name}#{function}").into()).or_default().push(at);
+                    }
+                }
+            }
+            _ => {} // types, modules and resources are the component's own business
+        }
+    }
+    for (name, at) in short {
+        if let ([only], false) = (at.as_slice(), exports.functions.contains_key(&name)) {
+            exports.functions.insert(name, *only);
+        }
+    }
+    Ok(exports)
+}
+
+impl ComponentExports {
+    /// What the node asks of any build's exports: callables by name, `vsn`,
+    /// and the process functions (all four, as the interface has them).
+    pub(crate) fn summary(&self) -> Exports {
+        let process = self.process.is_some();
+        Exports {
+            functions: self.functions.clone(),
+            vsn: self.vsn.is_some(),
+            init: process,
+            handle: process,
+            state_save: process,
+            code_change: process,
+        }
+    }
+
+    /// Adds a callable; returns its index.
+    fn push(&mut self, name: Box<str>, index: ComponentExportIndex, ty: ComponentFunc) -> usize {
+        let refused = ty
+            .params()
+            .map(|(_, ty)| ty)
+            .chain(ty.results())
+            .find(|ty| !over_json(ty))
+            .map(|ty| format!("it takes or returns {}, which JSON cannot carry", describe(&ty)));
+        let at = self.callables.len();
+        self.functions.insert(name, at);
+        self.callables.push(Callable { index, ty, refused });
+        at
+    }
+}
+
+/// A parameterless, resultless `init`: a start-up hook component toolchains add
+/// for themselves (componentize-py, componentize-qjs), not a callable.
+fn is_toolchain_hook(func: &ComponentFunc, name: &str) -> bool {
+    name == "init" && func.params().len() == 0 && func.results().len() == 0
+}
+
+fn process_exports(
+    component: &Component,
+    engine: &Engine,
+    name: &str,
+    index: &ComponentExportIndex,
+    instance: &wasmtime::component::types::ComponentInstance,
+) -> Result<ProcessExports, String> {
+    let mut found = [None, None, None, None];
+    for (slot, (function, want)) in found.iter_mut().zip(PROCESS_FUNCTIONS) {
+        let Some(ComponentItem::ComponentFunc(func)) = instance.get_export(engine, function).map(|export| export.ty) else {
+            return Err(format!("export `{name}` lacks `{function}`"));
+        };
+        let have = describe_func(&func);
+        if have != want {
+            return Err(format!("export `{name}#{function}` has type {have}, expected {want}"));
+        }
+        *slot = component.get_export_index(Some(index), function);
+    }
+    match found {
+        [Some(init), Some(handle), Some(save_state), Some(code_change)] => {
+            Ok(ProcessExports { init, handle, save_state, code_change })
+        }
+        _ => Err(format!("export `{name}`'s functions cannot be found")),
+    }
+}
+
+/// Whether values of `ty` can be written as JSON: no resource, future, stream
+/// or error context anywhere inside.
+fn over_json(ty: &Type) -> bool {
+    match ty {
+        Type::Own(_) | Type::Borrow(_) | Type::Future(_) | Type::Stream(_) | Type::ErrorContext => false,
+        Type::List(list) => over_json(&list.ty()),
+        Type::FixedLengthList(list) => over_json(&list.ty()),
+        Type::Map(map) => over_json(&map.key()) && over_json(&map.value()),
+        Type::Record(record) => record.fields().all(|field| over_json(&field.ty)),
+        Type::Tuple(tuple) => tuple.types().all(|ty| over_json(&ty)),
+        Type::Variant(variant) => variant.cases().all(|case| case.ty.as_ref().is_none_or(over_json)),
+        Type::Option(option) => over_json(&option.ty()),
+        Type::Result(result) => result.ok().as_ref().is_none_or(over_json) && result.err().as_ref().is_none_or(over_json),
+        _ => true,
+    }
+}
+
+/// A function's WIT type: `func(name: string) -> string`.
+pub(crate) fn describe_func(func: &ComponentFunc) -> String {
+    let params: Vec<String> = func.params().map(|(name, ty)| format!("{name}: {}", describe(&ty))).collect();
+    let results: Vec<String> = func.results().map(|ty| describe(&ty)).collect();
+    match results.as_slice() {
+        [] => format!("func({})", params.join(", ")),
+        [one] => format!("func({}) -> {one}", params.join(", ")),
+        many => format!("func({}) -> ({})", params.join(", "), many.join(", ")),
+    }
+}
+
+/// A WIT type, written out structurally (wasmtime keeps no type names):
+/// `list<string>`, `record { id: u32 }`, `enum { up, down }`.
+pub(crate) fn describe(ty: &Type) -> String {
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(list) => format!("list<{}>", describe(&list.ty())),
+        Type::FixedLengthList(list) => format!("list<{}, {}>", describe(&list.ty()), list.len()),
+        Type::Map(map) => format!("map<{}, {}>", describe(&map.key()), describe(&map.value())),
+        Type::Record(record) => {
+            let fields: Vec<String> =
+                record.fields().map(|field| format!("{}: {}", field.name, describe(&field.ty))).collect();
+            format!("record {{ {} }}", fields.join(", "))
+        }
+        Type::Tuple(tuple) => {
+            format!("tuple<{}>", tuple.types().map(|ty| describe(&ty)).collect::<Vec<_>>().join(", "))
+        }
+        Type::Variant(variant) => {
+            let cases: Vec<String> = variant
+                .cases()
+                .map(|case| match &case.ty {
+                    Some(ty) => format!("{}({})", case.name, describe(ty)),
+                    None => case.name.to_string(),
+                })
+                .collect();
+            format!("variant {{ {} }}", cases.join(", "))
+        }
+        Type::Enum(cases) => format!("enum {{ {} }}", cases.names().collect::<Vec<_>>().join(", ")),
+        Type::Option(option) => format!("option<{}>", describe(&option.ty())),
+        Type::Result(result) => {
+            let side = |ty: Option<Type>| ty.map_or_else(|| "_".to_string(), |ty| describe(&ty));
+            match (result.ok(), result.err()) {
+                (None, None) => "result".into(),
+                (ok, err) => format!("result<{}, {}>", side(ok), side(err)),
+            }
+        }
+        Type::Flags(flags) => format!("flags {{ {} }}", flags.names().collect::<Vec<_>>().join(", ")),
+        Type::Own(_) => "own<resource>".into(),
+        Type::Borrow(_) => "borrow<resource>".into(),
+        Type::Future(_) => "future".into(),
+        Type::Stream(_) => "stream".into(),
+        Type::ErrorContext => "error-context".into(),
+    }
+}
+
+/// True for a component binary (layer 1 of the header), as opposed to a core
+/// module's.
+pub(crate) fn is_component(bytes: &[u8]) -> bool {
+    wasmparser::Parser::is_component(bytes)
+}

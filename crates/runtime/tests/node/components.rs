@@ -1,0 +1,194 @@
+//! Components (CONTRACT.md §13) at the `Node` API: loaded where a core module
+//! loads, called over JSON by their WIT types, calling and called by other
+//! modules, running processes that migrate to and from core modules, and
+//! refused — the old version serving — when the node cannot run them.
+
+use zest_runtime::{BuildKind, CallError, Node, NodeConfig, Reason, ReloadOptions, Status};
+
+use super::support::{counter, limits, Fixture, BASE};
+
+const KEEPER: &str = include_str!("components/keeper.wat");
+const RELAY: &str = include_str!("components/relay.wat");
+
+fn invalid_args(fixture: &Fixture, function: &str, args: &str) -> String {
+    match fixture.node.call("keeper", function, args) {
+        Err(CallError::InvalidArgs { message, .. }) => message,
+        other => panic!("keeper.{function}({args}) should be refused as invalid args, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_component_loads_as_a_module_and_its_functions_answer_over_json() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+
+    assert_eq!(fixture.call("keeper", "add", "[2, 3]"), "5");
+    assert_eq!(fixture.call("keeper", "add", r#"{"b": 3, "a": 2}"#), "5", "args keyed by parameter name");
+    assert_eq!(fixture.call("keeper", "echo", r#"["héllo \"there\""]"#), r#""héllo \"there\"""#);
+    assert_eq!(fixture.call("keeper", "shop#total", "[[1, 2, 39]]"), "42", "an interface's function by short name");
+    assert_eq!(fixture.call("keeper", "acme:store/shop@0.1.0#total", "[[]]"), "0", "and by its full name");
+}
+
+#[test]
+fn status_names_a_components_kind_and_its_own_vsn_and_callables() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+    fixture.load("plain", &format!("(module {BASE})"));
+
+    let status = fixture.node.status();
+    let module = |name: &str| status.modules.iter().find(|m| m.name == name).expect("listed");
+    let keeper = module("keeper");
+    assert_eq!(keeper.current.kind, BuildKind::Component);
+    assert_eq!(keeper.current.vsn, "c1", "from the component's `vsn` export");
+    assert_eq!(
+        keeper.functions,
+        ["acme:store/shop@0.1.0#total", "add", "boom", "echo", "shop#total", "spin"],
+        "callables: top-level functions and interface functions; not vsn, not zest:guest/process"
+    );
+    assert_eq!(module("plain").current.kind, BuildKind::Module);
+}
+
+#[test]
+fn wrong_args_are_refused_naming_the_parameter_and_the_type_expected() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+
+    let wrong_type = invalid_args(&fixture, "add", r#"["two", 3]"#);
+    assert!(wrong_type.contains("parameter `a`: expected u32, got the string \"two\""), "{wrong_type}");
+    let negative = invalid_args(&fixture, "add", "[-1, 3]");
+    assert!(negative.contains("parameter `a`: -1 is out of the range of u32"), "{negative}");
+    let fraction = invalid_args(&fixture, "add", "[1.5, 3]");
+    assert!(fraction.contains("1.5 is not a whole number"), "{fraction}");
+    let count = invalid_args(&fixture, "add", "[1]");
+    assert!(count.contains("expected 2 argument(s) (a: u32, b: u32), got 1"), "{count}");
+    let unknown = invalid_args(&fixture, "add", r#"{"a": 1, "b": 2, "c": 3}"#);
+    assert!(unknown.contains("no parameter named `c`"), "{unknown}");
+    let element = invalid_args(&fixture, "shop#total", r#"[[1, "x"]]"#);
+    assert!(element.contains("parameter `prices`, element 1: expected u32"), "{element}");
+    assert!(matches!(fixture.node.call("keeper", "nope", "null"), Err(CallError::FunctionNotFound { .. })));
+    // Refused before anything ran: the next call is served.
+    assert_eq!(fixture.call("keeper", "add", "[1, 1]"), "2");
+}
+
+#[test]
+fn a_trap_or_a_loop_fails_only_its_own_call() {
+    let fixture = Fixture::with_limits(limits(200, 64, 1_000));
+    fixture.load("keeper", KEEPER);
+
+    assert!(matches!(fixture.node.call("keeper", "boom", "null"), Err(CallError::Trap { .. })));
+    assert!(matches!(fixture.node.call("keeper", "spin", "[]"), Err(CallError::Timeout { .. })));
+    assert_eq!(fixture.call("keeper", "add", "[40, 2]"), "42", "a failed instance is never reused");
+}
+
+#[test]
+fn modules_of_either_kind_call_each_other() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+    fixture.load("relay", RELAY);
+    // A core module calling the component through the `"zest"` import.
+    let core_caller = format!(
+        r#"(module (import "zest" "call" (func $call (param i32 i32 i32 i32 i32 i32) (result i64))) {BASE}
+          (data (i32.const 100) "keeperadd[1,2]")
+          (func (export "sum") (param i32 i32) (result i64)
+            (call $call (i32.const 100) (i32.const 6) (i32.const 106) (i32.const 3) (i32.const 109) (i32.const 5))))"#
+    );
+    fixture.load("summer", &core_caller);
+
+    assert_eq!(fixture.call("relay", "relay", "null"), r#""42""#, "a component calling a component");
+    assert_eq!(fixture.call("summer", "sum", "null"), "3", "a core module calling a component");
+}
+
+#[test]
+fn a_process_migrates_from_a_core_module_to_a_component_and_back_with_its_state() {
+    let fixture = Fixture::new();
+    fixture.load("counter", &counter('1'));
+    fixture.node.start_process("c", "counter", r#"{"start": 0}"#).expect("starts");
+    assert_eq!(fixture.node.call_process("c", r#"{"add": 5}"#).unwrap(), r#"{"count":5}"#);
+
+    // The same module's file now holds the component: the process moves to it,
+    // handing its state (the core counter's `5`) to `code-change`.
+    let up = fixture.load("counter", KEEPER);
+    assert_eq!(up.metadata.swaps[0].new_vsn, "c1");
+    assert_eq!(fixture.node.call_process("c", r#""get""#).unwrap(), "5", "the component keeps the core state");
+
+    // And back: the component's `save-state` is the core module's state.
+    fixture.load("counter", &counter('2'));
+    assert_eq!(fixture.node.call_process("c", r#""get""#).unwrap(), r#"{"count":5}"#);
+}
+
+#[test]
+fn a_component_the_node_cannot_run_is_refused_and_the_old_version_keeps_serving() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+    let refuse = |file: &str, bytes: &[u8], expected: &str| {
+        let path = fixture.write(file, bytes);
+        let result = fixture.node.load_module("keeper", &path, &ReloadOptions::default());
+        assert_eq!(result.status(), Status::Error, "{result:#?}");
+        assert_eq!(result.errors[0].reason, Reason::InvalidModule, "{result:#?}");
+        assert!(result.errors[0].message.contains(expected), "{}", result.errors[0].message);
+        assert_eq!(fixture.call("keeper", "add", "[1, 2]"), "3", "the old version serves");
+    };
+
+    refuse(
+        "keeper.wat",
+        br#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#,
+        "import `wasi:cli/environment@0.2.0` is not provided",
+    );
+    refuse(
+        "keeper.wat",
+        br#"(component (import "zest:guest/host@1.0.0" (instance (export "spawn" (func)))))"#,
+        "`zest:guest/host@1.0.0#spawn` is not part of the guest interface",
+    );
+    refuse(
+        "keeper.wat",
+        br#"(component
+             (core module $m (func (export "v") (result i32) i32.const 0))
+             (core instance $i (instantiate $m))
+             (func (export "vsn") (result u32) (canon lift (core func $i "v"))))"#,
+        "export `vsn` has type func() -> u32, expected func() -> string",
+    );
+    // A component's header, then bytes no engine takes.
+    refuse("keeper.wasm", b"\0asm\x0d\x00\x01\x00\xff\xff\xff", "");
+}
+
+#[test]
+fn a_component_comes_back_from_the_compile_cache_after_a_restart() {
+    let fixture = Fixture::new();
+    let path = fixture.write("keeper.wat", KEEPER);
+    let config = || NodeConfig { data_dir: Some(fixture.path("cached")), ..NodeConfig::default() };
+    {
+        let node = Node::new(config()).expect("node starts");
+        let first = node.load_module("keeper", &path, &ReloadOptions::default());
+        assert!(first.metadata.swaps[0].compiled, "{first:#?}");
+        node.flush_writes();
+    }
+    let node = Node::new(config()).expect("node starts again");
+    let again = node.load_module("keeper", &path, &ReloadOptions::default());
+    assert_eq!(again.status(), Status::Ok, "{again:#?}");
+    assert!(!again.metadata.swaps[0].compiled, "machine code from the cache: {again:#?}");
+    assert_eq!(node.call("keeper", "add", "[20, 22]").unwrap(), "42");
+}
+
+#[test]
+fn a_quiet_component_tiers_up_to_cranelift_and_its_process_keeps_running() {
+    let fixture = Fixture::new();
+    let config = NodeConfig {
+        data_dir: Some(fixture.path("tiered")),
+        tier_up_after: Some(std::time::Duration::from_millis(50)),
+        ..NodeConfig::default()
+    };
+    let node = Node::new(config).expect("node starts");
+    let path = fixture.write("keeper.wat", KEEPER);
+    assert_eq!(node.load_module("keeper", &path, &ReloadOptions::default()).status(), Status::Ok);
+    node.start_process("k", "keeper", r#"{"kept": true}"#).expect("starts on the component");
+    let compiler = || node.status().modules[0].current.compiler;
+    assert_eq!(compiler(), zest_runtime::Compiler::Winch, "a new component serves on Winch code at once");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while compiler() != zest_runtime::Compiler::Cranelift {
+        assert!(std::time::Instant::now() < deadline, "no tier-up within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(node.call("keeper", "add", "[40, 2]").unwrap(), "42", "new instances from Cranelift code");
+    assert_eq!(node.call_process("k", r#""get""#).unwrap(), r#"{"kept": true}"#, "the process kept its instance");
+}
