@@ -61,9 +61,7 @@ pub use error::{CallError, NodeError, ProcessError};
 pub use extension::{ExtensionRecord, Format};
 pub use history::{Action, BuildId, HistoryEntry};
 pub use lock::{LocalLock, LockError, LockGuard, ReloadLock};
-pub use node::{
-    AppStatus, BuildKind, CanaryStatus, ExtensionStatus, ModuleStatus, Node, NodeStatus, VersionInfo,
-};
+pub use node::{AppStatus, BuildKind, CanaryStatus, ExtensionStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
 pub use process::{Direction, ProcessState, ProcessStatus};
 pub use reason::{Failure, Reason, Skip};
 pub use reload::{

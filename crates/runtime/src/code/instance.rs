@@ -53,9 +53,11 @@ impl Linked {
         Ok(match code {
             Compiled::Component(component) => {
                 let exports = wasm::component::check(component.engine(), component)?;
-                let pre = env.linkers.component(compiler).instantiate_pre(component).map_err(|err| {
-                    format!("cannot link: {err:#}")
-                })?;
+                let pre = env
+                    .linkers
+                    .component(compiler)
+                    .instantiate_pre(component)
+                    .map_err(|err| format!("cannot link: {err:#}"))?;
                 Linked::Component { pre, exports: Arc::new(exports) }
             }
             Compiled::Whole(module) => Linked::Whole(pre(module)?),
@@ -205,6 +207,21 @@ impl Instance {
         result.map_err(|err| host::classify(err, self.store.data(), export))
     }
 
+    /// The names a component's `zest:guest/dynamic` serves (its `functions`);
+    /// none for anything else.
+    pub(crate) fn dynamic_functions(&mut self) -> Result<Vec<String>, String> {
+        let Guest::Component { instance, exports } = &self.guest else { return Ok(Vec::new()) };
+        let Some(dynamic) = &exports.dynamic else { return Ok(Vec::new()) };
+        let (instance, index) = (*instance, dynamic.functions);
+        self.store.data_mut().ctx = self.store.data().root_ctx();
+        let called = typed::<(), (Vec<String>,)>(&mut self.store, instance, &index)
+            .and_then(|func| func.call(&mut self.store, ()));
+        let (names,) = called.map_err(|err| {
+            format!("`functions` of zest:guest/dynamic failed: {}", host::classify(err, self.store.data(), "functions"))
+        })?;
+        Ok(names)
+    }
+
     /// Calls `zest_vsn` (a component's `vsn`) and checks what it returns.
     pub(crate) fn read_vsn(&mut self) -> Result<String, String> {
         self.store.data_mut().ctx = self.store.data().root_ctx();
@@ -218,7 +235,8 @@ impl Instance {
                 let packed = func.call(&mut self.store, ()).map_err(|err| {
                     format!("zest_vsn failed: {}", host::classify(err, self.store.data(), "zest_vsn"))
                 })?;
-                let vsn = host::read_packed(memory.data(&self.store), packed).map_err(|err| format!("zest_vsn: {err}"))?;
+                let vsn =
+                    host::read_packed(memory.data(&self.store), packed).map_err(|err| format!("zest_vsn: {err}"))?;
                 vsn.to_string()
             }
             Guest::Component { instance, exports } => {
@@ -243,7 +261,13 @@ impl Core {
         self.instances[part]
     }
 
-    fn invoke(&self, store: &mut Store<HostState>, index: usize, function: &str, input: &[u8]) -> wasmtime::Result<String> {
+    fn invoke(
+        &self,
+        store: &mut Store<HostState>,
+        index: usize,
+        function: &str,
+        input: &[u8],
+    ) -> wasmtime::Result<String> {
         let (part, index) = match &self.pieces {
             Some(pieces) => pieces.route(index).ok_or_else(|| Error::msg("callable index out of range"))?,
             None => (0, i32::try_from(index).map_err(|_| Error::msg("callable index out of range"))?),
@@ -292,8 +316,14 @@ fn invoke_component(
     input: &[u8],
 ) -> Result<String, CallError> {
     let module = store.data().module.to_string();
-    let invalid = |message: String| CallError::InvalidArgs { module: module.clone(), function: function.into(), message };
-    let callable = exports.callables.get(index).ok_or_else(|| invalid("no such callable".into()))?;
+    let invalid =
+        |message: String| CallError::InvalidArgs { module: module.clone(), function: function.into(), message };
+    let Some(callable) = exports.callables.get(index) else {
+        // Past the component's own callables: a name `zest:guest/dynamic` serves.
+        let dynamic = exports.dynamic.as_ref().ok_or_else(|| invalid("no such callable".into()))?;
+        let input = std::str::from_utf8(input).map_err(|err| invalid(format!("not UTF-8: {err}")))?;
+        return dynamic_invoke(store, instance, &dynamic.invoke, function, input);
+    };
     if let Some(refused) = &callable.refused {
         return Err(invalid(format!("it cannot be called over JSON: {refused}")));
     }
@@ -304,8 +334,33 @@ fn invoke_component(
     };
     let mut results = vec![Val::Bool(false); callable.ty.results().len()];
     func.call(&mut *store, &params, &mut results).map_err(|err| host::classify(err, store.data(), function))?;
-    wit::results(&callable.ty, &results)
-        .map_err(|message| CallError::Failed { module, function: function.into(), message })
+    wit::results(&callable.ty, &results).map_err(|message| CallError::Failed {
+        module,
+        function: function.into(),
+        message,
+    })
+}
+
+/// Calls `zest:guest/dynamic`'s `invoke` for `function` with `input` (JSON
+/// text): its `ok` is the call's output (checked to be JSON), its `err` fails
+/// the call with that message.
+fn dynamic_invoke(
+    store: &mut Store<HostState>,
+    instance: component::Instance,
+    invoke: &ComponentExportIndex,
+    function: &str,
+    input: &str,
+) -> Result<String, CallError> {
+    let module = store.data().module.to_string();
+    let called = typed::<(&str, &str), (Result<String, String>,)>(store, instance, invoke)
+        .and_then(|func| func.call(&mut *store, (function, input)));
+    match called.map_err(|err| host::classify(err, store.data(), function))?.0 {
+        Ok(output) => match check_json(&output) {
+            Ok(()) => Ok(output),
+            Err(message) => Err(CallError::InvalidOutput { module, function: function.into(), message }),
+        },
+        Err(message) => Err(CallError::Failed { module, function: function.into(), message }),
+    }
 }
 
 /// Calls the `zest:guest/process` function that plays the role of the core
@@ -341,9 +396,8 @@ fn process_call(
             let old_vsn = field("old_vsn").as_str().unwrap_or_default().to_string();
             let direction = Val::Enum(field("direction").as_str().unwrap_or("up").to_string());
             let (state, extra) = (field("state").to_string(), field("extra").to_string());
-            let func = instance
-                .get_func(&mut *store, process.code_change)
-                .ok_or_else(|| Error::msg("code-change is gone"))?;
+            let func =
+                instance.get_func(&mut *store, process.code_change).ok_or_else(|| Error::msg("code-change is gone"))?;
             let params = [Val::String(old_vsn), direction, Val::String(state), Val::String(extra)];
             let mut result = [Val::Bool(false)];
             func.call(&mut *store, &params, &mut result)?;

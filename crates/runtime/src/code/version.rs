@@ -132,6 +132,16 @@ impl Version {
                 _ => format!("cannot instantiate: {err:#}"),
             }
         })?;
+        let mut exports = exports;
+        if let Linked::Component { exports: component, .. } = &pre {
+            // Names `zest:guest/dynamic` serves, past the component's own.
+            for name in first.dynamic_functions()? {
+                if name.is_empty() || name.len() > 256 {
+                    return Err(format!("`functions` of zest:guest/dynamic returned the name {name:?}"));
+                }
+                exports.functions.entry(name.into()).or_insert(component.callables.len());
+            }
+        }
         let hex = hex::encode(sha256);
         let vsn = if exports.vsn { first.read_vsn()? } else { hex[..16].to_string() };
         let info = VersionInfo {

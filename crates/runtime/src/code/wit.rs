@@ -19,17 +19,12 @@ pub(crate) fn params(func: &ComponentFunc, args: &str) -> Result<Vec<Val>, Strin
     let params: Vec<(&str, Type)> = func.params().collect();
     match args {
         Value::Null if params.is_empty() => Ok(Vec::new()),
-        Value::Array(values) if values.len() == params.len() => params
-            .iter()
-            .zip(&values)
-            .map(|((name, ty), value)| to_val(ty, value, &Place::param(name)))
-            .collect(),
-        Value::Array(values) => Err(format!(
-            "expected {} argument(s) ({}), got {}",
-            params.len(),
-            names(&params),
-            values.len()
-        )),
+        Value::Array(values) if values.len() == params.len() => {
+            params.iter().zip(&values).map(|((name, ty), value)| to_val(ty, value, &Place::param(name))).collect()
+        }
+        Value::Array(values) => {
+            Err(format!("expected {} argument(s) ({}), got {}", params.len(), names(&params), values.len()))
+        }
         Value::Object(mut fields) => {
             let vals = params
                 .iter()
@@ -163,7 +158,9 @@ fn to_val(ty: &Type, json: &Value, at: &Place) -> Result<Val, String> {
                 let val = match fields.remove(field.name) {
                     Some(value) => to_val(&field.ty, &value, &at.field(field.name))?,
                     None if matches!(field.ty, Type::Option(_)) => Val::Option(None),
-                    None => return Err(at.error(format!("missing field `{}` of type {}", field.name, describe(&field.ty)))),
+                    None => {
+                        return Err(at.error(format!("missing field `{}` of type {}", field.name, describe(&field.ty))))
+                    }
                 };
                 vals.push((field.name.to_string(), val));
             }
@@ -193,9 +190,13 @@ fn to_val(ty: &Type, json: &Value, at: &Place) -> Result<Val, String> {
             }
             let payload = match (&case.ty, object.get("val")) {
                 (Some(ty), Some(value)) => Some(Box::new(to_val(ty, value, &at.case(tag))?)),
-                (Some(ty), None) => return Err(at.case(tag).error(format!("missing \"val\" of type {}", describe(ty)))),
+                (Some(ty), None) => {
+                    return Err(at.case(tag).error(format!("missing \"val\" of type {}", describe(ty))))
+                }
                 (None, None | Some(Value::Null)) => None,
-                (None, Some(value)) => return Err(at.case(tag).error(format!("takes no \"val\", got {}", kind(value)))),
+                (None, Some(value)) => {
+                    return Err(at.case(tag).error(format!("takes no \"val\", got {}", kind(value))))
+                }
             };
             Val::Variant(tag.to_string(), payload)
         }
@@ -499,7 +500,11 @@ mod tests {
         let cases = [
             (0, serde_json::json!({"x": 0}), "parameter `p`: missing field `label` of type string"),
             (0, serde_json::json!({"x": 0, "label": "", "z": 1}), "no field named `z`"),
-            (0, serde_json::json!({"x": 2147483648u64, "label": ""}), "field `x`: 2147483648 is out of the range of s32"),
+            (
+                0,
+                serde_json::json!({"x": 2147483648u64, "label": ""}),
+                "field `x`: 2147483648 is out of the range of s32",
+            ),
             (1, serde_json::json!("blue"), "parameter `c`: no case `blue` in enum { red, green }"),
             (2, serde_json::json!({"tag": "circle"}), "case `circle`: missing \"val\" of type u32"),
             (2, serde_json::json!({"tag": "none", "val": 1}), "takes no \"val\""),

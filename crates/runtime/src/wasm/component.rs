@@ -27,7 +27,16 @@ const PROCESS_FUNCTIONS: [(&str, &str); 4] = [
     ("init", "func(args: string) -> result<_, string>"),
     ("handle", "func(message: string) -> result<string, string>"),
     ("save-state", "func() -> string"),
-    ("code-change", "func(old-vsn: string, direction: enum { up, down }, state: string, extra: string) -> result<_, string>"),
+    (
+        "code-change",
+        "func(old-vsn: string, direction: enum { up, down }, state: string, extra: string) -> result<_, string>",
+    ),
+];
+
+/// The functions of `zest:guest/dynamic` and their WIT types.
+const DYNAMIC_FUNCTIONS: [(&str, &str); 2] = [
+    ("functions", "func() -> list<string>"),
+    ("invoke", "func(function: string, args: string) -> result<string, string>"),
 ];
 
 /// One function `module.call` reaches.
@@ -49,6 +58,13 @@ pub(crate) struct ProcessExports {
     pub(crate) code_change: ComponentExportIndex,
 }
 
+/// `zest:guest/dynamic`'s functions, when the component exports it.
+#[derive(Debug, Clone)]
+pub(crate) struct DynamicExports {
+    pub(crate) functions: ComponentExportIndex,
+    pub(crate) invoke: ComponentExportIndex,
+}
+
 /// What a valid component exports.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ComponentExports {
@@ -60,6 +76,9 @@ pub(crate) struct ComponentExports {
     /// `vsn: func() -> string`.
     pub(crate) vsn: Option<ComponentExportIndex>,
     pub(crate) process: Option<ProcessExports>,
+    /// Names served through `invoke`: the names its `functions` returns, once
+    /// an instance has said them (`code/version.rs`).
+    pub(crate) dynamic: Option<DynamicExports>,
 }
 
 /// The name of a `zest:guest` interface (`zest:guest/host@1.0.0` → `host`).
@@ -118,11 +137,19 @@ pub(crate) fn check(engine: &Engine, component: &Component) -> Result<ComponentE
             ComponentItem::ComponentInstance(instance) => {
                 let interface = zest_interface(name);
                 if interface == Some("process") {
-                    exports.process = Some(process_exports(component, engine, name, &index, &instance)?);
+                    let [init, handle, save_state, code_change] =
+                        interface_exports(component, engine, name, &index, &instance, PROCESS_FUNCTIONS)?;
+                    exports.process = Some(ProcessExports { init, handle, save_state, code_change });
+                    continue;
+                }
+                if interface == Some("dynamic") {
+                    let [functions, invoke] =
+                        interface_exports(component, engine, name, &index, &instance, DYNAMIC_FUNCTIONS)?;
+                    exports.dynamic = Some(DynamicExports { functions, invoke });
                     continue;
                 }
                 if interface.is_some() {
-                    return Err(format!("export `{name}` is not an interface a guest exports (process)"));
+                    return Err(format!("export `{name}` is not an interface a guest exports (process, dynamic)"));
                 }
                 for (function, item) in instance.exports(engine) {
                     let ComponentItem::ComponentFunc(func) = item.ty else { continue };
@@ -187,30 +214,30 @@ fn is_toolchain_hook(func: &ComponentFunc, name: &str) -> bool {
     name == "init" && func.params().len() == 0 && func.results().len() == 0
 }
 
-fn process_exports(
+/// The functions `wanted` of the exported `zest:guest` interface `name`, each
+/// checked against its WIT type.
+fn interface_exports<const N: usize>(
     component: &Component,
     engine: &Engine,
     name: &str,
     index: &ComponentExportIndex,
     instance: &wasmtime::component::types::ComponentInstance,
-) -> Result<ProcessExports, String> {
-    let mut found = [None, None, None, None];
-    for (slot, (function, want)) in found.iter_mut().zip(PROCESS_FUNCTIONS) {
-        let Some(ComponentItem::ComponentFunc(func)) = instance.get_export(engine, function).map(|export| export.ty) else {
+    wanted: [(&str, &str); N],
+) -> Result<[ComponentExportIndex; N], String> {
+    let mut found = Vec::with_capacity(N);
+    for (function, want) in wanted {
+        let Some(ComponentItem::ComponentFunc(func)) = instance.get_export(engine, function).map(|export| export.ty)
+        else {
             return Err(format!("export `{name}` lacks `{function}`"));
         };
         let have = describe_func(&func);
         if have != want {
             return Err(format!("export `{name}#{function}` has type {have}, expected {want}"));
         }
-        *slot = component.get_export_index(Some(index), function);
+        let found_index = component.get_export_index(Some(index), function);
+        found.push(found_index.ok_or_else(|| format!("export `{name}#{function}` cannot be found"))?);
     }
-    match found {
-        [Some(init), Some(handle), Some(save_state), Some(code_change)] => {
-            Ok(ProcessExports { init, handle, save_state, code_change })
-        }
-        _ => Err(format!("export `{name}`'s functions cannot be found")),
-    }
+    found.try_into().map_err(|_| format!("export `{name}`'s functions cannot be found"))
 }
 
 /// Whether values of `ty` can be written as JSON: no resource, future, stream
@@ -225,7 +252,9 @@ fn over_json(ty: &Type) -> bool {
         Type::Tuple(tuple) => tuple.types().all(|ty| over_json(&ty)),
         Type::Variant(variant) => variant.cases().all(|case| case.ty.as_ref().is_none_or(over_json)),
         Type::Option(option) => over_json(&option.ty()),
-        Type::Result(result) => result.ok().as_ref().is_none_or(over_json) && result.err().as_ref().is_none_or(over_json),
+        Type::Result(result) => {
+            result.ok().as_ref().is_none_or(over_json) && result.err().as_ref().is_none_or(over_json)
+        }
         _ => true,
     }
 }

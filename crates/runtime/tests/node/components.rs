@@ -192,3 +192,19 @@ fn a_quiet_component_tiers_up_to_cranelift_and_its_process_keeps_running() {
     assert_eq!(node.call("keeper", "add", "[40, 2]").unwrap(), "42", "new instances from Cranelift code");
     assert_eq!(node.call_process("k", r#""get""#).unwrap(), r#"{"kept": true}"#, "the process kept its instance");
 }
+
+#[test]
+fn a_plugin_serves_the_names_its_dynamic_interface_lists() {
+    let fixture = Fixture::new();
+    fixture.load("plugin", include_str!("components/plugin.wat"));
+
+    let status = fixture.node.status();
+    assert_eq!(status.modules[0].functions, ["bye", "hello", "ping"], "its own export and the names `functions` lists");
+    assert_eq!(fixture.call("plugin", "hello", r#"{"name": "ops"}"#), r#"{"name": "ops"}"#, "args in, JSON out");
+    match fixture.node.call("plugin", "bye", "null") {
+        Err(CallError::Failed { message, .. }) => assert_eq!(message, "bye bye"),
+        other => panic!("`invoke`'s err fails the call with its message, got {other:?}"),
+    }
+    assert_eq!(fixture.call("plugin", "ping", "null"), r#""\"pong\"""#, "a string result is a JSON string");
+    assert!(matches!(fixture.node.call("plugin", "nope", "null"), Err(CallError::FunctionNotFound { .. })));
+}
