@@ -52,6 +52,7 @@ pub use code::process;
 pub use store::history;
 pub use wasm::abi;
 
+pub use abi::Signature;
 pub use app::{AppManifest, ManifestError};
 pub use compile::CompileReport;
 pub use config::ExtensionsConfig;
@@ -61,13 +62,15 @@ pub use error::{CallError, NodeError, ProcessError};
 pub use extension::{ExtensionRecord, Format};
 pub use history::{Action, BuildId, HistoryEntry};
 pub use lock::{LocalLock, LockError, LockGuard, ReloadLock};
-pub use node::{AppStatus, BuildKind, CanaryStatus, ExtensionStatus, ModuleStatus, Node, NodeStatus, VersionInfo};
+pub use node::{
+    AppStatus, BuildKind, CanaryStatus, ExtensionStatus, ModuleDescription, ModuleStatus, Node, NodeStatus, VersionInfo,
+};
 pub use process::{Direction, ProcessState, ProcessStatus};
 pub use reason::{Failure, Reason, Skip};
 pub use reload::{
-    AllScope, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, Counts, Kind, Metadata, Phase,
-    Plan, PlanEntry, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget, Scope,
-    Session, Status, Swap, TrialSpec,
+    AllScope, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, Counts, FunctionChange, Kind,
+    Metadata, Phase, Plan, PlanEntry, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest,
+    RollbackTarget, Scope, Session, Status, Swap, TrialSpec,
 };
 pub use store::artifact::Bytes;
 pub use telemetry::{Event, EventBody, Telemetry};

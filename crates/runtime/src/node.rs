@@ -22,6 +22,7 @@ use crate::state::Shared;
 use crate::store::artifact::{parse_sha256, Bytes};
 use crate::store::history::HistoryEntry;
 use crate::telemetry::Telemetry;
+use crate::wasm::abi::Signature;
 
 pub use crate::code::version::{BuildKind, VersionInfo};
 
@@ -84,6 +85,17 @@ pub struct ModuleStatus {
     pub canary: Option<CanaryStatus>,
     /// A trial watches it until then.
     pub trial_until: Option<std::time::SystemTime>,
+}
+
+/// What `module.call` can call on a module's current version
+/// (`module.describe`): each callable function, by name, with its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleDescription {
+    pub module: String,
+    pub vsn: String,
+    pub kind: BuildKind,
+    /// Sorted by name.
+    pub functions: Vec<(String, Signature)>,
 }
 
 /// A module's canary in [`NodeStatus`].
@@ -343,6 +355,20 @@ impl Node {
             .collect();
         let processes = self.shared.processes.all().iter().map(|process| process.status()).collect();
         NodeStatus { apps, modules, extensions, processes }
+    }
+
+    /// What `module.call` can call on module `module`'s current version, with
+    /// the types; `None` when no such module is loaded.
+    pub fn describe(&self, module: &str) -> Option<ModuleDescription> {
+        let version = self.shared.registry.slot(module)?.current();
+        let functions =
+            version.signatures().into_iter().map(|(name, signature)| (name.to_string(), signature)).collect();
+        Some(ModuleDescription {
+            module: module.to_string(),
+            vsn: version.info.vsn.clone(),
+            kind: version.info.kind,
+            functions,
+        })
     }
 
     /// Starts process `name` on module `module`'s current version, passing `init`

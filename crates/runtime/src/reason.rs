@@ -29,6 +29,9 @@ pub enum Reason {
     InvalidCodeChangeTarget,
     RolledBack,
     Timeout,
+    /// The new build lacks a callable of the current one, or changes its
+    /// type, and the request did not allow it (`allow_breaking`).
+    BreakingChange,
     /// A reload step panicked (a bug in zest). See `docs/reload.md`.
     InternalError,
     /// Cluster (§10): a target never answered its prepare.
@@ -44,7 +47,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::NotFound,
         Reason::AppNotFound,
         Reason::Unchanged,
@@ -63,6 +66,7 @@ impl Reason {
         Reason::InvalidCodeChangeTarget,
         Reason::RolledBack,
         Reason::Timeout,
+        Reason::BreakingChange,
         Reason::InternalError,
         Reason::NodeUnreachable,
         Reason::PrepareFailed,
@@ -91,6 +95,7 @@ impl Reason {
             Reason::InvalidCodeChangeTarget => "invalid_code_change_target",
             Reason::RolledBack => "rolled_back",
             Reason::Timeout => "timeout",
+            Reason::BreakingChange => "breaking_change",
             Reason::InternalError => "internal_error",
             Reason::NodeUnreachable => "node_unreachable",
             Reason::PrepareFailed => "prepare_failed",
@@ -161,6 +166,7 @@ mod tests {
                 "invalid_code_change_target",
                 "rolled_back",
                 "timeout",
+                "breaking_change",
                 "internal_error",
                 "node_unreachable",
                 "prepare_failed",

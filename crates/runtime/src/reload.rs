@@ -31,7 +31,9 @@ pub(crate) mod trial;
 mod unit;
 
 pub use crate::reason::{Failure, Reason, Skip};
-pub use crate::report::{ClusterOutcome, Counts, Kind, Metadata, Phase, PlanEntry, ReloadResult, Status, Swap};
+pub use crate::report::{
+    ClusterOutcome, Counts, FunctionChange, Kind, Metadata, Phase, PlanEntry, ReloadResult, Status, Swap,
+};
 pub use crate::request::{
     AllScope, Blueprint, BlueprintUnit, BuildRef, CodeChangeTarget, ReloadError, ReloadOptions, ReloadRequest,
     RollbackRequest, RollbackTarget, Scope, TrialSpec,

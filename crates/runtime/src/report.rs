@@ -105,8 +105,18 @@ pub struct PlanEntry {
     pub to: (String, String),
     pub exports_added: Vec<String>,
     pub exports_removed: Vec<String>,
+    /// Callables both builds have whose type changes (`functions_changed`).
+    pub functions_changed: Vec<FunctionChange>,
     /// Each process of the module, and whether the new build can migrate it.
     pub processes: Vec<(String, bool)>,
+}
+
+/// A callable whose type a build changes: both types, as WIT writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionChange {
+    pub name: String,
+    pub from: String,
+    pub to: String,
 }
 
 /// `metadata.cluster`: which members a cluster reload reached, and how it ended.

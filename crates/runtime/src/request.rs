@@ -53,6 +53,9 @@ pub struct ReloadOptions {
     pub direction: Direction,
     /// Stage everything, commit nothing, say what would change.
     pub dry_run: bool,
+    /// Let a build remove a callable the current version has, or change its
+    /// type (CONTRACT.md §5, `breaking_change`).
+    pub allow_breaking: bool,
     /// Revert by itself if the new builds fail too often within a window.
     pub trial: Option<TrialSpec>,
     /// Run the new builds beside the current ones for this share (1–99 %) of
@@ -149,6 +152,9 @@ pub struct Blueprint {
     pub code_change: Vec<CodeChangeTarget>,
     pub force: bool,
     pub atomic: bool,
+    /// Builds may remove callables or change their types (a rollback's
+    /// always may; CONTRACT.md §5).
+    pub allow_breaking: bool,
 }
 
 /// One app, extension or module of a blueprint.

@@ -7,6 +7,7 @@
 //! use (a call running, a process) keep the code they have. Nothing a guest can
 //! see changes: same build, same vsn, same state.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -24,7 +25,7 @@ use super::life::Life;
 use crate::config::Compiler;
 use crate::engine::{Compiled, Loaded};
 use crate::error::CallError;
-use crate::wasm::abi::{self, Exports};
+use crate::wasm::abi::{self, Exports, Signature};
 
 /// How many idle instances each shard keeps for reuse. Calls beyond that many at
 /// once instantiate afresh and drop the extra instance afterwards.
@@ -202,6 +203,29 @@ impl Version {
 
     pub(crate) fn exports(&self) -> &Exports {
         &self.exports
+    }
+
+    /// Each callable's type, by name: JSON in and out for a core module's (and
+    /// for the names a component's `zest:guest/dynamic` serves).
+    pub(crate) fn signatures(&self) -> BTreeMap<&str, Signature> {
+        let code = self.code.load();
+        let component = match &code.pre {
+            Linked::Component { exports, .. } => Some(exports),
+            _ => None,
+        };
+        self.exports
+            .functions
+            .iter()
+            .map(|(name, &index)| {
+                let callable = component.and_then(|exports| exports.callables.get(index));
+                (&**name, callable.map_or_else(Signature::json, |callable| callable.signature.clone()))
+            })
+            .collect()
+    }
+
+    /// True for a component's version.
+    pub(crate) fn is_component(&self) -> bool {
+        self.info.kind == BuildKind::Component
     }
 
     /// The names of its callable functions.

@@ -85,7 +85,8 @@ pub(crate) fn plan_app(shared: &Arc<Shared>, source: AppSource<'_>, options: &Re
             return unit.error(failure);
         }
     }
-    unit.steps = manifest.modules.iter().map(|m| module::plan(shared, &m.name, Some(&m.path), options.force)).collect();
+    let rules = module::Rules::of(options);
+    unit.steps = manifest.modules.iter().map(|m| module::plan(shared, &m.name, Some(&m.path), rules)).collect();
     unit.record = Some(Record::App(manifest));
     unit
 }
@@ -151,7 +152,7 @@ pub(crate) fn plan_module_scope(shared: &Arc<Shared>, name: &str, options: &Relo
             return unit.error(Failure::new(name, Reason::NotFound, format!("no loaded app declares module `{name}`")));
         }
         let mut unit = unit;
-        unit.steps.push(module::plan(shared, name, None, options.force));
+        unit.steps.push(module::plan(shared, name, None, module::Rules::of(options)));
         return unit;
     };
     let mut unit = unit;
@@ -163,7 +164,7 @@ pub(crate) fn plan_module_scope(shared: &Arc<Shared>, name: &str, options: &Relo
             return unit.error(failure);
         }
     }
-    unit.steps.push(module::plan(shared, name, Some(&path), options.force));
+    unit.steps.push(module::plan(shared, name, Some(&path), module::Rules::of(options)));
     unit.record = Some(Record::App(manifest));
     unit
 }

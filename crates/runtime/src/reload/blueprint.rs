@@ -53,14 +53,15 @@ pub(super) fn of_plan(
         units,
         code_change: code_change.to_vec(),
         force: options.force,
+        allow_breaking: options.allow_breaking,
         atomic: options.atomic,
     }
 }
 
 /// Stages one unit of a blueprint from the builds the node holds.
-pub(super) fn stage_unit(shared: &Arc<Shared>, unit: &BlueprintUnit, force: bool) -> Unit {
+pub(super) fn stage_unit(shared: &Arc<Shared>, unit: &BlueprintUnit, rules: module::Rules) -> Unit {
     let mut staged = Unit::new(unit.kind, &unit.target);
-    staged.steps = unit.builds.iter().map(|build| module::plan_ref(shared, build, force)).collect::<Vec<ModuleStep>>();
+    staged.steps = unit.builds.iter().map(|build| module::plan_ref(shared, build, rules)).collect::<Vec<ModuleStep>>();
     staged.record = match (&unit.app, &unit.extension) {
         (Some(manifest), _) => Some(Record::App(manifest.clone())),
         (None, Some(record)) => Some(Record::Extension(record.clone())),

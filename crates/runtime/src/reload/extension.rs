@@ -74,7 +74,7 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
             }
         }
     };
-    unit.steps.push(module::plan_build(shared, &checked.name, build, options.force, started));
+    unit.steps.push(module::plan_build(shared, &checked.name, build, module::Rules::of(options), started));
     unit.record = Some(Record::Extension(record));
     unit
 }

@@ -14,7 +14,7 @@ use crate::code::registry::Slot;
 use crate::code::version::Version;
 use crate::config::Compiler;
 use crate::reason::{Failure, Reason, Skip};
-use crate::report::{Kind, PlanEntry, ReloadResult, Swap};
+use crate::report::{FunctionChange, Kind, PlanEntry, ReloadResult, Swap};
 use crate::request::{BuildRef, Direction};
 use crate::state::Shared;
 use crate::store::artifact::{parse_sha256, Bytes};
@@ -103,10 +103,11 @@ impl ModuleStep {
             .collect();
         Some(PlanEntry {
             module: self.result.target.clone(),
-            from: current.map(|c| (c.info.vsn.clone(), c.info.sha256.clone())),
+            from: current.as_ref().map(|c| (c.info.vsn.clone(), c.info.sha256.clone())),
             to: (staged.info.vsn.clone(), staged.info.sha256.clone()),
             exports_added: new.difference(&old).cloned().collect(),
             exports_removed: old.difference(&new).cloned().collect(),
+            functions_changed: current.as_deref().map(|current| changed_types(current, staged)).unwrap_or_default(),
             processes,
         })
     }
@@ -131,6 +132,62 @@ impl ModuleStep {
     }
 }
 
+/// How a step stages its build: `force` reloads an unchanged build too;
+/// `allow_breaking` lets it remove a callable or change its type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rules {
+    pub(crate) force: bool,
+    pub(crate) allow_breaking: bool,
+}
+
+impl Rules {
+    pub(crate) fn of(options: &crate::request::ReloadOptions) -> Rules {
+        Rules { force: options.force, allow_breaking: options.allow_breaking }
+    }
+}
+
+/// What `new` breaks of `old`'s callables (CONTRACT.md §5): each one it
+/// removes, each whose type it changes, with both types; `None` when nothing.
+fn breaks(old: &Version, new: &Version) -> Option<String> {
+    let mut broken = Vec::new();
+    if old.is_component() || new.is_component() {
+        let new_types = new.signatures();
+        for (name, from) in old.signatures() {
+            match new_types.get(name) {
+                None => broken.push(format!("`{name}` {} is removed", from.wit())),
+                Some(to) if to.shape != from.shape => {
+                    broken.push(format!("`{name}` changes from {} to {}", from.wit(), to.wit()))
+                }
+                Some(_) => {}
+            }
+        }
+    } else {
+        // Core modules' callables all take and return JSON: only a removal breaks.
+        let new_names = &new.exports().functions;
+        let mut removed: Vec<&str> = old.functions().filter(|name| !new_names.contains_key(*name)).collect();
+        removed.sort_unstable();
+        broken.extend(removed.iter().map(|name| format!("`{name}` func(args: json) -> json is removed")));
+    }
+    (!broken.is_empty()).then(|| {
+        format!("the new build breaks callers: {}; reload with allow_breaking to swap it anyway", broken.join("; "))
+    })
+}
+
+/// The callables both builds have whose type `new` changes.
+fn changed_types(old: &Version, new: &Version) -> Vec<FunctionChange> {
+    if !old.is_component() && !new.is_component() {
+        return Vec::new();
+    }
+    let new_types = new.signatures();
+    old.signatures()
+        .into_iter()
+        .filter_map(|(name, from)| {
+            let to = new_types.get(name).filter(|to| to.shape != from.shape)?;
+            Some(FunctionChange { name: name.to_string(), from: from.wit(), to: to.wit() })
+        })
+        .collect()
+}
+
 /// A module's build, read: where it comes from (recorded as the version's
 /// source), its bytes, and whether they are wat text.
 pub(crate) struct Build {
@@ -141,10 +198,10 @@ pub(crate) struct Build {
 
 /// Stages module `name` from `source` (or from where it was loaded from): reads
 /// the build, then [`plan_build`].
-pub(crate) fn plan(shared: &Arc<Shared>, name: &str, source: Option<&Path>, force: bool) -> ModuleStep {
+pub(crate) fn plan(shared: &Arc<Shared>, name: &str, source: Option<&Path>, rules: Rules) -> ModuleStep {
     let started = Instant::now();
     match read_build(shared, name, source) {
-        Ok(build) => plan_build(shared, name, build, force, started),
+        Ok(build) => plan_build(shared, name, build, rules, started),
         Err(failure) => {
             let mut result = ReloadResult::new(Kind::Module, name);
             result.errors.push(failure);
@@ -156,9 +213,9 @@ pub(crate) fn plan(shared: &Arc<Shared>, name: &str, source: Option<&Path>, forc
 /// Stages module `name` from `build`: compares its sha256 with the current
 /// version's, compiles it or loads it from the compile cache, validates and
 /// instantiates it. The registry is not touched.
-pub(crate) fn plan_build(shared: &Arc<Shared>, name: &str, build: Build, force: bool, started: Instant) -> ModuleStep {
+pub(crate) fn plan_build(shared: &Arc<Shared>, name: &str, build: Build, rules: Rules, started: Instant) -> ModuleStep {
     let mut result = ReloadResult::new(Kind::Module, name);
-    let staged = match stage(shared, name, build, force) {
+    let staged = match stage(shared, name, build, rules) {
         Ok(Some(staged)) => Some(staged),
         Ok(None) => {
             result.metadata.unchanged.push(name.to_string());
@@ -175,7 +232,7 @@ pub(crate) fn plan_build(shared: &Arc<Shared>, name: &str, build: Build, force: 
 /// Stages module `build.module` from the build named by its sha256, as the
 /// coordinator of a cluster staged it: unchanged when the module runs that
 /// build already (unless `force`), else from the bytes the node holds.
-pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> ModuleStep {
+pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, rules: Rules) -> ModuleStep {
     let started = Instant::now();
     let name = build.module.as_str();
     let fail = |reason, message: String| {
@@ -190,7 +247,7 @@ pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> M
         return fail(Reason::InvalidModule, format!("`{}` is not a sha256", build.sha256));
     };
     let current = shared.registry.slot(name).map(|slot| slot.current());
-    if !force && current.is_some_and(|current| current.sha256 == sha256) {
+    if !rules.force && current.is_some_and(|current| current.sha256 == sha256) {
         let mut result = ReloadResult::new(Kind::Module, name);
         result.metadata.unchanged.push(name.to_string());
         return ModuleStep::new(result, None, started);
@@ -204,7 +261,8 @@ pub(crate) fn plan_ref(shared: &Arc<Shared>, build: &BuildRef, force: bool) -> M
         return fail(Reason::NotFound, message);
     };
     let is_text = !bytes.starts_with(b"\0asm");
-    plan_build(shared, name, Build { source: build.source.clone(), bytes, is_text }, true, started)
+    let rules = Rules { force: true, ..rules };
+    plan_build(shared, name, Build { source: build.source.clone(), bytes, is_text }, rules, started)
 }
 
 impl ModuleStep {
@@ -241,7 +299,7 @@ impl ModuleStep {
     }
 }
 
-fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<Option<Staged>, Failure> {
+fn stage(shared: &Arc<Shared>, name: &str, build: Build, rules: Rules) -> Result<Option<Staged>, Failure> {
     check_size(shared, name, &build.source, build.bytes.len() as u64)?;
     let sha256: [u8; 32] = Sha256::digest(&build.bytes).into();
     if let Some(canary) = shared.registry.slot(name).and_then(|slot| slot.canary()) {
@@ -253,7 +311,7 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
     }
     if let Some(slot) = shared.registry.slot(name) {
         let current = slot.current();
-        if !force && current.sha256 == sha256 && current.info.source == build.source {
+        if !rules.force && current.sha256 == sha256 && current.info.source == build.source {
             return Ok(None);
         }
     }
@@ -266,6 +324,11 @@ fn stage(shared: &Arc<Shared>, name: &str, build: Build, force: bool) -> Result<
     }
     let version = Version::new(&shared.env, name, &build.source, sha256, &loaded)
         .map_err(|message| Failure::new(name, Reason::InvalidModule, message))?;
+    if !rules.allow_breaking {
+        if let Some(message) = shared.registry.slot(name).and_then(|slot| breaks(&slot.current(), &version)) {
+            return Err(Failure::new(name, Reason::BreakingChange, message));
+        }
+    }
     // Held for other members of a cluster, and for a later rollback.
     shared.artifacts.keep(&sha256, build.bytes);
     let version = Arc::new(version);

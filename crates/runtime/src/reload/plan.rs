@@ -170,12 +170,17 @@ impl Session {
     /// a member catching up with the cluster). Every build must be held by the
     /// node ([`crate::Node::add_build`]) unless the module already runs it.
     pub fn plan_blueprint(&self, blueprint: &Blueprint) -> Plan {
-        let options = ReloadOptions { force: blueprint.force, atomic: blueprint.atomic, ..ReloadOptions::default() };
+        let options = ReloadOptions {
+            force: blueprint.force,
+            atomic: blueprint.atomic,
+            allow_breaking: blueprint.allow_breaking,
+            ..ReloadOptions::default()
+        };
         let mut plan = Plan::new(self, blueprint.kind, &blueprint.target, &options);
         plan.recording = Recording::Every;
         for unit in &blueprint.units {
             plan.emit_child(unit.kind, &unit.target, EventBody::Start { system_time: SystemTime::now() });
-            plan.units.push(blueprint::stage_unit(&plan.shared, unit, blueprint.force));
+            plan.units.push(blueprint::stage_unit(&plan.shared, unit, module::Rules::of(&options)));
         }
         plan.code_change = blueprint.code_change.clone();
         plan
@@ -246,7 +251,7 @@ impl Session {
             Work::LoadApp(dir) => app::plan_app(&shared, AppSource::Dir(dir), options, &request_id),
             Work::Loose { name, source } => {
                 let mut unit = Unit::new(Kind::Module, name);
-                unit.steps.push(module::plan(&shared, name, source, options.force));
+                unit.steps.push(module::plan(&shared, name, source, module::Rules::of(options)));
                 unit
             }
             Work::Scope(Scope::All(all)) => {

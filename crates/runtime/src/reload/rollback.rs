@@ -66,6 +66,8 @@ pub(crate) fn blueprint(shared: &Shared, request: &RollbackRequest) -> Result<Bl
         code_change: Vec::new(),
         force: request.options.force,
         atomic: request.options.atomic,
+        // A rollback puts back what served before: it may take back callables.
+        allow_breaking: true,
     })
 }
 

@@ -147,6 +147,7 @@ fn revert(shared: &Arc<Shared>, trial: &Trial) -> ReloadResult {
                 code_change: Vec::new(),
                 force: false,
                 atomic: true,
+                allow_breaking: true,
             };
             Ok(session.plan_blueprint(&blueprint))
         };

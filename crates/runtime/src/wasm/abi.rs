@@ -53,6 +53,40 @@ pub(crate) struct Exports {
     pub(crate) code_change: bool,
 }
 
+/// A callable's type, as `module.describe` shows it (CONTRACT.md §4): a core
+/// module's callables (and the names a component's `zest:guest/dynamic`
+/// serves) take JSON and return JSON; a component's have their WIT types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// Each parameter's name and type, as WIT writes it (a record by its name).
+    pub params: Vec<(String, String)>,
+    /// The result's type; `None` for a function without one.
+    pub result: Option<String>,
+    /// The type written out structurally, names of types aside: what the
+    /// `breaking_change` rule compares (a type renamed is not a change).
+    pub(crate) shape: String,
+}
+
+impl Signature {
+    /// JSON in, JSON out.
+    pub fn json() -> Signature {
+        Signature {
+            params: vec![("args".into(), "json".into())],
+            result: Some("json".into()),
+            shape: "func(args: json) -> json".into(),
+        }
+    }
+
+    /// As WIT writes a function type: `func(a: u32) -> u32`.
+    pub fn wit(&self) -> String {
+        let params: Vec<String> = self.params.iter().map(|(name, ty)| format!("{name}: {ty}")).collect();
+        match &self.result {
+            Some(result) => format!("func({}) -> {result}", params.join(", ")),
+            None => format!("func({})", params.join(", ")),
+        }
+    }
+}
+
 /// Checks a module or app name against `^[A-Za-z_][A-Za-z0-9_.]{0,127}$`.
 pub fn check_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();

@@ -10,7 +10,7 @@ use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex};
 use wasmtime::Engine;
 
-use super::abi::Exports;
+use super::abi::{Exports, Signature};
 
 /// The package every `zest:guest` interface belongs to.
 const PACKAGE: &str = "zest:guest";
@@ -47,6 +47,7 @@ pub(crate) struct Callable {
     /// Why it cannot be called over JSON (it takes or returns a resource, a
     /// future or a stream); it still counts as the component's export.
     pub(crate) refused: Option<String>,
+    pub(crate) signature: Signature,
 }
 
 /// `zest:guest/process`'s functions, when the component exports it.
@@ -118,6 +119,7 @@ pub(crate) fn check(engine: &Engine, component: &Component) -> Result<ComponentE
         }
     }
 
+    let names = type_names(engine, &ty);
     let mut exports = ComponentExports::default();
     let mut short: FxHashMap<Box<str>, Vec<usize>> = FxHashMap::default();
     for (name, item) in ty.exports(engine) {
@@ -131,7 +133,7 @@ pub(crate) fn check(engine: &Engine, component: &Component) -> Result<ComponentE
                     }
                     exports.vsn = Some(index);
                 } else if !is_toolchain_hook(&func, name) {
-                    exports.push(name.into(), index, func);
+                    exports.push(name.into(), index, func, &names);
                 }
             }
             ComponentItem::ComponentInstance(instance) => {
@@ -159,7 +161,7 @@ pub(crate) fn check(engine: &Engine, component: &Component) -> Result<ComponentE
                     let Some(function_index) = component.get_export_index(Some(&index), function) else {
                         return Err(format!("export `{name}#{function}` cannot be found"));
                     };
-                    let at = exports.push(format!("{name}#{function}").into(), function_index, func);
+                    let at = exports.push(format!("{name}#{function}").into(), function_index, func, &names);
                     let short_name = name.split_once('/').map_or(name, |(_, rest)| rest);
                     let short_name = short_name.split_once('@').map_or(short_name, |(interface, _)| interface);
                     if short_name != name {
@@ -194,7 +196,7 @@ impl ComponentExports {
     }
 
     /// Adds a callable; returns its index.
-    fn push(&mut self, name: Box<str>, index: ComponentExportIndex, ty: ComponentFunc) -> usize {
+    fn push(&mut self, name: Box<str>, index: ComponentExportIndex, ty: ComponentFunc, names: &Names) -> usize {
         let refused = ty
             .params()
             .map(|(_, ty)| ty)
@@ -203,7 +205,8 @@ impl ComponentExports {
             .map(|ty| format!("it takes or returns {}, which JSON cannot carry", describe(&ty)));
         let at = self.callables.len();
         self.functions.insert(name, at);
-        self.callables.push(Callable { index, ty, refused });
+        let signature = signature(&ty, names);
+        self.callables.push(Callable { index, ty, refused, signature });
         at
     }
 }
@@ -259,6 +262,45 @@ fn over_json(ty: &Type) -> bool {
     }
 }
 
+/// The types the component names (exported or imported, at the top level or
+/// in an interface), by which `module.describe` writes them.
+type Names = Vec<(Type, String)>;
+
+fn type_names(engine: &Engine, ty: &wasmtime::component::types::Component) -> Names {
+    let mut names = Names::new();
+    let mut add = |name: &str, item: ComponentItem| match item {
+        ComponentItem::Type(ty) => names.push((ty, name.to_string())),
+        ComponentItem::ComponentInstance(instance) => {
+            for (name, item) in instance.exports(engine) {
+                if let ComponentItem::Type(ty) = item.ty {
+                    names.push((ty, name.to_string()));
+                }
+            }
+        }
+        _ => {}
+    };
+    for (name, item) in ty.imports(engine) {
+        add(name, item.ty);
+    }
+    for (name, item) in ty.exports(engine) {
+        add(name, item.ty);
+    }
+    names
+}
+
+/// What `module.describe` shows of `func`, and the shape `breaking_change`
+/// compares.
+fn signature(func: &ComponentFunc, names: &Names) -> Signature {
+    let params = func.params().map(|(name, ty)| (name.to_string(), describe_in(&ty, names))).collect();
+    let results: Vec<String> = func.results().map(|ty| describe_in(&ty, names)).collect();
+    let result = match results.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => Some(format!("({})", many.join(", "))),
+    };
+    Signature { params, result, shape: describe_func(func) }
+}
+
 /// A function's WIT type: `func(name: string) -> string`.
 pub(crate) fn describe_func(func: &ComponentFunc) -> String {
     let params: Vec<String> = func.params().map(|(name, ty)| format!("{name}: {}", describe(&ty))).collect();
@@ -270,9 +312,19 @@ pub(crate) fn describe_func(func: &ComponentFunc) -> String {
     }
 }
 
-/// A WIT type, written out structurally (wasmtime keeps no type names):
-/// `list<string>`, `record { id: u32 }`, `enum { up, down }`.
+/// A WIT type, written out structurally: `list<string>`, `record { id: u32 }`,
+/// `enum { up, down }`.
 pub(crate) fn describe(ty: &Type) -> String {
+    describe_in(ty, &Names::new())
+}
+
+/// A WIT type as [`describe`] writes it, but a type the component names by
+/// its name.
+fn describe_in(ty: &Type, names: &Names) -> String {
+    if let Some((_, name)) = names.iter().find(|(named, _)| named == ty) {
+        return name.clone();
+    }
+    let describe = |ty: &Type| describe_in(ty, names);
     match ty {
         Type::Bool => "bool".into(),
         Type::S8 => "s8".into(),

@@ -3,7 +3,10 @@
 //! modules, running processes that migrate to and from core modules, and
 //! refused — the old version serving — when the node cannot run them.
 
-use zest_runtime::{BuildKind, CallError, Node, NodeConfig, Reason, ReloadOptions, Status};
+use zest_runtime::{
+    BuildKind, CallError, FunctionChange, Node, NodeConfig, Reason, ReloadOptions, ReloadRequest, Scope, Signature,
+    Status,
+};
 
 use super::support::{counter, limits, Fixture, BASE};
 
@@ -42,7 +45,7 @@ fn status_names_a_components_kind_and_its_own_vsn_and_callables() {
     assert_eq!(keeper.current.vsn, "c1", "from the component's `vsn` export");
     assert_eq!(
         keeper.functions,
-        ["acme:store/shop@0.1.0#total", "add", "boom", "echo", "shop#total", "spin"],
+        ["acme:store/shop@0.1.0#total", "add", "boom", "echo", "mirror", "shop#total", "spin"],
         "callables: top-level functions and interface functions; not vsn, not zest:guest/process"
     );
     assert_eq!(module("plain").current.kind, BuildKind::Module);
@@ -111,8 +114,15 @@ fn a_process_migrates_from_a_core_module_to_a_component_and_back_with_its_state(
     assert_eq!(up.metadata.swaps[0].new_vsn, "c1");
     assert_eq!(fixture.node.call_process("c", r#""get""#).unwrap(), "5", "the component keeps the core state");
 
-    // And back: the component's `save-state` is the core module's state.
-    fixture.load("counter", &counter('2'));
+    // And back: the component's `save-state` is the core module's state. The
+    // core counter has none of the component's callables: a breaking change.
+    let path = fixture.write("counter.wat", counter('2'));
+    let refused = fixture.node.load_module("counter", &path, &ReloadOptions::default());
+    assert_eq!(refused.errors[0].reason, Reason::BreakingChange, "{refused:#?}");
+    assert!(refused.errors[0].message.contains("`add` func(a: u32, b: u32) -> u32 is removed"), "{refused:#?}");
+    assert_eq!(fixture.node.call_process("c", r#""get""#).unwrap(), "5", "still on the component");
+    let allowed = ReloadOptions { allow_breaking: true, ..ReloadOptions::default() };
+    assert_eq!(fixture.node.load_module("counter", &path, &allowed).status(), Status::Ok);
     assert_eq!(fixture.node.call_process("c", r#""get""#).unwrap(), r#"{"count":5}"#);
 }
 
@@ -207,4 +217,70 @@ fn a_plugin_serves_the_names_its_dynamic_interface_lists() {
     }
     assert_eq!(fixture.call("plugin", "ping", "null"), r#""\"pong\"""#, "a string result is a JSON string");
     assert!(matches!(fixture.node.call("plugin", "nope", "null"), Err(CallError::FunctionNotFound { .. })));
+}
+
+/// `keeper`, its `add` on signed integers.
+fn keeper_adding_signed() -> String {
+    let unsigned = r#"(func (export "add") (param "a" u32) (param "b" u32) (result u32)"#;
+    assert!(KEEPER.contains(unsigned), "keeper's add moved; update the fixture");
+    KEEPER.replace(unsigned, r#"(func (export "add") (param "a" s32) (param "b" s32) (result s32)"#)
+}
+
+#[test]
+fn a_build_changing_a_callables_type_is_refused_unless_allowed_and_a_dry_run_shows_the_change() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+    fixture.write("keeper.wat", keeper_adding_signed());
+    let reload = |options: ReloadOptions| {
+        let request = ReloadRequest { options, ..ReloadRequest::new(Scope::Module("keeper".into())) };
+        fixture.node.reload(&request).expect("runs")
+    };
+
+    let dry = reload(ReloadOptions { dry_run: true, ..ReloadOptions::default() });
+    assert_eq!(dry.errors[0].reason, Reason::BreakingChange, "a dry run reports what a reload would: {dry:#?}");
+    let refused = reload(ReloadOptions::default());
+    assert_eq!(refused.status(), Status::Error);
+    assert_eq!(refused.errors[0].reason, Reason::BreakingChange);
+    let message = &refused.errors[0].message;
+    assert!(
+        message.contains("`add` changes from func(a: u32, b: u32) -> u32 to func(a: s32, b: s32) -> s32"),
+        "{message}"
+    );
+    assert!(matches!(fixture.node.call("keeper", "add", "[-1, 2]"), Err(CallError::InvalidArgs { .. })), "u32 still");
+
+    let allowed = ReloadOptions { allow_breaking: true, ..ReloadOptions::default() };
+    let planned = reload(ReloadOptions { dry_run: true, ..allowed.clone() });
+    assert_eq!(planned.status(), Status::Ok, "{planned:#?}");
+    assert_eq!(
+        planned.metadata.plan[0].functions_changed,
+        [FunctionChange {
+            name: "add".into(),
+            from: "func(a: u32, b: u32) -> u32".into(),
+            to: "func(a: s32, b: s32) -> s32".into()
+        }]
+    );
+    assert_eq!(reload(allowed).status(), Status::Ok);
+    assert_eq!(fixture.call("keeper", "add", "[-1, 2]"), "1");
+}
+
+#[test]
+fn describe_shows_each_callable_with_its_wit_type_and_a_core_modules_as_json() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+    fixture.load("plain", &super::support::versioned(1, 0));
+
+    let keeper = fixture.node.describe("keeper").expect("loaded");
+    assert_eq!((keeper.vsn.as_str(), keeper.kind), ("c1", BuildKind::Component));
+    let of = |name: &str| keeper.functions.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap();
+    assert_eq!(of("add").wit(), "func(a: u32, b: u32) -> u32");
+    assert_eq!(of("echo").params, [("text".to_string(), "string".to_string())]);
+    assert_eq!(of("shop#total").wit(), "func(prices: list<u32>) -> u32");
+    assert_eq!(of("mirror").wit(), "func(d: direction) -> direction", "a named type by its name");
+    assert_eq!(of("boom").result, None);
+
+    let plain = fixture.node.describe("plain").expect("loaded");
+    assert_eq!(plain.kind, BuildKind::Module);
+    assert!(plain.functions.iter().all(|(_, signature)| *signature == Signature::json()));
+    assert_eq!(plain.functions.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["echo", "get", "slow_get"]);
+    assert!(fixture.node.describe("nope").is_none());
 }

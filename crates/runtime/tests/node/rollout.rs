@@ -247,8 +247,11 @@ fn a_canary_takes_its_share_of_calls_and_processes_until_promoted_or_dropped() {
 }
 
 /// The clock whose `get` traps: every call of it fails.
+/// `versioned(1, 0)`'s callables, `get` trapping: a broken build that keeps
+/// every callable (removing one would be a `breaking_change`).
 fn broken_clock() -> String {
-    module(&[r#"(func (export "get") (param i32 i32) (result i64) unreachable)"#])
+    let slow_get = super::support::slow_constant("slow_get", 64, br#"{"v":1}"#, 0);
+    module(&[r#"(func (export "get") (param i32 i32) (result i64) unreachable)"#, &slow_get, super::support::ECHO])
 }
 
 #[test]

@@ -2,7 +2,8 @@
 ;;
 ;; Callables: `add(a: u32, b: u32) -> u32`, `echo(text: string) -> string`,
 ;; `shop#total(prices: list<u32>) -> u32` (an exported interface), and
-;; `vsn() -> string` ("c1"), `boom()` (traps) and `spin()` (never returns). As a process (`zest:guest/process`) it keeps the
+;; `vsn() -> string` ("c1"), `boom()` (traps), `spin()` (never returns) and
+;; `mirror(d: direction) -> direction` (of the exported enum `direction`). As a process (`zest:guest/process`) it keeps the
 ;; JSON text it was given last — `init`'s args, or `code-change`'s state — and
 ;; answers every message with it; `save-state` hands it on. So a process that
 ;; migrates from a core module keeps that module's state, and gives it back.
@@ -28,6 +29,7 @@
     (func (export "vsn") (result i32) (i32.const 8))
     (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
     (func (export "boom") unreachable)
+    (func (export "mirror") (param i32) (result i32) (local.get 0))
     (func (export "spin") (loop $forever (br $forever)))
     (func (export "echo") (param i32 i32) (result i32)
       (i32.store (i32.const 16) (local.get 0))
@@ -78,6 +80,7 @@
   (export "acme:store/shop@0.1.0" (instance $shop))
   (type $direction-def (enum "up" "down"))
   (export $direction "direction" (type $direction-def))
+  (func (export "mirror") (param "d" $direction) (result $direction) (canon lift (core func $i "mirror")))
   (func $init (param "args" string) (result (result (error string)))
     (canon lift (core func $i "init") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
   (func $handle (param "message" string) (result (result string (error string)))
