@@ -289,6 +289,10 @@ fn summarise(result: &Value, paint: &Paint, depth: usize, out: &mut String) {
                     out.push_str(&format!("{pad}      {sign} {name}\n"));
                 }
             }
+            for change in entry["functions_changed"].as_array().into_iter().flatten() {
+                let field = |key: &str| change[key].as_str().unwrap_or("").to_string();
+                out.push_str(&format!("{pad}      ~ {}: {} -> {}\n", field("name"), field("from"), field("to")));
+            }
             for process in entry["processes"].as_array().into_iter().flatten() {
                 let how = if process["code_change"] == true { "migrates" } else { "cannot migrate" };
                 out.push_str(&format!("{pad}      process {}: {how}\n", process["name"].as_str().unwrap_or("")));
@@ -357,6 +361,24 @@ pub fn history_table(history: &Value) -> String {
 }
 
 /// The status as tables.
+/// `zest describe`: the module, then one line per callable with its type.
+pub fn description(description: &Value) -> String {
+    let text = |value: &Value| value.as_str().unwrap_or("").to_string();
+    let mut out =
+        format!("{} ({} {})\n", text(&description["module"]), text(&description["kind"]), text(&description["vsn"]));
+    for function in description["functions"].as_array().into_iter().flatten() {
+        let params: Vec<String> = function["params"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|param| format!("{}: {}", text(&param["name"]), text(&param["type"])))
+            .collect();
+        let result = function["result"].as_str().map(|result| format!(" -> {result}")).unwrap_or_default();
+        out.push_str(&format!("  {}({}){result}\n", text(&function["name"]), params.join(", ")));
+    }
+    out
+}
+
 pub fn status_tables(status: &Value, paint: &Paint) -> String {
     let node = &status["node"];
     let mut out = format!(

@@ -121,6 +121,12 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// The callable functions of MODULE and their types.
+    Describe {
+        module: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Send a JSON message (default null) to a process and print its reply.
     Send {
         process: String,
@@ -179,6 +185,9 @@ struct ReloadFlags {
     /// All or nothing.
     #[arg(long, global = true)]
     atomic: bool,
+    /// Let a build remove a callable function, or change its type.
+    #[arg(long, global = true)]
+    allow_breaking: bool,
     /// Wait this long for the reload lock (default: answer at once).
     #[arg(long, global = true)]
     lock_timeout_ms: Option<u64>,
@@ -309,6 +318,17 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
             print_json(&client::request(&target(&client), "module.call", params)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Describe { module, client } => {
+            let mut params = ObjectParams::new();
+            insert(&mut params, "module", json!(module));
+            let description = client::request(&target(&client), "module.describe", params)?;
+            if client.json {
+                print_json(&description);
+            } else {
+                print!("{}", client::description(&description));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send { process, message, client } => {
             let mut params = ObjectParams::new();
             insert(&mut params, "process", json!(process));
@@ -393,6 +413,9 @@ fn reload(scope: ReloadScope, options: ReloadFlags, client: ClientFlags) -> Resu
     }
     for (key, on) in [("compile", options.compile), ("force", options.force), ("atomic", options.atomic)] {
         insert(&mut params, key, json!(on));
+    }
+    if options.allow_breaking {
+        insert(&mut params, "allow_breaking", json!(true));
     }
     if let Some(ms) = options.lock_timeout_ms {
         insert(&mut params, "lock_timeout_ms", json!(ms));

@@ -424,3 +424,63 @@ fn serve_refuses_a_public_address_without_a_configured_token_and_bad_config_is_a
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("node.toml: limits.memory_mb: must be greater than 0"), "{stderr}");
 }
+
+#[test]
+fn a_component_extension_is_described_called_and_kept_from_breaking_callers() {
+    let node = Served::start(&[], |_| {});
+    let keeper = include_str!("../../runtime/tests/node/components/keeper.wat");
+    let path = node.path("extensions/keeper.wat");
+    std::fs::write(&path, keeper).unwrap();
+    let path = path.display().to_string();
+    let (exit, out, err) = node.cli(&["reload", "extension", &path]);
+    assert_eq!(exit, 0, "{out}{err}");
+
+    let (exit, described, err) = node.cli(&["describe", "keeper"]);
+    assert_eq!(exit, 0, "{err}");
+    assert!(described.starts_with("keeper (component c1)\n"), "{described}");
+    assert!(described.contains("\n  add(a: u32, b: u32) -> u32\n"), "{described}");
+    assert!(described.contains("\n  mirror(d: direction) -> direction\n"), "{described}");
+    let described = &node.rpc("module.describe", json!({"module": "keeper"}))["result"];
+    let add = described["functions"].as_array().unwrap().iter().find(|f| f["name"] == "add").unwrap();
+    assert_eq!(
+        add,
+        &json!({"name": "add", "params": [{"name": "a", "type": "u32"}, {"name": "b", "type": "u32"}],
+                            "result": "u32"})
+    );
+    let clock = &node.rpc("module.describe", json!({"module": "clock"}))["result"];
+    assert_eq!(
+        (clock["kind"].as_str(), clock["functions"][0]["params"][0]["type"].as_str()),
+        (Some("module"), Some("json"))
+    );
+    assert_eq!(code(&node.rpc("module.describe", json!({"module": "nope"}))), (-32004, "NOT_FOUND"));
+    let status = node.status();
+    let kind = |name: &str| {
+        let module = status["modules"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap();
+        module["current"]["kind"].as_str().unwrap().to_string()
+    };
+    assert_eq!((kind("keeper").as_str(), kind("clock").as_str()), ("component", "module"));
+
+    let (exit, out, _) = node.cli(&["call", "keeper", "add", "[2, 3]"]);
+    assert_eq!((exit, out.trim()), (0, "5"));
+    let wrong = node.rpc("module.call", json!({"module": "keeper", "function": "add", "args": ["2", 3]}));
+    assert_eq!(code(&wrong), (-32602, "INVALID_PARAMS"));
+    assert!(wrong["error"]["message"].as_str().unwrap().contains("parameter `a`: expected u32"), "{wrong}");
+
+    // A build without `echo` is a breaking change: refused (exit 4) unless allowed.
+    let without_echo =
+        keeper.replace(r#"(func (export "echo") (param "text" string)"#, r#"(func (param "text" string)"#);
+    std::fs::write(node.path("extensions/keeper.wat"), without_echo).unwrap();
+    let (exit, out, _) = node.cli(&["reload", "extension", &path]);
+    assert_eq!(exit, 4, "{out}");
+    assert!(out.contains("breaking_change") && out.contains("`echo` func(text: string) -> string is removed"), "{out}");
+    assert_eq!(
+        node.rpc("module.call", json!({"module": "keeper", "function": "echo", "args": ["hi"]}))["result"],
+        "hi"
+    );
+    let (exit, out, _) = node.cli(&["reload", "extension", &path, "--allow-breaking"]);
+    assert_eq!(exit, 0, "{out}");
+    assert_eq!(
+        code(&node.rpc("module.call", json!({"module": "keeper", "function": "echo", "args": ["hi"]}))).1,
+        "NOT_FOUND"
+    );
+}

@@ -6,13 +6,14 @@ use jsonrpsee::server::{HttpBody, HttpResponse};
 
 /// The methods a client may call; the server answers any other name with
 /// `METHOD_NOT_FOUND`.
-pub(crate) const METHODS: [&str; 13] = [
+pub(crate) const METHODS: [&str; 14] = [
     "system.reload",
     "system.history",
     "system.rollback",
     "system.promote",
     "system.status",
     "module.call",
+    "module.describe",
     "process.call",
     "system.subscribe_events",
     UNSUBSCRIBE,

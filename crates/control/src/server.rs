@@ -213,6 +213,17 @@ fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> Rp
         })
         .expect("method names are unique");
     module
+        .register_method("module.describe", |params, ctx, extensions| {
+            allowed(extensions, Scope::Read)?;
+            let params = known_params(&params, "module.describe", &["module"])?;
+            let module = object_field(&params, "module")?;
+            match ctx.node.describe(module) {
+                Some(description) => Ok(wire::description(&description)),
+                None => Err(error(Code::NotFound, format!("module `{module}` is not loaded"))),
+            }
+        })
+        .expect("method names are unique");
+    module
         .register_method("process.call", |params, ctx, extensions| {
             tokio::task::block_in_place(|| {
                 allowed(extensions, Scope::Call)?;

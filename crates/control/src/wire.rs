@@ -11,9 +11,9 @@ use serde_json::{json, Map, Value};
 use zest_runtime::app::{ModuleDecl, ProcessDecl};
 use zest_runtime::{
     AllScope, AppManifest, Blueprint, BlueprintUnit, BuildId, BuildRef, ClusterOutcome, CodeChangeTarget,
-    CompileReport, Compiler, Counts, Event, EventBody, ExtensionRecord, Failure, HistoryEntry, Kind, NodeStatus, Phase,
-    Reason, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget, Scope, Skip, Swap, TrialSpec,
-    VersionInfo,
+    CompileReport, Compiler, Counts, Event, EventBody, ExtensionRecord, Failure, HistoryEntry, Kind, ModuleDescription,
+    NodeStatus, Phase, Reason, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget, Scope,
+    Skip, Swap, TrialSpec, VersionInfo,
 };
 
 /// The `data.code` of every JSON-RPC error: CONTRACT.md §4's, plus two for
@@ -128,6 +128,9 @@ pub fn result(result: &ReloadResult) -> Value {
                 let build = |(vsn, sha256): &(String, String)| json!({"vsn": vsn, "sha256": sha256});
                 json!({"module": entry.module, "from": entry.from.as_ref().map(build), "to": build(&entry.to),
                        "exports_added": entry.exports_added, "exports_removed": entry.exports_removed,
+                       "functions_changed": entry.functions_changed.iter()
+                           .map(|change| json!({"name": change.name, "from": change.from, "to": change.to}))
+                           .collect::<Vec<_>>(),
                        "processes": entry.processes.iter()
                            .map(|(name, can)| json!({"name": name, "code_change": can})).collect::<Vec<_>>()})
             })
@@ -159,6 +162,22 @@ fn version(info: &VersionInfo) -> Value {
     json!({"vsn": info.vsn, "sha256": info.sha256, "loaded_at": time(info.loaded_at),
            "source": info.source.display().to_string(),
            "compiler": info.compiler.as_str(), "kind": info.kind.as_str()})
+}
+
+/// What `module.describe` answers: each callable with its parameters' and
+/// result's types.
+pub fn description(description: &ModuleDescription) -> Value {
+    let functions: Vec<Value> = description
+        .functions
+        .iter()
+        .map(|(name, signature)| {
+            let params: Vec<Value> =
+                signature.params.iter().map(|(name, ty)| json!({"name": name, "type": ty})).collect();
+            json!({"name": name, "params": params, "result": signature.result})
+        })
+        .collect();
+    json!({"module": description.module, "vsn": description.vsn, "kind": description.kind.as_str(),
+           "functions": functions})
 }
 
 /// What `system.status` answers.
@@ -245,7 +264,7 @@ pub fn event(event: &Event) -> Value {
 }
 
 /// The params `system.reload` takes; any other is refused, naming it.
-pub const RELOAD_PARAMS: [&str; 16] = [
+pub const RELOAD_PARAMS: [&str; 17] = [
     "scope",
     "module",
     "moduleName",
@@ -262,6 +281,7 @@ pub const RELOAD_PARAMS: [&str; 16] = [
     "dry_run",
     "trial",
     "canary",
+    "allow_breaking",
 ];
 
 /// Which members a cluster reload reaches (`nodes`, CONTRACT.md §10).
@@ -333,6 +353,7 @@ pub fn reload_request(params: &Value) -> Result<(ReloadRequest, Nodes), String> 
         compile: flag("compile")?,
         lock_timeout,
         dry_run: flag("dry_run")?,
+        allow_breaking: flag("allow_breaking")?,
         trial: trial_spec(params.get("trial"))?,
         canary: canary_percent(params.get("canary"))?,
         ..ReloadOptions::default()
@@ -727,6 +748,7 @@ pub fn blueprint(blueprint: &Blueprint) -> Value {
     json!({
         "kind": blueprint.kind.as_str(), "target": blueprint.target, "units": units,
         "code_change": code_change, "force": blueprint.force, "atomic": blueprint.atomic,
+        "allow_breaking": blueprint.allow_breaking,
     })
 }
 
@@ -774,6 +796,7 @@ pub fn parse_blueprint(value: &Value) -> Result<Blueprint, String> {
         code_change: code_change_targets(value.get("code_change"))?,
         force: value.get("force").and_then(Value::as_bool).unwrap_or(false),
         atomic: value.get("atomic").and_then(Value::as_bool).unwrap_or(false),
+        allow_breaking: value.get("allow_breaking").and_then(Value::as_bool).unwrap_or(false),
     })
 }
 
@@ -882,6 +905,7 @@ mod tests {
             code_change: vec![],
             force: false,
             atomic: true,
+            allow_breaking: true,
         };
         assert_eq!(parse_blueprint(&self::blueprint(&blueprint)).unwrap(), blueprint);
         assert!(parse_result(

@@ -461,5 +461,7 @@ fn blueprint_of(desired: &Desired) -> Result<Blueprint, String> {
         code_change: Vec::new(),
         force: false,
         atomic: false,
+        // What the cluster committed was checked where it was staged.
+        allow_breaking: true,
     })
 }
