@@ -74,6 +74,8 @@ pub use reload::{
 };
 pub use store::artifact::Bytes;
 pub use telemetry::{Event, EventBody, Telemetry};
+/// The wasmtime this node runs on: the types of [`Node::call_typed`] come from it.
+pub use wasmtime;
 
 /// For the fuzz targets (`crates/fuzz`), not for embedders.
 #[doc(hidden)]

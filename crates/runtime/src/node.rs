@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::{ComponentNamedList, Lift, Lower};
 
 use crate::build::app::AppManifest;
 use crate::build::extension::ExtensionRecord;
@@ -293,6 +294,23 @@ impl Node {
     pub fn call(&self, module: &str, function: &str, args: &str) -> Result<String, CallError> {
         let ctx = CallCtx::root(&self.shared.engines.clock, self.shared.config.limits.call_timeout);
         self.shared.registry.call(module, function, args, ctx)
+    }
+
+    /// Calls `module.function` of a component with Rust values and returns Rust
+    /// values: the component model's types as wasmtime maps them (`u32`,
+    /// `String`, `Vec<T>`, `Option<T>`, `Result<T, E>`, tuples, and types
+    /// deriving `ComponentType`, `Lift` and `Lower`), parameters and results
+    /// each as a tuple — `node.call_typed::<(u32, u32), (u32,)>("keeper",
+    /// "add", (2, 3))`. The function is found on the module's current version
+    /// at each call, so a reload never leaves a stale handle. Types that are
+    /// not the function's are `InvalidArgs` naming its WIT type.
+    pub fn call_typed<P, R>(&self, module: &str, function: &str, params: P) -> Result<R, CallError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        let ctx = CallCtx::root(&self.shared.engines.clock, self.shared.config.limits.call_timeout);
+        self.shared.registry.with_version(module, |version| version.call_typed(function, params, ctx))
     }
 
     pub fn status(&self) -> NodeStatus {

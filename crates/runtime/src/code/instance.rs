@@ -188,6 +188,43 @@ impl Instance {
         result.map_err(|err| host::classify(err, self.store.data(), function))
     }
 
+    /// Calls a component's callable number `index` with typed parameters and
+    /// results. A core module, a name `zest:guest/dynamic` serves, or types
+    /// that are not the function's are `InvalidArgs` saying what the function
+    /// takes; nothing runs then.
+    pub(crate) fn invoke_typed<P, R>(
+        &mut self,
+        index: usize,
+        function: &str,
+        params: P,
+        ctx: CallCtx,
+    ) -> Result<R, CallError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        let module = self.store.data().module.to_string();
+        let invalid =
+            |message: String| CallError::InvalidArgs { module: module.clone(), function: function.into(), message };
+        let Guest::Component { instance, exports } = &self.guest else {
+            return Err(invalid(
+                "a typed call needs a component; this module is a core module (JSON in, JSON out)".into(),
+            ));
+        };
+        let Some(callable) = exports.callables.get(index) else {
+            return Err(invalid("it is served by name through zest:guest/dynamic (JSON in, JSON out)".into()));
+        };
+        let instance = *instance;
+        let wit = callable.signature.wit();
+        let func =
+            instance.get_func(&mut self.store, callable.index).ok_or_else(|| invalid("the export is gone".into()))?;
+        let typed = func
+            .typed::<P, R>(&self.store)
+            .map_err(|err| invalid(format!("the Rust types do not match its WIT type {wit}: {err:#}")))?;
+        self.store.data_mut().ctx = ctx;
+        typed.call(&mut self.store, params).map_err(|err| host::classify(err, self.store.data(), function))
+    }
+
     /// Calls a reserved `(ptr, len) -> i64` export (`zest_init`, `zest_handle`,
     /// `zest_code_change`) with `input`, or the `() -> i64` export `zest_state_save`
     /// when `input` is `None`, with a fresh call deadline; on a component, the

@@ -107,17 +107,27 @@ impl Registry {
 
     /// Calls `module.function` on the module's current version.
     pub(crate) fn call(&self, module: &str, function: &str, args: &str, ctx: CallCtx) -> Result<String, CallError> {
+        self.with_version(module, |version| version.call(function, args, ctx))
+    }
+
+    /// Runs `call` on the version a call of `module` goes to now: its canary
+    /// for the canary's share of calls, else its current version.
+    pub(crate) fn with_version<T>(
+        &self,
+        module: &str,
+        call: impl FnOnce(&Version) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
         let slots = self.slots.load();
         let Some(slot) = slots.get(module) else {
             return Err(CallError::ModuleNotFound { module: module.to_string() });
         };
         if let Some(canary) = &*slot.canary.load() {
             if to_canary(canary.percent) {
-                return canary.version.call(function, args, ctx);
+                return call(&canary.version);
             }
         }
         let version = slot.current.load();
-        version.call(function, args, ctx)
+        call(&version)
     }
 
     /// Makes `version` the current version of `name`, adding the module if it is

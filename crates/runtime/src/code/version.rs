@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use wasmtime::component::{ComponentNamedList, Lift, Lower};
 
 use crossbeam_utils::CachePadded;
 
@@ -249,12 +250,39 @@ impl Version {
                 message,
             });
         }
+        self.on_instance(function, |instance| instance.invoke(index, function, args.as_bytes(), ctx))
+    }
+
+    /// Calls `function` of a component with typed parameters and results;
+    /// see [`crate::Node::call_typed`].
+    pub(crate) fn call_typed<P, R>(&self, function: &str, params: P, ctx: CallCtx) -> Result<R, CallError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        let Some(&index) = self.exports.functions.get(function) else {
+            return Err(CallError::FunctionNotFound {
+                module: self.info.module.clone(),
+                function: function.to_string(),
+            });
+        };
+        self.on_instance(function, |instance| instance.invoke_typed(index, function, params, ctx))
+    }
+
+    /// Runs `call` on an idle instance (or a fresh one), counting its outcome,
+    /// and keeps the instance for the next call unless the call failed (its
+    /// memory may be half-written) or its code was replaced meanwhile.
+    fn on_instance<T>(
+        &self,
+        function: &str,
+        call: impl FnOnce(&mut Instance) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
         let home = home_shard();
         let mut instance = match self.take_idle(home) {
             Some(instance) => instance,
             None => Box::new(self.instantiate(function).inspect_err(|_| self.failed())?),
         };
-        let output = instance.invoke(index, function, args.as_bytes(), ctx).inspect_err(|_| self.failed())?;
+        let output = call(&mut instance).inspect_err(|_| self.failed())?;
         self.counts.ok(home);
         if instance.generation() != self.generation.load(Ordering::Acquire) {
             // Its code was replaced (a tier-up) while it ran.

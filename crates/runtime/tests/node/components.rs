@@ -284,3 +284,33 @@ fn describe_shows_each_callable_with_its_wit_type_and_a_core_modules_as_json() {
     assert_eq!(plain.functions.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["echo", "get", "slow_get"]);
     assert!(fixture.node.describe("nope").is_none());
 }
+
+#[test]
+fn an_embedder_calls_a_component_with_rust_types_on_whatever_version_is_current() {
+    let fixture = Fixture::new();
+    fixture.load("keeper", KEEPER);
+    fixture.load("plain", &super::support::versioned(1, 0));
+
+    assert_eq!(fixture.node.call_typed::<(u32, u32), (u32,)>("keeper", "add", (40, 2)).unwrap(), (42,));
+    let echoed: (String,) = fixture.node.call_typed("keeper", "echo", ("hé".to_string(),)).unwrap();
+    assert_eq!(echoed.0, "hé");
+    let total: (u32,) = fixture.node.call_typed("keeper", "shop#total", (vec![1u32, 2, 3],)).unwrap();
+    assert_eq!(total, (6,));
+
+    let mismatch = fixture.node.call_typed::<(String,), (u32,)>("keeper", "add", ("2".into(),)).unwrap_err();
+    assert!(
+        matches!(&mismatch, CallError::InvalidArgs { message, .. } if message.contains("func(a: u32, b: u32) -> u32")),
+        "{mismatch}"
+    );
+    let core = fixture.node.call_typed::<(u32,), (u32,)>("plain", "get", (1,)).unwrap_err();
+    assert!(matches!(&core, CallError::InvalidArgs { message, .. } if message.contains("core module")), "{core}");
+    assert!(matches!(fixture.node.call_typed::<(), ()>("keeper", "boom", ()), Err(CallError::Trap { .. })));
+
+    // Each call finds the function on the current version: after a reload that
+    // changes `add` to s32, the old types are refused and the new ones served.
+    fixture.write("keeper.wat", keeper_adding_signed());
+    let allowed = ReloadOptions { allow_breaking: true, ..ReloadOptions::default() };
+    assert_eq!(fixture.node.reload_module("keeper", &allowed).status(), Status::Ok);
+    assert!(fixture.node.call_typed::<(u32, u32), (u32,)>("keeper", "add", (1, 2)).is_err());
+    assert_eq!(fixture.node.call_typed::<(i32, i32), (i32,)>("keeper", "add", (-5, 2)).unwrap(), (-3,));
+}
