@@ -54,6 +54,7 @@ pub use wasm::abi;
 
 pub use abi::Signature;
 pub use app::{AppManifest, ManifestError};
+pub use code::host::{Capabilities, HostState};
 pub use compile::CompileReport;
 pub use config::ExtensionsConfig;
 pub use config::RestartPolicy;

@@ -10,7 +10,7 @@ use wasmtime::component::{ComponentNamedList, Lift, Lower};
 
 use crate::build::app::AppManifest;
 use crate::build::extension::ExtensionRecord;
-use crate::code::host::CallCtx;
+use crate::code::host::{CallCtx, Capabilities};
 use crate::code::process::ProcessStatus;
 use crate::config::NodeConfig;
 use crate::error::{CallError, NodeError, ProcessError};
@@ -116,7 +116,17 @@ impl Node {
 
     /// A node whose reloads take `lock` (a cluster-wide lock, say).
     pub fn with_lock(config: NodeConfig, lock: Box<dyn ReloadLock>) -> Result<Node, NodeError> {
-        let shared = Shared::new(config, lock, crate::reload::trial::watch)?;
+        Node::with(config, lock, &Capabilities::default())
+    }
+
+    /// A node whose components may import `capabilities`, the interfaces this
+    /// program implements (CONTRACT.md §13).
+    pub fn with_capabilities(config: NodeConfig, capabilities: Capabilities) -> Result<Node, NodeError> {
+        Node::with(config, Box::new(LocalLock::default()), &capabilities)
+    }
+
+    fn with(config: NodeConfig, lock: Box<dyn ReloadLock>, capabilities: &Capabilities) -> Result<Node, NodeError> {
+        let shared = Shared::new(config, lock, capabilities, crate::reload::trial::watch)?;
         Ok(Node { shared: Arc::new(shared) })
     }
 

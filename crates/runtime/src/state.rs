@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::background::Background;
 use crate::build::app::AppManifest;
 use crate::build::extension::{Extensions, RustBuilds};
-use crate::code::host::{Callee, Env, Linkers};
+use crate::code::host::{Callee, Capabilities, Env, Linkers};
 use crate::code::process::{Process, ProcessTable};
 use crate::code::registry::Registry;
 use crate::code::version::Version;
@@ -78,6 +78,7 @@ impl Shared {
     pub(crate) fn new(
         config: NodeConfig,
         lock: Box<dyn ReloadLock>,
+        capabilities: &Capabilities,
         watch_trials: fn(Weak<Shared>),
     ) -> Result<Shared, NodeError> {
         let data_dir_lock = config.data_dir.as_deref().map(retention::claim).transpose()?;
@@ -96,7 +97,7 @@ impl Shared {
             clock: Arc::clone(&engines.clock),
             callee,
             ledger: Arc::default(),
-            linkers: Linkers::new(&engines).map_err(|err| NodeError::Engine(format!("{err:#}")))?,
+            linkers: Linkers::new(&engines, capabilities).map_err(NodeError::Engine)?,
         });
         Ok(Shared {
             extensions: Extensions::new(config.data_dir.as_deref()),

@@ -86,8 +86,10 @@ impl std::fmt::Debug for GuestExports {
 }
 
 /// What each store carries: who it is, its limits, and the call now running.
+/// Host capabilities ([`Capabilities`]) are written against it; they see the
+/// module's name ([`HostState::module`]).
 #[derive(Debug)]
-pub(crate) struct HostState {
+pub struct HostState {
     pub(crate) module: Arc<str>,
     pub(crate) guest: Option<GuestExports>,
     /// Deadline and nesting depth of the call now running.
@@ -118,8 +120,54 @@ pub(crate) struct Env {
 pub(crate) struct Linkers {
     cranelift: Linker<HostState>,
     winch: Linker<HostState>,
-    /// `zest:guest/host` for components, per engine likewise.
+    /// `zest:guest/host` and the host capabilities for components, per
+    /// engine likewise.
     components: [component::Linker<HostState>; 2],
+    /// The interfaces the capabilities define, by name.
+    provided: Vec<String>,
+}
+
+/// The host capabilities of a node (CONTRACT.md §13): WIT interfaces the
+/// embedding program implements with Rust functions, which any component may
+/// import — every version alike, so what the host keeps (a pool, a cache)
+/// survives reloads. Each is defined on wasmtime's linker for the interface,
+/// as spin and wasmtime's own `add_to_linker` functions do:
+///
+/// ```no_run
+/// use zest_runtime::{Capabilities, Node, NodeConfig};
+/// use zest_runtime::wasmtime::StoreContextMut;
+///
+/// let capabilities = Capabilities::default().interface("acme:kv/store@1.0.0", |store| {
+///     store.func_wrap("get", |_: StoreContextMut<'_, _>, (key,): (String,)| Ok((Some(key),)))
+/// });
+/// let node = Node::with_capabilities(NodeConfig::default(), capabilities)?;
+/// # Ok::<(), zest_runtime::NodeError>(())
+/// ```
+#[derive(Default)]
+pub struct Capabilities {
+    interfaces: Vec<(String, Define)>,
+}
+
+/// Defines one interface's functions on its linker instance.
+type Define = Box<dyn Fn(&mut component::LinkerInstance<'_, HostState>) -> wasmtime::Result<()> + Send + Sync>;
+
+impl std::fmt::Debug for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.interfaces.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl Capabilities {
+    /// Adds interface `name` (`package/interface@version`), whose functions
+    /// `define` puts on the linker instance it is handed.
+    pub fn interface(
+        mut self,
+        name: impl Into<String>,
+        define: impl Fn(&mut component::LinkerInstance<'_, HostState>) -> wasmtime::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.interfaces.push((name.into(), Box::new(define)));
+        self
+    }
 }
 
 impl std::fmt::Debug for Linkers {
@@ -129,22 +177,36 @@ impl std::fmt::Debug for Linkers {
 }
 
 impl Linkers {
-    pub(crate) fn new(engines: &Engines) -> wasmtime::Result<Linkers> {
+    pub(crate) fn new(engines: &Engines, capabilities: &Capabilities) -> Result<Linkers, String> {
         let linker = |compiler| -> wasmtime::Result<Linker<HostState>> {
             let mut linker = Linker::new(engines.engine(compiler));
             register(&mut linker)?;
             Ok(linker)
         };
-        let component_linker = |compiler| -> wasmtime::Result<component::Linker<HostState>> {
+        let component_linker = |compiler| -> Result<component::Linker<HostState>, String> {
             let mut linker = component::Linker::new(engines.engine(compiler));
-            register_component(&mut linker)?;
+            register_component(&mut linker).map_err(|err| format!("{err:#}"))?;
+            for (name, define) in &capabilities.interfaces {
+                if name.starts_with("zest:guest/") || name.starts_with("wasi:") {
+                    return Err(format!("capability `{name}`: the node defines that interface itself"));
+                }
+                let mut instance = linker.instance(name).map_err(|err| format!("capability `{name}`: {err:#}"))?;
+                define(&mut instance).map_err(|err| format!("capability `{name}`: {err:#}"))?;
+            }
             Ok(linker)
         };
+        let core = |compiler| linker(compiler).map_err(|err| format!("{err:#}"));
         Ok(Linkers {
-            cranelift: linker(Compiler::Cranelift)?,
-            winch: linker(Compiler::Winch)?,
+            cranelift: core(Compiler::Cranelift)?,
+            winch: core(Compiler::Winch)?,
             components: [component_linker(Compiler::Cranelift)?, component_linker(Compiler::Winch)?],
+            provided: capabilities.interfaces.iter().map(|(name, _)| name.clone()).collect(),
         })
+    }
+
+    /// The interfaces the host capabilities define, by name.
+    pub(crate) fn provided(&self) -> &[String] {
+        &self.provided
     }
 
     /// The component linker of the engine `compiler` names (`Auto`: Cranelift's).
@@ -165,6 +227,11 @@ impl Linkers {
 }
 
 impl HostState {
+    /// The name of the module whose guest is calling.
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
     pub(crate) fn new(module: Arc<str>, env: &Arc<Env>, life: Arc<Life>) -> Self {
         let limits = &env.limits;
         HostState {

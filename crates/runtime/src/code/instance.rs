@@ -52,7 +52,7 @@ impl Linked {
         };
         Ok(match code {
             Compiled::Component(component) => {
-                let exports = wasm::component::check(component.engine(), component)?;
+                let exports = wasm::component::check(component.engine(), component, env.linkers.provided())?;
                 let pre = env
                     .linkers
                     .component(compiler)

@@ -90,8 +90,9 @@ fn zest_interface(name: &str) -> Option<&str> {
 }
 
 /// Checks `component`'s imports and exports against the guest ABI's component
-/// form and lists what it exports.
-pub(crate) fn check(engine: &Engine, component: &Component) -> Result<ComponentExports, String> {
+/// form — it may import `zest:guest/host` and the interfaces the host
+/// capabilities `provided` — and lists what it exports.
+pub(crate) fn check(engine: &Engine, component: &Component, provided: &[String]) -> Result<ComponentExports, String> {
     let ty = component.component_type();
     for (name, item) in ty.imports(engine) {
         match (zest_interface(name), item.ty) {
@@ -111,10 +112,13 @@ pub(crate) fn check(engine: &Engine, component: &Component) -> Result<ComponentE
                     }
                 }
             }
+            // A host capability: the linker checks its functions' types.
+            _ if provided.iter().any(|interface| interface == name) => {}
             _ => {
+                let also = if provided.is_empty() { String::new() } else { format!(" and {}", provided.join(", ")) };
                 return Err(format!(
-                    "import `{name}` is not provided: a component may import only `zest:guest/host@1.0.0`"
-                ))
+                    "import `{name}` is not provided: this node provides `zest:guest/host@1.0.0`{also}"
+                ));
             }
         }
     }

@@ -314,3 +314,83 @@ fn an_embedder_calls_a_component_with_rust_types_on_whatever_version_is_current(
     assert!(fixture.node.call_typed::<(u32, u32), (u32,)>("keeper", "add", (1, 2)).is_err());
     assert_eq!(fixture.node.call_typed::<(i32, i32), (i32,)>("keeper", "add", (-5, 2)).unwrap(), (-3,));
 }
+
+/// A key-value store the test's "host program" keeps, as a capability.
+fn kv_store(
+) -> (zest_runtime::Capabilities, std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>) {
+    use zest_runtime::wasmtime::StoreContextMut;
+    let store = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let (get, set) = (std::sync::Arc::clone(&store), std::sync::Arc::clone(&store));
+    let capabilities = zest_runtime::Capabilities::default().interface("acme:kv/store@1.0.0", move |kv| {
+        // Each module's keys apart: the host sees which module calls.
+        let get = std::sync::Arc::clone(&get);
+        kv.func_wrap("get", move |caller: StoreContextMut<'_, zest_runtime::HostState>, (key,): (String,)| {
+            Ok((get.lock().unwrap().get(&format!("{}/{key}", caller.data().module())).cloned(),))
+        })?;
+        let set = std::sync::Arc::clone(&set);
+        kv.func_wrap(
+            "set",
+            move |caller: StoreContextMut<'_, zest_runtime::HostState>, (key, value): (String, String)| {
+                set.lock().unwrap().insert(format!("{}/{key}", caller.data().module()), value);
+                Ok(())
+            },
+        )
+    });
+    (capabilities, store)
+}
+
+#[test]
+fn a_host_capability_serves_every_version_and_what_the_host_keeps_survives_reloads() {
+    let fixture = Fixture::new();
+    let (capabilities, store) = kv_store();
+    let config = NodeConfig { data_dir: Some(fixture.path("capable")), ..NodeConfig::default() };
+    let node = Node::with_capabilities(config, capabilities).expect("node starts");
+    let memo = include_str!("components/memo.wat");
+    let path = fixture.write("memo.wat", memo);
+    assert_eq!(node.load_module("memo", &path, &ReloadOptions::default()).status(), Status::Ok);
+
+    assert_eq!(node.call("memo", "recall", "null").unwrap(), "null");
+    assert_eq!(node.call("memo", "remember", r#"["kept"]"#).unwrap(), "null");
+    assert_eq!(store.lock().unwrap().get("memo/memo").map(String::as_str), Some("kept"), "the host saw who called");
+
+    // A new build of the module: the host's store, and what it holds, stay.
+    std::fs::write(
+        &path,
+        memo.replace(
+            r#"(data (i32.const 100) "memo")"#,
+            r#"(data (i32.const 100) "memo") (data (i32.const 120) "v2")"#,
+        ),
+    )
+    .unwrap();
+    let reloaded = node.reload_module("memo", &ReloadOptions::default());
+    assert_eq!(reloaded.reloaded, ["memo"], "{reloaded:#?}");
+    assert_eq!(node.call("memo", "recall", "null").unwrap(), r#""kept""#);
+
+    // A node without the capability refuses the component, naming the import.
+    let bare = Fixture::new();
+    let path = bare.write("memo.wat", memo);
+    let refused = bare.node.load_module("memo", &path, &ReloadOptions::default());
+    assert_eq!(refused.errors[0].reason, Reason::InvalidModule);
+    assert!(refused.errors[0].message.contains("import `acme:kv/store@1.0.0` is not provided"), "{refused:#?}");
+}
+
+#[test]
+fn a_capability_whose_types_differ_from_the_import_is_refused_at_load() {
+    use zest_runtime::wasmtime::StoreContextMut;
+    let fixture = Fixture::new();
+    let capabilities = zest_runtime::Capabilities::default().interface("acme:kv/store@1.0.0", |kv| {
+        kv.func_wrap("get", |_: StoreContextMut<'_, zest_runtime::HostState>, (key,): (u32,)| Ok((key,)))?;
+        kv.func_wrap("set", |_: StoreContextMut<'_, zest_runtime::HostState>, (): ()| Ok(()))
+    });
+    let config = NodeConfig { data_dir: Some(fixture.path("mismatched")), ..NodeConfig::default() };
+    let node = Node::with_capabilities(config, capabilities).expect("node starts");
+    let path = fixture.write("memo.wat", include_str!("components/memo.wat"));
+    let refused = node.load_module("memo", &path, &ReloadOptions::default());
+    assert_eq!(refused.errors[0].reason, Reason::InvalidModule, "{refused:#?}");
+    assert!(refused.errors[0].message.contains("cannot link"), "{refused:#?}");
+
+    let reserved = zest_runtime::Capabilities::default().interface("zest:guest/host@1.0.0", |_| Ok(()));
+    let config = NodeConfig { data_dir: None, ..NodeConfig::default() };
+    let err = Node::with_capabilities(config, reserved).expect_err("the node's own interface");
+    assert!(err.to_string().contains("the node defines that interface itself"), "{err}");
+}
