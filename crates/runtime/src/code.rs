@@ -17,4 +17,5 @@ pub(crate) mod life;
 pub mod process;
 pub(crate) mod registry;
 pub(crate) mod version;
+pub(crate) mod wasi;
 pub(crate) mod wit;

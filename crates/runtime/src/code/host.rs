@@ -14,6 +14,7 @@ use wasmtime::{Caller, Error, Linker, Memory, ResourceLimiter, StoreContextMut, 
 
 use super::ledger::Ledger;
 use super::life::Life;
+use super::wasi::WasiState;
 use crate::config::{Compiler, Limits};
 use crate::engine::{Clock, Engines};
 use crate::error::CallError;
@@ -99,6 +100,16 @@ pub struct HostState {
     clock: Arc<Clock>,
     life: Arc<Life>,
     env: Arc<Env>,
+    /// A component's WASI context, made at its first WASI call (`wasi.rs`).
+    wasi: Option<Box<WasiState>>,
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        let module = &self.module;
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new(module)));
+        wasmtime_wasi::WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
+    }
 }
 
 /// What every store of one node shares: its limits, its clock, the way back to
@@ -186,6 +197,7 @@ impl Linkers {
         let component_linker = |compiler| -> Result<component::Linker<HostState>, String> {
             let mut linker = component::Linker::new(engines.engine(compiler));
             register_component(&mut linker).map_err(|err| format!("{err:#}"))?;
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|err| format!("WASI: {err:#}"))?;
             for (name, define) in &capabilities.interfaces {
                 if name.starts_with("zest:guest/") || name.starts_with("wasi:") {
                     return Err(format!("capability `{name}`: the node defines that interface itself"));
@@ -243,6 +255,7 @@ impl HostState {
             clock: Arc::clone(&env.clock),
             life,
             env: Arc::clone(env),
+            wasi: None,
         }
     }
 

@@ -82,6 +82,11 @@ pub(crate) struct ComponentExports {
     pub(crate) dynamic: Option<DynamicExports>,
 }
 
+/// True for an interface of WASI 0.2 (`wasi:random/random@0.2.3`).
+fn is_wasi_0_2(name: &str) -> bool {
+    name.starts_with("wasi:") && name.split_once('@').is_some_and(|(_, version)| version.starts_with("0.2."))
+}
+
 /// The name of a `zest:guest` interface (`zest:guest/host@1.0.0` → `host`).
 fn zest_interface(name: &str) -> Option<&str> {
     let rest = name.strip_prefix(PACKAGE)?.strip_prefix('/')?;
@@ -112,12 +117,13 @@ pub(crate) fn check(engine: &Engine, component: &Component, provided: &[String])
                     }
                 }
             }
-            // A host capability: the linker checks its functions' types.
-            _ if provided.iter().any(|interface| interface == name) => {}
+            // WASI 0.2 and the host capabilities: the linker checks the
+            // functions and their types.
+            _ if is_wasi_0_2(name) || provided.iter().any(|interface| interface == name) => {}
             _ => {
                 let also = if provided.is_empty() { String::new() } else { format!(" and {}", provided.join(", ")) };
                 return Err(format!(
-                    "import `{name}` is not provided: this node provides `zest:guest/host@1.0.0`{also}"
+                    "import `{name}` is not provided: this node provides `zest:guest/host@1.0.0`, WASI 0.2{also}"
                 ));
             }
         }

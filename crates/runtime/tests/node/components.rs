@@ -141,8 +141,8 @@ fn a_component_the_node_cannot_run_is_refused_and_the_old_version_keeps_serving(
 
     refuse(
         "keeper.wat",
-        br#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#,
-        "import `wasi:cli/environment@0.2.0` is not provided",
+        br#"(component (import "acme:missing/thing@1.0.0" (instance)))"#,
+        "import `acme:missing/thing@1.0.0` is not provided",
     );
     refuse(
         "keeper.wat",
@@ -393,4 +393,24 @@ fn a_capability_whose_types_differ_from_the_import_is_refused_at_load() {
     let config = NodeConfig { data_dir: None, ..NodeConfig::default() };
     let err = Node::with_capabilities(config, reserved).expect_err("the node's own interface");
     assert!(err.to_string().contains("the node defines that interface itself"), "{err}");
+}
+
+#[test]
+fn a_component_importing_wasi_runs_in_a_sandbox_with_random_but_no_environment() {
+    let fixture = Fixture::new();
+    fixture.load("sandboxed", include_str!("components/sandboxed.wat"));
+    assert!(std::env::vars().count() > 0, "the test itself has an environment");
+
+    assert_eq!(fixture.call("sandboxed", "seen", "null"), "0", "no environment variables, no arguments");
+    let dice: std::collections::BTreeSet<String> = (0..4).map(|_| fixture.call("sandboxed", "dice", "null")).collect();
+    assert!(dice.len() > 1, "random numbers vary: {dice:?}");
+
+    // A WASI interface the node does not link (HTTP) cannot load.
+    let path = fixture.write(
+        "http.wat",
+        r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func)))))"#,
+    );
+    let refused = fixture.node.load_module("http", &path, &ReloadOptions::default());
+    assert_eq!(refused.errors[0].reason, Reason::InvalidModule, "{refused:#?}");
+    assert!(refused.errors[0].message.contains("wasi:http/outgoing-handler@0.2.0"), "{refused:#?}");
 }
