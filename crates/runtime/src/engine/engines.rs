@@ -535,7 +535,11 @@ impl Backend {
         // A split build's store holds a core and its parts (`split.rs`): the
         // number of core instances is a counter, not a reserved slot, so it is
         // counted generously; memories and tables are the reserved slots.
+        // A component's instance counts once among the components, and its
+        // core instances, memories and tables among the rest (a JavaScript
+        // component takes three of each): `limits.instances` bounds both.
         pool.total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+            .total_component_instances(slots)
             .total_memories(slots)
             .total_tables(slots.saturating_mul(2))
             .max_tables_per_module(2)

@@ -1,0 +1,210 @@
+//! Benchmarks of components (issue 26, CONTRACT.md §13; results in
+//! `docs/benchmarks.md`), each printed as a ratio to the same work done by a
+//! core module in the same run:
+//!
+//! - call overhead: `echo` of a short string and `add` of two integers on a
+//!   component, over JSON (`Node::call`) and typed (`Node::call_typed`),
+//!   against the core module's `echo` over JSON (the call every guest had
+//!   before components);
+//! - reload latency: a new build of the component, cold (compiled) and warm
+//!   (its machine code in memory), against the same for a core module;
+//! - process migration: 1,000 processes moved core → component → core,
+//!   against core → core.
+//!
+//! Run: `cargo bench -p zest-runtime --bench components` (`-- --quick` for a
+//! shorter pass).
+
+use std::time::Instant;
+
+use zest_runtime::{Node, NodeConfig, ReloadOptions, Status};
+
+const KEEPER: &str = include_str!("../tests/node/components/keeper.wat");
+
+/// A core module whose `echo` answers its input (`{"v":N}`'s N marks a build).
+fn core_module(v: u32) -> String {
+    format!(
+        r#"(module (memory (export "memory") 1)
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 8192)
+  (data (i32.const 16) "{{\"v\":{v:06}}}")
+  (func (export "get") (param i32 i32) (result i64) i64.const {packed})
+  (func (export "echo") (param $ptr i32) (param $len i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32)) (i64.extend_i32_u (local.get $len)))))"#,
+        packed = (16u64 << 32) | 12
+    )
+}
+
+/// `keeper` with a build mark (a data segment nothing reads).
+fn component(v: u32) -> String {
+    KEEPER.replacen(
+        "(memory (export \"memory\") 1)",
+        &format!("(memory (export \"memory\") 1) (data (i32.const 96) \"{v:06}\")"),
+        1,
+    )
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// The median, over 5 rounds, of the time one call of `call` takes, in ns.
+fn per_call(rounds: usize, mut call: impl FnMut()) -> f64 {
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            call();
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e9 / rounds as f64);
+    }
+    median(&mut samples)
+}
+
+fn node(dir: &std::path::Path) -> Node {
+    Node::new(NodeConfig { data_dir: Some(dir.join("data")), ..NodeConfig::default() }).unwrap()
+}
+
+fn calls_section(quick: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = node(tmp.path());
+    let (core, keeper) = (tmp.path().join("core.wat"), tmp.path().join("keeper.wat"));
+    std::fs::write(&core, core_module(1)).unwrap();
+    std::fs::write(&keeper, component(1)).unwrap();
+    assert_eq!(node.load_module("core", &core, &ReloadOptions::default()).status(), Status::Ok);
+    assert_eq!(node.load_module("keeper", &keeper, &ReloadOptions::default()).status(), Status::Ok);
+    let rounds = if quick { 20_000 } else { 200_000 };
+
+    let baseline = per_call(rounds, || {
+        std::hint::black_box(node.call("core", "echo", r#""hello""#).unwrap());
+    });
+    let rows: Vec<(&str, f64)> = vec![
+        ("core module `echo`, JSON", baseline),
+        (
+            "component `echo`, JSON",
+            per_call(rounds, || {
+                std::hint::black_box(node.call("keeper", "echo", r#"["hello"]"#).unwrap());
+            }),
+        ),
+        (
+            "component `echo`, typed",
+            per_call(rounds, || {
+                let out: (String,) = node.call_typed("keeper", "echo", ("hello",)).unwrap();
+                std::hint::black_box(out);
+            }),
+        ),
+        (
+            "component `add`, JSON",
+            per_call(rounds, || {
+                std::hint::black_box(node.call("keeper", "add", "[2, 3]").unwrap());
+            }),
+        ),
+        (
+            "component `add`, typed",
+            per_call(rounds, || {
+                let out: (u32,) = node.call_typed("keeper", "add", (2u32, 3u32)).unwrap();
+                std::hint::black_box(out);
+            }),
+        ),
+    ];
+    println!("## Call overhead (one thread, an idle instance reused)\n");
+    println!("| call | ns | / core JSON call |\n|---|---|---|");
+    for (what, ns) in rows {
+        println!("| {what} | {ns:.0} | {:.2} |", ns / baseline);
+    }
+    println!();
+}
+
+/// The median time, in ms, of `rounds` reloads of module `name` from `path`,
+/// each with a build `write(round)` never seen before (cold) or one of two
+/// builds seen before (warm).
+fn reloads(node: &Node, name: &str, path: &std::path::Path, rounds: u32, write: impl Fn(u32) -> String) -> (f64, f64) {
+    let mut time = |text: String| {
+        std::fs::write(path, text).unwrap();
+        let started = Instant::now();
+        let result = node.reload_module(name, &ReloadOptions::default());
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(result.status(), Status::Ok, "{result:#?}");
+        node.settle();
+        ms
+    };
+    let mut cold: Vec<f64> = (0..rounds).map(|round| time(write(100 + round))).collect();
+    let mut warm: Vec<f64> = (0..rounds).map(|round| time(write(100 + round % 2))).collect();
+    (median(&mut cold), median(&mut warm))
+}
+
+fn reload_section(quick: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = node(tmp.path());
+    let (core, keeper) = (tmp.path().join("core.wat"), tmp.path().join("keeper.wat"));
+    std::fs::write(&core, core_module(1)).unwrap();
+    std::fs::write(&keeper, component(1)).unwrap();
+    assert_eq!(node.load_module("core", &core, &ReloadOptions::default()).status(), Status::Ok);
+    assert_eq!(node.load_module("keeper", &keeper, &ReloadOptions::default()).status(), Status::Ok);
+    let rounds = if quick { 9 } else { 31 };
+    let (core_cold, core_warm) = reloads(&node, "core", &core, rounds, core_module);
+    let (cold, warm) = reloads(&node, "keeper", &keeper, rounds, component);
+    println!("## Reload latency (file changed → reload answered; Winch first, as `auto` does)\n");
+    println!("| build | component | core module | ratio |\n|---|---|---|---|");
+    println!("| new (compiled) | {cold:.2} ms | {core_cold:.2} ms | {:.2} |", cold / core_cold);
+    println!("| seen before (in memory) | {warm:.2} ms | {core_warm:.2} ms | {:.2} |\n", warm / core_warm);
+}
+
+/// The demo's counter with version `vsn`.
+fn counter(vsn: char) -> String {
+    include_str!("../../../examples/demo/counter.wat")
+        .replace(r#"(data (i32.const 0) "1")"#, &format!(r#"(data (i32.const 0) "{vsn}")"#))
+}
+
+fn migration_section(quick: bool) {
+    let processes = if quick { 200 } else { 1_000 };
+    let tmp = tempfile::tempdir().unwrap();
+    let node = node(tmp.path());
+    let path = tmp.path().join("counter.wat");
+    std::fs::write(&path, counter('1')).unwrap();
+    assert_eq!(node.load_module("counter", &path, &ReloadOptions::default()).status(), Status::Ok);
+    for p in 0..processes {
+        node.start_process(&format!("p{p}"), "counter", r#"{"start": 7}"#).unwrap();
+    }
+    let allowed = ReloadOptions { allow_breaking: true, ..ReloadOptions::default() };
+    let mut migrate = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        let started = Instant::now();
+        let result = node.reload_module("counter", &allowed);
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(result.status(), Status::Ok, "{result:#?}");
+        ms
+    };
+    let core_to_core = migrate(counter('2'));
+    let core_to_component = migrate(component(1));
+    assert_eq!(node.call_process("p0", r#""get""#).unwrap(), "7", "the state moved to the component");
+    let component_to_core = migrate(counter('3'));
+    assert_eq!(node.call_process("p0", r#""get""#).unwrap(), r#"{"count":7}"#, "and back");
+    println!("## Process migration ({processes} processes, one reload each way)\n");
+    println!("| migration | ms | / core → core |\n|---|---|---|");
+    for (what, ms) in [
+        ("core → core", core_to_core),
+        ("core → component", core_to_component),
+        ("component → core", component_to_core),
+    ] {
+        println!("| {what} | {ms:.1} | {:.2} |", ms / core_to_core);
+    }
+    println!();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|arg| arg == "--quick");
+    let only = |section: &str| {
+        !args.iter().any(|a| ["calls", "reload", "migration"].contains(&a.as_str()))
+            || args.iter().any(|a| a == section)
+    };
+    if only("calls") {
+        calls_section(quick);
+    }
+    if only("reload") {
+        reload_section(quick);
+    }
+    if only("migration") {
+        migration_section(quick);
+    }
+}
