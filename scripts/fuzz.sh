@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(manifest node_config reload_params rpc_frame wasm_raw wasm_smith wasm_split wasm_cut wat_splice guest_json extension_path)
+targets=(manifest node_config reload_params rpc_frame wasm_raw wasm_smith wasm_split wasm_cut wat_splice guest_json extension_path wit_json)
 usage="usage: scripts/fuzz.sh TARGET|all SECONDS  (targets: ${targets[*]})"
 [ $# -eq 2 ] || { echo "$usage" >&2; exit 2; }
 which=$1 seconds=$2

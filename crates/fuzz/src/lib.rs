@@ -20,9 +20,11 @@
 //! | `wat_splice` | the node's parse of a module's successive WAT texts (`text.rs`), which splices an edited body or data string into the binary of a text it parsed before, on a generated module (named and numbered calls, globals, types named and inline, labels, multi-value blocks, `call_indirect`, data and its count, comments, annotations, unresolved names) and a run of edits to it | every text gives byte for byte `wat`'s own binary, or the same error |
 //! | `guest_json` | the guest SDK's JSON parser and printer | no panic; it accepts only what serde_json accepts; what it prints parses back to the same value |
 //! | `extension_path` | extension path checks (§5.4) | no panic; an accepted path resolves inside a root and names a file with a module extension |
+//! | `wit_json` | JSON ⇄ WIT values (§13, `code/wit.rs`) on generated types (records, variants, enums, flags, options in options, results, lists, tuples, every number type) and values | no panic; a value that fits its type is accepted and comes back as the same JSON; whatever is accepted reads back to itself |
 
 pub mod drive;
 mod wat_text;
+mod wit_values;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -35,7 +37,7 @@ use zest_runtime::{Node, NodeConfig, Reason, ReloadOptions, Status};
 pub type Target = fn(&[u8]);
 
 /// Every target by name.
-pub const TARGETS: [(&str, Target); 11] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("manifest", manifest),
     ("node_config", node_config),
     ("reload_params", reload_params),
@@ -47,6 +49,7 @@ pub const TARGETS: [(&str, Target); 11] = [
     ("wat_splice", wat_splice),
     ("guest_json", guest_json),
     ("extension_path", extension_path),
+    ("wit_json", wit_json),
 ];
 
 /// The target named `name`.
@@ -188,7 +191,9 @@ fn load_and_call(wasm: &[u8]) {
     let node = node();
     let path = scratch().join("fuzzed.wasm");
     std::fs::write(&path, wasm).expect("the scratch directory is writable");
-    let result = node.load_module("fuzzed", &path, &ReloadOptions { force: true, ..ReloadOptions::default() });
+    // Each input replaces the last on one node: what it exports is its own.
+    let options = ReloadOptions { force: true, allow_breaking: true, ..ReloadOptions::default() };
+    let result = node.load_module("fuzzed", &path, &options);
     match result.status() {
         Status::Ok => {
             let functions =
@@ -336,7 +341,7 @@ pub fn wasm_split(data: &[u8]) {
     let Ok(module) = wasm_smith::Module::new(config, &mut input) else { return };
     let path = scratch().join("split.wasm");
     std::fs::write(&path, module.to_bytes()).expect("the scratch directory is writable");
-    let force = ReloadOptions { force: true, ..ReloadOptions::default() };
+    let force = ReloadOptions { force: true, allow_breaking: true, ..ReloadOptions::default() };
     let (a, b) = (split.load_module("fuzzed", &path, &force), whole.load_module("fuzzed", &path, &force));
     assert_eq!(
         a.status() == Status::Ok,
@@ -466,5 +471,26 @@ pub fn extension_path(data: &[u8]) {
         assert!(checked.file.starts_with(&canonical_root), "{} escaped the root", checked.file.display());
         assert!(checked.file.is_file(), "{} is not a file", checked.file.display());
         zest_runtime::abi::check_name(&checked.name).expect("an accepted extension's name passes the rules");
+    }
+}
+
+pub fn wit_json(data: &[u8]) {
+    let mut input = arbitrary::Unstructured::new(data);
+    let Ok(case) = wit_values::case(&mut input) else { return };
+    let args = case.args.to_string();
+    let round_trip = |args: &str| zest_runtime::fuzzing::wit_params_round_trip(&case.component, args);
+    match round_trip(&args) {
+        Ok(None) => panic!("a generated component did not compile:\n{}", case.component),
+        Ok(Some(back)) => {
+            if !case.changed {
+                let back: Value = serde_json::from_str(&back).expect("the mapping writes JSON");
+                assert_eq!(back, case.args, "a value came back changed:\n{}", case.component);
+            }
+            let again = round_trip(&back).unwrap_or_else(|err| panic!("what was accepted is refused: {err}"));
+            assert_eq!(again.as_deref(), Some(back.as_str()), "reading back is stable:\n{}", case.component);
+        }
+        Err(message) => {
+            assert!(case.changed, "a value that fits was refused: {message}\n{}\n{args}", case.component)
+        }
     }
 }

@@ -83,6 +83,25 @@ pub use wasmtime;
 pub mod fuzzing {
     pub use crate::wasm::split::check_against_whole;
 
+    /// Reads `args` (JSON text) as the parameters of the function `f` that
+    /// the component `component_wat` (WAT text) imports, by §13's mapping, and
+    /// writes them back as JSON (the fuzz target `wit_json`). `Ok(None)` when
+    /// the component is not one to test with (it does not parse or compile,
+    /// or imports no function `f`); `Err` with the mapping's refusal.
+    pub fn wit_params_round_trip(component_wat: &str, args: &str) -> Result<Option<String>, String> {
+        use wasmtime::component::types::ComponentItem;
+        let Ok(wasm) = wat::parse_str(component_wat) else { return Ok(None) };
+        let engine = wasmtime::Engine::default();
+        let Ok(component) = wasmtime::component::Component::new(&engine, wasm) else { return Ok(None) };
+        let Some(ComponentItem::ComponentFunc(func)) =
+            component.component_type().get_import(&engine, "f").map(|import| import.ty)
+        else {
+            return Ok(None);
+        };
+        let vals = crate::code::wit::params(&func, args)?;
+        Ok(Some(crate::code::wit::params_json(&func, &vals).to_string()))
+    }
+
     /// Parses `texts` in turn, as a node parses a module's successive WAT
     /// builds (`text.rs`): each result is `wat`'s own parse of that text, or
     /// the same error. Returns how many were spliced rather than parsed whole.

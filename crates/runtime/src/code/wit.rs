@@ -47,6 +47,11 @@ pub(crate) fn params(func: &ComponentFunc, args: &str) -> Result<Vec<Val>, Strin
     }
 }
 
+/// `vals`, the parameters of `func`, as the JSON array `params` reads back.
+pub(crate) fn params_json(func: &ComponentFunc, vals: &[Val]) -> Value {
+    Value::Array(func.params().zip(vals).map(|((_, ty), val)| to_json(Some(&ty), val)).collect())
+}
+
 /// What a call of `func` returned, as JSON text: the result's JSON (`null` for
 /// none); for a function returning `result<T, E>`, `Err` holds E's JSON when
 /// it returned `err`.
