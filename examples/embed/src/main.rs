@@ -8,14 +8,21 @@
 //! dropped connection. A handler that fails to build leaves the old one
 //! serving (the service prints why).
 //!
+//! A handler may be a WebAssembly component (`handlers/notes.wat`): it gets
+//! the request's fields as its parameters, and may import what the service
+//! gives its handlers — here a key-value store (`example:service/kv@1.0.0`,
+//! [`kv_store`]), which the service keeps, so what a handler stored there
+//! survives every new version of it.
+//!
 //! ```sh
 //! cargo run -p zest-embed-example -- --listen 127.0.0.1:3000
 //! curl localhost:3000/hello
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -26,8 +33,9 @@ use axum::routing::any;
 use axum::Router;
 use clap::Parser;
 use serde_json::{json, Value};
+use zest_runtime::wasmtime::StoreContextMut;
 use zest_runtime::watch::{WatchConfig, WatchEvent};
-use zest_runtime::{CallError, Node, NodeConfig, Status};
+use zest_runtime::{CallError, Capabilities, HostState, Node, NodeConfig, Status};
 
 #[derive(Debug, Parser)]
 #[command(about = "An HTTP service whose handlers are zest modules, changed while it serves")]
@@ -60,7 +68,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let config = NodeConfig { data_dir: Some(args.data_dir.clone()), ..NodeConfig::default() };
-    let node = Node::new(config).map_err(|err| format!("cannot start the node: {err}"))?;
+    let node = Node::with_capabilities(config, kv_store()).map_err(|err| format!("cannot start the node: {err}"))?;
     let loaded = node.load_app(&args.handlers);
     if loaded.status() != Status::Ok {
         let problems: Vec<String> = loaded.errors.iter().map(|e| format!("{}: {}", e.target, e.message)).collect();
@@ -84,6 +92,26 @@ async fn run(args: Args) -> Result<(), String> {
         })
         .await
         .map_err(|err| format!("the server failed: {err}"))
+}
+
+/// The service's key-value store, as a WIT interface its handlers may import:
+/// `get: func(key: string) -> option<string>`, `set: func(key: string, value:
+/// string)`. Each handler has keys of its own (the store is keyed by module).
+fn kv_store() -> Capabilities {
+    let store: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    Capabilities::default().interface("example:service/kv@1.0.0", move |kv| {
+        let keys = Arc::clone(&store);
+        kv.func_wrap("get", move |caller: StoreContextMut<'_, HostState>, (key,): (String,)| {
+            let keys = keys.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok((keys.get(&format!("{}/{key}", caller.data().module())).cloned(),))
+        })?;
+        let keys = Arc::clone(&store);
+        kv.func_wrap("set", move |caller: StoreContextMut<'_, HostState>, (key, value): (String, String)| {
+            let mut keys = keys.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.insert(format!("{}/{key}", caller.data().module()), value);
+            Ok(())
+        })
+    })
 }
 
 /// One request: the module named by the path handles it.

@@ -75,7 +75,7 @@ fn a_handler_edited_while_requests_flow_answers_with_the_new_code_and_none_fails
     let handlers = dir.path().join("handlers");
     std::fs::create_dir(&handlers).unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers");
-    for file in ["zest.toml", "hello.wat", "echo.wat"] {
+    for file in ["zest.toml", "hello.wat", "echo.wat", "notes.wat"] {
         std::fs::copy(source.join(file), handlers.join(file)).unwrap();
     }
     let service = Service::start(&handlers, &dir.path().join("data"));
@@ -123,4 +123,61 @@ fn a_handler_edited_while_requests_flow_answers_with_the_new_code_and_none_fails
     let (status, body) = get(&format!("{}/nope", service.url));
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("module `nope` is not loaded"), "{body}");
+}
+
+fn post(url: &str, body: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent.post(url).send(body).expect("the service answers");
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn a_component_handler_keeps_its_notes_in_the_services_store_across_new_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers");
+    for file in ["zest.toml", "hello.wat", "echo.wat", "notes.wat"] {
+        std::fs::copy(source.join(file), handlers.join(file)).unwrap();
+    }
+    let service = Service::start(&handlers, &dir.path().join("data"));
+    let notes = format!("{}/notes", service.url);
+    assert_eq!(get(&notes), (200, r#""(nothing noted yet)""#.to_string()));
+    assert_eq!(post(&notes, "buy milk"), (200, r#""buy milk""#.to_string()));
+
+    // Readers on two threads while the handler is edited twice.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (notes, stop) = (notes.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    answers.push(get(&notes));
+                }
+                answers
+            })
+        })
+        .collect();
+    let wat = std::fs::read_to_string(handlers.join("notes.wat")).unwrap();
+    for (round, fallback) in ["(nothing noted, v2)", "(nothing noted, v3)"].iter().enumerate() {
+        // The same length, so the store's answer and the handler's code are
+        // all that differ between versions.
+        let edited = wat.replace("(nothing noted yet)", fallback);
+        std::fs::write(handlers.join("notes.wat"), edited).unwrap();
+        let printed = round + 1;
+        eventually("the new handler", || {
+            service.printed().iter().filter(|l| l.starts_with("reloaded module notes")).count() >= printed
+        });
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let answers: Vec<(u16, String)> = readers.into_iter().flat_map(|r| r.join().unwrap()).collect();
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|answer| answer == &(200, r#""buy milk""#.to_string())),
+        "every request answered, with the note: {:?}",
+        answers.iter().find(|answer| answer != &&(200, r#""buy milk""#.to_string()))
+    );
+    assert_eq!(get(&notes), (200, r#""buy milk""#.to_string()), "the note outlived two versions of its handler");
 }
