@@ -118,7 +118,7 @@ fn calls_section(quick: bool) {
 /// each with a build `write(round)` never seen before (cold) or one of two
 /// builds seen before (warm).
 fn reloads(node: &Node, name: &str, path: &std::path::Path, rounds: u32, write: impl Fn(u32) -> String) -> (f64, f64) {
-    let mut time = |text: String| {
+    let time = |text: String| {
         std::fs::write(path, text).unwrap();
         let started = Instant::now();
         let result = node.reload_module(name, &ReloadOptions::default());
@@ -166,7 +166,7 @@ fn migration_section(quick: bool) {
         node.start_process(&format!("p{p}"), "counter", r#"{"start": 7}"#).unwrap();
     }
     let allowed = ReloadOptions { allow_breaking: true, ..ReloadOptions::default() };
-    let mut migrate = |text: String| {
+    let migrate = |text: String| {
         std::fs::write(&path, text).unwrap();
         let started = Instant::now();
         let result = node.reload_module("counter", &allowed);

@@ -87,7 +87,12 @@ pub(crate) struct Instance {
 /// The instance proper: of a core module (whole or split), or of a component.
 enum Guest {
     Core(Core),
-    Component { instance: component::Instance, exports: Arc<ComponentExports> },
+    Component {
+        instance: component::Instance,
+        exports: Arc<ComponentExports>,
+        /// Each callable's function once looked up, by callable number.
+        funcs: Box<[Option<component::Func>]>,
+    },
 }
 
 /// A core module's instance and the exports the call protocol uses.
@@ -120,7 +125,8 @@ impl Instance {
         let (instances, memory, pieces) = match linked {
             Linked::Component { pre, exports } => {
                 let instance = pre.instantiate(&mut store)?;
-                let guest = Guest::Component { instance, exports: Arc::clone(exports) };
+                let funcs = vec![None; exports.callables.len()].into_boxed_slice();
+                let guest = Guest::Component { instance, exports: Arc::clone(exports), funcs };
                 return Ok(Instance { store, guest, generation });
             }
             Linked::Whole(pre) => {
@@ -180,10 +186,7 @@ impl Instance {
         self.store.data_mut().ctx = ctx;
         let result = match &self.guest {
             Guest::Core(core) => core.invoke(&mut self.store, index, function, input),
-            Guest::Component { instance, exports } => {
-                let (instance, exports) = (*instance, Arc::clone(exports));
-                return invoke_component(&mut self.store, instance, &exports, index, function, input);
-            }
+            Guest::Component { .. } => return self.invoke_component(index, function, input),
         };
         result.map_err(|err| host::classify(err, self.store.data(), function))
     }
@@ -203,26 +206,79 @@ impl Instance {
         P: ComponentNamedList + Lower + Send + Sync,
         R: ComponentNamedList + Lift + Send + Sync + 'static,
     {
-        let module = self.store.data().module.to_string();
-        let invalid =
-            |message: String| CallError::InvalidArgs { module: module.clone(), function: function.into(), message };
-        let Guest::Component { instance, exports } = &self.guest else {
-            return Err(invalid(
-                "a typed call needs a component; this module is a core module (JSON in, JSON out)".into(),
-            ));
+        let Guest::Component { exports, .. } = &self.guest else {
+            let message = "a typed call needs a component; this module is a core module (JSON in, JSON out)";
+            return Err(invalid(self.store.data(), function, message.into()));
         };
-        let Some(callable) = exports.callables.get(index) else {
-            return Err(invalid("it is served by name through zest:guest/dynamic (JSON in, JSON out)".into()));
-        };
-        let instance = *instance;
-        let wit = callable.signature.wit();
-        let func =
-            instance.get_func(&mut self.store, callable.index).ok_or_else(|| invalid("the export is gone".into()))?;
-        let typed = func
-            .typed::<P, R>(&self.store)
-            .map_err(|err| invalid(format!("the Rust types do not match its WIT type {wit}: {err:#}")))?;
+        if index >= exports.callables.len() {
+            let message = "it is served by name through zest:guest/dynamic (JSON in, JSON out)";
+            return Err(invalid(self.store.data(), function, message.into()));
+        }
+        let func = self.component_func(index, function)?;
+        let typed = func.typed::<P, R>(&self.store).map_err(|err| {
+            let wit = match &self.guest {
+                Guest::Component { exports, .. } => exports.callables[index].signature.wit(),
+                Guest::Core(_) => String::new(),
+            };
+            let message = format!("the Rust types do not match its WIT type {wit}: {err:#}");
+            invalid(self.store.data(), function, message)
+        })?;
         self.store.data_mut().ctx = ctx;
         typed.call(&mut self.store, params).map_err(|err| host::classify(err, self.store.data(), function))
+    }
+
+    /// A component's callable number `index`, looked up once per instance.
+    fn component_func(&mut self, index: usize, function: &str) -> Result<component::Func, CallError> {
+        let Guest::Component { instance, exports, funcs } = &mut self.guest else {
+            return Err(invalid(self.store.data(), function, "not a component".into()));
+        };
+        if let Some(func) = funcs[index] {
+            return Ok(func);
+        }
+        let Some(func) = instance.get_func(&mut self.store, exports.callables[index].index) else {
+            let message = "the export is gone".to_string();
+            return Err(CallError::Engine {
+                module: self.store.data().module.to_string(),
+                function: function.into(),
+                message,
+            });
+        };
+        funcs[index] = Some(func);
+        Ok(func)
+    }
+
+    /// Calls a component's callable number `index` with `input` (JSON text) by
+    /// its WIT types (`wit.rs`).
+    fn invoke_component(&mut self, index: usize, function: &str, input: &[u8]) -> Result<String, CallError> {
+        let Guest::Component { instance, exports, .. } = &self.guest else {
+            return Err(invalid(self.store.data(), function, "not a component".into()));
+        };
+        let (instance, exports) = (*instance, Arc::clone(exports));
+        let input = match std::str::from_utf8(input) {
+            Ok(input) => input,
+            Err(err) => return Err(invalid(self.store.data(), function, format!("not UTF-8: {err}"))),
+        };
+        let Some(callable) = exports.callables.get(index) else {
+            // Past the component's own callables: a name `zest:guest/dynamic` serves.
+            let Some(dynamic) = &exports.dynamic else {
+                return Err(invalid(self.store.data(), function, "no such callable".into()));
+            };
+            return dynamic_invoke(&mut self.store, instance, &dynamic.invoke, function, input);
+        };
+        if let Some(refused) = &callable.refused {
+            return Err(invalid(self.store.data(), function, format!("it cannot be called over JSON: {refused}")));
+        }
+        let params =
+            wit::params(&callable.ty, input).map_err(|message| invalid(self.store.data(), function, message))?;
+        let func = self.component_func(index, function)?;
+        let mut results = vec![Val::Bool(false); callable.ty.results().len()];
+        let store = &mut self.store;
+        func.call(&mut *store, &params, &mut results).map_err(|err| host::classify(err, store.data(), function))?;
+        wit::results(&callable.ty, &results).map_err(|message| CallError::Failed {
+            module: store.data().module.to_string(),
+            function: function.into(),
+            message,
+        })
     }
 
     /// Calls a reserved `(ptr, len) -> i64` export (`zest_init`, `zest_handle`,
@@ -236,7 +292,7 @@ impl Instance {
         let result = match (&self.guest, input) {
             (Guest::Core(core), Some(input)) => core.invoke_reserved(&mut self.store, export, input),
             (Guest::Core(core), None) => core.invoke_nullary(&mut self.store, export),
-            (Guest::Component { instance, exports }, input) => {
+            (Guest::Component { instance, exports, .. }, input) => {
                 let (instance, exports) = (*instance, Arc::clone(exports));
                 process_call(&mut self.store, instance, &exports, export, input.unwrap_or_default())
             }
@@ -247,7 +303,7 @@ impl Instance {
     /// The names a component's `zest:guest/dynamic` serves (its `functions`);
     /// none for anything else.
     pub(crate) fn dynamic_functions(&mut self) -> Result<Vec<String>, String> {
-        let Guest::Component { instance, exports } = &self.guest else { return Ok(Vec::new()) };
+        let Guest::Component { instance, exports, .. } = &self.guest else { return Ok(Vec::new()) };
         let Some(dynamic) = &exports.dynamic else { return Ok(Vec::new()) };
         let (instance, index) = (*instance, dynamic.functions);
         self.store.data_mut().ctx = self.store.data().root_ctx();
@@ -276,7 +332,7 @@ impl Instance {
                     host::read_packed(memory.data(&self.store), packed).map_err(|err| format!("zest_vsn: {err}"))?;
                 vsn.to_string()
             }
-            Guest::Component { instance, exports } => {
+            Guest::Component { instance, exports, .. } => {
                 let index = exports.vsn.ok_or("the component exports no `vsn`")?;
                 let instance = *instance;
                 let called = typed::<(), (String,)>(&mut self.store, instance, &index)
@@ -342,42 +398,6 @@ impl Core {
     }
 }
 
-/// Calls a component's callable number `index` with `input` (JSON text) by its
-/// WIT types (`wit.rs`).
-fn invoke_component(
-    store: &mut Store<HostState>,
-    instance: component::Instance,
-    exports: &ComponentExports,
-    index: usize,
-    function: &str,
-    input: &[u8],
-) -> Result<String, CallError> {
-    let module = store.data().module.to_string();
-    let invalid =
-        |message: String| CallError::InvalidArgs { module: module.clone(), function: function.into(), message };
-    let Some(callable) = exports.callables.get(index) else {
-        // Past the component's own callables: a name `zest:guest/dynamic` serves.
-        let dynamic = exports.dynamic.as_ref().ok_or_else(|| invalid("no such callable".into()))?;
-        let input = std::str::from_utf8(input).map_err(|err| invalid(format!("not UTF-8: {err}")))?;
-        return dynamic_invoke(store, instance, &dynamic.invoke, function, input);
-    };
-    if let Some(refused) = &callable.refused {
-        return Err(invalid(format!("it cannot be called over JSON: {refused}")));
-    }
-    let input = std::str::from_utf8(input).map_err(|err| invalid(format!("not UTF-8: {err}")))?;
-    let params = wit::params(&callable.ty, input).map_err(invalid)?;
-    let Some(func) = instance.get_func(&mut *store, callable.index) else {
-        return Err(CallError::Engine { module, function: function.into(), message: "the export is gone".into() });
-    };
-    let mut results = vec![Val::Bool(false); callable.ty.results().len()];
-    func.call(&mut *store, &params, &mut results).map_err(|err| host::classify(err, store.data(), function))?;
-    wit::results(&callable.ty, &results).map_err(|message| CallError::Failed {
-        module,
-        function: function.into(),
-        message,
-    })
-}
-
 /// Calls `zest:guest/dynamic`'s `invoke` for `function` with `input` (JSON
 /// text): its `ok` is the call's output (checked to be JSON), its `err` fails
 /// the call with that message.
@@ -388,15 +408,15 @@ fn dynamic_invoke(
     function: &str,
     input: &str,
 ) -> Result<String, CallError> {
-    let module = store.data().module.to_string();
     let called = typed::<(&str, &str), (Result<String, String>,)>(store, instance, invoke)
         .and_then(|func| func.call(&mut *store, (function, input)));
+    let module = || store.data().module.to_string();
     match called.map_err(|err| host::classify(err, store.data(), function))?.0 {
         Ok(output) => match check_json(&output) {
             Ok(()) => Ok(output),
-            Err(message) => Err(CallError::InvalidOutput { module, function: function.into(), message }),
+            Err(message) => Err(CallError::InvalidOutput { module: module(), function: function.into(), message }),
         },
-        Err(message) => Err(CallError::Failed { module, function: function.into(), message }),
+        Err(message) => Err(CallError::Failed { module: module(), function: function.into(), message }),
     }
 }
 
@@ -451,6 +471,11 @@ fn process_call(
     };
     check_json(&output).map_err(bad_output)?;
     Ok(output)
+}
+
+/// `InvalidArgs` of the call of `function` on the store's module.
+fn invalid(state: &HostState, function: &str, message: String) -> CallError {
+    CallError::InvalidArgs { module: state.module.to_string(), function: function.into(), message }
 }
 
 /// The typed function at `index` of `instance`.
