@@ -281,9 +281,9 @@ fn integer<T: TryFrom<i64> + TryFrom<u64>>(json: &Value, ty: &Type, at: &Place) 
         return Err(at.error(format!("{number} is not a whole number ({})", describe(ty))));
     }
     // Whole but written as a float (`3.0`, `1e3`): within i64 or u64, or out of range.
-    if value >= 0.0 && value < 18_446_744_073_709_551_616.0 {
+    if (0.0..18_446_744_073_709_551_616.0).contains(&value) {
         T::try_from(value as u64).map_err(|_| out_of_range())
-    } else if value >= -9_223_372_036_854_775_808.0 && value < 0.0 {
+    } else if (-9_223_372_036_854_775_808.0..0.0).contains(&value) {
         T::try_from(value as i64).map_err(|_| out_of_range())
     } else {
         Err(out_of_range())
