@@ -289,15 +289,16 @@ impl Instance {
     pub(crate) fn invoke_reserved(&mut self, export: &str, input: Option<&[u8]>) -> Result<String, CallError> {
         let ctx = self.store.data().root_ctx();
         self.store.data_mut().ctx = ctx;
-        let result = match (&self.guest, input) {
-            (Guest::Core(core), Some(input)) => core.invoke_reserved(&mut self.store, export, input),
-            (Guest::Core(core), None) => core.invoke_nullary(&mut self.store, export),
+        let (result, function) = match (&self.guest, input) {
+            (Guest::Core(core), Some(input)) => (core.invoke_reserved(&mut self.store, export, input), export),
+            (Guest::Core(core), None) => (core.invoke_nullary(&mut self.store, export), export),
             (Guest::Component { instance, exports, .. }, input) => {
                 let (instance, exports) = (*instance, Arc::clone(exports));
-                process_call(&mut self.store, instance, &exports, export, input.unwrap_or_default())
+                let result = process_call(&mut self.store, instance, &exports, export, input.unwrap_or_default());
+                (result, process_function(export))
             }
         };
-        result.map_err(|err| host::classify(err, self.store.data(), export))
+        result.map_err(|err| host::classify(err, self.store.data(), function))
     }
 
     /// The names a component's `zest:guest/dynamic` serves (its `functions`);
@@ -476,6 +477,18 @@ fn process_call(
 /// `InvalidArgs` of the call of `function` on the store's module.
 fn invalid(state: &HostState, function: &str, message: String) -> CallError {
     CallError::InvalidArgs { module: state.module.to_string(), function: function.into(), message }
+}
+
+/// The `zest:guest/process` function that plays the core export `export`, by
+/// the name errors give it.
+fn process_function(export: &str) -> &'static str {
+    match export {
+        "zest_init" => "process#init",
+        "zest_handle" => "process#handle",
+        "zest_state_save" => "process#save-state",
+        "zest_code_change" => "process#code-change",
+        _ => "process",
+    }
 }
 
 /// The typed function at `index` of `instance`.

@@ -414,3 +414,63 @@ fn a_component_importing_wasi_runs_in_a_sandbox_with_random_but_no_environment()
     assert_eq!(refused.errors[0].reason, Reason::InvalidModule, "{refused:#?}");
     assert!(refused.errors[0].message.contains("wasi:http/outgoing-handler@0.2.0"), "{refused:#?}");
 }
+
+/// A component that misbehaves: `grow()` asks for 200 more pages of memory,
+/// and as a process its `handle` answers text that is not JSON.
+const UNRULY: &str = r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (global $heap (mut i32) (i32.const 8192))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (global.set $heap (i32.add (global.get $heap) (i32.const 64))) (i32.sub (global.get $heap) (i32.const 64)))
+    (data (i32.const 100) "oops")
+    (func (export "grow") (result i32) (memory.grow (i32.const 200)))
+    (func (export "ok") (param i32 i32) (result i32) (i32.store (i32.const 24) (i32.const 0)) (i32.const 24))
+    (func (export "handle") (param i32 i32) (result i32)
+      (i32.store (i32.const 32) (i32.const 0)) (i32.store (i32.const 36) (i32.const 100))
+      (i32.store (i32.const 40) (i32.const 4)) (i32.const 32))
+    (func (export "save") (result i32) (i32.store (i32.const 48) (i32.const 100)) (i32.store (i32.const 52) (i32.const 4))
+      (i32.const 48))
+    (func (export "change") (param i32 i32 i32 i32 i32 i32 i32) (result i32) (i32.store (i32.const 24) (i32.const 0))
+      (i32.const 24)))
+  (core instance $i (instantiate $m))
+  (func (export "grow") (result s32) (canon lift (core func $i "grow")))
+  (type $direction-def (enum "up" "down"))
+  (export $direction "direction" (type $direction-def))
+  (func $init (param "args" string) (result (result (error string)))
+    (canon lift (core func $i "ok") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (func $handle (param "message" string) (result (result string (error string)))
+    (canon lift (core func $i "handle") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (func $save (result string) (canon lift (core func $i "save") (memory (core memory $i "memory"))))
+  (func $change (param "old-vsn" string) (param "direction" $direction) (param "state" string) (param "extra" string)
+    (result (result (error string)))
+    (canon lift (core func $i "change") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (instance $process (export "direction" (type $direction)) (export "init" (func $init))
+    (export "handle" (func $handle)) (export "save-state" (func $save)) (export "code-change" (func $change)))
+  (export "zest:guest/process@1.0.0" (instance $process)))"#;
+
+#[test]
+fn a_component_breaking_a_limit_or_answering_what_is_not_json_fails_only_that_call() {
+    let fixture = Fixture::with_limits(limits(1_000, 2, 1_000));
+    fixture.load("unruly", UNRULY);
+    fixture.load("keeper", KEEPER);
+
+    match fixture.node.call("unruly", "grow", "null") {
+        Err(CallError::MemoryLimit { module, function, limit_mb }) => {
+            assert_eq!((module.as_str(), function.as_str(), limit_mb), ("unruly", "grow", 2))
+        }
+        other => panic!("growing past limits.memory_mb is a MemoryLimit error, got {other:?}"),
+    }
+
+    fixture.node.start_process("u", "unruly", "null").expect("init answers ok");
+    match fixture.node.call_process("u", r#""hello""#) {
+        Err(zest_runtime::ProcessError::Crashed {
+            cause: CallError::InvalidOutput { function, message, .. }, ..
+        }) => {
+            assert_eq!(function, "process#handle");
+            assert!(message.contains("not JSON"), "{message}");
+        }
+        other => panic!("a reply that is not JSON crashes the handler, got {other:?}"),
+    }
+    assert_eq!(fixture.call("keeper", "add", "[1, 2]"), "3", "other modules are not affected");
+}
