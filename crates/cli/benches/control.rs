@@ -1,7 +1,9 @@
 //! Round trips through the control plane (issue 6; results in
 //! `docs/benchmarks.md`): `module.call` of the demo's `clock.now` and
 //! `system.reload` of an unchanged module, over HTTP with keep-alive and over
-//! WebSocket, p50 and p99, against a `zest serve` started as a child process.
+//! WebSocket, p50 and p99, against a `zest serve` started as a child process;
+//! and `module.call` of a component's `add` (CONTRACT.md §13: its JSON args
+//! checked against its WIT types) beside the core module's call.
 //! Target: `module.call` over WebSocket at most 100 µs p50.
 //!
 //! Run: `cargo bench -p zest --bench control` (`-- --quick` for fewer rounds).
@@ -75,9 +77,20 @@ fn main() {
         let (p50, p99) = (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99));
         println!("| {name} | {transport} | {p50:.1} µs | {p99:.1} µs | {target} |");
     };
+    // A component, loaded as an extension: `keeper.add(a: u32, b: u32) -> u32`.
+    let keeper = dir.path().join("extensions/keeper.wat");
+    std::fs::write(&keeper, include_str!("../../runtime/tests/node/components/keeper.wat")).unwrap();
+    let load = json!({"jsonrpc": "2.0", "id": 1, "method": "system.reload",
+                      "params": {"scope": "extension", "path": keeper}});
+    assert_eq!(http(&load.to_string())["result"]["status"], "ok");
+    let add = json!({"jsonrpc": "2.0", "id": 1, "method": "module.call",
+                     "params": {"module": "keeper", "function": "add", "args": [2, 3]}})
+    .to_string();
     let mut http_send = |body: &str| http(body);
     measure("`module.call` clock.now", "HTTP keep-alive", &mut http_send, &call, rounds, "reported");
     measure("`module.call` clock.now", "WebSocket", &mut ws_call, &call, rounds, "≤ 100 µs p50");
+    measure("`module.call` keeper.add (a component)", "HTTP keep-alive", &mut http_send, &add, rounds, "reported");
+    measure("`module.call` keeper.add (a component)", "WebSocket", &mut ws_call, &add, rounds, "reported");
     measure("`system.reload` unchanged module", "HTTP keep-alive", &mut http_send, &reload, rounds / 10, "reported");
     measure("`system.reload` unchanged module", "WebSocket", &mut ws_call, &reload, rounds / 10, "reported");
     let _ = child.kill();
