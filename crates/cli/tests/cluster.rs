@@ -655,3 +655,29 @@ fn a_lock_whose_release_failed_is_released_once_etcd_answers_again() {
         assert_eq!(fleet.vsn(id, "clock"), "5.0.0", "member {id}");
     }
 }
+
+#[test]
+fn a_coordinator_silent_after_its_commit_reports_each_member_as_it_serves() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start(&["a", "b", "c"]);
+    // a goes silent right after its etcd commit, past the members' deadline:
+    // they apply on their own; its answer must then say what they serve.
+    fleet.take("a").kill();
+    let pause = format!("after-commit:{}", (PREPARE_TIMEOUT + Duration::from_millis(1500)).as_millis());
+    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", pause.as_str())]);
+    fleet.set_clock("a", "4.0.0");
+    let result = fleet.member("a").reload(json!({"scope": "module", "module": "clock"}));
+    assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
+    let revision = result["metadata"]["cluster"]["revision"].as_i64().unwrap();
+    for id in ["a", "b", "c"] {
+        let status = fleet.member(id).status();
+        assert_eq!(module_vsn(&status, "clock"), "4.0.0", "member {id}");
+        assert_eq!(status["cluster"]["revision"], revision, "member {id}");
+    }
+    assert_eq!(node_targets(&result), ["a", "b", "c"]);
+    for child in result["results"].as_array().unwrap() {
+        assert_eq!(child["status"], "ok", "each member serves the new build, and its child says so: {result}");
+        assert_eq!(child["reloaded"], json!(["clock"]), "{child}");
+    }
+    assert_eq!(result["status"], "ok", "{result}");
+}

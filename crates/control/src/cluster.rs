@@ -71,6 +71,10 @@ pub struct Cluster {
     pending: Mutex<HashMap<String, Pending>>,
     /// Requests aborted before this member prepared them (newest last).
     aborted: Mutex<std::collections::VecDeque<String>>,
+    /// Requests this member applied on its own (their coordinator went silent
+    /// after committing), with its result once done (newest last): a late
+    /// `cluster.commit` is answered with it.
+    decided: Mutex<std::collections::VecDeque<(String, Option<Value>)>>,
     /// Wakes the catch-up loop (a change in etcd, a request resolved).
     wake: tokio::sync::Notify,
     handle: tokio::runtime::Handle,
@@ -139,6 +143,7 @@ impl Cluster {
             state: Mutex::new(State::default()),
             pending: Mutex::new(HashMap::new()),
             aborted: Mutex::new(std::collections::VecDeque::new()),
+            decided: Mutex::new(std::collections::VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             handle,
         });

@@ -190,13 +190,49 @@ impl Cluster {
         }
     }
 
+    /// Notes the result of a request this member applied on its own (`None`
+    /// while it applies it).
+    fn decide(&self, request_id: &str, result: Option<Value>) {
+        let mut decided = self.decided.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match decided.iter_mut().find(|(id, _)| id == request_id) {
+            Some(entry) => entry.1 = result,
+            None => decided.push_back((request_id.to_string(), result)),
+        }
+        while decided.len() > ABORTED_KEPT {
+            decided.pop_front();
+        }
+    }
+
+    /// The result of `request_id` if this member applied it on its own,
+    /// waiting while it applies it; `None` if it did not.
+    async fn decided(&self, request_id: &str) -> Option<Value> {
+        let give_up = Instant::now() + self.config.prepare_timeout;
+        loop {
+            let found = {
+                let decided = self.decided.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                decided.iter().find(|(id, _)| id == request_id).map(|(_, result)| result.clone())
+            };
+            match found {
+                None => return None,
+                Some(Some(result)) => return Some(result),
+                Some(None) if Instant::now() >= give_up => return None,
+                Some(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// `cluster.commit`: swap, migrate, purge. An atomic request stays held
     /// (processes suspended) until `cluster.settle`, and answers
     /// `{"held": true, "failures"}`; otherwise the answer is this member's result.
+    /// A commit that comes after this member applied the request on its own
+    /// (at its deadline, the coordinator silent) is answered with that result.
     pub async fn commit(self: &Arc<Self>, params: Value) -> Result<Value, String> {
         let request_id = text(&params, "request_id")?;
         let revision = number(&params, "revision")?;
-        let mut pending = self.take(&request_id, false)?;
+        let mut pending = match self.take(&request_id, false) {
+            Ok(pending) => pending,
+            Err(err) => return self.decided(&request_id).await.ok_or(err),
+        };
         let cluster = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             pending.plan.commit();
@@ -227,7 +263,10 @@ impl Cluster {
             Some(Value::String(because)) => Some(because.clone()),
             Some(_) => return Err("undo must be a string or null".into()),
         };
-        let mut pending = self.take(&request_id, true)?;
+        let mut pending = match self.take(&request_id, true) {
+            Ok(pending) => pending,
+            Err(err) => return self.decided(&request_id).await.ok_or(err),
+        };
         let cluster = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             pending.plan.settle(undo.as_deref());
@@ -309,6 +348,9 @@ impl Cluster {
                 }
             };
             let Some(mut pending) = self.pending_lock().remove(&request_id) else { return };
+            if decision.is_ok() {
+                self.decide(&request_id, None);
+            }
             let cluster = Arc::clone(&self);
             let id = request_id.clone();
             let resolved = tokio::task::spawn_blocking(move || {
@@ -319,8 +361,9 @@ impl Cluster {
                             pending.plan.commit();
                         }
                         pending.plan.settle(None);
-                        cluster.finish(pending.plan);
+                        let result = cluster.finish(pending.plan);
                         cluster.applied(revision);
+                        cluster.decide(&id, Some(wire::result(&result)));
                     }
                     Err(why) => {
                         tracing::warn!(request_id = %id, %why, "dropping a prepared reload");
