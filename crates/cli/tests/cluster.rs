@@ -681,3 +681,39 @@ fn a_coordinator_silent_after_its_commit_reports_each_member_as_it_serves() {
     }
     assert_eq!(result["status"], "ok", "{result}");
 }
+
+#[test]
+fn with_the_etcd_member_every_node_talks_to_stopped_every_lease_lives_on_and_no_member_drops_out() {
+    let _serial = one_at_a_time();
+    // Every zest member's first endpoint is an etcd follower, which is then
+    // stopped (SIGSTOP: connections stay open, nothing answers) for three
+    // lease TTLs, with no reload meanwhile: the leases must be renewed
+    // through the other endpoints.
+    let mut etcd = support::Etcd::start_cluster(3);
+    etcd.follower_first();
+    let live = etcd.endpoints()[1..].to_vec();
+    let fleet = Fleet::start_on(etcd, &["a", "b", "c"], support::demo_app(), PREPARE_TIMEOUT, &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = runtime.block_on(zest_control::cluster::etcd::Store::connect(&live, &fleet.name)).unwrap();
+    let leases = || -> Vec<(String, i64)> {
+        let (members, _) = runtime.block_on(store.members()).unwrap();
+        members.into_iter().map(|m| (m.node, m.lease)).collect()
+    };
+    let before = leases();
+    assert_eq!(before.len(), 3, "{before:?}");
+    fleet.etcd.signal_member(0, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let mut seen = Vec::new();
+    while stopped.elapsed() < LEASE_TTL * 3 {
+        let now = leases();
+        if now != before {
+            seen.push((stopped.elapsed(), now));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fleet.etcd.signal_member(0, libc::SIGCONT);
+    assert!(seen.is_empty(), "members lost their leases (before: {before:?}): {seen:?}");
+    let result = reload_round(&fleet, "a", 0).unwrap();
+    assert!(committed(&result), "{result}");
+    assert_eq!(node_targets(&result), ["a", "b", "c"], "{result}");
+}

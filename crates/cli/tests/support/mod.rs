@@ -408,6 +408,21 @@ impl Etcd {
         self.client = self.members[0].client.clone();
     }
 
+    /// Puts a member that is not the leader first; its index is then 0.
+    pub fn follower_first(&mut self) {
+        let leader = eventually(Duration::from_secs(10), || self.leader()).expect("etcd elects a leader");
+        let follower = (0..self.members.len()).find(|&i| i != leader).expect("more than one member");
+        self.members.swap(0, follower);
+        self.client = self.members[0].client.clone();
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to member `index`.
+    pub fn signal_member(&self, index: usize, signal: i32) {
+        let child = self.members[index].child.as_ref().expect("etcd member running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    }
+
     /// The index of the member the others follow, as a live member says
     /// (`None` while none answers with a leader).
     pub fn leader(&self) -> Option<usize> {

@@ -180,7 +180,16 @@ impl Store {
 
     /// Runs `call` on the endpoint that answered last, then on the next ones
     /// while it fails there, until one answers or [`OP_TIMEOUT`] has passed.
-    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, EtcdError>
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_indexed(call).await.map(|(value, _)| value)
+    }
+
+    /// As [`Store::call`]; also says which endpoint answered.
+    async fn call_indexed<T, F, Fut>(&self, mut call: F) -> Result<(T, usize), EtcdError>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -206,19 +215,14 @@ impl Store {
                         self.endpoints.current.store(index, Ordering::Relaxed);
                         tracing::info!(endpoint, "etcd answers through this endpoint now");
                     }
-                    return Ok(value);
+                    return Ok((value, index));
                 }
                 Ok(Err(err)) if !is_endpoint_failure(&err) => return Err(unavailable(err)),
                 Ok(Err(err)) => problems.push(format!("{endpoint}: {err}")),
                 Err(_) => problems.push(format!("{endpoint}: no answer within {} ms", wait.as_millis())),
             }
             // The next call starts at the next endpoint too.
-            let _ = self.endpoints.current.compare_exchange(
-                index,
-                (index + 1) % clients.len(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            self.pass_over(index);
         }
         problems.dedup();
         let last: Vec<&String> = problems.iter().rev().take(clients.len()).collect();
@@ -228,6 +232,13 @@ impl Store {
             OP_TIMEOUT.as_millis(),
             said.join("; ")
         )))
+    }
+
+    /// Makes calls start after endpoint `index` (it failed), unless another
+    /// call moved on already.
+    fn pass_over(&self, index: usize) {
+        let next = (index + 1) % self.endpoints.clients.len();
+        let _ = self.endpoints.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     async fn get(&self, key: String, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, EtcdError> {
@@ -270,25 +281,33 @@ impl Store {
     /// another, which may go to another endpoint), so that one silent
     /// endpoint cannot cost the lease.
     pub async fn keep_alive(&self, lease: i64, every: Duration, alive: impl Fn()) -> Result<(), EtcdError> {
-        let (mut keeper, mut stream) =
-            self.call(|mut client| async move { client.lease_keep_alive(lease).await }).await?;
-        // A first renewal at once: the lease may have gone while no stream was open.
-        keeper.keep_alive().await.map_err(unavailable)?;
-        let mut renewed = false;
-        loop {
-            if renewed {
-                tokio::time::sleep(every).await;
-                keeper.keep_alive().await.map_err(unavailable)?;
+        let ((mut keeper, mut stream), index) =
+            self.call_indexed(|mut client| async move { client.lease_keep_alive(lease).await }).await?;
+        let renewals = async {
+            // A first renewal at once: the lease may have gone while no stream was open.
+            keeper.keep_alive().await.map_err(unavailable)?;
+            let mut renewed = false;
+            loop {
+                if renewed {
+                    tokio::time::sleep(every).await;
+                    keeper.keep_alive().await.map_err(unavailable)?;
+                }
+                renewed = true;
+                match tokio::time::timeout(every.min(OP_TIMEOUT), stream.message()).await {
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => alive(),
+                    Ok(Ok(Some(_))) => return Ok(()),
+                    Ok(Ok(None)) => return Err(EtcdError::Unavailable("the keep-alive stream ended".into())),
+                    Ok(Err(err)) => return Err(unavailable(err)),
+                    Err(_) => return Err(EtcdError::Unavailable("no keep-alive answer".into())),
+                }
             }
-            renewed = true;
-            match tokio::time::timeout(every.min(OP_TIMEOUT), stream.message()).await {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => alive(),
-                Ok(Ok(Some(_))) => return Ok(()),
-                Ok(Ok(None)) => return Err(EtcdError::Unavailable("the keep-alive stream ended".into())),
-                Ok(Err(err)) => return Err(unavailable(err)),
-                Err(_) => return Err(EtcdError::Unavailable("no keep-alive answer".into())),
-            }
+        };
+        let ended = renewals.await;
+        if ended.is_err() {
+            // Renew through another endpoint next.
+            self.pass_over(index);
         }
+        ended
     }
 
     /// Writes `members/<node>` on `lease` unless the key exists; returns the
