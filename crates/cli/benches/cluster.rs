@@ -11,7 +11,11 @@
 //! - `lock`: the reload lock taken and released through etcd, beside
 //!   `global:trans` on 3 nodes (206 µs).
 //! - `takeover`: from SIGKILL of the lock holder to another holding the lock.
-//! - `fleet`: the small module across 3, 6 and 10 members, for the cost model.
+//! - `fleet`: the small module across 3, 6 and 10 members (`--sizes=3,10,30,100`
+//!   for others): the client's round trip, the coordinator's own
+//!   `duration_ms`, and the coordinator process's CPU time per reload and per
+//!   target (from `/proc/<pid>/stat`) — what a fleet whose members run on
+//!   machines of their own would still wait for (`--rounds=N` reloads per size).
 //!
 //! Run: `cargo bench -p zest --bench cluster` (`-- --quick` for fewer rounds;
 //! `-- reload` etc. for one section).
@@ -172,29 +176,64 @@ fn takeover_section(quick: bool) {
     println!("| {rounds} | {median:.0} | {max:.0} | {bound:.0} | {:.2} |", max / bound);
 }
 
-fn fleet_section(quick: bool) {
+/// CPU time (user + system, every thread) process `pid` has used, in ms
+/// (`/proc/<pid>/stat`, clock ticks of 10 ms).
+fn cpu_ms(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1e3 / hz
+}
+
+/// One reload across the fleet: the client's round trip and the
+/// coordinator's own `duration_ms`.
+fn timed_fleet_reload(fleet: &Fleet, coordinator: &Served, marker: u64) -> (f64, f64) {
+    let path = fleet.member_dir(&fleet.ids()[0]).join("app/bench.wat");
+    std::fs::write(path, module_wat(10, marker)).unwrap();
+    let started = Instant::now();
+    let result = coordinator.reload(json!({"scope": "module", "module": "bench", "lock_timeout_ms": 30000}));
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(result["status"], "ok", "{result}");
+    let nodes = result["results"].as_array().map_or(0, Vec::len);
+    assert_eq!(nodes, fleet.ids().len(), "every member reloaded: {result}");
+    (ms, result["duration_ms"].as_f64().unwrap_or(f64::NAN))
+}
+
+fn fleet_section(rounds: usize, sizes: &[usize]) {
     println!("\n## The small module across more members (two builds, alternated)\n");
-    println!("| members | samples | median ms | p99 ms | per extra member ms |");
-    println!("|---|---|---|---|---|");
-    let mut three = None;
-    for size in [3usize, 6, 10] {
-        let ids: Vec<String> = (0..size).map(|i| format!("m{i:02}")).collect();
+    println!("| members | samples | median ms | p90 ms | p99 ms | coordinator duration_ms (median) | coordinator CPU per reload ms | per target ms | per extra member ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut first: Option<(usize, f64)> = None;
+    for &size in sizes {
+        let ids: Vec<String> = (0..size).map(|i| format!("m{i:03}")).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let fleet = Fleet::start_with(&ids, bench_app(10), Duration::from_secs(60), &[]);
         let coordinator = fleet.member(ids[0]);
-        timed_reload(&fleet, coordinator, 10, 1);
-        timed_reload(&fleet, coordinator, 10, 2);
-        let rounds = if quick { 10 } else { 30 };
-        let mut samples: Vec<f64> = (0..rounds).map(|i| timed_reload(&fleet, coordinator, 10, 1 + i % 2)).collect();
-        let (median, p99) = (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99));
-        let per = match three {
+        timed_fleet_reload(&fleet, coordinator, 1);
+        timed_fleet_reload(&fleet, coordinator, 2);
+        let cpu_before = cpu_ms(coordinator.pid());
+        let (mut samples, mut own): (Vec<f64>, Vec<f64>) =
+            (0..rounds).map(|i| timed_fleet_reload(&fleet, coordinator, 1 + i as u64 % 2)).unzip();
+        let cpu = (cpu_ms(coordinator.pid()) - cpu_before) / rounds as f64;
+        let (median, p90, p99) =
+            (percentile(&mut samples, 0.5), percentile(&mut samples, 0.9), percentile(&mut samples, 0.99));
+        let own = percentile(&mut own, 0.5);
+        let per = match first {
             None => {
-                three = Some(median);
+                first = Some((size, median));
                 String::from("—")
             }
-            Some(base) => format!("{:.2}", (median - base) / (size - 3) as f64),
+            Some((base_size, base)) => format!("{:.2}", (median - base) / (size - base_size) as f64),
         };
-        println!("| {size} | {rounds} | {median:.2} | {p99:.2} | {per} |");
+        let per_target = cpu / size as f64;
+        println!(
+            "| {size} | {rounds} | {median:.2} | {p90:.2} | {p99:.2} | {own:.2} | {cpu:.2} | {per_target:.3} | {per} |"
+        );
         drop(fleet);
     }
 }
@@ -215,6 +254,18 @@ fn main() {
         takeover_section(quick);
     }
     if run("fleet") {
-        fleet_section(quick);
+        // `--sizes=3,10,30,100` to choose the fleet sizes.
+        let sizes: Vec<usize> = args
+            .iter()
+            .find_map(|arg| arg.strip_prefix("--sizes="))
+            .map(|list| list.split(',').map(|n| n.parse().expect("--sizes=N,N,...")).collect())
+            .unwrap_or_else(|| vec![3, 6, 10]);
+        // `--rounds=N` for another number of reloads per size.
+        let rounds = args
+            .iter()
+            .find_map(|arg| arg.strip_prefix("--rounds="))
+            .map(|n| n.parse().expect("--rounds=N"))
+            .unwrap_or(if quick { 10 } else { 30 });
+        fleet_section(rounds, &sizes);
     }
 }
