@@ -97,6 +97,12 @@ struct State {
     /// A `nodes: "local"` reload changed this member alone.
     diverged: bool,
     members: Vec<MemberRecord>,
+    /// The newest commit concerning this member that the watch reported or a
+    /// read found (`None`: unknown, read etcd to know).
+    desired_seen: Option<i64>,
+    /// The fencing token of the lock as the watch last saw it created, until
+    /// it saw it deleted (`None`: free, or unknown).
+    lock_seen: Option<i64>,
 }
 
 /// Why a member could not join its cluster.
@@ -257,6 +263,8 @@ impl Cluster {
                 match self.join(&store).await {
                     Ok(()) => {
                         *renewed_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                        // Commits may have been made while it was away: read them.
+                        self.state().desired_seen = None;
                         self.wake.notify_one();
                     }
                     Err(Joining::Unavailable(problem)) => {
@@ -312,16 +320,32 @@ impl Cluster {
         loop {
             let watched = async {
                 let (members, revision) = self.store.members().await?;
-                self.state().members = members;
+                let mine = format!("desired/revision/{}", self.config.node);
+                {
+                    let mut state = self.state();
+                    state.members = members;
+                    // What happened before the watch is unknown: read it.
+                    state.desired_seen = None;
+                    state.lock_seen = None;
+                }
                 let mut watch = self.store.watch(revision + 1).await?;
                 self.wake.notify_one();
                 loop {
-                    let keys = watch.next().await?;
-                    if keys.iter().any(|key| key.starts_with("members/")) {
+                    let changes = watch.next().await?;
+                    if changes.iter().any(|change| change.key.starts_with("members/")) {
                         let (members, _) = self.store.members().await?;
                         self.state().members = members;
                     }
-                    if keys.iter().any(|key| key.starts_with("desired/")) {
+                    let mut state = self.state();
+                    for change in &changes {
+                        if change.key == "lock" {
+                            state.lock_seen = (!change.deleted).then_some(change.create_revision);
+                        } else if !change.deleted && (change.key == "desired/revision/base" || change.key == mine) {
+                            state.desired_seen = state.desired_seen.map(|seen| seen.max(change.mod_revision));
+                        }
+                    }
+                    drop(state);
+                    if changes.iter().any(|change| change.key.starts_with("desired/")) {
                         self.wake.notify_one();
                     }
                 }
@@ -337,15 +361,23 @@ impl Cluster {
 
     async fn catch_up_loop(self: Arc<Self>) {
         loop {
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(CATCH_UP_EVERY) => {}
-            }
-            if !self.state().available {
-                continue;
+            let woken = tokio::select! {
+                () = self.wake.notified() => true,
+                () = tokio::time::sleep(CATCH_UP_EVERY) => false,
+            };
+            {
+                let state = self.state();
+                if !state.available {
+                    continue;
+                }
+                // Woken by a change this member applied already (its own
+                // commit, or the watch's event for it): nothing to read.
+                if woken && state.desired_seen.is_some_and(|seen| seen <= state.applied) {
+                    continue;
+                }
             }
             let cluster = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || cluster.catch_up()).await {
+            match tokio::task::spawn_blocking(move || cluster.catch_up(!woken)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(problem)) => tracing::warn!(%problem, "cannot catch up with the cluster yet"),
                 Err(err) => tracing::error!(%err, "catching up with the cluster panicked"),

@@ -614,10 +614,20 @@ pub struct Watch {
     prefix: String,
 }
 
+/// One key's change, as a watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Relative to the cluster's prefix.
+    pub key: String,
+    pub deleted: bool,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
 impl Watch {
-    /// The keys (relative to the cluster's prefix) of the next batch of
-    /// changes; an error when the watch broke (etcd unreachable).
-    pub async fn next(&mut self) -> Result<Vec<String>, EtcdError> {
+    /// The next batch of changes; an error when the watch broke (etcd
+    /// unreachable).
+    pub async fn next(&mut self) -> Result<Vec<Change>, EtcdError> {
         loop {
             let response = match self.stream.message().await {
                 Ok(Some(response)) => response,
@@ -627,14 +637,21 @@ impl Watch {
             if response.canceled() {
                 return Err(EtcdError::Unavailable(format!("the watch was cancelled: {}", response.cancel_reason())));
             }
-            let keys: Vec<String> = response
+            let changes: Vec<Change> = response
                 .events()
                 .iter()
-                .filter_map(|event| event.kv())
-                .map(|kv| String::from_utf8_lossy(kv.key()).trim_start_matches(self.prefix.as_str()).to_string())
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    Some(Change {
+                        key: String::from_utf8_lossy(kv.key()).trim_start_matches(self.prefix.as_str()).to_string(),
+                        deleted: event.event_type() == EventType::Delete,
+                        create_revision: kv.create_revision(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
                 .collect();
-            if !keys.is_empty() {
-                return Ok(keys);
+            if !changes.is_empty() {
+                return Ok(changes);
             }
         }
     }

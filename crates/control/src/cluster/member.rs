@@ -77,10 +77,17 @@ impl Cluster {
         }
         // A prepare that arrives late (this member was stopped, the network
         // slow) must not stage a request its coordinator already gave up.
-        match self.store.lock_held(token).await {
-            Ok(true) => {}
-            Ok(false) => return Err(format!("request {request_id} is over: its coordinator no longer holds the lock")),
-            Err(err) => return Err(err.to_string()),
+        // The watch has usually seen the lock taken; etcd is asked otherwise.
+        // (Should the watch lag behind a release, the coordinator's abort or
+        // this plan's deadline drops what is staged.)
+        if self.state().lock_seen != Some(token) {
+            match self.store.lock_held(token).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!("request {request_id} is over: its coordinator no longer holds the lock"))
+                }
+                Err(err) => return Err(err.to_string()),
+            }
         }
         let cluster = Arc::clone(self);
         let id = request_id.clone();
@@ -387,15 +394,28 @@ impl Cluster {
 
     /// Applies what the cluster committed for this member, if etcd holds a
     /// commit newer than the last one it applied. Blocks.
-    pub(super) fn catch_up(&self) -> Result<(), String> {
+    /// Unless `force`, the read is skipped when the watch says nothing newer
+    /// than what this member applied was committed.
+    pub(super) fn catch_up(&self, force: bool) -> Result<(), String> {
         let request_id = format!("catch-up-{}", self.node.next_request_id());
         let Ok(session) = self.node.session(Duration::from_millis(100), Some(&request_id)) else {
             // A reload runs here now; it will wake us when it is done.
             return Ok(());
         };
+        if !force {
+            // The reload this member just ran may have applied what woke it.
+            let state = self.state();
+            if state.desired_seen.is_some_and(|seen| seen <= state.applied) {
+                return Ok(());
+            }
+        }
         let desired = self.handle.block_on(self.store.desired(&self.config.node)).map_err(|err| err.to_string())?;
-        if desired.revision <= self.state().applied {
-            return Ok(());
+        {
+            let mut state = self.state();
+            state.desired_seen = Some(state.desired_seen.unwrap_or(0).max(desired.revision));
+            if desired.revision <= state.applied {
+                return Ok(());
+            }
         }
         let mut blueprint = blueprint_of(&desired)?;
         self.localize(&mut blueprint);
