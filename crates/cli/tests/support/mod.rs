@@ -335,6 +335,11 @@ impl Etcd {
         etcd
     }
 
+    /// The pids of the running members.
+    pub fn pids(&self) -> Vec<i32> {
+        self.members.iter().filter_map(|m| m.child.as_ref().map(|c| c.id() as i32)).collect()
+    }
+
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client.clone()).collect()
