@@ -15,7 +15,8 @@
 //!   for others): the client's round trip, the coordinator's own
 //!   `duration_ms`, and the coordinator process's CPU time per reload and per
 //!   target (from `/proc/<pid>/stat`) — what a fleet whose members run on
-//!   machines of their own would still wait for (`--rounds=N` reloads per size).
+//!   machines of their own would still wait for (`--rounds=N` reloads per size;
+//!   `--new-builds` for a build every member fetches, in waves, each time).
 //!
 //! - `pool`: one real coordinator on a core of its own against 2, 99 and 999
 //!   stand-in members (`--pool=3,100,1000`: fleet sizes) answering from
@@ -210,8 +211,9 @@ fn timed_fleet_reload(fleet: &Fleet, coordinator: &Served, marker: u64) -> (f64,
     (ms, result["duration_ms"].as_f64().unwrap_or(f64::NAN))
 }
 
-fn fleet_section(rounds: usize, sizes: &[usize]) {
-    println!("\n## The small module across more members (two builds, alternated)\n");
+fn fleet_section(rounds: usize, sizes: &[usize], new_builds: bool) {
+    let builds = if new_builds { "a new build each time, fetched by every member" } else { "two builds, alternated" };
+    println!("\n## The small module across more members ({builds})\n");
     println!("| members | samples | median ms | p90 ms | p99 ms | coordinator duration_ms (median) | coordinator CPU per reload ms | per target ms | per extra member ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut first: Option<(usize, f64)> = None;
@@ -223,8 +225,12 @@ fn fleet_section(rounds: usize, sizes: &[usize]) {
         timed_fleet_reload(&fleet, coordinator, 1);
         timed_fleet_reload(&fleet, coordinator, 2);
         let cpu_before = cpu_ms(coordinator.pid());
-        let (mut samples, mut own): (Vec<f64>, Vec<f64>) =
-            (0..rounds).map(|i| timed_fleet_reload(&fleet, coordinator, 1 + i as u64 % 2)).unzip();
+        let (mut samples, mut own): (Vec<f64>, Vec<f64>) = (0..rounds)
+            .map(|i| {
+                let marker = if new_builds { 100 + i as u64 } else { 1 + i as u64 % 2 };
+                timed_fleet_reload(&fleet, coordinator, marker)
+            })
+            .unzip();
         let cpu = (cpu_ms(coordinator.pid()) - cpu_before) / rounds as f64;
         let (median, p90, p99) =
             (percentile(&mut samples, 0.5), percentile(&mut samples, 0.9), percentile(&mut samples, 0.99));
@@ -478,6 +484,7 @@ fn main() {
             .find_map(|arg| arg.strip_prefix("--rounds="))
             .map(|n| n.parse().expect("--rounds=N"))
             .unwrap_or(if quick { 10 } else { 30 });
-        fleet_section(rounds, &sizes);
+        // `--new-builds`: a build no member holds, every reload.
+        fleet_section(rounds, &sizes, args.iter().any(|arg| arg == "--new-builds"));
     }
 }
