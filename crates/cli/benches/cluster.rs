@@ -197,6 +197,17 @@ fn cpu_ms(pid: i32) -> f64 {
     ticks * 1e3 / hz
 }
 
+/// How many builds `node` has served to other members
+/// (`zest_cluster_builds_served_total`).
+fn builds_served(node: &Served) -> f64 {
+    let (_, metrics) = node.get("/metrics", Some(support::ADMIN));
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("zest_cluster_builds_served_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// One reload across the fleet: the client's round trip and the
 /// coordinator's own `duration_ms`.
 fn timed_fleet_reload(fleet: &Fleet, coordinator: &Served, marker: u64) -> (f64, f64) {
@@ -225,6 +236,7 @@ fn fleet_section(rounds: usize, sizes: &[usize], new_builds: bool) {
         timed_fleet_reload(&fleet, coordinator, 1);
         timed_fleet_reload(&fleet, coordinator, 2);
         let cpu_before = cpu_ms(coordinator.pid());
+        let served_before = builds_served(coordinator);
         let (mut samples, mut own): (Vec<f64>, Vec<f64>) = (0..rounds)
             .map(|i| {
                 let marker = if new_builds { 100 + i as u64 } else { 1 + i as u64 % 2 };
@@ -246,6 +258,10 @@ fn fleet_section(rounds: usize, sizes: &[usize], new_builds: bool) {
         println!(
             "| {size} | {rounds} | {median:.2} | {p90:.2} | {p99:.2} | {own:.2} | {cpu:.2} | {per_target:.3} | {per} |"
         );
+        if new_builds {
+            let served = (builds_served(coordinator) - served_before) / rounds as f64;
+            println!("|  | (the coordinator served the build {served:.1} times per reload) | | | | | | | |");
+        }
         drop(fleet);
     }
 }
