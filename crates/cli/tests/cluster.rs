@@ -2,7 +2,9 @@
 //! coordinated through a real etcd started by the test on free ports: one
 //! reload reaches every member or none, a member that stops answering aborts
 //! it, a restarted member catches up whatever its files say, the lock of a
-//! killed holder frees, etcd can go away and come back, atomic holds across
+//! killed holder frees, etcd can go away and come back (and, as three members,
+//! lose its leader mid-stream), a lock whose release failed is released once
+//! etcd answers, atomic holds across
 //! members, and calls never fail while reloads run.
 //!
 //! The tests run one at a time (they time leases and deadlines, which two
@@ -552,4 +554,173 @@ fn an_extension_and_scope_all_with_a_code_change_target_reach_every_member() {
         let count = fleet.member(id).rpc("process.call", json!({"process": "counter", "message": "get"}));
         assert_eq!(count["result"], json!({"count": 7}), "member {id} kept its counter's state");
     }
+}
+
+/// One `system.reload` of the clock (alternating two vsns by `round`) on
+/// `node`: `Ok(result)` or `Err(error code)`.
+fn reload_round(fleet: &Fleet, node: &str, round: usize) -> Result<Value, String> {
+    fleet.set_clock(node, if round.is_multiple_of(2) { "1.0.1" } else { "1.0.2" });
+    let params = json!({"scope": "module", "module": "clock", "lock_timeout_ms": 3000});
+    let response = fleet.member(node).rpc("system.reload", params);
+    match response.get("result") {
+        Some(result) => Ok(result.clone()),
+        None => Err(error_code(&response).to_string()),
+    }
+}
+
+fn committed(result: &Value) -> bool {
+    result["status"] == "ok" && result["metadata"]["cluster"]["phase"] == "committed"
+}
+
+#[test]
+fn with_the_etcd_leader_killed_mid_stream_reloads_commit_again_within_seconds_on_every_member() {
+    let _serial = one_at_a_time();
+    // etcd as three members; every zest member is given all three endpoints,
+    // the leader's first.
+    let mut etcd = support::Etcd::start_cluster(3);
+    etcd.lead_first();
+    let mut fleet = Fleet::start_on(etcd, &["a", "b", "c"], support::demo_app(), PREPARE_TIMEOUT, &[]);
+    for round in 0..3 {
+        let result = reload_round(&fleet, "a", round).unwrap();
+        assert!(committed(&result), "round {round}: {result}");
+    }
+    assert_eq!(fleet.etcd.leader(), Some(0));
+    fleet.etcd.kill_member(0);
+    let killed = Instant::now();
+    let mut recovered = None;
+    let mut after: Vec<Result<Value, String>> = Vec::new();
+    let mut round = 3;
+    let mut failed_first = 0;
+    while after.len() < 8 && killed.elapsed() < Duration::from_secs(25) {
+        let outcome = reload_round(&fleet, "a", round);
+        round += 1;
+        match (&outcome, recovered) {
+            (Ok(result), None) if committed(result) => {
+                recovered = Some(killed.elapsed());
+                after.push(outcome);
+            }
+            (_, None) => {
+                failed_first += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (_, Some(_)) => after.push(outcome),
+        }
+    }
+    let recovered = recovered.expect("no reload committed in the 25 s after the etcd leader was killed");
+    eprintln!(
+        "the first reload committed {recovered:?} after the etcd leader was killed, {failed_first} failed before"
+    );
+    assert!(recovered < Duration::from_secs(6), "the first reload committed {recovered:?} after the kill");
+    let new_leader = fleet.etcd.leader();
+    assert!(matches!(new_leader, Some(1 | 2)), "a surviving member leads: {new_leader:?}");
+    // From then on every reload commits, on every member: no lock kept by a
+    // release that failed, no member whose lease lapsed.
+    for (i, outcome) in after.iter().enumerate() {
+        let result = outcome.as_ref().unwrap_or_else(|code| panic!("reload {i} after recovery: {code}"));
+        assert!(committed(result), "reload {i} after recovery: {result}");
+        assert_eq!(node_targets(result), ["a", "b", "c"], "reload {i} after recovery: {result}");
+    }
+    let last = if (round - 1).is_multiple_of(2) { "1.0.1" } else { "1.0.2" };
+    for id in ["a", "b", "c"] {
+        assert_eq!(fleet.vsn(id, "clock"), last, "member {id}");
+    }
+}
+
+#[test]
+fn a_lock_whose_release_failed_is_released_once_etcd_answers_again() {
+    let _serial = one_at_a_time();
+    // A lease that outlives the outage below (which one release attempt lasts).
+    let ttl = Duration::from_secs(5);
+    let mut fleet =
+        Fleet::start_leased(support::Etcd::start(), &["a", "b"], support::demo_app(), PREPARE_TIMEOUT, ttl, &[]);
+    // a commits, then etcd goes away before a releases the lock, and stays
+    // away longer than one release attempt.
+    fleet.take("a").kill();
+    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "after-commit:2000")]);
+    fleet.set_clock("a", "4.0.0");
+    let url = fleet.member("a").url.clone();
+    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
+    std::thread::sleep(Duration::from_millis(1000));
+    fleet.etcd.stop();
+    let result = request.join().unwrap().expect("a answers");
+    assert_eq!(result["result"]["metadata"]["cluster"]["phase"], "committed", "{result}");
+    std::thread::sleep(Duration::from_millis(200));
+    fleet.etcd.resume();
+    let back = Instant::now();
+    let rejoined = eventually(Duration::from_secs(10), || {
+        ["a", "b"].iter().all(|id| fleet.member(id).status()["cluster"]["available"] == true).then_some(())
+    });
+    assert!(rejoined.is_some(), "a and b answer again: {}", fleet.member("b").status());
+    // a is alive and keeps its lease: the lock must not stay with it.
+    fleet.set_clock("b", "5.0.0");
+    let next =
+        fleet.member("b").rpc("system.reload", json!({"scope": "module", "module": "clock", "lock_timeout_ms": 8000}));
+    let next = next.get("result").unwrap_or_else(|| panic!("b cannot take the lock: {next}"));
+    assert!(committed(next), "{next}");
+    assert!(back.elapsed() < Duration::from_secs(8), "the lock freed {:?} after etcd came back", back.elapsed());
+    for id in ["a", "b"] {
+        assert_eq!(fleet.vsn(id, "clock"), "5.0.0", "member {id}");
+    }
+}
+
+#[test]
+fn a_coordinator_silent_after_its_commit_reports_each_member_as_it_serves() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start(&["a", "b", "c"]);
+    // a goes silent right after its etcd commit, past the members' deadline:
+    // they apply on their own; its answer must then say what they serve.
+    fleet.take("a").kill();
+    let pause = format!("after-commit:{}", (PREPARE_TIMEOUT + Duration::from_millis(1500)).as_millis());
+    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", pause.as_str())]);
+    fleet.set_clock("a", "4.0.0");
+    let result = fleet.member("a").reload(json!({"scope": "module", "module": "clock"}));
+    assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
+    let revision = result["metadata"]["cluster"]["revision"].as_i64().unwrap();
+    for id in ["a", "b", "c"] {
+        let status = fleet.member(id).status();
+        assert_eq!(module_vsn(&status, "clock"), "4.0.0", "member {id}");
+        assert_eq!(status["cluster"]["revision"], revision, "member {id}");
+    }
+    assert_eq!(node_targets(&result), ["a", "b", "c"]);
+    for child in result["results"].as_array().unwrap() {
+        assert_eq!(child["status"], "ok", "each member serves the new build, and its child says so: {result}");
+        assert_eq!(child["reloaded"], json!(["clock"]), "{child}");
+    }
+    assert_eq!(result["status"], "ok", "{result}");
+}
+
+#[test]
+fn with_the_etcd_member_every_node_talks_to_stopped_every_lease_lives_on_and_no_member_drops_out() {
+    let _serial = one_at_a_time();
+    // Every zest member's first endpoint is an etcd follower, which is then
+    // stopped (SIGSTOP: connections stay open, nothing answers) for three
+    // lease TTLs, with no reload meanwhile: the leases must be renewed
+    // through the other endpoints.
+    let mut etcd = support::Etcd::start_cluster(3);
+    etcd.follower_first();
+    let live = etcd.endpoints()[1..].to_vec();
+    let fleet = Fleet::start_on(etcd, &["a", "b", "c"], support::demo_app(), PREPARE_TIMEOUT, &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = runtime.block_on(zest_control::cluster::etcd::Store::connect(&live, &fleet.name)).unwrap();
+    let leases = || -> Vec<(String, i64)> {
+        let (members, _) = runtime.block_on(store.members()).unwrap();
+        members.into_iter().map(|m| (m.node, m.lease)).collect()
+    };
+    let before = leases();
+    assert_eq!(before.len(), 3, "{before:?}");
+    fleet.etcd.signal_member(0, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let mut seen = Vec::new();
+    while stopped.elapsed() < LEASE_TTL * 3 {
+        let now = leases();
+        if now != before {
+            seen.push((stopped.elapsed(), now));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fleet.etcd.signal_member(0, libc::SIGCONT);
+    assert!(seen.is_empty(), "members lost their leases (before: {before:?}): {seen:?}");
+    let result = reload_round(&fleet, "a", 0).unwrap();
+    assert!(committed(&result), "{result}");
+    assert_eq!(node_targets(&result), ["a", "b", "c"], "{result}");
 }

@@ -71,6 +71,10 @@ pub struct Cluster {
     pending: Mutex<HashMap<String, Pending>>,
     /// Requests aborted before this member prepared them (newest last).
     aborted: Mutex<std::collections::VecDeque<String>>,
+    /// Requests this member applied on its own (their coordinator went silent
+    /// after committing), with its result once done (newest last): a late
+    /// `cluster.commit` is answered with it.
+    decided: Mutex<std::collections::VecDeque<(String, Option<Value>)>>,
     /// Wakes the catch-up loop (a change in etcd, a request resolved).
     wake: tokio::sync::Notify,
     handle: tokio::runtime::Handle,
@@ -93,6 +97,12 @@ struct State {
     /// A `nodes: "local"` reload changed this member alone.
     diverged: bool,
     members: Vec<MemberRecord>,
+    /// The newest commit concerning this member that the watch reported or a
+    /// read found (`None`: unknown, read etcd to know).
+    desired_seen: Option<i64>,
+    /// The fencing token of the lock as the watch last saw it created, until
+    /// it saw it deleted (`None`: free, or unknown).
+    lock_seen: Option<i64>,
 }
 
 /// Why a member could not join its cluster.
@@ -139,10 +149,11 @@ impl Cluster {
             state: Mutex::new(State::default()),
             pending: Mutex::new(HashMap::new()),
             aborted: Mutex::new(std::collections::VecDeque::new()),
+            decided: Mutex::new(std::collections::VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             handle,
         });
-        match cluster.join().await {
+        match cluster.join(&cluster.store).await {
             Ok(()) => {}
             Err(Joining::Duplicate(other)) => {
                 return Err(format!(
@@ -155,7 +166,24 @@ impl Cluster {
                 cluster.set_unavailable(problem);
             }
         }
-        tokio::spawn(Arc::clone(&cluster).keep_lease());
+        // The lease on a thread and runtime of its own, with its own etcd
+        // clients: however busy this node's runtime is, renewals go out.
+        let keeper = Arc::clone(&cluster);
+        std::thread::Builder::new()
+            .name("zest-cluster-lease".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(err) => return tracing::error!(%err, "cannot start the cluster lease's runtime"),
+                };
+                runtime.block_on(async move {
+                    match Store::connect(&keeper.config.etcd, &keeper.config.name).await {
+                        Ok(store) => keeper.keep_lease(store).await,
+                        Err(err) => tracing::error!(%err, "cannot keep the cluster lease"),
+                    }
+                });
+            })
+            .map_err(|err| format!("cannot start the cluster lease's thread: {err}"))?;
         tokio::spawn(Arc::clone(&cluster).watch());
         tokio::spawn(Arc::clone(&cluster).catch_up_loop());
         Ok(cluster)
@@ -189,15 +217,15 @@ impl Cluster {
     /// member (a process killed before its lease expired) is replaced at once;
     /// another live process with this id is waited for (its lease may be
     /// expiring) for one lease TTL and a second, then refused.
-    async fn join(&self) -> Result<(), Joining> {
+    async fn join(&self, store: &Store) -> Result<(), Joining> {
         let unavailable = |err: EtcdError| Joining::Unavailable(err.to_string());
         let give_up = Instant::now() + self.config.lease_ttl + Duration::from_secs(1);
         loop {
-            let lease = self.store.grant(self.config.lease_ttl).await.map_err(unavailable)?;
-            let existing = match self.store.register(&self.record(), lease).await {
+            let lease = store.grant(self.config.lease_ttl).await.map_err(unavailable)?;
+            let existing = match store.register(&self.record(), lease).await {
                 Ok(existing) => existing,
                 Err(err) => {
-                    let _ = self.store.revoke(lease).await;
+                    let _ = store.revoke(lease).await;
                     return Err(unavailable(err));
                 }
             };
@@ -210,10 +238,10 @@ impl Cluster {
                 tracing::info!(node = %self.config.node, cluster = %self.config.name, "joined the cluster");
                 return Ok(());
             };
-            let _ = self.store.revoke(lease).await;
+            let _ = store.revoke(lease).await;
             if existing.instance == self.instance {
                 tracing::info!(node = %self.config.node, "replacing this member's previous incarnation");
-                let _ = self.store.revoke(existing.lease).await;
+                let _ = store.revoke(existing.lease).await;
                 continue;
             }
             if Instant::now() >= give_up {
@@ -223,16 +251,20 @@ impl Cluster {
         }
     }
 
-    /// Keeps this member's lease alive; when it is lost (etcd unreachable for
-    /// longer than its TTL, or expired), joins again on a new one.
-    async fn keep_lease(self: Arc<Self>) {
+    /// Keeps this member's lease alive through `store` (clients of this
+    /// task's own runtime), renewing it every quarter of its TTL; when it is
+    /// lost (etcd says so, or no renewal was answered for a whole TTL), joins
+    /// again on a new one.
+    async fn keep_lease(self: Arc<Self>, store: Store) {
         let ttl = self.config.lease_ttl;
-        let mut last_renewed = Instant::now();
+        let renewed_at = std::sync::Mutex::new(Instant::now());
         loop {
             let Some(lease) = self.lease.get() else {
-                match self.join().await {
+                match self.join(&store).await {
                     Ok(()) => {
-                        last_renewed = Instant::now();
+                        *renewed_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                        // Commits may have been made while it was away: read them.
+                        self.state().desired_seen = None;
                         self.wake.notify_one();
                     }
                     Err(Joining::Unavailable(problem)) => {
@@ -249,9 +281,9 @@ impl Cluster {
                 }
                 continue;
             };
-            let renewed = self
-                .store
-                .keep_alive(lease, ttl / 3, || {
+            let renewed = store
+                .keep_alive(lease, ttl / 4, || {
+                    *renewed_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
                     let mut state = self.state();
                     if !state.available {
                         state.available = true;
@@ -262,17 +294,22 @@ impl Cluster {
                 .await;
             match renewed {
                 // etcd says the lease is gone: join again.
-                Ok(()) => self.lease.set(None),
-                Err(err) => {
-                    self.set_unavailable(err.to_string());
-                    if self.lease.get().is_some() && last_renewed.elapsed() > ttl {
-                        self.lease.set(None);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(()) => {
+                    tracing::warn!(lease, "this member's lease expired; joining again");
+                    self.lease.set(None);
                 }
-            }
-            if self.lease.get().is_some() {
-                last_renewed = Instant::now();
+                Err(err) => {
+                    let since = renewed_at.lock().unwrap_or_else(PoisonError::into_inner).elapsed();
+                    tracing::debug!(%err, ?since, "renewing the lease failed; trying another endpoint");
+                    if since > ttl {
+                        // etcd has expired it by now, unless it could not
+                        // (then it is extended when etcd is back, and the
+                        // member key found at join is this member's: replaced).
+                        self.set_unavailable(err.to_string());
+                        self.lease.set(None);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
             }
         }
     }
@@ -283,16 +320,32 @@ impl Cluster {
         loop {
             let watched = async {
                 let (members, revision) = self.store.members().await?;
-                self.state().members = members;
+                let mine = format!("desired/revision/{}", self.config.node);
+                {
+                    let mut state = self.state();
+                    state.members = members;
+                    // What happened before the watch is unknown: read it.
+                    state.desired_seen = None;
+                    state.lock_seen = None;
+                }
                 let mut watch = self.store.watch(revision + 1).await?;
                 self.wake.notify_one();
                 loop {
-                    let keys = watch.next().await?;
-                    if keys.iter().any(|key| key.starts_with("members/")) {
+                    let changes = watch.next().await?;
+                    if changes.iter().any(|change| change.key.starts_with("members/")) {
                         let (members, _) = self.store.members().await?;
                         self.state().members = members;
                     }
-                    if keys.iter().any(|key| key.starts_with("desired/")) {
+                    let mut state = self.state();
+                    for change in &changes {
+                        if change.key == "lock" {
+                            state.lock_seen = (!change.deleted).then_some(change.create_revision);
+                        } else if !change.deleted && (change.key == "desired/revision/base" || change.key == mine) {
+                            state.desired_seen = state.desired_seen.map(|seen| seen.max(change.mod_revision));
+                        }
+                    }
+                    drop(state);
+                    if changes.iter().any(|change| change.key.starts_with("desired/")) {
                         self.wake.notify_one();
                     }
                 }
@@ -308,15 +361,23 @@ impl Cluster {
 
     async fn catch_up_loop(self: Arc<Self>) {
         loop {
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(CATCH_UP_EVERY) => {}
-            }
-            if !self.state().available {
-                continue;
+            let woken = tokio::select! {
+                () = self.wake.notified() => true,
+                () = tokio::time::sleep(CATCH_UP_EVERY) => false,
+            };
+            {
+                let state = self.state();
+                if !state.available {
+                    continue;
+                }
+                // Woken by a change this member applied already (its own
+                // commit, or the watch's event for it): nothing to read.
+                if woken && state.desired_seen.is_some_and(|seen| seen <= state.applied) {
+                    continue;
+                }
             }
             let cluster = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || cluster.catch_up()).await {
+            match tokio::task::spawn_blocking(move || cluster.catch_up(!woken)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(problem)) => tracing::warn!(%problem, "cannot catch up with the cluster yet"),
                 Err(err) => tracing::error!(%err, "catching up with the cluster panicked"),

@@ -811,7 +811,12 @@ fn artifact(node: &Node, caller: &Caller, sha256: &str) -> HttpResponse {
         Ok(()) => {}
     }
     match node.build(sha256) {
-        Some(bytes) => respond(http::StatusCode::OK, "application/octet-stream", bytes.to_vec()),
+        Some(bytes) => {
+            // How often this node served a build to another member: the
+            // coordinator's share of a fleet's fetches (docs/cluster.md).
+            metrics::counter!("zest_cluster_builds_served_total").increment(1);
+            respond(http::StatusCode::OK, "application/octet-stream", bytes.to_vec())
+        }
         None => respond(http::StatusCode::NOT_FOUND, "text/plain", "this node holds no build with that sha256\n"),
     }
 }

@@ -285,12 +285,21 @@ pub fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> 
 }
 
 /// A real etcd (`/usr/bin/etcd`, Debian's `etcd-server`) on free loopback
-/// ports with its own data directory; it can be stopped and started again on
-/// the same ports and data. Killed when dropped.
+/// ports with its own data directory — one member, or a raft cluster of
+/// several ([`Etcd::start_cluster`]), each an `etcd` process. Members can be
+/// stopped and started again on the same ports and data. Every one is killed
+/// when dropped.
 pub struct Etcd {
+    /// The first member's client URL.
     pub client: String,
-    peer: String,
+    members: Vec<EtcdMember>,
     data: tempfile::TempDir,
+}
+
+struct EtcdMember {
+    name: String,
+    client: String,
+    peer: String,
     child: Option<Child>,
 }
 
@@ -298,34 +307,66 @@ pub const ETCD: &str = "/usr/bin/etcd";
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_cluster(1)
+    }
+
+    /// `size` etcd members forming one cluster, each healthy (a leader elected).
+    pub fn start_cluster(size: usize) -> Etcd {
         assert!(
             Path::new(ETCD).exists(),
             "{ETCD} is missing: install Debian's etcd-server (./scripts/test.sh does) to run the cluster tests"
         );
-        let client = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let mut etcd = Etcd { client, peer, data: tempfile::tempdir().unwrap(), child: None };
-        etcd.resume();
+        let members: Vec<EtcdMember> = (0..size)
+            .map(|i| EtcdMember {
+                name: format!("e{i}"),
+                client: format!("http://127.0.0.1:{}", free_port()),
+                peer: format!("http://127.0.0.1:{}", free_port()),
+                child: None,
+            })
+            .collect();
+        let client = members[0].client.clone();
+        let mut etcd = Etcd { client, members, data: tempfile::tempdir().unwrap() };
+        for index in 0..size {
+            etcd.spawn(index);
+        }
+        for index in 0..size {
+            etcd.wait_healthy(index);
+        }
         etcd
     }
 
-    /// Starts etcd again (after [`Etcd::stop`]) and waits until it answers.
-    pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "etcd is already running");
+    /// The pids of the running members.
+    pub fn pids(&self) -> Vec<i32> {
+        self.members.iter().filter_map(|m| m.child.as_ref().map(|c| c.id() as i32)).collect()
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let cluster: Vec<String> = self.members.iter().map(|m| format!("{}={}", m.name, m.peer)).collect();
+        let data = self.data.path().join(&self.members[index].name);
+        let member = &mut self.members[index];
+        assert!(member.child.is_none(), "etcd {} is already running", member.name);
         let child = Command::new(ETCD)
-            .args(["--name", "zest-test", "--data-dir"])
-            .arg(self.data.path().join("etcd"))
-            .args(["--listen-client-urls", &self.client, "--advertise-client-urls", &self.client])
-            .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
-            .arg("--initial-cluster")
-            .arg(format!("zest-test={}", self.peer))
+            .args(["--name", &member.name, "--data-dir"])
+            .arg(data)
+            .args(["--listen-client-urls", &member.client, "--advertise-client-urls", &member.client])
+            .args(["--listen-peer-urls", &member.peer, "--initial-advertise-peer-urls", &member.peer])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &format!("zest-test-{}", std::process::id())])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd starts");
-        self.child = Some(child);
-        let health = format!("{}/health", self.client);
+        member.child = Some(child);
+    }
+
+    fn wait_healthy(&self, index: usize) {
+        let health = format!("{}/health", self.members[index].client);
         let agent: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
         let up = eventually(Duration::from_secs(20), || {
@@ -333,15 +374,85 @@ impl Etcd {
             let body = response.body_mut().read_to_string().ok()?;
             body.contains("true").then_some(())
         });
-        assert!(up.is_some(), "etcd did not become healthy at {}", self.client);
+        assert!(up.is_some(), "etcd did not become healthy at {}", self.members[index].client);
     }
 
-    /// Kills etcd (the data stays for [`Etcd::resume`]).
+    /// Starts every stopped member again (after [`Etcd::stop`]) and waits
+    /// until they answer.
+    pub fn resume(&mut self) {
+        let stopped: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].child.is_none()).collect();
+        assert!(!stopped.is_empty(), "etcd is already running");
+        for &index in &stopped {
+            self.spawn(index);
+        }
+        for index in stopped {
+            self.wait_healthy(index);
+        }
+    }
+
+    /// Kills every member (the data stays for [`Etcd::resume`]).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for index in 0..self.members.len() {
+            self.kill_member(index);
+        }
+    }
+
+    /// Kills member `index` with SIGKILL.
+    pub fn kill_member(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Puts the current leader first (its endpoint first in [`Etcd::endpoints`],
+    /// so that a client starts with it); its index is then 0.
+    pub fn lead_first(&mut self) {
+        let leader = eventually(Duration::from_secs(10), || self.leader()).expect("etcd elects a leader");
+        self.members.swap(0, leader);
+        self.client = self.members[0].client.clone();
+    }
+
+    /// Puts a member that is not the leader first; its index is then 0.
+    pub fn follower_first(&mut self) {
+        let leader = eventually(Duration::from_secs(10), || self.leader()).expect("etcd elects a leader");
+        let follower = (0..self.members.len()).find(|&i| i != leader).expect("more than one member");
+        self.members.swap(0, follower);
+        self.client = self.members[0].client.clone();
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to member `index`.
+    pub fn signal_member(&self, index: usize, signal: i32) {
+        let child = self.members[index].child.as_ref().expect("etcd member running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    }
+
+    /// The index of the member the others follow, as a live member says
+    /// (`None` while none answers with a leader).
+    pub fn leader(&self) -> Option<usize> {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for member in &self.members {
+            if member.child.is_none() {
+                ids.push(None);
+                continue;
+            }
+            let status = agent.post(&format!("{}/v3/maintenance/status", member.client)).send("{}").ok().and_then(
+                |mut response| serde_json::from_str::<Value>(&response.body_mut().read_to_string().ok()?).ok(),
+            );
+            let id = status.as_ref().and_then(|s| s["header"]["member_id"].as_str().map(str::to_string));
+            if let Some(said) = status.as_ref().and_then(|s| s["leader"].as_str()) {
+                if said != "0" {
+                    leader = Some(said.to_string());
+                }
+            }
+            ids.push(id);
+        }
+        let leader = leader?;
+        ids.iter().position(|id| id.as_deref() == Some(leader.as_str()))
     }
 }
 
@@ -368,6 +479,8 @@ pub struct Fleet {
     members: Vec<(String, Option<Served>)>,
     /// The files of each member's own copy of the app (`app/`).
     app: Vec<(String, String)>,
+    /// Every member's `lease_ttl_ms`.
+    ttl: Duration,
 }
 
 impl Fleet {
@@ -378,14 +491,37 @@ impl Fleet {
     /// Members `ids`, each with its own copy of `app` (file name, text), the
     /// cluster's `prepare_timeout_ms`, and `env` for every child.
     pub fn start_with(ids: &[&str], app: Vec<(String, String)>, prepare: Duration, env: &[(&str, &str)]) -> Fleet {
-        let etcd = Etcd::start();
+        Fleet::start_on(Etcd::start(), ids, app, prepare, env)
+    }
+
+    /// As [`Fleet::start_with`], on `etcd` (every member is given all its
+    /// endpoints, in its order).
+    pub fn start_on(
+        etcd: Etcd,
+        ids: &[&str],
+        app: Vec<(String, String)>,
+        prepare: Duration,
+        env: &[(&str, &str)],
+    ) -> Fleet {
+        Fleet::start_leased(etcd, ids, app, prepare, LEASE_TTL, env)
+    }
+
+    /// As [`Fleet::start_on`], with the cluster's `lease_ttl_ms`.
+    pub fn start_leased(
+        etcd: Etcd,
+        ids: &[&str],
+        app: Vec<(String, String)>,
+        prepare: Duration,
+        ttl: Duration,
+        env: &[(&str, &str)],
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         for (file, token) in [("admin.token", ADMIN), ("read.token", READER), ("cluster.token", PEER)] {
             std::fs::write(dir.path().join(file), format!("{token}\n")).unwrap();
         }
         static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
-        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app };
+        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app, ttl };
         for id in ids {
             fleet.write_member(id, prepare);
             fleet.members.push((id.to_string(), None));
@@ -442,14 +578,14 @@ dir = "app"
 [cluster]
 name = "{name}"
 node = "{id}"
-etcd = ["{etcd}"]
+etcd = {etcd}
 token_file = "../cluster.token"
 lease_ttl_ms = {ttl}
 prepare_timeout_ms = {prepare}
 "#,
             name = self.name,
-            etcd = self.etcd.client,
-            ttl = LEASE_TTL.as_millis(),
+            etcd = serde_json::to_string(&self.etcd.endpoints()).unwrap(),
+            ttl = self.ttl.as_millis(),
             prepare = prepare.as_millis(),
         );
         std::fs::write(dir.join("node.toml"), config).unwrap();

@@ -195,6 +195,17 @@ fn targets(cluster: &Cluster, members: &[MemberRecord], nodes: &Nodes) -> Result
     }
 }
 
+/// `cluster.prepare`'s parameters, the blueprint serialized once for every target.
+#[derive(serde::Serialize)]
+struct PrepareParams<'a> {
+    request_id: &'a str,
+    token: i64,
+    coordinator: &'a str,
+    sources: &'a [String],
+    blueprint: &'a serde_json::value::RawValue,
+    rollback: bool,
+}
+
 /// How one target's prepare went.
 enum Prepared {
     Yes,
@@ -359,64 +370,79 @@ impl Run<'_> {
         result
     }
 
-    /// Asks every remote target to prepare, in waves: the first `FANOUT`
-    /// fetch builds from this member, and every member that prepared serves
-    /// `FANOUT` more in the next wave. Stops at the first wave with a failure.
+    /// Asks every remote target to prepare, builds travelling in waves: this
+    /// member is the first source of `FANOUT` targets, and every target that
+    /// prepared becomes the first source of `FANOUT` more — a target is asked
+    /// as soon as a source has room for it (no wave waits for its slowest
+    /// member), so a source never serves a build more than `FANOUT` times
+    /// (the others in `sources` are fallbacks). After the first failure no
+    /// one more is asked.
     async fn prepare_all(&self, remote: &[MemberRecord], blueprint: &Blueprint) -> Vec<(MemberRecord, Prepared)> {
         let cluster = self.cluster;
-        let blueprint = wire::blueprint(blueprint);
-        let mut holders = vec![cluster.advertise.clone()];
+        // Serialized once, not once per target.
+        let blueprint = serde_json::value::to_raw_value(&wire::blueprint(blueprint))
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+        let mut waiting: std::collections::VecDeque<MemberRecord> = remote.to_vec().into();
+        waiting.make_contiguous().sort_by(|a, b| a.node.cmp(&b.node));
+        // Each source, with how many targets it is the first source of.
+        let mut holders: Vec<(String, usize)> = vec![(cluster.advertise.clone(), 0)];
         let mut outcomes = Vec::new();
-        let mut rest: Vec<MemberRecord> = remote.to_vec();
-        rest.sort_by(|a, b| a.node.cmp(&b.node));
+        let mut calls = JoinSet::new();
         let mut failed = false;
-        while !rest.is_empty() {
-            let wave: Vec<MemberRecord> = rest.drain(..rest.len().min(FANOUT * holders.len())).collect();
-            if failed {
-                outcomes.extend(wave.into_iter().map(|member| (member, Prepared::NotAsked)));
-                continue;
-            }
-            let mut calls = JoinSet::new();
-            for (index, member) in wave.into_iter().enumerate() {
-                let mut sources = holders.clone();
-                sources.rotate_left(index % holders.len());
-                let params = json!({
-                    "request_id": self.request_id, "token": self.token, "coordinator": cluster.config.node,
-                    "sources": sources, "blueprint": blueprint, "rollback": self.work.is_rollback(),
-                });
+        loop {
+            while !failed && !waiting.is_empty() {
+                let Some(slot) = holders.iter().position(|(_, served)| *served < FANOUT) else { break };
+                let Some(member) = waiting.pop_front() else { break };
+                holders[slot].1 += 1;
+                let mut sources: Vec<String> = holders.iter().map(|(source, _)| source.clone()).collect();
+                sources.rotate_left(slot);
+                let params = PrepareParams {
+                    request_id: &self.request_id,
+                    token: self.token,
+                    coordinator: &cluster.config.node,
+                    sources: &sources,
+                    blueprint: &blueprint,
+                    rollback: self.work.is_rollback(),
+                };
+                let params = serde_json::value::to_raw_value(&params);
                 let cluster = Arc::clone(cluster);
                 let timeout = cluster.config.prepare_timeout;
                 calls.spawn(async move {
-                    let answer = cluster.peers.call(&member.advertise, "cluster.prepare", params, timeout).await;
+                    let answer = match params {
+                        Ok(params) => {
+                            cluster.peers.call_raw(&member.advertise, "cluster.prepare", params, timeout).await
+                        }
+                        Err(err) => Err(PeerError::Refused(format!("cannot serialize the prepare: {err}"))),
+                    };
                     (member, answer)
                 });
             }
-            while let Some(joined) = calls.join_next().await {
-                let Ok((member, answer)) = joined else { continue };
-                let outcome = match answer {
-                    Ok(answer) if answer["prepared"] == true => {
-                        holders.push(member.advertise.clone());
-                        Prepared::Yes
-                    }
-                    Ok(answer) => {
-                        let result = wire::parse_result(&answer["result"]).ok().map(Box::new);
-                        let message = result
-                            .as_ref()
-                            .and_then(|r| r.errors.first().map(|f| format!("{}: {}", f.target, f.message)))
-                            .unwrap_or_else(|| "it could not stage the builds".into());
-                        Prepared::No { reason: Reason::PrepareFailed, message, result }
-                    }
-                    Err(PeerError::Unreachable(message)) => {
-                        Prepared::No { reason: Reason::NodeUnreachable, message, result: None }
-                    }
-                    Err(PeerError::Refused(message)) => {
-                        Prepared::No { reason: Reason::PrepareFailed, message, result: None }
-                    }
-                };
-                failed |= matches!(outcome, Prepared::No { .. });
-                outcomes.push((member, outcome));
-            }
+            let Some(joined) = calls.join_next().await else { break };
+            let Ok((member, answer)) = joined else { continue };
+            let outcome = match answer {
+                Ok(answer) if answer["prepared"] == true => {
+                    holders.push((member.advertise.clone(), 0));
+                    Prepared::Yes
+                }
+                Ok(answer) => {
+                    let result = wire::parse_result(&answer["result"]).ok().map(Box::new);
+                    let message = result
+                        .as_ref()
+                        .and_then(|r| r.errors.first().map(|f| format!("{}: {}", f.target, f.message)))
+                        .unwrap_or_else(|| "it could not stage the builds".into());
+                    Prepared::No { reason: Reason::PrepareFailed, message, result }
+                }
+                Err(PeerError::Unreachable(message)) => {
+                    Prepared::No { reason: Reason::NodeUnreachable, message, result: None }
+                }
+                Err(PeerError::Refused(message)) => {
+                    Prepared::No { reason: Reason::PrepareFailed, message, result: None }
+                }
+            };
+            failed |= matches!(outcome, Prepared::No { .. });
+            outcomes.push((member, outcome));
         }
+        outcomes.extend(waiting.into_iter().map(|member| (member, Prepared::NotAsked)));
         outcomes
     }
 

@@ -18,9 +18,19 @@
 //! while the coordinator still holds the lock it took. Every call here is
 //! bounded ([`OP_TIMEOUT`]); a call that cannot reach etcd is
 //! [`EtcdError::Unavailable`].
+//!
+//! Every configured endpoint is used: the store keeps one client per endpoint
+//! and sends each call to the one that answered last; a call that fails there
+//! (refused, reset, silent for [`ATTEMPT_TIMEOUT`], or a member without a
+//! leader — every request requires one) is sent to the next, until one
+//! answers or [`OP_TIMEOUT`] has passed. The writes are safe to send twice:
+//! the lock's value names its request, so a lock taken by an attempt whose
+//! answer was lost is recognised as taken; a commit is guarded by its fencing
+//! token and writes the same values again.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,8 +42,20 @@ use serde_json::{json, Value};
 use zest_runtime::lock::Lease;
 use zest_runtime::{LockError, LockGuard, ReloadLock};
 
-/// The longest one etcd call may take before etcd counts as unreachable.
+/// The longest one etcd call may take, over every endpoint it tries, before
+/// etcd counts as unreachable.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// The longest one attempt of a call may wait for one endpoint when there are
+/// others to try (a stopped or partitioned etcd member accepts connections
+/// and never answers).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(600);
+
+/// The pause before a call tries every endpoint again (an election runs).
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often a lock whose release failed is released again.
+const RELEASE_RETRY: Duration = Duration::from_millis(250);
 
 /// Why an etcd call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,11 +108,17 @@ pub struct Changes {
     pub puts: Vec<(&'static str, String, Value)>,
 }
 
-/// The cluster's keys in etcd, through one client.
+/// The cluster's keys in etcd, through one client per endpoint.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     prefix: String,
+}
+
+struct Endpoints {
+    clients: Vec<(String, Client)>,
+    /// The endpoint that answered last: the first one a call tries.
+    current: AtomicUsize,
 }
 
 impl std::fmt::Debug for Store {
@@ -103,33 +131,130 @@ fn unavailable(err: impl std::fmt::Display) -> EtcdError {
     EtcdError::Unavailable(err.to_string())
 }
 
-/// Runs one etcd call, bounded by [`OP_TIMEOUT`].
-async fn bounded<T>(call: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, EtcdError> {
-    match tokio::time::timeout(OP_TIMEOUT, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(unavailable(err)),
-        Err(_) => Err(EtcdError::Unavailable(format!("no answer within {} ms", OP_TIMEOUT.as_millis()))),
+/// Whether an error says this endpoint could not serve the call (another
+/// endpoint may), rather than that etcd refused it.
+fn is_endpoint_failure(err: &etcd_client::Error) -> bool {
+    match err {
+        // gRPC codes: cancelled 1, unknown 2, deadline exceeded 4, resource
+        // exhausted 8, aborted 10, internal 13, unavailable 14 (etcd's "no
+        // leader", "leader changed", a refused connection).
+        etcd_client::Error::GRpcStatus(status) => matches!(i32::from(status.code()), 1 | 2 | 4 | 8 | 10 | 13 | 14),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::WatchError(_) | etcd_client::Error::LeaseKeepAliveError(_) => true,
+        _ => false,
     }
 }
 
+fn parse_holder(value: &[u8]) -> Option<Value> {
+    serde_json::from_slice(value).ok()
+}
 fn parse(key: &[u8], value: &[u8]) -> Result<Value, EtcdError> {
     serde_json::from_slice(value)
         .map_err(|err| EtcdError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), problem: err.to_string() })
 }
 
 impl Store {
-    /// A client of `endpoints` for cluster `name`. Connecting is lazy: this
+    /// Clients of `endpoints` for cluster `name`. Connecting is lazy: this
     /// succeeds whether or not etcd is up.
     pub async fn connect(endpoints: &[String], name: &str) -> Result<Store, String> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(1000))
-            .with_timeout(OP_TIMEOUT)
-            .with_keep_alive(Duration::from_millis(1000), Duration::from_millis(1000))
-            .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|err| format!("cannot use the etcd endpoints {endpoints:?}: {err}"))?;
-        Ok(Store { client, prefix: format!("/zest/{name}/") })
+        if endpoints.is_empty() {
+            return Err("no etcd endpoint is configured".into());
+        }
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_timeout(OP_TIMEOUT)
+                .with_keep_alive(Duration::from_millis(1000), Duration::from_millis(1000))
+                .with_keep_alive_while_idle(true)
+                // A member cut from its leader answers at once that it has none.
+                .with_require_leader(true);
+            let client = Client::connect([endpoint], Some(options))
+                .await
+                .map_err(|err| format!("cannot use the etcd endpoint {endpoint}: {err}"))?;
+            clients.push((endpoint.clone(), client));
+        }
+        let endpoints = Arc::new(Endpoints { clients, current: AtomicUsize::new(0) });
+        Ok(Store { endpoints, prefix: format!("/zest/{name}/") })
+    }
+
+    /// Runs `call` on the endpoint that answered last, then on the next ones
+    /// while it fails there, until one answers or [`OP_TIMEOUT`] has passed.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_indexed(call).await.map(|(value, _)| value)
+    }
+
+    /// As [`Store::call`]; also says which endpoint answered.
+    async fn call_indexed<T, F, Fut>(&self, mut call: F) -> Result<(T, usize), EtcdError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let clients = &self.endpoints.clients;
+        let deadline = Instant::now() + OP_TIMEOUT;
+        let first = self.endpoints.current.load(Ordering::Relaxed);
+        let mut problems: Vec<String> = Vec::new();
+        for attempt in 0.. {
+            let index = (first + attempt) % clients.len();
+            if attempt > 0 && index == first {
+                tokio::time::sleep(ROUND_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let wait = if clients.len() > 1 { left.min(ATTEMPT_TIMEOUT) } else { left };
+            let (endpoint, client) = &clients[index];
+            match tokio::time::timeout(wait, call(client.clone())).await {
+                Ok(Ok(value)) => {
+                    if index != first {
+                        self.endpoints.current.store(index, Ordering::Relaxed);
+                        tracing::info!(endpoint, "etcd answers through this endpoint now");
+                    }
+                    return Ok((value, index));
+                }
+                Ok(Err(err)) if !is_endpoint_failure(&err) => return Err(unavailable(err)),
+                Ok(Err(err)) => problems.push(format!("{endpoint}: {err}")),
+                Err(_) => problems.push(format!("{endpoint}: no answer within {} ms", wait.as_millis())),
+            }
+            // The next call starts at the next endpoint too.
+            self.pass_over(index);
+        }
+        problems.dedup();
+        let last: Vec<&String> = problems.iter().rev().take(clients.len()).collect();
+        let said: Vec<&str> = last.into_iter().rev().map(String::as_str).collect();
+        Err(EtcdError::Unavailable(format!(
+            "no endpoint answered within {} ms ({})",
+            OP_TIMEOUT.as_millis(),
+            said.join("; ")
+        )))
+    }
+
+    /// Makes calls start after endpoint `index` (it failed), unless another
+    /// call moved on already.
+    fn pass_over(&self, index: usize) {
+        let next = (index + 1) % self.endpoints.clients.len();
+        let _ = self.endpoints.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    async fn get(&self, key: String, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, EtcdError> {
+        self.call(|mut client| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { client.get(key, options).await }
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, EtcdError> {
+        self.call(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
     }
 
     pub fn key(&self, rest: &str) -> String {
@@ -143,32 +268,46 @@ impl Store {
     /// A lease of `ttl` (rounded up to whole seconds, etcd's unit).
     pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
         let seconds = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let mut client = self.client.clone();
-        Ok(bounded(client.lease_grant(seconds, None)).await?.id())
+        Ok(self.call(|mut client| async move { client.lease_grant(seconds, None).await }).await?.id())
     }
 
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        let mut client = self.client.clone();
-        bounded(client.lease_revoke(lease)).await.map(|_| ())
+        self.call(|mut client| async move { client.lease_revoke(lease).await }).await.map(|_| ())
     }
 
     /// Keeps `lease` alive until it is lost: calls `alive` after each renewal
     /// and returns when etcd says the lease is gone (`Ok`) or cannot be reached.
+    /// A renewal not answered within `every` ends it too (the caller opens
+    /// another, which may go to another endpoint), so that one silent
+    /// endpoint cannot cost the lease.
     pub async fn keep_alive(&self, lease: i64, every: Duration, alive: impl Fn()) -> Result<(), EtcdError> {
-        let mut client = self.client.clone();
-        let (mut keeper, mut stream) = bounded(client.lease_keep_alive(lease)).await?;
-        alive();
-        loop {
-            tokio::time::sleep(every).await;
+        let ((mut keeper, mut stream), index) =
+            self.call_indexed(|mut client| async move { client.lease_keep_alive(lease).await }).await?;
+        let renewals = async {
+            // A first renewal at once: the lease may have gone while no stream was open.
             keeper.keep_alive().await.map_err(unavailable)?;
-            match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => alive(),
-                Ok(Ok(Some(_))) => return Ok(()),
-                Ok(Ok(None)) => return Err(EtcdError::Unavailable("the keep-alive stream ended".into())),
-                Ok(Err(err)) => return Err(unavailable(err)),
-                Err(_) => return Err(EtcdError::Unavailable("no keep-alive answer".into())),
+            let mut renewed = false;
+            loop {
+                if renewed {
+                    tokio::time::sleep(every).await;
+                    keeper.keep_alive().await.map_err(unavailable)?;
+                }
+                renewed = true;
+                match tokio::time::timeout(every.min(OP_TIMEOUT), stream.message()).await {
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => alive(),
+                    Ok(Ok(Some(_))) => return Ok(()),
+                    Ok(Ok(None)) => return Err(EtcdError::Unavailable("the keep-alive stream ended".into())),
+                    Ok(Err(err)) => return Err(unavailable(err)),
+                    Err(_) => return Err(EtcdError::Unavailable("no keep-alive answer".into())),
+                }
             }
+        };
+        let ended = renewals.await;
+        if ended.is_err() {
+            // Renew through another endpoint next.
+            self.pass_over(index);
         }
+        ended
     }
 
     /// Writes `members/<node>` on `lease` unless the key exists; returns the
@@ -180,8 +319,7 @@ impl Store {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value.to_string(), Some(PutOptions::new().with_lease(lease)))])
             .or_else([TxnOp::get(key, None)]);
-        let mut client = self.client.clone();
-        let response = bounded(client.txn(txn)).await?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(None);
         }
@@ -191,16 +329,17 @@ impl Store {
             TxnOpResponse::Get(get) => get.kvs().first().map(member_of),
             _ => None,
         });
-        existing.transpose().map(|member| member.or(None)).and_then(|member| match member {
+        match existing.transpose()? {
+            // An earlier attempt of this very call wrote it (its answer was lost).
+            Some(member) if member.lease == lease && member.instance == record.instance => Ok(None),
             Some(member) => Ok(Some(member)),
             None => Err(EtcdError::Unavailable("the member key vanished mid-transaction".into())),
-        })
+        }
     }
 
     /// Every member, sorted by id, and the revision of the read.
     pub async fn members(&self) -> Result<(Vec<MemberRecord>, i64), EtcdError> {
-        let mut client = self.client.clone();
-        let response = bounded(client.get(self.key("members/"), Some(GetOptions::new().with_prefix()))).await?;
+        let response = self.get(self.key("members/"), Some(GetOptions::new().with_prefix())).await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let mut members = response.kvs().iter().map(member_of).collect::<Result<Vec<_>, _>>()?;
         members.sort_by(|a, b| a.node.cmp(&b.node));
@@ -215,17 +354,34 @@ impl Store {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), holder.to_string(), Some(PutOptions::new().with_lease(lease)))])
             .or_else([TxnOp::get(key, None)]);
-        let mut client = self.client.clone();
-        let response = bounded(client.txn(txn)).await?;
+        let response = self.txn(txn).await?;
         let revision = response.header().map_or(0, |h| h.revision());
-        Ok(if response.succeeded() { Ok(revision) } else { Err(revision) })
+        if response.succeeded() {
+            return Ok(Ok(revision));
+        }
+        let ours = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| {
+                let mine = kv.lease() == lease && parse_holder(kv.value()).as_ref() == Some(holder);
+                mine.then(|| kv.create_revision())
+            }),
+            _ => None,
+        });
+        // An earlier attempt of this very call took it (its answer was lost).
+        Ok(match ours {
+            Some(token) => Ok(token),
+            None => Err(revision),
+        })
     }
 
     /// Waits until the lock key is deleted (after `revision`) or `deadline`.
     async fn wait_unlocked(&self, revision: i64, deadline: Instant) -> Result<(), EtcdError> {
-        let mut client = self.client.clone();
-        let options = WatchOptions::new().with_start_revision(revision + 1);
-        let mut stream = bounded(client.watch(self.key("lock"), Some(options))).await?;
+        let key = self.key("lock");
+        let mut stream = self
+            .call(|mut client| {
+                let (key, options) = (key.clone(), WatchOptions::new().with_start_revision(revision + 1));
+                async move { client.watch(key, Some(options)).await }
+            })
+            .await?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, stream.message()).await {
@@ -257,7 +413,12 @@ impl Store {
                 None => Instant::now() + Duration::from_secs(3600),
             };
             if let Err(err) = self.wait_unlocked(held_at, deadline).await {
-                return Err(LockError::Unavailable(err.to_string()));
+                // The watch broke (its endpoint went away): try again, through
+                // another endpoint, while there is time.
+                if Instant::now() >= deadline {
+                    return Err(LockError::Unavailable(err.to_string()));
+                }
+                tokio::time::sleep(ROUND_PAUSE).await;
             }
         }
     }
@@ -268,21 +429,18 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, token)])
             .and_then([TxnOp::delete(key, None)]);
-        let mut client = self.client.clone();
-        bounded(client.txn(txn)).await.map(|_| ())
+        self.txn(txn).await.map(|_| ())
     }
 
     /// True while the lock key exists with fencing token `token`.
     pub async fn lock_held(&self, token: i64) -> Result<bool, EtcdError> {
-        let mut client = self.client.clone();
-        let response = bounded(client.get(self.key("lock"), None)).await?;
+        let response = self.get(self.key("lock"), None).await?;
         Ok(response.kvs().first().is_some_and(|kv| kv.create_revision() == token))
     }
 
     /// What the cluster committed for member `node`.
     pub async fn desired(&self, node: &str) -> Result<Desired, EtcdError> {
-        let mut client = self.client.clone();
-        let response = bounded(client.get(self.key("desired/"), Some(GetOptions::new().with_prefix()))).await?;
+        let response = self.get(self.key("desired/"), Some(GetOptions::new().with_prefix())).await?;
         let base = self.key("desired/base/");
         let overridden = self.key("desired/override/");
         let revisions = [self.key("desired/revision/base"), self.key(&format!("desired/revision/{node}"))];
@@ -313,9 +471,8 @@ impl Store {
         nodes: Option<&[String]>,
     ) -> Result<Vec<(String, Option<Value>)>, EtcdError> {
         let mut values = Vec::new();
-        let mut client = self.client.clone();
         for key in self.keys_of(changes, nodes) {
-            let response = bounded(client.get(key.clone(), None)).await?;
+            let response = self.get(key.clone(), None).await?;
             let value = match response.kvs().first() {
                 Some(kv) => Some(parse(kv.key(), kv.value())?),
                 None => None,
@@ -326,7 +483,7 @@ impl Store {
             // A commit for everyone drops the overrides of what it changes.
             for (kind, name, _) in &changes.puts {
                 let prefix = self.key(&format!("desired/override/{kind}/{name}/"));
-                let response = bounded(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+                let response = self.get(prefix, Some(GetOptions::new().with_prefix())).await?;
                 for kv in response.kvs() {
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
                     values.push((key, Some(parse(kv.key(), kv.value())?)));
@@ -423,8 +580,7 @@ impl Store {
 
     async fn guarded(&self, token: i64, ops: Vec<TxnOp>) -> Result<i64, EtcdError> {
         let txn = Txn::new().when([Compare::create_revision(self.key("lock"), CompareOp::Equal, token)]).and_then(ops);
-        let mut client = self.client.clone();
-        let response = bounded(client.txn(txn)).await?;
+        let response = self.txn(txn).await?;
         if !response.succeeded() {
             return Err(EtcdError::LeaseLost);
         }
@@ -433,16 +589,20 @@ impl Store {
 
     /// The revision of the commit made under fencing token `token`, if any.
     pub async fn committed(&self, token: i64) -> Result<Option<i64>, EtcdError> {
-        let mut client = self.client.clone();
-        let response = bounded(client.get(self.key(&format!("commits/{token}")), None)).await?;
+        let response = self.get(self.key(&format!("commits/{token}")), None).await?;
         Ok(response.kvs().first().map(|kv| kv.mod_revision()))
     }
 
     /// Watches every key of the cluster from `revision`.
     pub async fn watch(&self, revision: i64) -> Result<Watch, EtcdError> {
-        let mut client = self.client.clone();
-        let options = WatchOptions::new().with_prefix().with_start_revision(revision);
-        let stream = bounded(client.watch(self.prefix.clone(), Some(options))).await?;
+        let prefix = self.prefix.clone();
+        let stream = self
+            .call(|mut client| {
+                let prefix = prefix.clone();
+                let options = WatchOptions::new().with_prefix().with_start_revision(revision);
+                async move { client.watch(prefix, Some(options)).await }
+            })
+            .await?;
         Ok(Watch { stream, prefix: self.prefix.clone() })
     }
 }
@@ -454,10 +614,20 @@ pub struct Watch {
     prefix: String,
 }
 
+/// One key's change, as a watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Relative to the cluster's prefix.
+    pub key: String,
+    pub deleted: bool,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
 impl Watch {
-    /// The keys (relative to the cluster's prefix) of the next batch of
-    /// changes; an error when the watch broke (etcd unreachable).
-    pub async fn next(&mut self) -> Result<Vec<String>, EtcdError> {
+    /// The next batch of changes; an error when the watch broke (etcd
+    /// unreachable).
+    pub async fn next(&mut self) -> Result<Vec<Change>, EtcdError> {
         loop {
             let response = match self.stream.message().await {
                 Ok(Some(response)) => response,
@@ -467,14 +637,21 @@ impl Watch {
             if response.canceled() {
                 return Err(EtcdError::Unavailable(format!("the watch was cancelled: {}", response.cancel_reason())));
             }
-            let keys: Vec<String> = response
+            let changes: Vec<Change> = response
                 .events()
                 .iter()
-                .filter_map(|event| event.kv())
-                .map(|kv| String::from_utf8_lossy(kv.key()).trim_start_matches(self.prefix.as_str()).to_string())
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    Some(Change {
+                        key: String::from_utf8_lossy(kv.key()).trim_start_matches(self.prefix.as_str()).to_string(),
+                        deleted: event.event_type() == EventType::Delete,
+                        create_revision: kv.create_revision(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
                 .collect();
-            if !keys.is_empty() {
-                return Ok(keys);
+            if !changes.is_empty() {
+                return Ok(changes);
             }
         }
     }
@@ -531,6 +708,11 @@ impl LeaseCell {
         self.alive.store(id.is_some(), Ordering::SeqCst);
     }
 
+    /// The lease id last set, alive or not (0: none).
+    pub fn id(&self) -> i64 {
+        self.id.load(Ordering::SeqCst)
+    }
+
     pub fn get(&self) -> Option<i64> {
         let id = self.id.load(Ordering::SeqCst);
         (id != 0 && self.alive.load(Ordering::SeqCst)).then_some(id)
@@ -555,8 +737,14 @@ impl ReloadLock for EtcdLock {
         let Some(lease) = self.lease.get() else {
             return Err(LockError::Unavailable("this member holds no lease: etcd has been unreachable".into()));
         };
-        let holder =
-            json!({"node": self.node, "since": humantime::format_rfc3339_millis(SystemTime::now()).to_string()});
+        // Unique per request, so that an attempt whose answer was lost is
+        // recognised as this request's and another request's never is.
+        static REQUESTS: AtomicU64 = AtomicU64::new(0);
+        let holder = json!({
+            "node": self.node,
+            "since": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "request": REQUESTS.fetch_add(1, Ordering::Relaxed),
+        });
         let token = self.handle.block_on(self.store.lock(lease, &holder, wait))?;
         let held = EtcdHeld { lock: self.clone(), token, lease };
         Ok(LockGuard::new(token as u64, Box::new(held)))
@@ -584,8 +772,31 @@ impl Drop for EtcdHeld {
         let released = std::thread::spawn(move || handle.block_on(store.unlock(token)));
         match released.join() {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(%err, "cannot release the reload lock; it goes with the lease"),
+            Ok(Err(err)) => {
+                // The lease stays alive (this member does), so the lock would
+                // stay held with nobody behind it: release it as soon as etcd
+                // answers, unless the lease goes first (and the lock with it).
+                tracing::warn!(%err, token, "cannot release the reload lock yet; retrying until etcd answers");
+                let (store, lease, id) = (self.lock.store.clone(), Arc::clone(&self.lock.lease), self.lease);
+                self.lock.handle.spawn(release_later(store, lease, id, token));
+            }
             Err(_) => tracing::error!("releasing the reload lock panicked"),
+        }
+    }
+}
+
+/// Releases the lock `token` once etcd answers, or gives up when the lease
+/// `id` under it is no longer this member's (the lock went with it).
+async fn release_later(store: Store, lease: Arc<LeaseCell>, id: i64, token: i64) {
+    loop {
+        tokio::time::sleep(RELEASE_RETRY).await;
+        match store.unlock(token).await {
+            Ok(()) => {
+                tracing::info!(token, "released the reload lock");
+                return;
+            }
+            Err(err) if lease.id() == id => tracing::debug!(%err, token, "still cannot release the reload lock"),
+            Err(_) => return,
         }
     }
 }

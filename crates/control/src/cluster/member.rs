@@ -77,10 +77,17 @@ impl Cluster {
         }
         // A prepare that arrives late (this member was stopped, the network
         // slow) must not stage a request its coordinator already gave up.
-        match self.store.lock_held(token).await {
-            Ok(true) => {}
-            Ok(false) => return Err(format!("request {request_id} is over: its coordinator no longer holds the lock")),
-            Err(err) => return Err(err.to_string()),
+        // The watch has usually seen the lock taken; etcd is asked otherwise.
+        // (Should the watch lag behind a release, the coordinator's abort or
+        // this plan's deadline drops what is staged.)
+        if self.state().lock_seen != Some(token) {
+            match self.store.lock_held(token).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!("request {request_id} is over: its coordinator no longer holds the lock"))
+                }
+                Err(err) => return Err(err.to_string()),
+            }
         }
         let cluster = Arc::clone(self);
         let id = request_id.clone();
@@ -190,13 +197,49 @@ impl Cluster {
         }
     }
 
+    /// Notes the result of a request this member applied on its own (`None`
+    /// while it applies it).
+    fn decide(&self, request_id: &str, result: Option<Value>) {
+        let mut decided = self.decided.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match decided.iter_mut().find(|(id, _)| id == request_id) {
+            Some(entry) => entry.1 = result,
+            None => decided.push_back((request_id.to_string(), result)),
+        }
+        while decided.len() > ABORTED_KEPT {
+            decided.pop_front();
+        }
+    }
+
+    /// The result of `request_id` if this member applied it on its own,
+    /// waiting while it applies it; `None` if it did not.
+    async fn decided(&self, request_id: &str) -> Option<Value> {
+        let give_up = Instant::now() + self.config.prepare_timeout;
+        loop {
+            let found = {
+                let decided = self.decided.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                decided.iter().find(|(id, _)| id == request_id).map(|(_, result)| result.clone())
+            };
+            match found {
+                None => return None,
+                Some(Some(result)) => return Some(result),
+                Some(None) if Instant::now() >= give_up => return None,
+                Some(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// `cluster.commit`: swap, migrate, purge. An atomic request stays held
     /// (processes suspended) until `cluster.settle`, and answers
     /// `{"held": true, "failures"}`; otherwise the answer is this member's result.
+    /// A commit that comes after this member applied the request on its own
+    /// (at its deadline, the coordinator silent) is answered with that result.
     pub async fn commit(self: &Arc<Self>, params: Value) -> Result<Value, String> {
         let request_id = text(&params, "request_id")?;
         let revision = number(&params, "revision")?;
-        let mut pending = self.take(&request_id, false)?;
+        let mut pending = match self.take(&request_id, false) {
+            Ok(pending) => pending,
+            Err(err) => return self.decided(&request_id).await.ok_or(err),
+        };
         let cluster = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             pending.plan.commit();
@@ -227,7 +270,10 @@ impl Cluster {
             Some(Value::String(because)) => Some(because.clone()),
             Some(_) => return Err("undo must be a string or null".into()),
         };
-        let mut pending = self.take(&request_id, true)?;
+        let mut pending = match self.take(&request_id, true) {
+            Ok(pending) => pending,
+            Err(err) => return self.decided(&request_id).await.ok_or(err),
+        };
         let cluster = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             pending.plan.settle(undo.as_deref());
@@ -309,6 +355,9 @@ impl Cluster {
                 }
             };
             let Some(mut pending) = self.pending_lock().remove(&request_id) else { return };
+            if decision.is_ok() {
+                self.decide(&request_id, None);
+            }
             let cluster = Arc::clone(&self);
             let id = request_id.clone();
             let resolved = tokio::task::spawn_blocking(move || {
@@ -319,8 +368,9 @@ impl Cluster {
                             pending.plan.commit();
                         }
                         pending.plan.settle(None);
-                        cluster.finish(pending.plan);
+                        let result = cluster.finish(pending.plan);
                         cluster.applied(revision);
+                        cluster.decide(&id, Some(wire::result(&result)));
                     }
                     Err(why) => {
                         tracing::warn!(request_id = %id, %why, "dropping a prepared reload");
@@ -344,15 +394,28 @@ impl Cluster {
 
     /// Applies what the cluster committed for this member, if etcd holds a
     /// commit newer than the last one it applied. Blocks.
-    pub(super) fn catch_up(&self) -> Result<(), String> {
+    /// Unless `force`, the read is skipped when the watch says nothing newer
+    /// than what this member applied was committed.
+    pub(super) fn catch_up(&self, force: bool) -> Result<(), String> {
         let request_id = format!("catch-up-{}", self.node.next_request_id());
         let Ok(session) = self.node.session(Duration::from_millis(100), Some(&request_id)) else {
             // A reload runs here now; it will wake us when it is done.
             return Ok(());
         };
+        if !force {
+            // The reload this member just ran may have applied what woke it.
+            let state = self.state();
+            if state.desired_seen.is_some_and(|seen| seen <= state.applied) {
+                return Ok(());
+            }
+        }
         let desired = self.handle.block_on(self.store.desired(&self.config.node)).map_err(|err| err.to_string())?;
-        if desired.revision <= self.state().applied {
-            return Ok(());
+        {
+            let mut state = self.state();
+            state.desired_seen = Some(state.desired_seen.unwrap_or(0).max(desired.revision));
+            if desired.revision <= state.applied {
+                return Ok(());
+            }
         }
         let mut blueprint = blueprint_of(&desired)?;
         self.localize(&mut blueprint);

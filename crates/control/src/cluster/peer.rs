@@ -11,8 +11,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jsonrpsee::core::client::{ClientT, Error as ClientError};
-use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::core::traits::ToRpcParams;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use zest_runtime::{Bytes, Failure, Reason};
@@ -37,6 +38,15 @@ impl std::fmt::Display for PeerError {
         match self {
             PeerError::Unreachable(message) | PeerError::Refused(message) => f.write_str(message),
         }
+    }
+}
+
+/// Parameters serialized before the call.
+struct Raw(Box<RawValue>);
+
+impl ToRpcParams for Raw {
+    fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        Ok(Some(self.0))
     }
 }
 
@@ -80,14 +90,20 @@ impl Peers {
     /// Calls `method` on the member at `url` with `params` (an object), waiting
     /// at most `timeout` for the answer.
     pub async fn call(&self, url: &str, method: &str, params: Value, timeout: Duration) -> Result<Value, PeerError> {
+        let params = serde_json::value::to_raw_value(&params).map_err(|err| PeerError::Refused(err.to_string()))?;
+        self.call_raw(url, method, params, timeout).await
+    }
+
+    /// As [`Peers::call`], with `params` serialized already (a JSON object).
+    pub async fn call_raw(
+        &self,
+        url: &str,
+        method: &str,
+        params: Box<RawValue>,
+        timeout: Duration,
+    ) -> Result<Value, PeerError> {
         let client = self.client(url)?;
-        let mut object = ObjectParams::new();
-        if let Value::Object(map) = params {
-            for (key, value) in map {
-                object.insert(&key, value).map_err(|err| PeerError::Refused(err.to_string()))?;
-            }
-        }
-        match tokio::time::timeout(timeout, client.request::<Value, _>(method, object)).await {
+        match tokio::time::timeout(timeout, client.request::<Value, _>(method, Raw(params))).await {
             Err(_) => Err(PeerError::Unreachable(format!("no answer from {url} within {} ms", timeout.as_millis()))),
             Ok(Ok(value)) => Ok(value),
             Ok(Err(ClientError::Call(error))) => Err(PeerError::Refused(error.message().to_string())),
