@@ -32,7 +32,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{Fleet, Served};
 use zest_control::cluster::etcd::Store;
 
@@ -69,6 +69,29 @@ fn bench_app(functions: usize) -> Vec<(String, String)> {
     ]
 }
 
+/// One size's row of a fleet table: the round trip's median, p90 and p99,
+/// the coordinator's own median, and the time each member adds over the
+/// first size measured (`first`, set by the first row), in `digits`.
+struct Row {
+    median: f64,
+    p90: f64,
+    p99: f64,
+    own: f64,
+    per: String,
+}
+
+fn row(samples: &mut [f64], own: &mut [f64], first: &mut Option<(usize, f64)>, size: usize, digits: usize) -> Row {
+    let (median, p90, p99) = (percentile(samples, 0.5), percentile(samples, 0.9), percentile(samples, 0.99));
+    let per = match *first {
+        None => {
+            *first = Some((size, median));
+            String::from("—")
+        }
+        Some((base_size, base)) => format!("{:.digits$}", (median - base) / (size - base_size) as f64),
+    };
+    Row { median, p90, p99, own: percentile(own, 0.5), per }
+}
+
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
@@ -77,6 +100,13 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 /// Writes build `marker` on `coordinator` and reloads it across the fleet;
 /// the time the request took, as its client saw it.
 fn timed_reload(fleet: &Fleet, coordinator: &Served, functions: usize, marker: u64) -> f64 {
+    fleet_reload(fleet, coordinator, functions, marker).0
+}
+
+/// Writes build `marker` of `functions` functions on `coordinator`, reloads
+/// it across the fleet and checks every member took it: the client's time,
+/// and the result.
+fn fleet_reload(fleet: &Fleet, coordinator: &Served, functions: usize, marker: u64) -> (f64, Value) {
     let path = fleet.member_dir(&fleet.ids()[0]).join("app/bench.wat");
     std::fs::write(path, module_wat(functions, marker)).unwrap();
     let started = Instant::now();
@@ -85,7 +115,7 @@ fn timed_reload(fleet: &Fleet, coordinator: &Served, functions: usize, marker: u
     assert_eq!(result["status"], "ok", "{result}");
     let nodes = result["results"].as_array().map_or(0, Vec::len);
     assert_eq!(nodes, fleet.ids().len(), "every member reloaded: {result}");
-    ms
+    (ms, result)
 }
 
 fn reload_section(quick: bool) {
@@ -211,14 +241,7 @@ fn builds_served(node: &Served) -> f64 {
 /// One reload across the fleet: the client's round trip and the
 /// coordinator's own `duration_ms`.
 fn timed_fleet_reload(fleet: &Fleet, coordinator: &Served, marker: u64) -> (f64, f64) {
-    let path = fleet.member_dir(&fleet.ids()[0]).join("app/bench.wat");
-    std::fs::write(path, module_wat(10, marker)).unwrap();
-    let started = Instant::now();
-    let result = coordinator.reload(json!({"scope": "module", "module": "bench", "lock_timeout_ms": 30000}));
-    let ms = started.elapsed().as_secs_f64() * 1e3;
-    assert_eq!(result["status"], "ok", "{result}");
-    let nodes = result["results"].as_array().map_or(0, Vec::len);
-    assert_eq!(nodes, fleet.ids().len(), "every member reloaded: {result}");
+    let (ms, result) = fleet_reload(fleet, coordinator, 10, marker);
     (ms, result["duration_ms"].as_f64().unwrap_or(f64::NAN))
 }
 
@@ -244,16 +267,7 @@ fn fleet_section(rounds: usize, sizes: &[usize], new_builds: bool) {
             })
             .unzip();
         let cpu = (cpu_ms(coordinator.pid()) - cpu_before) / rounds as f64;
-        let (median, p90, p99) =
-            (percentile(&mut samples, 0.5), percentile(&mut samples, 0.9), percentile(&mut samples, 0.99));
-        let own = percentile(&mut own, 0.5);
-        let per = match first {
-            None => {
-                first = Some((size, median));
-                String::from("—")
-            }
-            Some((base_size, base)) => format!("{:.2}", (median - base) / (size - base_size) as f64),
-        };
+        let Row { median, p90, p99, own, per } = row(&mut samples, &mut own, &mut first, size, 2);
         let per_target = cpu / size as f64;
         println!(
             "| {size} | {rounds} | {median:.2} | {p90:.2} | {p99:.2} | {own:.2} | {cpu:.2} | {per_target:.3} | {per} |"
@@ -411,16 +425,7 @@ fn pool_section(rounds: usize, sizes: &[usize]) {
         let cpu_before = cpu_ms(coordinator.pid());
         let (mut samples, mut own): (Vec<f64>, Vec<f64>) = (0..rounds).map(|i| timed(1 + i as u64 % 2)).unzip();
         let cpu = (cpu_ms(coordinator.pid()) - cpu_before) / rounds as f64;
-        let (median, p90, p99) =
-            (percentile(&mut samples, 0.5), percentile(&mut samples, 0.9), percentile(&mut samples, 0.99));
-        let own = percentile(&mut own, 0.5);
-        let per = match first {
-            None => {
-                first = Some((size, median));
-                String::from("—")
-            }
-            Some((base_size, base)) => format!("{:.3}", (median - base) / (size - base_size) as f64),
-        };
+        let Row { median, p90, p99, own, per } = row(&mut samples, &mut own, &mut first, size, 3);
         println!(
             "| {size} | {rounds} | {median:.2} | {p90:.2} | {p99:.2} | {own:.2} | {cpu:.2} | {:.3} | {per} |",
             cpu / size as f64

@@ -14,6 +14,7 @@
 //! Run: `cargo bench -p zest-runtime --bench components` (`-- --quick` for a
 //! shorter pass).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use zest_runtime::{Node, NodeConfig, ReloadOptions, Status};
@@ -64,14 +65,21 @@ fn node(dir: &std::path::Path) -> Node {
     Node::new(NodeConfig { data_dir: Some(dir.join("data")), ..NodeConfig::default() }).unwrap()
 }
 
-fn calls_section(quick: bool) {
-    let tmp = tempfile::tempdir().unwrap();
+/// A node in `tmp` running the core module `core` and the component `keeper`,
+/// with their files.
+fn both(tmp: &tempfile::TempDir) -> (Node, PathBuf, PathBuf) {
     let node = node(tmp.path());
     let (core, keeper) = (tmp.path().join("core.wat"), tmp.path().join("keeper.wat"));
     std::fs::write(&core, core_module(1)).unwrap();
     std::fs::write(&keeper, component(1)).unwrap();
     assert_eq!(node.load_module("core", &core, &ReloadOptions::default()).status(), Status::Ok);
     assert_eq!(node.load_module("keeper", &keeper, &ReloadOptions::default()).status(), Status::Ok);
+    (node, core, keeper)
+}
+
+fn calls_section(quick: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, _, _) = both(&tmp);
     let rounds = if quick { 20_000 } else { 200_000 };
 
     let baseline = per_call(rounds, || {
@@ -134,12 +142,7 @@ fn reloads(node: &Node, name: &str, path: &std::path::Path, rounds: u32, write: 
 
 fn reload_section(quick: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let node = node(tmp.path());
-    let (core, keeper) = (tmp.path().join("core.wat"), tmp.path().join("keeper.wat"));
-    std::fs::write(&core, core_module(1)).unwrap();
-    std::fs::write(&keeper, component(1)).unwrap();
-    assert_eq!(node.load_module("core", &core, &ReloadOptions::default()).status(), Status::Ok);
-    assert_eq!(node.load_module("keeper", &keeper, &ReloadOptions::default()).status(), Status::Ok);
+    let (node, core, keeper) = both(&tmp);
     let rounds = if quick { 9 } else { 31 };
     let (core_cold, core_warm) = reloads(&node, "core", &core, rounds, core_module);
     let (cold, warm) = reloads(&node, "keeper", &keeper, rounds, component);

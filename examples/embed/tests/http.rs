@@ -61,6 +61,33 @@ fn get(url: &str) -> (u16, String) {
     (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
 }
 
+/// A copy of the example's handlers in `dir`; where.
+fn copy_handlers(dir: &Path) -> std::path::PathBuf {
+    let handlers = dir.join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers");
+    for file in ["zest.toml", "hello.wat", "echo.wat", "notes.wat"] {
+        std::fs::copy(source.join(file), handlers.join(file)).unwrap();
+    }
+    handlers
+}
+
+/// Two threads getting `url` until `stop`, each with every answer it got.
+fn getting(url: &str, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<(u16, String)>>> {
+    (0..2)
+        .map(|_| {
+            let (url, stop) = (url.to_string(), Arc::clone(stop));
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    answers.push(get(&url));
+                }
+                answers
+            })
+        })
+        .collect()
+}
+
 fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
@@ -72,30 +99,14 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
 #[test]
 fn a_handler_edited_while_requests_flow_answers_with_the_new_code_and_none_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let handlers = dir.path().join("handlers");
-    std::fs::create_dir(&handlers).unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers");
-    for file in ["zest.toml", "hello.wat", "echo.wat", "notes.wat"] {
-        std::fs::copy(source.join(file), handlers.join(file)).unwrap();
-    }
+    let handlers = copy_handlers(dir.path());
     let service = Service::start(&handlers, &dir.path().join("data"));
     let hello = format!("{}/hello", service.url);
     assert_eq!(get(&hello), (200, r#"{"message":"Hello from a zest module!","version":1}"#.to_string()));
 
     // Requests on two threads, all through the edit.
     let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..2)
-        .map(|_| {
-            let (hello, stop) = (hello.clone(), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut answers = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    answers.push(get(&hello));
-                }
-                answers
-            })
-        })
-        .collect();
+    let callers = getting(&hello, &stop);
     std::thread::sleep(Duration::from_millis(100));
     let wat = std::fs::read_to_string(handlers.join("hello.wat")).unwrap();
     let edited = wat.replace("Hello from a zest module!", "Hello from the new code").replace(":1}", ":2}");
@@ -134,12 +145,7 @@ fn post(url: &str, body: &str) -> (u16, String) {
 #[test]
 fn a_component_handler_keeps_its_notes_in_the_services_store_across_new_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let handlers = dir.path().join("handlers");
-    std::fs::create_dir(&handlers).unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers");
-    for file in ["zest.toml", "hello.wat", "echo.wat", "notes.wat"] {
-        std::fs::copy(source.join(file), handlers.join(file)).unwrap();
-    }
+    let handlers = copy_handlers(dir.path());
     let service = Service::start(&handlers, &dir.path().join("data"));
     let notes = format!("{}/notes", service.url);
     assert_eq!(get(&notes), (200, r#""(nothing noted yet)""#.to_string()));
@@ -147,18 +153,7 @@ fn a_component_handler_keeps_its_notes_in_the_services_store_across_new_versions
 
     // Readers on two threads while the handler is edited twice.
     let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (notes, stop) = (notes.clone(), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut answers = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    answers.push(get(&notes));
-                }
-                answers
-            })
-        })
-        .collect();
+    let readers = getting(&notes, &stop);
     let wat = std::fs::read_to_string(handlers.join("notes.wat")).unwrap();
     for (round, fallback) in ["(nothing noted, v2)", "(nothing noted, v3)"].iter().enumerate() {
         // The same length, so the store's answer and the handler's code are
