@@ -14,7 +14,8 @@ pub enum CallError {
     ModuleNotFound { module: String },
     #[error("module `{module}` has no function `{function}`")]
     FunctionNotFound { module: String, function: String },
-    #[error("arguments to {module}.{function} are not valid JSON: {message}")]
+    /// Not JSON, or (a component) values that do not fit the WIT types.
+    #[error("invalid arguments to {module}.{function}: {message}")]
     InvalidArgs { module: String, function: String, message: String },
     /// The guest called the `error` import.
     #[error("{module}.{function} failed: {message}")]
