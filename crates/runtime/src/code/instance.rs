@@ -16,6 +16,7 @@ use super::wit;
 use crate::config::Compiler;
 use crate::engine::{Compiled, Pieces};
 use crate::error::CallError;
+use crate::request::Direction;
 use crate::wasm;
 use crate::wasm::abi::{CORE, DISPATCH};
 use crate::wasm::component::ComponentExports;
@@ -301,6 +302,55 @@ impl Instance {
         result.map_err(|err| host::classify(err, self.store.data(), function))
     }
 
+    /// Hands a process's saved `state` (checked JSON text) to this fresh
+    /// instance: `zest_code_change` with `{old_vsn, state, extra, direction}`,
+    /// or a component's `code-change(old-vsn, direction, state, extra)`.
+    pub(crate) fn code_change(
+        &mut self,
+        old_vsn: &str,
+        direction: Direction,
+        state: &str,
+        extra: &serde_json::Value,
+    ) -> Result<(), CallError> {
+        let Guest::Component { instance, exports, .. } = &self.guest else {
+            let state = RawValue::from_string(state.to_string()).map_err(|err| CallError::InvalidOutput {
+                module: self.store.data().module.to_string(),
+                function: "zest_state_save".into(),
+                message: err.to_string(),
+            })?;
+            let input = serde_json::json!({"old_vsn": old_vsn, "state": state, "extra": extra,
+                                           "direction": direction.as_str()});
+            return self.invoke_reserved("zest_code_change", Some(input.to_string().as_bytes())).map(drop);
+        };
+        let (instance, process) = (*instance, exports.process.clone());
+        self.store.data_mut().ctx = self.store.data().root_ctx();
+        let called = (|| {
+            let process = process.ok_or_else(|| Error::msg("the component exports no zest:guest/process"))?;
+            let func = instance
+                .get_func(&mut self.store, process.code_change)
+                .ok_or_else(|| Error::msg("code-change is gone"))?;
+            let params = [
+                Val::String(old_vsn.to_string()),
+                Val::Enum(direction.as_str().to_string()),
+                Val::String(state.to_string()),
+                Val::String(extra.to_string()),
+            ];
+            let mut result = [Val::Bool(false)];
+            func.call(&mut self.store, &params, &mut result)?;
+            match &result[0] {
+                Val::Result(Err(message)) => {
+                    let message = match message.as_deref() {
+                        Some(Val::String(message)) => message.clone(),
+                        _ => "code-change failed".to_string(),
+                    };
+                    Err(Error::new(Abort::Guest(message)))
+                }
+                _ => Ok(()),
+            }
+        })();
+        called.map_err(|err| host::classify(err, self.store.data(), "process#code-change"))
+    }
+
     /// The names a component's `zest:guest/dynamic` serves (its `functions`);
     /// none for anything else.
     pub(crate) fn dynamic_functions(&mut self) -> Result<Vec<String>, String> {
@@ -446,27 +496,6 @@ fn process_call(
         "zest_state_save" => {
             let func = typed::<(), (String,)>(store, instance, &process.save_state)?;
             func.call(&mut *store, ())?.0
-        }
-        "zest_code_change" => {
-            // The core export's input: {"old_vsn", "state", "extra", "direction"}.
-            let input: serde_json::Value = serde_json::from_slice(input).map_err(|err| bad_output(err.to_string()))?;
-            let field = |name: &str| input.get(name).cloned().unwrap_or(serde_json::Value::Null);
-            let old_vsn = field("old_vsn").as_str().unwrap_or_default().to_string();
-            let direction = Val::Enum(field("direction").as_str().unwrap_or("up").to_string());
-            let (state, extra) = (field("state").to_string(), field("extra").to_string());
-            let func =
-                instance.get_func(&mut *store, process.code_change).ok_or_else(|| Error::msg("code-change is gone"))?;
-            let params = [Val::String(old_vsn), direction, Val::String(state), Val::String(extra)];
-            let mut result = [Val::Bool(false)];
-            func.call(&mut *store, &params, &mut result)?;
-            if let Val::Result(Err(message)) = &result[0] {
-                let message = match message.as_deref() {
-                    Some(Val::String(message)) => message.clone(),
-                    _ => "code-change failed".to_string(),
-                };
-                return Err(failed(message));
-            }
-            "null".to_string()
         }
         other => return Err(Error::msg(format!("no process function plays `{other}`"))),
     };

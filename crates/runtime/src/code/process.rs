@@ -427,15 +427,10 @@ impl Suspended {
             .instance
             .invoke_reserved("zest_state_save", None)
             .map_err(|err| fail(Reason::CodeChangeFailed, err.to_string()))?;
-        let state: Box<serde_json::value::RawValue> =
-            serde_json::value::RawValue::from_string(state).expect("invoke_reserved returns checked JSON");
-        let input = serde_json::json!({"old_vsn": old_vsn, "state": state, "extra": extra,
-                                       "direction": direction.as_str()})
-        .to_string();
         let mut new =
             Body::fresh(target, "zest_code_change").map_err(|err| fail(Reason::CodeChangeFailed, err.to_string()))?;
         new.instance
-            .invoke_reserved("zest_code_change", Some(input.as_bytes()))
+            .code_change(&old_vsn, direction, &state, extra)
             .map_err(|err| fail(Reason::CodeChangeFailed, err.to_string()))?;
         Ok(new)
     }
