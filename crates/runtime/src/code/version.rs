@@ -108,16 +108,14 @@ impl Version {
         loaded: &Loaded,
     ) -> Result<Version, String> {
         let compiler = loaded.compiler;
-        // A component's check runs as it links: its exports are its own.
-        let exports = match &loaded.code {
+        // A core module is checked before it links, so an import the ABI
+        // refuses is named as the ABI names it; a component as it links (its
+        // export indices are its own compile's).
+        let core = match &loaded.code {
             Compiled::Component(_) => None,
             code => Some(abi::check(&code.modules(), code.is_split(), &loaded.callables)?),
         };
         let pre = Linked::new(env, &loaded.code, compiler)?;
-        let (exports, kind) = match &pre {
-            Linked::Component { exports: component, .. } => (component.summary(), BuildKind::Component),
-            _ => (exports.unwrap_or_default(), BuildKind::Module),
-        };
         let life = Arc::new(Life::default());
         let state = HostState::new(Arc::from(name), env, Arc::clone(&life));
         let mut first = Instance::new(&pre, state, 0).map_err(|err| {
@@ -134,16 +132,12 @@ impl Version {
                 _ => format!("cannot instantiate: {err:#}"),
             }
         })?;
-        let mut exports = exports;
-        if let Linked::Component { exports: component, .. } = &pre {
-            // Names `zest:guest/dynamic` serves, past the component's own.
-            for name in first.dynamic_functions()? {
-                if name.is_empty() || name.len() > 256 {
-                    return Err(format!("`functions` of zest:guest/dynamic returned the name {name:?}"));
-                }
-                exports.functions.entry(name.into()).or_insert(component.callables.len());
+        let (exports, kind) = match (&pre, core) {
+            (Linked::Component { exports, .. }, _) => {
+                (exports.summary(first.dynamic_functions()?)?, BuildKind::Component)
             }
-        }
+            (_, core) => (core.unwrap_or_default(), BuildKind::Module),
+        };
         let hex = hex::encode(sha256);
         let vsn = if exports.vsn { first.read_vsn()? } else { hex[..16].to_string() };
         let info = VersionInfo {

@@ -7,6 +7,8 @@
 use rustc_hash::FxHashMap;
 use wasmtime::{ExternType, FuncType, Module, ValType};
 
+use super::dispatch::Callables;
+
 /// The import module every import must come from.
 pub const IMPORT_MODULE: &str = "zest";
 
@@ -46,6 +48,9 @@ pub(crate) struct Exports {
     /// Callable functions (every function export whose name does not start with
     /// `zest_`), each with its index into an instance's table of typed handles.
     pub(crate) functions: FxHashMap<Box<str>, usize>,
+    /// A core module's callables in dispatch order (the keys of `functions`,
+    /// as a list two builds compare cheaply); empty for a component.
+    pub(crate) callables: Callables,
     pub(crate) vsn: bool,
     pub(crate) init: bool,
     pub(crate) handle: bool,
@@ -108,7 +113,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// in dispatch order; every other function export is checked here. A split
 /// build (`split.rs`) is checked as the module it was cut from: the imports
 /// its parts make of its core are the loader's, not the guest's.
-pub(crate) fn check(modules: &[&Module], split: bool, callables: &[Box<str>]) -> Result<Exports, String> {
+pub(crate) fn check(modules: &[&Module], split: bool, callables: &Callables) -> Result<Exports, String> {
     let imports = modules.iter().flat_map(|module| module.imports());
     for import in imports.filter(|import| !(split && import.module() == CORE)) {
         let ty = import.ty();
@@ -131,7 +136,7 @@ pub(crate) fn check(modules: &[&Module], split: bool, callables: &[Box<str>]) ->
         }
     }
 
-    let mut exports = Exports::default();
+    let mut exports = Exports { callables: Callables::clone(callables), ..Exports::default() };
     for (index, name) in callables.iter().enumerate() {
         exports.functions.insert(name.clone(), index);
     }
@@ -225,7 +230,7 @@ mod tests {
         let engine = wasmtime::Engine::default();
         let rewritten = crate::wasm::dispatch::rewrite(&wat::parse_str(format!("(module {body})")).unwrap())?;
         let module = wasmtime::Module::new(&engine, rewritten.wasm).unwrap();
-        check(&[&module], false, &rewritten.callables)
+        check(&[&module], false, &rewritten.callables.into())
     }
 
     const BASE: &str = r#"(memory (export "memory") 1)

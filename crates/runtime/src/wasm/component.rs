@@ -191,18 +191,28 @@ pub(crate) fn check(engine: &Engine, component: &Component, provided: &[String])
 }
 
 impl ComponentExports {
-    /// What the node asks of any build's exports: callables by name, `vsn`,
-    /// and the process functions (all four, as the interface has them).
-    pub(crate) fn summary(&self) -> Exports {
+    /// What the node asks of any build's exports: callables by name — with
+    /// `dynamic`, the names an instance's `zest:guest/dynamic` said it serves,
+    /// past the component's own —, `vsn`, and the process functions (all four,
+    /// as the interface has them).
+    pub(crate) fn summary(&self, dynamic: Vec<String>) -> Result<Exports, String> {
+        let mut functions = self.functions.clone();
+        for name in dynamic {
+            if name.is_empty() || name.len() > 256 {
+                return Err(format!("`functions` of zest:guest/dynamic returned the name {name:?}"));
+            }
+            functions.entry(name.into()).or_insert(self.callables.len());
+        }
         let process = self.process.is_some();
-        Exports {
-            functions: self.functions.clone(),
+        Ok(Exports {
+            functions,
+            callables: Default::default(),
             vsn: self.vsn.is_some(),
             init: process,
             handle: process,
             state_save: process,
             code_change: process,
-        }
+        })
     }
 
     /// Adds a callable; returns its index.
