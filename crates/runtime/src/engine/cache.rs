@@ -24,7 +24,7 @@ use wasmtime::{Engine, Module};
 
 use super::compiled::{Compiled, Pieces};
 use crate::error::NodeError;
-use crate::wasm::dispatch::Callables;
+use crate::wasm::abi::Callables;
 
 const MAGIC: &[u8; 8] = b"ZESTMOD3";
 const HEADER_LEN: usize = MAGIC.len() + 32 + 32;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use wasmtime::Module;
 
 use crate::config::Compiler;
+use crate::wasm::abi::Callables;
 use crate::wasm::abi::DISPATCH;
-use crate::wasm::dispatch::Callables;
 use crate::wasm::split;
 
 /// Bytes of machine code of one module.

@@ -24,8 +24,9 @@ use crate::background::Background;
 use crate::config::{Compiler, NodeConfig};
 use crate::error::NodeError;
 use crate::reason::Reason;
+use crate::wasm::abi::Callables;
 use crate::wasm::component;
-use crate::wasm::dispatch::{self, Callables};
+use crate::wasm::dispatch;
 use crate::wasm::split;
 use crate::wasm::text::Texts;
 

@@ -51,7 +51,7 @@ pub(crate) struct ModuleStep {
 
 struct Staged {
     version: Arc<Version>,
-    callables: crate::wasm::dispatch::Callables,
+    callables: crate::wasm::abi::Callables,
     compiled: bool,
     /// Pieces to compile after the swap ([`crate::engine::Loaded::later`]).
     later: Option<crate::wasm::split::Split>,

@@ -7,8 +7,6 @@
 use rustc_hash::FxHashMap;
 use wasmtime::{ExternType, FuncType, Module, ValType};
 
-use super::dispatch::Callables;
-
 /// The import module every import must come from.
 pub const IMPORT_MODULE: &str = "zest";
 
@@ -41,6 +39,9 @@ const RESERVED: [(&str, &str); 6] = [
     ("zest_state_save", "() -> i64"),
     ("zest_code_change", CALLABLE),
 ];
+
+/// The names of a build's callables, in dispatch order (`dispatch.rs`).
+pub(crate) type Callables = std::sync::Arc<[Box<str>]>;
 
 /// What a valid module exports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -31,9 +31,6 @@ pub(crate) const TYPE_ENTRY: [u8; 7] = [0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x01, 0x7e
 /// How many callables one dispatcher function switches over.
 const CHUNK: usize = 256;
 
-/// The names of a build's callables, in dispatch order.
-pub(crate) type Callables = std::sync::Arc<[Box<str>]>;
-
 /// A module rewritten for dispatch: its bytes, and its callables' names in
 /// dispatch order (empty, and the bytes unchanged, when it has none).
 #[derive(Debug)]
