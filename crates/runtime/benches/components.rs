@@ -5,9 +5,10 @@
 //! - call overhead: `echo` of a short string and `add` of two integers on a
 //!   component, over JSON (`Node::call`) and typed (`Node::call_typed`),
 //!   against the core module's `echo` over JSON (the call every guest had
-//!   before components);
-//! - reload latency: a new build of the component, cold (compiled) and warm
-//!   (its machine code in memory), against the same for a core module;
+//!   before components), and wasmtime's own typed call with no node around it;
+//! - reload latency, file changed → next call served: a new build of the
+//!   component, cold (compiled) and warm (its machine code in memory), against
+//!   the same for a core module and the BEAM's code server (`beam/mod.rs`);
 //! - process migration: 1,000 processes moved core → component → core,
 //!   against core → core.
 //!
@@ -17,7 +18,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use zest_runtime::wasmtime::component::{Component, Linker};
+use zest_runtime::wasmtime::{Engine, Store};
 use zest_runtime::{Node, NodeConfig, ReloadOptions, Status};
+
+mod beam;
+use beam::{Beam, BEAM_RELOAD_MS};
 
 const KEEPER: &str = include_str!("../tests/node/components/keeper.wat");
 
@@ -113,6 +119,7 @@ fn calls_section(quick: bool) {
                 std::hint::black_box(out);
             }),
         ),
+        ("wasmtime alone: component `add`, typed, one instance", wasmtime_floor(rounds)),
     ];
     println!("## Call overhead (one thread, an idle instance reused)\n");
     println!("| call | ns | / core JSON call |\n|---|---|---|");
@@ -122,14 +129,36 @@ fn calls_section(quick: bool) {
     println!();
 }
 
-/// The median time, in ms, of `rounds` reloads of module `name` from `path`,
-/// each with a build `write(round)` never seen before (cold) or one of two
-/// builds seen before (warm).
-fn reloads(node: &Node, name: &str, path: &std::path::Path, rounds: u32, write: impl Fn(u32) -> String) -> (f64, f64) {
+/// What a component call costs in wasmtime itself: `keeper`'s `add` through a
+/// `TypedFunc` looked up once, on one instance, with no node around it (no
+/// version to find, no instance pool, no deadline, no call counts).
+fn wasmtime_floor(rounds: usize) -> f64 {
+    let engine = Engine::default();
+    let component = Component::new(&engine, wat::parse_str(component(1)).unwrap()).unwrap();
+    let mut store = Store::new(&engine, ());
+    let instance = Linker::new(&engine).instantiate(&mut store, &component).unwrap();
+    let add = instance.get_typed_func::<(u32, u32), (u32,)>(&mut store, "add").unwrap();
+    per_call(rounds, || {
+        std::hint::black_box(add.call(&mut store, (2, 3)).unwrap());
+    })
+}
+
+/// The median time, in ms, of `rounds` reloads of module `name` from `path`
+/// and its next call of `echo` with `args` (the BEAM's protocol), each with a
+/// build `write(round)` never seen before (cold) or one of two builds seen
+/// before (warm).
+fn reloads(
+    node: &Node,
+    (name, args): (&str, &str),
+    path: &std::path::Path,
+    rounds: u32,
+    write: impl Fn(u32) -> String,
+) -> (f64, f64) {
     let time = |text: String| {
         std::fs::write(path, text).unwrap();
         let started = Instant::now();
         let result = node.reload_module(name, &ReloadOptions::default());
+        node.call(name, "echo", args).unwrap();
         let ms = started.elapsed().as_secs_f64() * 1e3;
         assert_eq!(result.status(), Status::Ok, "{result:#?}");
         node.settle();
@@ -144,12 +173,25 @@ fn reload_section(quick: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let (node, core, keeper) = both(&tmp);
     let rounds = if quick { 9 } else { 31 };
-    let (core_cold, core_warm) = reloads(&node, "core", &core, rounds, core_module);
-    let (cold, warm) = reloads(&node, "keeper", &keeper, rounds, component);
-    println!("## Reload latency (file changed → reload answered; Winch first, as `auto` does)\n");
-    println!("| build | component | core module | ratio |\n|---|---|---|---|");
-    println!("| new (compiled) | {cold:.2} ms | {core_cold:.2} ms | {:.2} |", cold / core_cold);
-    println!("| seen before (in memory) | {warm:.2} ms | {core_warm:.2} ms | {:.2} |\n", warm / core_warm);
+    let (core_cold, core_warm) = reloads(&node, ("core", r#""hi""#), &core, rounds, core_module);
+    let (cold, warm) = reloads(&node, ("keeper", r#"["hi"]"#), &keeper, rounds, component);
+    // The BEAM reloading a module of 10 functions (keeper has 9 exports).
+    let (beam_ms, beam_source) = match Beam::find() {
+        Some(beam) => (
+            median(&mut beam.samples(10, rounds as usize).iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()),
+            "run now",
+        ),
+        None => (BEAM_RELOAD_MS[0].1, "measured 2026-11-25"),
+    };
+    println!("## Reload latency (file changed → the next call served by the new build; Winch first, as `auto` does)\n");
+    println!("The BEAM's code server reloading a module of 10 functions ({beam_source}): {beam_ms:.2} ms.\n");
+    println!("| build | component | core module | component / core | component / BEAM |\n|---|---|---|---|---|");
+    println!("| new (compiled) | {cold:.2} ms | {core_cold:.2} ms | {:.2} | {:.2} |", cold / core_cold, cold / beam_ms);
+    println!(
+        "| seen before (in memory) | {warm:.2} ms | {core_warm:.2} ms | {:.2} | {:.2} |\n",
+        warm / core_warm,
+        warm / beam_ms
+    );
 }
 
 /// The demo's counter with version `vsn`.
