@@ -84,6 +84,23 @@ fn the_deadline_covers_nested_calls() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// An idle node's epoch ticker slows down; a call that starts then still gets
+/// its whole deadline (the clock is brought up to the time), and no more.
+#[test]
+fn a_call_on_a_node_idle_for_a_while_gets_its_whole_deadline() {
+    let fx = Fixture::with_limits(limits(200, 64, 5000));
+    fx.load("faulty", &faulty());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let err = fx.node.call("faulty", "spin", "null").unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, CallError::Timeout { timeout_ms: 200, .. }), "{err}");
+        assert!(took >= Duration::from_millis(195), "stopped early, after {took:?}");
+        assert!(took < Duration::from_secs(1), "stopped late, after {took:?}");
+    }
+}
+
 #[test]
 fn call_chains_deeper_than_the_limit_fail_cleanly() {
     let fx = Fixture::new();
