@@ -10,7 +10,7 @@
 //! waiting for it (*architecture invariant*: an old version lives only while
 //! something runs on it).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
@@ -26,7 +26,7 @@ use crate::error::CallError;
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    slots: ArcSwap<HashMap<Box<str>, Arc<Slot>>>,
+    slots: ArcSwap<FxHashMap<Box<str>, Arc<Slot>>>,
     /// Serialises changes to the map itself (adding a module); never taken by calls.
     edit: Mutex<()>,
 }
@@ -147,7 +147,7 @@ impl Registry {
             canary: ArcSwapOption::empty(),
             old: Mutex::new(Vec::new()),
         });
-        let mut slots = HashMap::clone(&self.slots.load());
+        let mut slots = FxHashMap::clone(&self.slots.load());
         slots.insert(name.into(), Arc::clone(&slot));
         self.slots.store(Arc::new(slots));
         slot
@@ -157,7 +157,7 @@ impl Registry {
     /// request that failed).
     pub(crate) fn remove(&self, name: &str) {
         let _edit = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut slots = HashMap::clone(&self.slots.load());
+        let mut slots = FxHashMap::clone(&self.slots.load());
         slots.remove(name);
         self.slots.store(Arc::new(slots));
     }
