@@ -346,5 +346,16 @@ fn a_real_prometheus_scraping_three_members_answers_the_documented_queries() {
         let (_, text) = fleet.member(id).get("/metrics", Some(READER));
         assert_promtool_passes(id, &text);
     }
+    // The dashboard's queries are the documented ones, and Prometheus runs each.
+    let dashboard: Value = serde_json::from_str(include_str!("../../../docs/grafana.json")).unwrap();
+    let docs = include_str!("../../../docs/control.md");
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(!panels.is_empty());
+    for panel in panels {
+        let expr = panel["targets"][0]["expr"].as_str().unwrap();
+        assert!(docs.contains(&format!("`{}`", expr.replace('|', "\\|"))), "docs/control.md lists {expr}");
+        let answer = prometheus.query(expr);
+        assert!(!answer.is_empty(), "{expr} answers something after the scenario");
+    }
     eprintln!("reload durations (ms): {durations:?}; p99 {p99} s; the test took {:?}", began.elapsed());
 }
