@@ -115,14 +115,14 @@ impl Cluster {
         rollback: bool,
     ) -> Result<(), Box<ReloadResult>> {
         count_member(request_id, MemberStep::Prepare);
-        let staged = self.stage_counted(request_id, token, blueprint, sources, rollback);
-        if let Err(cause) = &staged {
-            count_member(request_id, MemberStep::Abort(cause.0));
-        }
-        staged.map_err(|(_, result)| result)
+        self.stage_plan(request_id, token, blueprint, sources, rollback).map_err(|(cause, result)| {
+            count_member(request_id, MemberStep::Abort(cause));
+            result
+        })
     }
 
-    fn stage_counted(
+    /// [`Cluster::stage`]'s work: what failed, and why, as the abort counts it.
+    fn stage_plan(
         &self,
         request_id: &str,
         token: i64,
