@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need when it
 # is missing (a wasm32-capable rustc for the guest SDK tests, etcd for the
-# cluster tests, Chromium and its WebDriver for the dashboard's browser test),
+# cluster tests, Chromium and its WebDriver for the dashboard's browser test,
+# Prometheus and promtool for the metrics tests),
 # then checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,9 @@ if [ ! -x /usr/bin/etcd ]; then
 fi
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   packages+=(chromium chromium-driver)
+fi
+if [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/prometheus ]; then
+  packages+=(prometheus)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   echo "==> installing what the tests need (Debian: ${packages[*]})"

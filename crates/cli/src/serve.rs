@@ -16,11 +16,6 @@ use zest_control::config::ServeConfig;
 use zest_control::server;
 use zest_control::wire::Nodes;
 
-/// Buckets of every duration histogram (`zest_reload_duration_seconds`, …),
-/// in seconds: histograms, unlike summaries, add up across members.
-const DURATION_BUCKETS: [f64; 18] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0];
-
 use crate::CliError;
 
 /// How often the metrics recorder drains its histogram samples.
@@ -54,10 +49,13 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
     })
     .map_err(|err| CliError::Failed(err.to_string()))?;
     let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&DURATION_BUCKETS)
+        .set_buckets(&zest_runtime::telemetry::DURATION_BUCKETS)
         .map_err(|err| CliError::Failed(format!("cannot configure the metrics buckets: {err}")))?;
     let metrics = match builder.install_recorder() {
-        Ok(handle) => Some(handle),
+        Ok(handle) => {
+            zest_runtime::telemetry::describe(config.cluster.is_some());
+            Some(handle)
+        }
         Err(err) => {
             tracing::warn!(%err, "metrics are not recorded");
             None

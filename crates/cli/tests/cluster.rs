@@ -85,9 +85,17 @@ fn one_reload_reaches_every_member_through_prepare_and_commit() {
     let names = events.until("zest.cluster.commit");
     assert!(names.contains(&"zest.cluster.prepare".to_string()), "{names:?}");
     let (_, metrics) = a.get("/metrics", Some(READER));
-    assert!(metrics.contains("zest_cluster_prepares_total 1"), "{metrics}");
-    assert!(metrics.contains("zest_cluster_commits_total 1"), "{metrics}");
-    assert!(metrics.contains("zest_reload_duration_seconds_bucket{kind=\"module\",le=\"0.005\"}"), "{metrics}");
+    assert!(metrics.contains("zest_cluster_prepares_total{role=\"coordinator\"} 1"), "{metrics}");
+    assert!(metrics.contains("zest_cluster_commits_total{role=\"coordinator\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("zest_reload_duration_seconds_bucket{kind=\"module\",role=\"coordinator\",le=\"0.005\"}"),
+        "{metrics}"
+    );
+    // Each target counts its part too.
+    let (_, metrics) = fleet.member("b").get("/metrics", Some(READER));
+    assert!(metrics.contains("zest_cluster_prepares_total{role=\"member\"} 1"), "{metrics}");
+    assert!(metrics.contains("zest_cluster_commits_total{role=\"member\"} 1"), "{metrics}");
+    assert!(metrics.contains("zest_reloads_total{kind=\"module\",status=\"ok\",role=\"member\"} 1"), "{metrics}");
 
     // Listed members only: a canary on b.
     fleet.set_clock("a", "1.0.2");
@@ -197,7 +205,8 @@ fn a_member_that_stops_answering_aborts_the_reload_on_every_member() {
         assert_eq!(fleet.vsn(id, "clock"), "1.0.0", "member {id} swapped nothing");
     }
     let (_, metrics) = fleet.member("a").get("/metrics", Some(READER));
-    assert!(metrics.contains("zest_cluster_aborts_total{reason=\"prepare_failed\"} 1"), "{metrics}");
+    let aborted = "zest_cluster_aborts_total{reason=\"node_unreachable\",role=\"coordinator\"} 1";
+    assert!(metrics.contains(aborted), "{metrics}");
     // Nothing was left holding a lock or a process: the next reload runs.
     let again = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 10000}));
     assert_eq!(again["status"], "ok", "{again}");

@@ -189,12 +189,12 @@ fn token_scopes_decide_what_each_caller_may_do_over_http_and_websocket() {
     assert_eq!(node.get("/metrics", None).0, 401);
     let (status, metrics) = node.get("/metrics", Some("reader-secret"));
     assert_eq!(status, 200);
-    assert!(metrics.contains(r#"zest_reloads_total{kind="module",status="ok"} 1"#), "{metrics}");
-    // Calls are counted per module and vsn (front calls clock), in one family.
-    assert_eq!(metrics.matches("\n\n# TYPE zest_calls_total counter\n").count(), 1, "{metrics}");
+    assert!(metrics.contains(r#"zest_reloads_total{kind="module",status="ok",role="coordinator"} 1"#), "{metrics}");
+    // Calls are counted per module and place (front calls clock), in one family.
+    assert_eq!(metrics.matches("\n# TYPE zest_calls_total counter\n").count(), 1, "{metrics}");
     for module in ["front", "clock"] {
-        let answered = format!("zest_calls_total{{module=\"{module}\",vsn=\"");
-        let line = metrics.lines().find(|l| l.starts_with(&answered) && l.contains("outcome=\"ok\"} "));
+        let answered = format!("zest_calls_total{{module=\"{module}\",version=\"current\",outcome=\"ok\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&answered));
         let count: u64 = line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0);
         assert!(count >= 1, "{module}'s answered calls are counted:\n{metrics}");
     }

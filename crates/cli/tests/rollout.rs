@@ -150,9 +150,16 @@ fn a_trial_reverts_a_failing_build_and_the_metrics_count_calls_by_version() {
     let history = node.rpc("system.history", json!({"module": "clock"}))["result"]["entries"].clone();
     assert_eq!(history[0]["action"], "revert");
     let (_, metrics) = node.get("/metrics", Some(&node.token.clone()));
-    let line = format!("zest_calls_total{{module=\"clock\",vsn=\"{broken}\",outcome=\"failed\"}}");
-    assert!(metrics.lines().any(|l| l.starts_with(&line)), "{metrics}");
-    assert!(metrics.contains("zest_calls_total{module=\"front\""), "{metrics}");
+    // The broken build's failures counted while it was current.
+    let value = |line: &str| -> u64 {
+        let found = metrics.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("{line}: {metrics}"));
+        found.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("zest_calls_total{module=\"clock\",version=\"current\",outcome=\"failed\"}") >= 5, "{metrics}");
+    assert!(value("zest_calls_total{module=\"front\",version=\"current\",outcome=\"ok\"}") >= 1, "{metrics}");
+    let info = format!("zest_module_version_info{{module=\"clock\",version=\"current\",vsn=\"{broken}\"}} 1");
+    assert!(metrics.contains(&info), "the build reverted to has the broken one's vsn: {metrics}");
+    assert!(metrics.contains("zest_reload_reverts_total{kind=\"module\"} 1"), "{metrics}");
 }
 
 #[test]

@@ -70,7 +70,7 @@ pub struct Cluster {
     /// Plans prepared for a coordinator, by request id, until it decides.
     pending: Mutex<HashMap<String, Pending>>,
     /// Requests aborted before this member prepared them (newest last).
-    aborted: Mutex<std::collections::VecDeque<String>>,
+    aborted: Mutex<std::collections::VecDeque<(String, zest_runtime::telemetry::AbortCause)>>,
     /// Requests this member applied on its own (their coordinator went silent
     /// after committing), with its result once done (newest last): a late
     /// `cluster.commit` is answered with it.

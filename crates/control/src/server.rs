@@ -34,7 +34,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tower::{Layer, Service};
-use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError};
+use zest_runtime::{CallError, LockError, Node, ProcessError, ReloadError, Serving};
 
 use crate::auth::{bearer, Caller, Scope, Tokens};
 use crate::cluster::{Cluster, Refusal};
@@ -771,25 +771,47 @@ async fn read_body(body: HttpBody, limit: usize) -> Result<Vec<u8>, HttpResponse
     }
 }
 
-/// Appends `zest_calls_total{module,vsn,outcome}` from the node's ledger (the
+/// Appends `zest_calls_total{module,version,outcome}` and
+/// `zest_module_version_info{module,version,vsn}` from the node's ledger (the
 /// runtime counts calls with plain atomics). Written here rather than through
-/// the recorder, which keeps every series it was ever given: the ledger
-/// forgets the counts of builds long retired, and their series end with them.
+/// the recorder, which keeps every series it was ever given: an info series
+/// ends with its build, and a module's counts with the ledger's last memory of it.
 fn push_call_counts(text: &mut String, node: &Node) {
     use std::fmt::Write;
-    let counts = node.call_counts();
-    if counts.is_empty() {
+    let modules = node.call_counts();
+    if modules.is_empty() {
         return;
     }
     if !text.is_empty() && !text.ends_with("\n\n") {
         text.push('\n');
     }
-    text.push_str("# TYPE zest_calls_total counter\n");
-    for (module, vsn, ok, failed) in counts {
-        for (outcome, value) in [("ok", ok), ("failed", failed)] {
-            let (module, vsn) = (label_value(&module), label_value(&vsn));
+    text.push_str(
+        "# HELP zest_calls_total Calls of each module that ended, by the place of the build that ran them \
+         (version: current, canary, old) and outcome (ok, failed); a module called by another counts too.\n\
+         # TYPE zest_calls_total counter\n",
+    );
+    for calls in &modules {
+        let module = label_value(&calls.module);
+        for (place, (ok, failed)) in Serving::ALL.iter().zip(calls.counts) {
+            for (outcome, value) in [("ok", ok), ("failed", failed)] {
+                let place = place.as_str();
+                let _ = writeln!(
+                    text,
+                    "zest_calls_total{{module=\"{module}\",version=\"{place}\",outcome=\"{outcome}\"}} {value}"
+                );
+            }
+        }
+    }
+    text.push_str(
+        "\n# HELP zest_module_version_info The vsn of each build a module runs now, by place (current, canary, old); \
+         always 1.\n# TYPE zest_module_version_info gauge\n",
+    );
+    for calls in &modules {
+        let module = label_value(&calls.module);
+        for (place, vsn) in &calls.versions {
+            let (place, vsn) = (place.as_str(), label_value(vsn));
             let _ =
-                writeln!(text, "zest_calls_total{{module=\"{module}\",vsn=\"{vsn}\",outcome=\"{outcome}\"}} {value}");
+                writeln!(text, "zest_module_version_info{{module=\"{module}\",version=\"{place}\",vsn=\"{vsn}\"}} 1");
         }
     }
 }
@@ -814,7 +836,7 @@ fn artifact(node: &Node, caller: &Caller, sha256: &str) -> HttpResponse {
         Some(bytes) => {
             // How often this node served a build to another member: the
             // coordinator's share of a fleet's fetches (docs/cluster.md).
-            metrics::counter!("zest_cluster_builds_served_total").increment(1);
+            metrics::counter!(zest_runtime::telemetry::BUILDS_SERVED).increment(1);
             respond(http::StatusCode::OK, "application/octet-stream", bytes.to_vec())
         }
         None => respond(http::StatusCode::NOT_FOUND, "text/plain", "this node holds no build with that sha256\n"),

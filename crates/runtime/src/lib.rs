@@ -55,6 +55,7 @@ pub use wasm::abi;
 pub use abi::Signature;
 pub use app::{AppManifest, ManifestError};
 pub use code::host::{Capabilities, HostState};
+pub use code::ledger::{ModuleCalls, Serving};
 pub use compile::CompileReport;
 pub use config::ExtensionsConfig;
 pub use config::RestartPolicy;

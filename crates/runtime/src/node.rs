@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{ComponentNamedList, Lift, Lower};
@@ -11,6 +11,7 @@ use wasmtime::component::{ComponentNamedList, Lift, Lower};
 use crate::build::app::AppManifest;
 use crate::build::extension::ExtensionRecord;
 use crate::code::host::{CallCtx, Capabilities};
+use crate::code::ledger::ModuleCalls;
 use crate::code::process::ProcessStatus;
 use crate::config::NodeConfig;
 use crate::error::{CallError, NodeError, ProcessError};
@@ -22,7 +23,7 @@ use crate::reload::{
 use crate::state::Shared;
 use crate::store::artifact::{parse_sha256, Bytes};
 use crate::store::history::HistoryEntry;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Role, Telemetry};
 use crate::wasm::abi::Signature;
 
 pub use crate::code::version::{BuildKind, VersionInfo};
@@ -154,6 +155,7 @@ impl Node {
     /// telemetry operation. Errors only when it cannot run at all: the lock is
     /// held past `lock_timeout` (`CONFLICT`).
     pub fn reload(&self, request: &ReloadRequest) -> Result<ReloadResult, ReloadError> {
+        let since = Instant::now();
         let session = self.session(request.options.lock_timeout, request.request_id.as_deref())?;
         let (kind, target) = match &request.scope {
             Scope::Module(name) => (Kind::Module, name.clone()),
@@ -162,17 +164,20 @@ impl Node {
             Scope::All(_) => (Kind::System, "system".to_string()),
         };
         let request_id = session.request_id().to_string();
-        Ok(self.shared.telemetry.step(kind, &target, &request_id, || session.plan(request).run()))
+        let telemetry = &self.shared.telemetry;
+        Ok(telemetry.step_since(Role::Coordinator, since, kind, &target, &request_id, || session.plan(request).run()))
     }
 
     /// Runs one `system.rollback` request (CONTRACT.md §11) as one telemetry
     /// operation: an earlier build becomes current by every rule of a reload.
     /// Errors only when the lock is held past `lock_timeout` (`CONFLICT`).
     pub fn rollback(&self, request: &RollbackRequest) -> Result<ReloadResult, ReloadError> {
+        let since = Instant::now();
         let session = self.session(request.options.lock_timeout, request.request_id.as_deref())?;
         let (kind, target) = request.kind_and_target();
         let request_id = session.request_id().to_string();
-        Ok(self.shared.telemetry.step(kind, &target, &request_id, || session.rollback(request)))
+        let telemetry = &self.shared.telemetry;
+        Ok(telemetry.step_since(Role::Coordinator, since, kind, &target, &request_id, || session.rollback(request)))
     }
 
     /// Runs one `system.promote` request: the canary of a module (or of every
@@ -231,6 +236,7 @@ impl Node {
     /// as long as it takes, then runs the plan between its telemetry events. A
     /// lock that cannot be had at all is a `timeout` error.
     fn with_lock_waited(&self, kind: Kind, target: &str, work: Work<'_>, options: &ReloadOptions) -> ReloadResult {
+        let since = Instant::now();
         let session = match self.session(Duration::MAX, None) {
             Ok(session) => session,
             Err(err) => {
@@ -240,7 +246,8 @@ impl Node {
             }
         };
         let request_id = session.request_id().to_string();
-        self.shared.telemetry.step(kind, target, &request_id, || session.stage(work, options).run())
+        let telemetry = &self.shared.telemetry;
+        telemetry.step_since(Role::Coordinator, since, kind, target, &request_id, || session.stage(work, options).run())
     }
 
     /// A request id no other request of this node carries (`r1`, `r2`, …).
@@ -258,11 +265,13 @@ impl Node {
         self.shared.history.list(module, limit)
     }
 
-    /// Calls of each (module, vsn) that a loaded version runs, and of the 256
-    /// most recently retired, as they ended: `(module, vsn, answered, failed)`
-    /// (`zest_calls_total`; each only grows while it is listed).
-    pub fn call_counts(&self) -> Vec<(String, String, u64, u64)> {
-        self.shared.env.ledger.all()
+    /// Each loaded module's calls since the node started, by the place
+    /// (current, canary, old) of the build that ran them and by outcome, with
+    /// the builds in each place now (`zest_calls_total` and
+    /// `zest_module_version_info`; each count only grows). A module
+    /// unloaded stays listed while the ledger keeps any of its counts.
+    pub fn call_counts(&self) -> Vec<ModuleCalls> {
+        self.shared.module_calls()
     }
 
     /// Waits until the writes that follow earlier swaps are on disk: compile

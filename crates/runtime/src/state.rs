@@ -13,6 +13,7 @@ use crate::background::Background;
 use crate::build::app::AppManifest;
 use crate::build::extension::{Extensions, RustBuilds};
 use crate::code::host::{Callee, Capabilities, Env, Linkers};
+use crate::code::ledger::{ModuleCalls, Serving};
 use crate::code::process::{Process, ProcessTable};
 use crate::code::registry::Registry;
 use crate::code::version::Version;
@@ -134,6 +135,43 @@ impl Shared {
             Some(id) => id.to_string(),
             None => self.next_request_id(),
         }
+    }
+
+    /// Where a build of `module` with `vsn` serves now.
+    fn serving(&self, module: &str, vsn: &str) -> Option<Serving> {
+        let slot = self.registry.slot(module)?;
+        if slot.current().info.vsn == vsn {
+            return Some(Serving::Current);
+        }
+        slot.canary().filter(|canary| canary.version.info.vsn == vsn).map(|_| Serving::Canary)
+    }
+
+    /// Hands the calls made so far to the places their builds hold now: done
+    /// before places change (a commit, a settle), so each call counts under
+    /// the place its build held when it ran.
+    pub(crate) fn place_calls(&self) {
+        self.env.ledger.place(&|module, vsn| self.serving(module, vsn));
+    }
+
+    /// Each module's calls by place, and its builds by place
+    /// (`zest_calls_total`, `zest_module_version_info`).
+    pub(crate) fn module_calls(&self) -> Vec<ModuleCalls> {
+        let loaded = self
+            .registry
+            .modules()
+            .into_iter()
+            .map(|(name, slot)| {
+                let mut versions = vec![(Serving::Current, slot.current().info.vsn.clone())];
+                versions.extend(slot.canary().map(|canary| (Serving::Canary, canary.version.info.vsn.clone())));
+                let mut old: Vec<String> = slot.old_versions().into_iter().map(|old| old.vsn).collect();
+                // Two old builds of one vsn are one series.
+                old.sort_unstable();
+                old.dedup();
+                versions.extend(old.into_iter().map(|vsn| (Serving::Old, vsn)));
+                (name, versions)
+            })
+            .collect();
+        self.env.ledger.module_calls(loaded, &|module, vsn| self.serving(module, vsn))
     }
 
     /// A request id no other request of this node carries (`r1`, `r2`, …).

@@ -5,14 +5,17 @@
 //! - a broadcast feed ([`Telemetry::subscribe`]) that the control plane exposes
 //!   over WebSocket;
 //! - `tracing` (target `zest::reload`);
-//! - the `metrics` facade: `zest_reloads_total{kind,status}` and
-//!   `zest_reload_duration_seconds{kind}`, which a Prometheus exporter serves.
+//! - the `metrics` facade: `zest_reloads_total{kind,status,role}` and
+//!   `zest_reload_duration_seconds{kind,role}`, which a Prometheus exporter
+//!   serves ([`METRICS`] lists every metric with its help text; [`describe`]
+//!   gives them to the recorder and makes their series exist at 0).
 //!
 //! Besides the three reload events, `zest.build.output` carries each line a build
 //! prints (`compile: true`) as it arrives, so a client can stream it, and the
 //! coordinator of a cluster reload emits `zest.cluster.prepare`, `.commit` and
 //! `.abort` (counted as `zest_cluster_prepares_total`, `zest_cluster_commits_total`
-//! and `zest_cluster_aborts_total{reason}`).
+//! and `zest_cluster_aborts_total{reason}`, with `role="coordinator"`); a target
+//! counts its own part with [`count_member`] (`role="member"`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +26,7 @@ use tokio::sync::broadcast;
 
 use crate::reason::{Failure, Reason};
 pub use crate::report::Stream;
-use crate::report::{Kind, ReloadResult, Status};
+use crate::report::{Kind, Phase, ReloadResult, Status};
 
 /// How many events the broadcast feed buffers for a slow subscriber before it
 /// starts missing the oldest (a subscriber is told how many it missed).
@@ -34,6 +37,9 @@ const FEED_CAPACITY: usize = 1024;
 pub struct Event {
     /// Increases by one with every event of this node.
     pub seq: u64,
+    /// Whether this node received the request or runs its part of another
+    /// member's.
+    pub role: Role,
     pub kind: Kind,
     /// The reload target (module, app, extension path, `server:module`, `system`).
     pub target: String,
@@ -62,7 +68,101 @@ pub enum EventBody {
     /// `zest.cluster.commit`: etcd recorded the request at this revision.
     ClusterCommit { nodes: Vec<String>, revision: i64 },
     /// `zest.cluster.abort`: nothing was swapped on any member, because of this.
-    ClusterAbort { nodes: Vec<String>, reason: Reason, message: String },
+    ClusterAbort { nodes: Vec<String>, reason: AbortCause, message: String },
+}
+
+/// Which side of a request a node's events and metrics come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The node received the request (every reload of a standalone node, a
+    /// watch reload, a trial's revert, the coordinator of a cluster reload).
+    Coordinator,
+    /// The node runs its part of a cluster reload another member coordinates,
+    /// or catches up with what the cluster committed.
+    Member,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Coordinator, Role::Member];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Member => "member",
+        }
+    }
+}
+
+/// Why a cluster reload was aborted: `metadata.reason` of `zest.cluster.abort`
+/// and the `reason` of `zest_cluster_aborts_total`. A closed set, so that each
+/// cause is its own series and they add up to the aborts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortCause {
+    /// The coordinator's own build (read, compile, validate) failed: nothing
+    /// was sent to prepare, or the request is atomic.
+    BuildFailed,
+    /// A target answered that it could not stage the builds (or, counted by a
+    /// target, this member could not).
+    PrepareFailed,
+    /// A target did not answer its prepare in time.
+    NodeUnreachable,
+    /// The coordinator lost its lock's lease before the commit (counted by a
+    /// target: the coordinator's lock went away without a commit).
+    LeaseLost,
+    /// etcd could not be reached to check the lock or to commit.
+    ClusterUnavailable,
+    /// A target's prepared plan got no decision by its deadline.
+    Timeout,
+}
+
+impl AbortCause {
+    pub const ALL: [AbortCause; 6] = [
+        AbortCause::BuildFailed,
+        AbortCause::PrepareFailed,
+        AbortCause::NodeUnreachable,
+        AbortCause::LeaseLost,
+        AbortCause::ClusterUnavailable,
+        AbortCause::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortCause::BuildFailed => "build_failed",
+            AbortCause::PrepareFailed => "prepare_failed",
+            AbortCause::NodeUnreachable => "node_unreachable",
+            AbortCause::LeaseLost => "lease_lost",
+            AbortCause::ClusterUnavailable => "cluster_unavailable",
+            AbortCause::Timeout => "timeout",
+        }
+    }
+
+    /// The cause `name` stands for (what a coordinator sends its targets).
+    pub fn parse(name: &str) -> Option<AbortCause> {
+        AbortCause::ALL.into_iter().find(|cause| cause.as_str() == name)
+    }
+
+    /// The §5.1 reason that a result reports for this cause.
+    pub fn reason(self) -> Reason {
+        match self {
+            AbortCause::BuildFailed | AbortCause::PrepareFailed => Reason::PrepareFailed,
+            AbortCause::NodeUnreachable => Reason::NodeUnreachable,
+            AbortCause::LeaseLost => Reason::LeaseLost,
+            AbortCause::ClusterUnavailable => Reason::ClusterUnavailable,
+            AbortCause::Timeout => Reason::Timeout,
+        }
+    }
+}
+
+/// One step of a cluster reload as a target counts it (`role="member"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberStep {
+    /// A `cluster.prepare` this member began to stage.
+    Prepare,
+    /// A prepared request this member committed (on the coordinator's word or
+    /// etcd's).
+    Commit,
+    /// A prepared request this member dropped, and why.
+    Abort(AbortCause),
 }
 
 impl Event {
@@ -135,10 +235,17 @@ impl Telemetry {
         self.feed.subscribe()
     }
 
-    /// Sends one event to every handler, subscriber, the log and the metrics.
+    /// Sends one event of a request this node received to every handler,
+    /// subscriber, the log and the metrics.
     pub fn emit(&self, kind: Kind, target: &str, request_id: &str, body: EventBody) {
+        self.emit_as(Role::Coordinator, kind, target, request_id, body);
+    }
+
+    /// [`Telemetry::emit`] for a node in `role`.
+    pub fn emit_as(&self, role: Role, kind: Kind, target: &str, request_id: &str, body: EventBody) {
         let event = Event {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            role,
             kind,
             target: target.to_string(),
             request_id: request_id.to_string(),
@@ -154,8 +261,9 @@ impl Telemetry {
         let _ = self.feed.send(event);
     }
 
-    /// Runs one reload step between a `start` and a `stop` event. A panic inside
-    /// the step becomes an `exception` event and an `internal_error` in the result.
+    /// Runs one reload step of a request this node received between a `start`
+    /// and a `stop` event, timed from now. A panic inside the step becomes an
+    /// `exception` event and an `internal_error` in the result.
     pub fn step(
         &self,
         kind: Kind,
@@ -163,18 +271,33 @@ impl Telemetry {
         request_id: &str,
         step: impl FnOnce() -> ReloadResult,
     ) -> ReloadResult {
-        self.emit(kind, target, request_id, EventBody::Start { system_time: SystemTime::now() });
-        let started = Instant::now();
+        self.step_since(Role::Coordinator, Instant::now(), kind, target, request_id, step)
+    }
+
+    /// [`Telemetry::step`] for a node in `role`, timed from `since` (when the
+    /// request arrived, before it waited for the lock): the result's
+    /// `duration` and the `stop` event's (so the histogram's) are the same.
+    pub fn step_since(
+        &self,
+        role: Role,
+        since: Instant,
+        kind: Kind,
+        target: &str,
+        request_id: &str,
+        step: impl FnOnce() -> ReloadResult,
+    ) -> ReloadResult {
+        self.emit_as(role, kind, target, request_id, EventBody::Start { system_time: SystemTime::now() });
         match catch_unwind(AssertUnwindSafe(step)) {
-            Ok(result) => {
-                let body = EventBody::Stop { duration: started.elapsed(), status: result.status() };
-                self.emit(kind, target, request_id, body);
+            Ok(mut result) => {
+                result.duration = since.elapsed();
+                let body = EventBody::Stop { duration: result.duration, status: result.status() };
+                self.emit_as(role, kind, target, request_id, body);
                 result
             }
             Err(panic) => {
                 let error = panic_message(&panic);
-                let duration = started.elapsed();
-                self.emit(kind, target, request_id, EventBody::Exception { duration, error: error.clone() });
+                let duration = since.elapsed();
+                self.emit_as(role, kind, target, request_id, EventBody::Exception { duration, error: error.clone() });
                 let mut result = ReloadResult::new(kind, target);
                 result.errors.push(Failure::new(target, Reason::InternalError, format!("the step panicked: {error}")));
                 result.duration = duration;
@@ -194,33 +317,195 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// `zest_reloads_total{kind,status,role}`.
+pub const RELOADS: &str = "zest_reloads_total";
+/// `zest_reload_duration_seconds{kind,role}`.
+pub const RELOAD_SECONDS: &str = "zest_reload_duration_seconds";
+/// `zest_reload_reverts_total{kind}`.
+pub const REVERTS: &str = "zest_reload_reverts_total";
+/// `zest_cluster_prepares_total{role}`.
+pub const CLUSTER_PREPARES: &str = "zest_cluster_prepares_total";
+/// `zest_cluster_commits_total{role}`.
+pub const CLUSTER_COMMITS: &str = "zest_cluster_commits_total";
+/// `zest_cluster_aborts_total{reason,role}`.
+pub const CLUSTER_ABORTS: &str = "zest_cluster_aborts_total";
+/// `zest_cluster_reload_duration_seconds{phase}`.
+pub const CLUSTER_RELOAD_SECONDS: &str = "zest_cluster_reload_duration_seconds";
+/// `zest_cluster_builds_served_total`.
+pub const BUILDS_SERVED: &str = "zest_cluster_builds_served_total";
+
+/// The buckets of every duration histogram, in seconds (histograms, unlike
+/// summaries, add up across members). Chosen from measured reload times
+/// (`docs/control.md`, "Buckets"): a failed reload takes about 0.2 ms, a warm
+/// one 0.06–0.7 ms (14 ms at 10,000 functions), a cold one 1–110 ms (up to
+/// 1 s at 10,000 functions), a cluster reload of three members 6–20 ms, 0.2–2.2 s
+/// when every member compiles a large new build. So from 0.05 ms, no bucket
+/// more than 1.5 times the one below it between 0.1 and 100 ms (a quantile
+/// read from them is off by less than half of it), then coarser, with bounds
+/// just past the 5 s drain and 10 s prepare timeouts, which slow reloads sit
+/// on. Above 60 s (long builds) only `+Inf`.
+pub const DURATION_BUCKETS: [f64; 35] = [
+    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005,
+    0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0,
+    30.0, 60.0,
+];
+
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Histogram,
+}
+
+/// Every metric recorded through the `metrics` facade, with its type and
+/// help text (the `# HELP` line); `docs/control.md` ("Metrics") says the
+/// same at more length. A node's `/metrics` adds `zest_calls_total` and
+/// `zest_module_version_info`, written from the ledger.
+pub const METRICS: [(&str, MetricType, &str); 8] = [
+    (
+        RELOADS,
+        MetricType::Counter,
+        "Reload operations that ended (one per request, one more per child step of scope all), \
+         by kind, status (ok, partial, error, exception) and role (coordinator: this node received \
+         the request; member: its part of another member's cluster reload, or a catch-up).",
+    ),
+    (
+        RELOAD_SECONDS,
+        MetricType::Histogram,
+        "How long reload operations took, as their results' duration_ms says: from the request's \
+         arrival (before the lock) to its result, etcd and the other members included.",
+    ),
+    (
+        REVERTS,
+        MetricType::Counter,
+        "Reloads on trial that failed too often and were rolled back by the node itself \
+         (zest.reload.reverted), by kind.",
+    ),
+    (
+        CLUSTER_PREPARES,
+        MetricType::Counter,
+        "Cluster reloads that entered their two phases here: on the coordinator, each request it \
+         staged; on a member, each cluster.prepare it began to stage. Each ends in one commit or one abort.",
+    ),
+    (
+        CLUSTER_COMMITS,
+        MetricType::Counter,
+        "Cluster reloads committed: on the coordinator, etcd recorded them; on a member, it applied \
+         a prepared request.",
+    ),
+    (
+        CLUSTER_ABORTS,
+        MetricType::Counter,
+        "Cluster reloads aborted before any swap, by reason (build_failed, prepare_failed, \
+         node_unreachable, lease_lost, cluster_unavailable, timeout) and role.",
+    ),
+    (
+        CLUSTER_RELOAD_SECONDS,
+        MetricType::Histogram,
+        "Cluster reloads end to end on their coordinator, from the request's arrival to the \
+         answer of every target, by phase (committed, aborted).",
+    ),
+    (BUILDS_SERVED, MetricType::Counter, "Builds this member served to other members (GET /artifacts/<sha256>)."),
+];
+
+/// The kinds a reload event can have.
+const EVENT_KINDS: [Kind; 5] = [Kind::Module, Kind::App, Kind::Extension, Kind::CodeChange, Kind::System];
+
+/// The statuses `zest_reloads_total` counts: a result's, or `exception`.
+const STATUSES: [&str; 4] = ["ok", "partial", "error", "exception"];
+
+/// Gives every metric its help text and makes each series that can appear
+/// exist at 0, for the label values known in advance, so that `increase()`
+/// sees a series' first event (a series born at 1 hides it). The cluster
+/// metrics' series and the `member` role only when the node is a cluster member.
+/// Call it once the recorder is installed.
+pub fn describe(cluster: bool) {
+    for (name, kind, help) in METRICS {
+        match kind {
+            MetricType::Counter => metrics::describe_counter!(name, metrics::Unit::Count, help),
+            MetricType::Histogram => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
+        }
+    }
+    let roles: &[Role] = if cluster { &Role::ALL } else { &[Role::Coordinator] };
+    for kind in EVENT_KINDS.map(Kind::as_str) {
+        for role in roles.iter().map(|role| role.as_str()) {
+            for status in STATUSES {
+                metrics::counter!(RELOADS, "kind" => kind, "status" => status, "role" => role).increment(0);
+            }
+            // Registered, so rendered with empty buckets.
+            let _ = metrics::histogram!(RELOAD_SECONDS, "kind" => kind, "role" => role);
+        }
+        metrics::counter!(REVERTS, "kind" => kind).increment(0);
+    }
+    if !cluster {
+        return;
+    }
+    for role in Role::ALL.map(Role::as_str) {
+        metrics::counter!(CLUSTER_PREPARES, "role" => role).increment(0);
+        metrics::counter!(CLUSTER_COMMITS, "role" => role).increment(0);
+        for cause in AbortCause::ALL.map(AbortCause::as_str) {
+            metrics::counter!(CLUSTER_ABORTS, "reason" => cause, "role" => role).increment(0);
+        }
+    }
+    for phase in [Phase::Committed, Phase::Aborted].map(Phase::as_str) {
+        let _ = metrics::histogram!(CLUSTER_RELOAD_SECONDS, "phase" => phase);
+    }
+    metrics::counter!(BUILDS_SERVED).increment(0);
+}
+
+/// Counts one step of a cluster reload this member runs for a coordinator.
+pub fn count_member(request_id: &str, step: MemberStep) {
+    let role = Role::Member.as_str();
+    match step {
+        MemberStep::Prepare => {
+            tracing::debug!(target: "zest::cluster", request_id, "preparing");
+            metrics::counter!(CLUSTER_PREPARES, "role" => role).increment(1);
+        }
+        MemberStep::Commit => {
+            tracing::debug!(target: "zest::cluster", request_id, "committing");
+            metrics::counter!(CLUSTER_COMMITS, "role" => role).increment(1);
+        }
+        MemberStep::Abort(cause) => {
+            tracing::debug!(target: "zest::cluster", request_id, reason = cause.as_str(), "dropping a prepared request");
+            metrics::counter!(CLUSTER_ABORTS, "reason" => cause.as_str(), "role" => role).increment(1);
+        }
+    }
+}
+
+/// Times a cluster reload end to end on its coordinator.
+pub fn time_cluster_reload(duration: Duration, phase: Phase) {
+    metrics::histogram!(CLUSTER_RELOAD_SECONDS, "phase" => phase.as_str()).record(duration.as_secs_f64());
+}
+
 /// The `tracing` and `metrics` side of an event.
 fn record(event: &Event) {
     let (kind, target, request_id) = (event.kind.as_str(), event.target.as_str(), event.request_id.as_str());
+    let role = event.role.as_str();
     match &event.body {
         EventBody::Start { .. } => {
-            tracing::info!(target: "zest::reload", seq = event.seq, kind, reload_target = target, request_id, "reload started");
+            tracing::info!(target: "zest::reload", seq = event.seq, kind, reload_target = target, request_id, role,
+                "reload started");
         }
         EventBody::Stop { duration, status } => {
             let status = status.as_str();
             tracing::info!(
                 target: "zest::reload",
-                seq = event.seq, kind, reload_target = target, request_id, status,
+                seq = event.seq, kind, reload_target = target, request_id, role, status,
                 duration_ms = duration.as_secs_f64() * 1e3,
                 "reload finished"
             );
-            metrics::counter!("zest_reloads_total", "kind" => kind, "status" => status).increment(1);
-            metrics::histogram!("zest_reload_duration_seconds", "kind" => kind).record(duration.as_secs_f64());
+            metrics::counter!(RELOADS, "kind" => kind, "status" => status, "role" => role).increment(1);
+            metrics::histogram!(RELOAD_SECONDS, "kind" => kind, "role" => role).record(duration.as_secs_f64());
         }
         EventBody::Exception { duration, error } => {
             tracing::error!(
                 target: "zest::reload",
-                seq = event.seq, kind, reload_target = target, request_id, error,
+                seq = event.seq, kind, reload_target = target, request_id, role, error,
                 duration_ms = duration.as_secs_f64() * 1e3,
                 "reload step panicked"
             );
-            metrics::counter!("zest_reloads_total", "kind" => kind, "status" => "exception").increment(1);
-            metrics::histogram!("zest_reload_duration_seconds", "kind" => kind).record(duration.as_secs_f64());
+            metrics::counter!(RELOADS, "kind" => kind, "status" => "exception", "role" => role).increment(1);
+            metrics::histogram!(RELOAD_SECONDS, "kind" => kind, "role" => role).record(duration.as_secs_f64());
         }
         EventBody::BuildOutput { stream, line } => {
             tracing::debug!(target: "zest::build", request_id, stream = stream.as_str(), "{line}");
@@ -228,7 +513,7 @@ fn record(event: &Event) {
         EventBody::Reverted { calls, failures, status } => {
             tracing::warn!(target: "zest::reload", request_id, kind, reload_target = target, calls, failures,
                 status = status.as_str(), "reload reverted: its trial failed");
-            metrics::counter!("zest_reload_reverts_total", "kind" => kind).increment(1);
+            metrics::counter!(REVERTS, "kind" => kind).increment(1);
         }
         EventBody::Permanent { calls, failures } => {
             tracing::info!(target: "zest::reload", request_id, kind, reload_target = target, calls, failures,
@@ -236,15 +521,15 @@ fn record(event: &Event) {
         }
         EventBody::ClusterPrepare { nodes } => {
             tracing::info!(target: "zest::cluster", request_id, nodes = ?nodes, "cluster prepare");
-            metrics::counter!("zest_cluster_prepares_total").increment(1);
+            metrics::counter!(CLUSTER_PREPARES, "role" => role).increment(1);
         }
         EventBody::ClusterCommit { nodes, revision } => {
             tracing::info!(target: "zest::cluster", request_id, nodes = ?nodes, revision, "cluster commit");
-            metrics::counter!("zest_cluster_commits_total").increment(1);
+            metrics::counter!(CLUSTER_COMMITS, "role" => role).increment(1);
         }
         EventBody::ClusterAbort { nodes, reason, message } => {
             tracing::warn!(target: "zest::cluster", request_id, nodes = ?nodes, reason = reason.as_str(), message, "cluster abort");
-            metrics::counter!("zest_cluster_aborts_total", "reason" => reason.as_str()).increment(1);
+            metrics::counter!(CLUSTER_ABORTS, "reason" => reason.as_str(), "role" => role).increment(1);
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
+use zest_runtime::telemetry::{AbortCause, Role};
 use zest_runtime::{
     Blueprint, ClusterOutcome, EventBody, Failure, Kind, LockError, Phase, Plan, Reason, ReloadRequest, ReloadResult,
     RollbackRequest, Scope,
@@ -151,12 +152,24 @@ pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> R
     // Unique in the cluster, whichever member coordinates and however often
     // it restarts: the fencing token is.
     let request_id = work.request_id().cloned().unwrap_or_else(|| format!("{}-{token}", cluster.config.node));
-    let run =
-        Run { cluster, work, nodes, kind, target: target.clone(), request_id: request_id.clone(), token, targets };
-    let mut result = cluster.node.telemetry().step(kind, &target, &request_id, || run.coordinate());
-    result.duration = started.elapsed();
+    let run = Run {
+        cluster,
+        work,
+        nodes,
+        kind,
+        target: target.clone(),
+        request_id: request_id.clone(),
+        token,
+        targets,
+        prepared: std::cell::Cell::new(false),
+    };
+    let telemetry = cluster.node.telemetry();
+    let mut result = telemetry.step_since(Role::Coordinator, started, kind, &target, &request_id, || run.coordinate());
     result.metadata.rollback = work.is_rollback();
     drop(guard);
+    if let (true, Some(outcome)) = (run.prepared.get(), &result.metadata.cluster) {
+        zest_runtime::telemetry::time_cluster_reload(result.duration, outcome.phase);
+    }
     Ok(result)
 }
 
@@ -227,6 +240,9 @@ struct Run<'a> {
     request_id: String,
     token: i64,
     targets: Vec<MemberRecord>,
+    /// Set once the request entered its two phases (`zest.cluster.prepare`):
+    /// from then on it ends in one commit or one abort.
+    prepared: std::cell::Cell<bool>,
 }
 
 impl Run<'_> {
@@ -277,12 +293,16 @@ impl Run<'_> {
             cluster.state().diverged = true;
             return self.result(vec![node_child(self.me(), mine)], Phase::Committed, None);
         }
+        // Staged here (the coordinator's own prepare): from now on the request
+        // ends in one commit or one abort.
+        self.emit(EventBody::ClusterPrepare { nodes: self.ids() });
+        self.prepared.set(true);
         if plan.options().atomic {
             if let Some(because) = plan.staging_failures() {
                 let message = format!("not swapped: {because}, and the reload is atomic");
                 plan.abort(&message);
                 let mine = plan.finish();
-                self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: Reason::PrepareFailed, message });
+                self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: AbortCause::BuildFailed, message });
                 return self.coordinator_only(mine, local, Phase::Aborted);
             }
         }
@@ -292,7 +312,7 @@ impl Run<'_> {
             let message = plan.staging_failures().unwrap_or_else(|| "nothing to reload".into());
             plan.abort(&format!("not swapped: {message}"));
             let mine = plan.finish();
-            self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: Reason::PrepareFailed, message });
+            self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: AbortCause::BuildFailed, message });
             return self.coordinator_only(mine, local, Phase::Aborted);
         }
         let remote: Vec<MemberRecord> = self.targets.iter().filter(|m| m.node != self.me()).cloned().collect();
@@ -301,11 +321,10 @@ impl Run<'_> {
             Ok(true) => {}
             Ok(false) => {
                 let why = "the lock's lease was lost while this member staged the request";
-                return self.abort(plan, local, Vec::new(), Reason::LeaseLost, why);
+                return self.abort(plan, local, Vec::new(), AbortCause::LeaseLost, why);
             }
-            Err(err) => return self.abort(plan, local, Vec::new(), Reason::ClusterUnavailable, &err.to_string()),
+            Err(err) => return self.abort(plan, local, Vec::new(), AbortCause::ClusterUnavailable, &err.to_string()),
         }
-        self.emit(EventBody::ClusterPrepare { nodes: self.ids() });
         let outcomes = cluster.handle.block_on(self.prepare_all(&remote, &blueprint));
         let failed: Vec<String> = outcomes
             .iter()
@@ -315,8 +334,16 @@ impl Run<'_> {
             })
             .collect();
         if !failed.is_empty() {
+            // The first failure stopped the asking: it is the cause.
+            let cause = match outcomes.iter().find_map(|(_, outcome)| match outcome {
+                Prepared::No { reason, .. } => Some(*reason),
+                _ => None,
+            }) {
+                Some(Reason::NodeUnreachable) => AbortCause::NodeUnreachable,
+                _ => AbortCause::PrepareFailed,
+            };
             let why = failed.join("; ");
-            return self.abort(plan, local, outcomes, Reason::PrepareFailed, &why);
+            return self.abort(plan, local, outcomes, cause, &why);
         }
         let changes = changes_of(&blueprint);
         let listed: Option<Vec<String>> = match self.nodes {
@@ -326,7 +353,7 @@ impl Run<'_> {
         let before = if plan.options().atomic {
             match cluster.handle.block_on(cluster.store.current(&changes, listed.as_deref())) {
                 Ok(before) => before,
-                Err(err) => return self.abort(plan, local, outcomes, Reason::ClusterUnavailable, &err.to_string()),
+                Err(err) => return self.abort(plan, local, outcomes, AbortCause::ClusterUnavailable, &err.to_string()),
             }
         } else {
             Vec::new()
@@ -343,11 +370,11 @@ impl Run<'_> {
             Ok(revision) => revision,
             Err(EtcdError::LeaseLost) => {
                 let why = "the lock's lease was lost before the commit";
-                return self.abort(plan, local, outcomes, Reason::LeaseLost, why);
+                return self.abort(plan, local, outcomes, AbortCause::LeaseLost, why);
             }
             Err(err) => match cluster.handle.block_on(cluster.store.committed(self.token)) {
                 Ok(Some(revision)) => revision,
-                _ => return self.abort(plan, local, outcomes, Reason::ClusterUnavailable, &err.to_string()),
+                _ => return self.abort(plan, local, outcomes, AbortCause::ClusterUnavailable, &err.to_string()),
             },
         };
         pause("after-commit");
@@ -453,14 +480,14 @@ impl Run<'_> {
         mut plan: Plan,
         local: bool,
         outcomes: Vec<(MemberRecord, Prepared)>,
-        reason: Reason,
+        cause: AbortCause,
         why: &str,
     ) -> ReloadResult {
-        self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason, message: why.to_string() });
+        self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: cause, message: why.to_string() });
         let message = format!("not swapped: {why}");
         let prepared: Vec<MemberRecord> =
             outcomes.iter().filter(|(_, o)| matches!(o, Prepared::Yes)).map(|(m, _)| m.clone()).collect();
-        let params = json!({"request_id": self.request_id, "message": message});
+        let params = json!({"request_id": self.request_id, "message": message, "reason": cause.as_str()});
         // Those that did not answer hear it too, without waiting for them: a
         // member that was only slow then stages nothing when its prepare runs.
         let silent: Vec<MemberRecord> =
@@ -488,9 +515,9 @@ impl Run<'_> {
         }
         plan.abort(&message);
         let mine = plan.finish();
-        if reason != Reason::PrepareFailed && reason != Reason::NodeUnreachable {
+        if !matches!(cause, AbortCause::PrepareFailed | AbortCause::NodeUnreachable) {
             let mut result = self.result(children, Phase::Aborted, None);
-            result.errors.push(Failure::new(&self.target, reason, format!("{why}; nothing was swapped")));
+            result.errors.push(Failure::new(&self.target, cause.reason(), format!("{why}; nothing was swapped")));
             if local {
                 result.absorb(node_child(self.me(), mine));
             }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
+use zest_runtime::telemetry::{count_member, AbortCause, MemberStep, Role};
 use zest_runtime::{Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Plan, Reason, ReloadResult, Session};
 
 use super::etcd::{Desired, DesiredBuild};
@@ -104,6 +105,7 @@ impl Cluster {
     }
 
     /// Fetches what the blueprint needs and stages it; keeps the plan pending.
+    /// Counted as a prepare, and as an abort unless the plan waits.
     fn stage(
         &self,
         request_id: &str,
@@ -112,10 +114,26 @@ impl Cluster {
         sources: &[String],
         rollback: bool,
     ) -> Result<(), Box<ReloadResult>> {
+        count_member(request_id, MemberStep::Prepare);
+        self.stage_plan(request_id, token, blueprint, sources, rollback).map_err(|(cause, result)| {
+            count_member(request_id, MemberStep::Abort(cause));
+            result
+        })
+    }
+
+    /// [`Cluster::stage`]'s work: what failed, and why, as the abort counts it.
+    fn stage_plan(
+        &self,
+        request_id: &str,
+        token: i64,
+        blueprint: &Blueprint,
+        sources: &[String],
+        rollback: bool,
+    ) -> Result<(), (AbortCause, Box<ReloadResult>)> {
         let failed = |failure: Failure| {
             let mut result = ReloadResult::new(blueprint.kind, &blueprint.target);
             result.errors.push(failure);
-            Box::new(result)
+            (AbortCause::PrepareFailed, Box::new(result))
         };
         self.fetch_missing(blueprint, sources).map_err(failed)?;
         // Leave the coordinator time to hear the answer within its own timeout.
@@ -123,8 +141,10 @@ impl Cluster {
         let session = self.node.session(wait, Some(request_id)).map_err(|err| {
             failed(Failure::new(&self.config.node, Reason::PrepareFailed, format!("this member is busy: {err}")))
         })?;
+        let session = session.with_role(Role::Member);
         let telemetry = self.node.telemetry();
-        telemetry.emit(
+        telemetry.emit_as(
+            Role::Member,
             blueprint.kind,
             &blueprint.target,
             request_id,
@@ -137,7 +157,7 @@ impl Cluster {
         }
         if let Some(because) = plan.staging_failures() {
             plan.abort(&format!("not swapped: {because} on {}", self.config.node));
-            return Err(Box::new(self.finish(plan)));
+            return Err((AbortCause::PrepareFailed, Box::new(self.finish(plan))));
         }
         let pending = Pending {
             plan,
@@ -147,10 +167,10 @@ impl Cluster {
             deadline: Instant::now() + self.config.prepare_timeout,
             extended: 0,
         };
-        if self.was_aborted(request_id) {
+        if let Some(cause) = self.was_aborted(request_id) {
             let mut plan = pending.plan;
             plan.abort("not swapped: the coordinator aborted the request while this member prepared it");
-            return Err(Box::new(self.finish(plan)));
+            return Err((cause, Box::new(self.finish(plan))));
         }
         self.pending_lock().insert(request_id.to_string(), pending);
         Ok(())
@@ -175,12 +195,15 @@ impl Cluster {
         let (kind, target, request_id) = (plan.kind(), plan.target().to_string(), plan.request_id().to_string());
         let result = plan.finish();
         let body = EventBody::Stop { duration: result.duration, status: result.status() };
-        self.node.telemetry().emit(kind, &target, &request_id, body);
+        self.node.telemetry().emit_as(Role::Member, kind, &target, &request_id, body);
         result
     }
 
-    fn was_aborted(&self, request_id: &str) -> bool {
-        self.aborted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|id| id == request_id)
+    /// Why the coordinator aborted `request_id`, if its abort came before
+    /// this member prepared it.
+    fn was_aborted(&self, request_id: &str) -> Option<AbortCause> {
+        let aborted = self.aborted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        aborted.iter().find(|(id, _)| id == request_id).map(|(_, cause)| *cause)
     }
 
     fn pending_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
@@ -240,6 +263,7 @@ impl Cluster {
             Ok(pending) => pending,
             Err(err) => return self.decided(&request_id).await.ok_or(err),
         };
+        count_member(&request_id, MemberStep::Commit);
         let cluster = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             pending.plan.commit();
@@ -294,17 +318,23 @@ impl Cluster {
     pub async fn abort(self: &Arc<Self>, params: Value) -> Result<Value, String> {
         let request_id = text(&params, "request_id")?;
         let message = text(&params, "message")?;
+        let reason = text(&params, "reason")?;
+        let cause = AbortCause::parse(&reason).ok_or_else(|| {
+            let known: Vec<&str> = AbortCause::ALL.iter().map(|cause| cause.as_str()).collect();
+            format!("reason `{reason}` is not one of {}", known.join(", "))
+        })?;
         let mut pending = match self.take(&request_id, false) {
             Ok(pending) => pending,
             Err(err) => {
                 let mut aborted = self.aborted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                aborted.push_back(request_id);
+                aborted.push_back((request_id, cause));
                 while aborted.len() > ABORTED_KEPT {
                     aborted.pop_front();
                 }
                 return Err(err);
             }
         };
+        count_member(&request_id, MemberStep::Abort(cause));
         let cluster = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             pending.plan.abort(&message);
@@ -336,7 +366,10 @@ impl Cluster {
             let decision = match committed {
                 Ok(Some(revision)) => Some(Ok(revision)),
                 Ok(None) => match self.store.lock_held(token).await {
-                    Ok(false) => Some(Err("its coordinator released the lock without committing".to_string())),
+                    Ok(false) => Some(Err((
+                        AbortCause::LeaseLost,
+                        "its coordinator released the lock without committing".to_string(),
+                    ))),
                     Ok(true) | Err(_) => None,
                 },
                 Err(_) => None,
@@ -351,7 +384,7 @@ impl Cluster {
                         entry.deadline = Instant::now() + self.config.prepare_timeout;
                         continue;
                     }
-                    Err("no decision came in time".to_string())
+                    Err((AbortCause::Timeout, "no decision came in time".to_string()))
                 }
             };
             let Some(mut pending) = self.pending_lock().remove(&request_id) else { return };
@@ -365,6 +398,7 @@ impl Cluster {
                     Ok(revision) => {
                         tracing::warn!(request_id = %id, revision, "the coordinator committed and went silent: applying on our own");
                         if !pending.held {
+                            count_member(&id, MemberStep::Commit);
                             pending.plan.commit();
                         }
                         pending.plan.settle(None);
@@ -372,11 +406,12 @@ impl Cluster {
                         cluster.applied(revision);
                         cluster.decide(&id, Some(wire::result(&result)));
                     }
-                    Err(why) => {
+                    Err((cause, why)) => {
                         tracing::warn!(request_id = %id, %why, "dropping a prepared reload");
                         if pending.held {
                             pending.plan.settle(Some(&why));
                         } else {
+                            count_member(&id, MemberStep::Abort(cause));
                             pending.plan.abort(&format!("not swapped: {why}"));
                         }
                         cluster.finish(pending.plan);
@@ -432,7 +467,10 @@ impl Cluster {
         self.fetch_missing(&blueprint, &sources).map_err(|failure| failure.message)?;
         let telemetry = self.node.telemetry();
         tracing::info!(revision = desired.revision, "catching up with what the cluster committed");
-        let result = telemetry.step(Kind::System, "system", &request_id, || session.plan_blueprint(&blueprint).run());
+        let session = session.with_role(Role::Member);
+        let result = telemetry.step_since(Role::Member, Instant::now(), Kind::System, "system", &request_id, || {
+            session.plan_blueprint(&blueprint).run()
+        });
         for failure in &result.errors {
             tracing::error!(target = %failure.target, reason = %failure.reason, message = %failure.message,
                 "catching up with the cluster");

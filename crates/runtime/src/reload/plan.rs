@@ -47,7 +47,7 @@ use crate::request::{
 };
 use crate::state::{start_trial, Shared};
 use crate::store::history::{Action, BuildId, Change};
-use crate::telemetry::EventBody;
+use crate::telemetry::{EventBody, Role};
 
 /// The node's reload lock, held: the right to stage and apply one plan.
 #[derive(Debug)]
@@ -55,6 +55,8 @@ pub struct Session {
     shared: Arc<Shared>,
     guard: Arc<LockGuard>,
     request_id: String,
+    /// The role its plans' events carry.
+    role: Role,
 }
 
 /// What a session stages (the public entry points, and the embedding API's).
@@ -78,12 +80,20 @@ impl Session {
         request_id: Option<&str>,
     ) -> Result<Session, LockError> {
         let guard = shared.acquire(wait)?;
-        Ok(Session { shared: Arc::clone(shared), guard: Arc::new(guard), request_id: shared.request_id(request_id) })
+        let request_id = shared.request_id(request_id);
+        Ok(Session { shared: Arc::clone(shared), guard: Arc::new(guard), request_id, role: Role::Coordinator })
     }
 
     /// Carried in every telemetry event of the plan.
     pub fn request_id(&self) -> &str {
         &self.request_id
+    }
+
+    /// The session of a cluster member running its part of another member's
+    /// request: its plans' events carry `role` (default: coordinator).
+    pub fn with_role(mut self, role: Role) -> Session {
+        self.role = role;
+        self
     }
 
     /// The fencing token of the lock held.
@@ -294,6 +304,7 @@ pub struct Plan {
     held: Vec<(usize, Held)>,
     options: ReloadOptions,
     request_id: String,
+    role: Role,
     started: Instant,
     /// The node's reload lock (shared with the session): released once both
     /// are gone.
@@ -326,6 +337,7 @@ impl Plan {
             held: Vec::new(),
             options: options.clone(),
             request_id: session.request_id.clone(),
+            role: session.role,
             started: Instant::now(),
             _lock: Arc::clone(&session.guard),
             action: Action::Reload,
@@ -404,6 +416,7 @@ impl Plan {
     /// stay suspended until [`Plan::settle`].
     pub fn commit(&mut self) {
         let shared = Arc::clone(&self.shared);
+        shared.place_calls();
         let (force, hold) = (self.options.force, self.options.atomic);
         for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
             module::commit(&shared, step);
@@ -428,6 +441,9 @@ impl Plan {
     /// versions (one drain deadline for the lot).
     pub fn settle(&mut self, undo: Option<&str>) {
         let shared = Arc::clone(&self.shared);
+        if undo.is_some() {
+            shared.place_calls();
+        }
         for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
             module::settle(&shared, step, undo);
         }
@@ -595,7 +611,7 @@ impl Plan {
     /// its caller's).
     fn emit_child(&self, kind: Kind, target: &str, body: EventBody) {
         if self.kind == Kind::System {
-            self.shared.telemetry.emit(kind, target, &self.request_id, body);
+            self.shared.telemetry.emit_as(self.role, kind, target, &self.request_id, body);
         }
     }
 }

@@ -351,7 +351,7 @@ fn reloads_are_counted_and_timed_in_prometheus_metrics() {
         assert_eq!(apps.reload(app("metered"), ReloadOptions::default()).status(), Status::Error);
     });
     let text = handle.render();
-    assert!(text.contains(r#"zest_reloads_total{kind="app",status="ok"} 1"#), "{text}");
-    assert!(text.contains(r#"zest_reloads_total{kind="app",status="error"} 1"#), "{text}");
-    assert!(text.contains(r#"zest_reload_duration_seconds_count{kind="app"} 2"#), "{text}");
+    assert!(text.contains(r#"zest_reloads_total{kind="app",status="ok",role="coordinator"} 1"#), "{text}");
+    assert!(text.contains(r#"zest_reloads_total{kind="app",status="error",role="coordinator"} 1"#), "{text}");
+    assert!(text.contains(r#"zest_reload_duration_seconds_count{kind="app",role="coordinator"} 2"#), "{text}");
 }
