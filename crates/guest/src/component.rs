@@ -182,7 +182,7 @@ struct Returned {
 
 thread_local! {
     static RETURNED: RefCell<Returned> =
-        RefCell::new(Returned { area: [0; 3], strings: Vec::new(), pairs: Vec::new() });
+        const { RefCell::new(Returned { area: [0; 3], strings: Vec::new(), pairs: Vec::new() }) };
 }
 
 /// Hands `text` to the host as the return area of a `string` result.
@@ -248,7 +248,7 @@ pub const NO_STATE: &str = "the process has no state: neither init nor code-chan
 /// # Safety
 /// `ptr` and `len` are the host's argument ([`take_string`]).
 pub unsafe fn export_init(ptr: *mut u8, len: usize, start: &mut dyn FnMut(Json) -> Result<(), String>) -> *mut u8 {
-    let result = unsafe { take_json(ptr, len, "the init args") }.and_then(|args| start(args));
+    let result = unsafe { take_json(ptr, len, "the init args") }.and_then(start);
     return_result(result.map(|()| None))
 }
 
@@ -257,7 +257,7 @@ pub unsafe fn export_init(ptr: *mut u8, len: usize, start: &mut dyn FnMut(Json) 
 /// # Safety
 /// `ptr` and `len` are the host's argument ([`take_string`]).
 pub unsafe fn export_handle(ptr: *mut u8, len: usize, handle: &mut dyn FnMut(Json) -> Result<Json, String>) -> *mut u8 {
-    let result = unsafe { take_json(ptr, len, "the message") }.and_then(|message| handle(message));
+    let result = unsafe { take_json(ptr, len, "the message") }.and_then(handle);
     return_result(result.map(|reply| Some(reply.to_json())))
 }
 
@@ -327,7 +327,7 @@ pub unsafe fn export_invoke(
     let name = unsafe { take_string(name_ptr, name_len) };
     let args = unsafe { take_json(args_ptr, args_len, "the args") };
     let result = match table.iter().find(|(known, _)| *known == name) {
-        Some((_, function)) => args.and_then(|args| function(args)),
+        Some((_, function)) => args.and_then(*function),
         None => {
             let mut message = String::from("this module serves no function `") + &name + "` (it serves:";
             for (known, _) in table {

@@ -146,7 +146,16 @@ fn world(form: &Form) -> String {
     world
 }
 
+/// The component of `wasm`. The module is validated first (`wit-component`
+/// assumes a valid one), and a panic inside `wit-component` is a refusal
+/// like any other: bad input never takes the reload down.
 fn wrap(wasm: &[u8], form: &Form) -> Result<Vec<u8>, String> {
+    wasmparser::Validator::new().validate_all(wasm).map_err(|err| format!("the module is not valid: {err}"))?;
+    std::panic::catch_unwind(|| encode(wasm, form))
+        .unwrap_or_else(|_| Err("wit-component failed on this module (it panicked)".into()))
+}
+
+fn encode(wasm: &[u8], form: &Form) -> Result<Vec<u8>, String> {
     let mut resolve = Resolve::default();
     resolve.push_str("zest.wit", ZEST_WIT).map_err(|err| format!("the zest:guest WIT does not parse: {err:#}"))?;
     let package = resolve.push_str("wrapped.wit", &world(form)).map_err(|err| format!("{err:#}"))?;
