@@ -46,7 +46,7 @@ struct Form {
 /// component made of it, or why none can be (a message for `invalid_module`).
 /// `None` for a component, a core module of the core ABI, or bytes that are
 /// not wasm (the engine says what is wrong with those).
-pub(crate) fn component_form(wasm: &[u8]) -> Option<Result<Vec<u8>, String>> {
+pub fn component_form(wasm: &[u8]) -> Option<Result<Vec<u8>, String>> {
     let form = match read_form(wasm)? {
         Ok(form) => form,
         Err(message) => return Some(Err(not_wrapped(&message))),
