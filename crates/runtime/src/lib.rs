@@ -82,8 +82,8 @@ pub use wasmtime;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::wasm::split::check_against_whole;
-    /// The guest SDK's component form made a component (`wasm/wrap.rs`): the
-    /// fuzz target `wasm_wrap` and the `rust_component` benchmark.
+    /// The guest SDK's component form made a component (`wasm/wrap.rs`), for
+    /// the `rust_component` benchmark (which times the wrapping alone).
     pub use crate::wasm::wrap::component_form;
 
     /// Reads `args` (JSON text) as the parameters of the function `f` that
