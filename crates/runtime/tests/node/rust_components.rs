@@ -28,6 +28,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with(NodeConfig::default())
+    }
+
+    /// A setup whose node has `config`, its directories aside.
+    fn with(config: NodeConfig) -> Setup {
         let rustc = Rustc::find(None).unwrap_or_else(|err| {
             panic!("this test needs a wasm32-capable rustc (scripts/test.sh installs one): {err}")
         });
@@ -36,7 +41,7 @@ impl Setup {
         let config = NodeConfig {
             data_dir: Some(dir.path().join("data")),
             extensions: ExtensionsConfig { roots: vec![dir.path().join("extensions")], rustc: None },
-            ..NodeConfig::default()
+            ..config
         };
         let node = Node::new(config).unwrap();
         Setup { dir, node, rustc }
@@ -303,4 +308,25 @@ fn a_component_form_source_whose_exports_do_not_fit_is_refused_and_the_old_versi
     let result = setup.extension(&path);
     assert_eq!(result.errors[0].reason, Reason::CompileError, "{result:#?}");
     assert!(result.errors[0].message.contains("unknown key `handlers`"), "{}", result.errors[0].message);
+}
+
+#[test]
+fn a_quiet_rust_component_tiers_up_to_cranelift_and_its_process_keeps_its_state() {
+    let setup = Setup::with(NodeConfig { tier_up_after: Some(Duration::from_millis(50)), ..NodeConfig::default() });
+    let component = setup.build(&example("components/tally.rs"), "tally.wasm");
+    assert_eq!(setup.node.load_module("tally", &component, &ReloadOptions::default()).status(), Status::Ok);
+    setup.node.start_process("t", "tally", r#"{"start": 1}"#).unwrap();
+    let compiler = || setup.node.status().modules[0].current.compiler;
+    assert_eq!(compiler(), zest_runtime::Compiler::Winch, "served on Winch code at once");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while compiler() != zest_runtime::Compiler::Cranelift {
+        assert!(std::time::Instant::now() < deadline, "no tier-up within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(setup.kind("tally"), BuildKind::Component, "wrapped again for Cranelift");
+    assert_eq!(setup.node.call_process("t", r#"{"add": 2}"#).unwrap(), r#"{"count":3,"moves":[]}"#);
+    // A new process starts on an instance of the Cranelift code.
+    setup.node.start_process("u", "tally", r#"{"start": 40}"#).unwrap();
+    assert_eq!(setup.node.call_process("u", r#"{"add": 2}"#).unwrap(), r#"{"count":42,"moves":[]}"#);
 }
