@@ -330,3 +330,52 @@ fn a_quiet_rust_component_tiers_up_to_cranelift_and_its_process_keeps_its_state(
     setup.node.start_process("u", "tally", r#"{"start": 40}"#).unwrap();
     assert_eq!(setup.node.call_process("u", r#"{"add": 2}"#).unwrap(), r#"{"count":42,"moves":[]}"#);
 }
+
+/// One module both a process and a plugin: the world made of its exports
+/// holds `zest:guest/process` and `zest:guest/dynamic`.
+const BOTH: &str = r#"use zest_guest::component::Server;
+use zest_guest::{Change, Json};
+
+struct Last(Json);
+
+impl Server for Last {
+    fn init(args: Json) -> Result<Last, String> {
+        Ok(Last(args))
+    }
+    fn handle(&mut self, message: Json) -> Result<Json, String> {
+        Ok(std::mem::replace(&mut self.0, message))
+    }
+    fn save_state(&self) -> Json {
+        self.0.clone()
+    }
+    fn code_change(change: Change) -> Result<Last, String> {
+        Ok(Last(change.state))
+    }
+}
+
+fn double(args: Json) -> Result<Json, String> {
+    let n = args.as_i64().ok_or("double takes an integer")?;
+    Ok(Json::from(n * 2))
+}
+
+zest_guest::component! {
+    functions: [double],
+    server: Last,
+}
+"#;
+
+#[test]
+fn one_rust_component_is_a_process_and_a_plugin_at_once() {
+    let setup = Setup::new();
+    let path = setup.write("extensions/both.rs", BOTH);
+    let loaded = setup.extension(&path);
+    assert_eq!(loaded.status(), Status::Ok, "{loaded:#?}");
+    assert_eq!(setup.kind("both"), BuildKind::Component);
+    assert_eq!(setup.call("both", "double", "21"), "42");
+    setup.node.start_process("p", "both", r#"{"first": true}"#).unwrap();
+    assert_eq!(setup.node.call_process("p", "2").unwrap(), r#"{"first":true}"#);
+    assert_eq!(setup.node.call_process("p", "3").unwrap(), "2");
+    let status = setup.node.status();
+    let vsn = &status.modules[0].current.vsn;
+    assert_eq!(vsn.len(), 16, "no `vsn` key: the first 16 hex digits of the build's sha256, got {vsn}");
+}
