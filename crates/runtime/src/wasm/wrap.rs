@@ -66,6 +66,8 @@ fn read_form(wasm: &[u8]) -> Option<Result<Form, String>> {
     }
     let mut marked = false;
     let mut imports: Vec<(String, String)> = Vec::new();
+    // Function exports only: memory and globals (`__data_end`) are the
+    // module's own business.
     let mut exports: Vec<String> = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
         // A module that does not parse is the engine's to refuse.
@@ -81,7 +83,9 @@ fn read_form(wasm: &[u8]) -> Option<Result<Form, String>> {
             Payload::ExportSection(section) => {
                 for export in section {
                     let Ok(export) = export else { return None };
-                    exports.push(export.name.to_string());
+                    if export.kind == wasmparser::ExternalKind::Func {
+                        exports.push(export.name.to_string());
+                    }
                 }
             }
             _ => {}
@@ -98,16 +102,6 @@ fn read_form(wasm: &[u8]) -> Option<Result<Form, String>> {
 /// Which parts of the `zest:guest` worlds the module's exports make, checked
 /// against what a component of them may import and export.
 fn form_of(imports: &[(String, String)], exports: &[String]) -> Result<Form, String> {
-    if let Some((module, name)) = imports.iter().find(|(module, _)| module != HOST) {
-        let hint = if module == super::abi::IMPORT_MODULE {
-            " (the core ABI's import: in component form, use `zest_guest::component::log`, `call` and `now_ms`)"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "it imports `{module}.{name}`; a module in component form imports only from `{HOST}`{hint}"
-        ));
-    }
     let mut form = Form::default();
     for name in exports {
         let interface = name.strip_prefix("cabi_post_").unwrap_or(name);
@@ -122,12 +116,38 @@ fn form_of(imports: &[(String, String)], exports: &[String]) -> Result<Form, Str
                 "it exports `{name}`, which is not a function of the `zest:guest` worlds (`vsn`, `{PROCESS}#…`, \
                  `{DYNAMIC}#…`)"
             ));
+        } else if !is_machinery(name) {
+            // The component would not export it: a core-form export left in
+            // (`export!`, `process!`) would silently stop being callable.
+            return Err(format!(
+                "it exports `{name}`, which a component made of it cannot export: in component form, a function \
+                 served by name goes in `component!`'s `functions`, a process is a `server` (the core form's \
+                 `export!`, `process!` and `vsn!` do not mix with it)"
+            ));
         }
+    }
+    if let Some((module, name)) = imports.iter().find(|(module, _)| module != HOST) {
+        let hint = if module == super::abi::IMPORT_MODULE {
+            " (the core form's import: in component form, use `zest_guest::component::log`, `call` and `now_ms`, and \
+             an `Err` to fail a call)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "it imports `{module}.{name}`; a module in component form imports only from `{HOST}`{hint}"
+        ));
     }
     if form == Form::default() {
         return Err(format!("it exports none of `vsn`, `{PROCESS}` and `{DYNAMIC}`"));
     }
     Ok(form)
+}
+
+/// A function export that is not the guest's but its toolchain's or the
+/// canonical ABI's: the SDK's `zest_alloc` (linked into every module),
+/// `cabi_realloc` and its kin, a reactor's `_initialize`.
+fn is_machinery(name: &str) -> bool {
+    name == "zest_alloc" || name == "_initialize" || name.starts_with("cabi_") || name.starts_with("__")
 }
 
 /// The world of `form`'s exports, importing `zest:guest/host`, as WIT text.
@@ -241,6 +261,10 @@ mod tests {
         let unknown = SERVER.replace("process@1.0.0#handle", "proces@1.0.0#handle");
         let message = component_form(&core(&unknown)).unwrap().unwrap_err();
         assert!(message.contains("`zest:guest/proces@1.0.0#handle`, which is not a function"), "{message}");
+
+        let core_export = SERVER.replace(r#"(export "vsn")"#, r#"(export "zest_vsn")"#);
+        let message = component_form(&core(&core_export)).unwrap().unwrap_err();
+        assert!(message.contains("exports `zest_vsn`, which a component made of it cannot export"), "{message}");
 
         let core_import = SERVER.replace(r#"(import "zest:guest/host@1.0.0" "log""#, r#"(import "zest" "log""#);
         let message = component_form(&core(&core_import)).unwrap().unwrap_err();

@@ -281,6 +281,25 @@ zest_guest::component! {
 }
 "#;
 
+/// The core form's `export!` beside the component form: `shout` would not be
+/// callable on the component.
+const MIXED: &str = r#"use zest_guest::{export, Json};
+
+fn echo(args: Json) -> Result<Json, String> {
+    Ok(args)
+}
+
+fn shout(args: Json) -> Result<Json, String> {
+    Ok(args)
+}
+
+export!(shout);
+
+zest_guest::component! {
+    functions: [echo],
+}
+"#;
+
 #[test]
 fn a_component_form_source_whose_exports_do_not_fit_is_refused_and_the_old_version_keeps_serving() {
     let setup = Setup::new();
@@ -303,6 +322,7 @@ fn a_component_form_source_whose_exports_do_not_fit_is_refused_and_the_old_versi
     };
     refused(MISFIT, &["in the guest SDK's component form", "zest:guest/process@1.0.0"]);
     refused(CORE_IMPORT, &["imports `zest.log`", "zest_guest::component::log"]);
+    refused(MIXED, &["exports `shout`, which a component made of it cannot export", "`functions`"]);
     // A source using `component!` wrongly does not compile: rustc's words.
     setup.write("extensions/greeter.rs", greeter.replace("functions: [", "handlers: ["));
     let result = setup.extension(&path);
