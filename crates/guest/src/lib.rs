@@ -13,7 +13,11 @@
 //!   receives (its [`Direction`]: `Up`, or `Down` when a rollback moves the
 //!   process back to an earlier build);
 //! - the host imports: [`error`], [`log`], [`call`], [`now_ms`];
-//! - [`Json`], a small JSON value with a parser and a serialiser.
+//! - [`Json`], a small JSON value with a parser and a serialiser;
+//! - the component form ([`component`](mod@component), [`component!`]): the same
+//!   functions, and a process as a [`component::Server`], served through the
+//!   WIT package `zest:guest@1.0.0`; the node makes the module a component
+//!   when it loads it.
 //!
 //! A module is one file like this (`examples/guests/hello.rs` is a complete one,
 //! built and loaded by the runtime's tests):
@@ -28,6 +32,7 @@
 //! export!(greet);
 //! ```
 
+pub mod component;
 mod json;
 
 pub use json::Json;

@@ -83,6 +83,9 @@ pub use wasmtime;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::wasm::split::check_against_whole;
+    /// The guest SDK's component form made a component (`wasm/wrap.rs`), for
+    /// the `rust_component` benchmark (which times the wrapping alone).
+    pub use crate::wasm::wrap::component_form;
 
     /// Reads `args` (JSON text) as the parameters of the function `f` that
     /// the component `component_wat` (WAT text) imports, by §13's mapping, and

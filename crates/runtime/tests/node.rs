@@ -11,6 +11,7 @@ mod node {
     mod guest_sdk;
     mod processes;
     mod rollout;
+    mod rust_components;
     mod sandbox;
     mod split_builds;
     mod watch;

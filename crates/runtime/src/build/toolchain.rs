@@ -26,8 +26,11 @@ mod sysroot;
 pub use spare::Spare;
 
 /// The guest SDK's sources, as `(file name, text)`.
-const SDK_SOURCES: [(&str, &str); 2] =
-    [("lib.rs", include_str!("../../../guest/src/lib.rs")), ("json.rs", include_str!("../../../guest/src/json.rs"))];
+const SDK_SOURCES: [(&str, &str); 3] = [
+    ("lib.rs", include_str!("../../../guest/src/lib.rs")),
+    ("json.rs", include_str!("../../../guest/src/json.rs")),
+    ("component.rs", include_str!("../../../guest/src/component.rs")),
+];
 
 const TARGET: &str = "wasm32-unknown-unknown";
 

@@ -386,6 +386,9 @@ pub(crate) const HOST_INTERFACE: &str = "zest:guest/host@1.0.0";
 /// `log`, `now-ms` and `call`, whose `err` holds the callee's failure as the
 /// caller's own call would report it.
 pub(crate) fn register_component(linker: &mut component::Linker<HostState>) -> wasmtime::Result<()> {
+    // Types only (`direction`): what a component built against the world
+    // `server` imports to name them; types need no definition.
+    linker.instance(crate::wasm::component::TYPES_INTERFACE)?;
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("log", |store: StoreContextMut<'_, HostState>, (level, message): (u8, String)| {
         log(&store.data().module, i32::from(level), &message);

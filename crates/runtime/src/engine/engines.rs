@@ -29,6 +29,7 @@ use crate::wasm::component;
 use crate::wasm::dispatch;
 use crate::wasm::split;
 use crate::wasm::text::Texts;
+use crate::wasm::wrap;
 
 /// The epoch period while calls start: a running call notices its deadline or a
 /// hard purge within about this long. Deadlines are counted in milliseconds.
@@ -408,6 +409,14 @@ impl Engines {
     }
 
     fn compile(&self, wasm: &[u8], compiler: Compiler) -> Result<Loaded, (Reason, String)> {
+        // A core module in the guest SDK's component form is a component
+        // once wrapped (`wasm/wrap.rs`); the caches keep it under its own
+        // bytes' sha256, so the wrapping runs only when it compiles.
+        let wrapped = match wrap::component_form(wasm) {
+            Some(wrapped) => Some(wrapped.map_err(|message| (Reason::InvalidModule, message))?),
+            None => None,
+        };
+        let wasm = wrapped.as_deref().unwrap_or(wasm);
         // A component compiles whole: the loader's rewrite and cut are of
         // core modules (and its callables are named by its own exports).
         if component::is_component(wasm) {

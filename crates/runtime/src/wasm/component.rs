@@ -15,6 +15,11 @@ use super::abi::{Exports, Signature};
 /// The package every `zest:guest` interface belongs to.
 const PACKAGE: &str = "zest:guest";
 
+/// The interface of the types the others use (`direction`); a component
+/// naming them imports it, and the node defines it, empty (types need no
+/// definition).
+pub(crate) const TYPES_INTERFACE: &str = "zest:guest/types@1.0.0";
+
 /// The imports of `zest:guest/host` and their WIT types.
 pub(crate) const HOST_FUNCTIONS: [(&str, &str); 3] = [
     ("log", "func(level: u8, message: string)"),
@@ -115,6 +120,15 @@ pub(crate) fn check(engine: &Engine, component: &Component, provided: &[String])
                     if have != want {
                         return Err(format!("import `{name}#{function}` has type {have}, expected {want}"));
                     }
+                }
+            }
+            // `zest:guest/types` holds only types (`direction`): a component
+            // built against the world `server` imports it to name them.
+            (Some("types"), ComponentItem::ComponentInstance(instance)) => {
+                if let Some((item, _)) =
+                    instance.exports(engine).find(|(_, item)| !matches!(item.ty, ComponentItem::Type(_)))
+                {
+                    return Err(format!("import `{name}` has `{item}`; `{TYPES_INTERFACE}` holds only types"));
                 }
             }
             // WASI 0.2 and the host capabilities: the linker checks the
