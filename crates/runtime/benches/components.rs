@@ -4,8 +4,11 @@
 //!
 //! - call overhead: `echo` of a short string and `add` of two integers on a
 //!   component, over JSON (`Node::call`) and typed (`Node::call_typed`),
-//!   against the core module's `echo` over JSON (the call every guest had
-//!   before components), and wasmtime's own typed call with no node around it;
+//!   against the core module's `echo` over JSON (the cheapest core call: no
+//!   parsing, its input is its output) and against `add` as a core module
+//!   (built from Rust by the guest SDK when a wasm32 `rustc` is found: the
+//!   same function, JSON in and out), and wasmtime's own typed call with no
+//!   node around it;
 //! - reload latency, file changed → next call served: a new build of the
 //!   component, cold (compiled) and warm (its machine code in memory), against
 //!   the same for a core module and the BEAM's code server (`beam/mod.rs`);
@@ -15,9 +18,10 @@
 //! Run: `cargo bench -p zest-runtime --bench components` (`-- --quick` for a
 //! shorter pass).
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use zest_runtime::toolchain::Rustc;
 use zest_runtime::wasmtime::component::{Component, Linker};
 use zest_runtime::wasmtime::{Engine, Store};
 use zest_runtime::{Node, NodeConfig, ReloadOptions, Status};
@@ -47,6 +51,45 @@ fn component(v: u32) -> String {
         &format!("(memory (export \"memory\") 1) (data (i32.const 96) \"{v:06}\")"),
         1,
     )
+}
+
+/// `add` as a core module must be: the guest reads `[a, b]` as JSON and
+/// writes the sum (the guest SDK's core form, built by a wasm32 `rustc`).
+const CORE_ADD: &str = r#"
+use zest_guest::{export, Json};
+
+fn add(args: Json) -> Result<Json, String> {
+    let items = args.as_array().ok_or("add takes [a, b]")?;
+    match items {
+        [a, b] => match (a.as_i64(), b.as_i64()) {
+            (Some(a), Some(b)) => Ok(Json::from(a + b)),
+            _ => Err("add takes two integers".to_string()),
+        },
+        _ => Err("add takes [a, b]".to_string()),
+    }
+}
+
+export!(add);
+"#;
+
+/// [`CORE_ADD`] built into `dir` and loaded as module `core_add`; `None` (with
+/// a word why) when no wasm32-capable `rustc` is found.
+fn load_core_add(node: &Node, dir: &Path) -> Option<()> {
+    let rustc = match Rustc::find(None) {
+        Ok(rustc) => rustc,
+        Err(err) => {
+            println!("(no core `add` row: {err})\n");
+            return None;
+        }
+    };
+    let source = dir.join("core_add.rs");
+    std::fs::write(&source, CORE_ADD).unwrap();
+    let out = dir.join("core_add.wasm");
+    rustc
+        .compile_module(&source, &out, &dir.join("build"), dir, Duration::from_secs(300), &|_| {})
+        .unwrap_or_else(|err| panic!("core_add.rs: {err}"));
+    assert_eq!(node.load_module("core_add", &out, &ReloadOptions::default()).status(), Status::Ok);
+    Some(())
 }
 
 fn median(samples: &mut [f64]) -> f64 {
@@ -91,7 +134,7 @@ fn calls_section(quick: bool) {
     let baseline = per_call(rounds, || {
         std::hint::black_box(node.call("core", "echo", r#""hello""#).unwrap());
     });
-    let rows: Vec<(&str, f64)> = vec![
+    let mut rows: Vec<(&str, f64)> = vec![
         ("core module `echo`, JSON", baseline),
         (
             "component `echo`, JSON",
@@ -121,10 +164,19 @@ fn calls_section(quick: bool) {
         ),
         ("wasmtime alone: component `add`, typed, one instance", wasmtime_floor(rounds)),
     ];
+    if load_core_add(&node, tmp.path()).is_some() {
+        assert_eq!(node.call("core_add", "add", "[2, 3]").unwrap(), "5");
+        let core_add = per_call(rounds, || {
+            std::hint::black_box(node.call("core_add", "add", "[2, 3]").unwrap());
+        });
+        rows.insert(1, ("core module `add`, JSON (the guest parses `[2, 3]`, writes `5`)", core_add));
+    }
     println!("## Call overhead (one thread, an idle instance reused)\n");
-    println!("| call | ns | / core JSON call |\n|---|---|---|");
+    let core_add = rows.iter().find(|(what, _)| what.starts_with("core module `add`")).map(|&(_, ns)| ns);
+    println!("| call | ns | / core `echo` | / core `add` |\n|---|---|---|---|");
     for (what, ns) in rows {
-        println!("| {what} | {ns:.0} | {:.2} |", ns / baseline);
+        let to_add = core_add.map_or_else(|| "—".to_string(), |add| format!("{:.2}", ns / add));
+        println!("| {what} | {ns:.0} | {:.2} | {to_add} |", ns / baseline);
     }
     println!();
 }
