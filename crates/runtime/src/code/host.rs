@@ -382,9 +382,14 @@ fn nested_call(state: &HostState, module: String, function: String, args: &str) 
 /// The `zest:guest/host` interface components import (CONTRACT.md §13).
 pub(crate) const HOST_INTERFACE: &str = "zest:guest/host@1.0.0";
 
+/// `zest:guest/types`: `direction` and nothing to call, imported by a
+/// component built from the WIT whose `process` export uses it.
+const TYPES_INTERFACE: &str = "zest:guest/types@1.0.0";
+
 /// Defines `zest:guest/host` in `linker`: the component form of the imports,
 /// `log`, `now-ms` and `call`, whose `err` holds the callee's failure as the
-/// caller's own call would report it.
+/// caller's own call would report it; and `zest:guest/types`, which has
+/// nothing to define.
 pub(crate) fn register_component(linker: &mut component::Linker<HostState>) -> wasmtime::Result<()> {
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("log", |store: StoreContextMut<'_, HostState>, (level, message): (u8, String)| {
@@ -398,6 +403,7 @@ pub(crate) fn register_component(linker: &mut component::Linker<HostState>) -> w
             Ok((nested_call(store.data(), module, function, &args).map_err(|err| err.to_string()),))
         },
     )?;
+    linker.instance(TYPES_INTERFACE)?;
     Ok(())
 }
 

@@ -117,6 +117,16 @@ pub(crate) fn check(engine: &Engine, component: &Component, provided: &[String])
                     }
                 }
             }
+            // `direction`'s interface, which `zest:guest/process` uses: types
+            // only, so a component exporting `process` built from the WIT
+            // (componentize-py, componentize-qjs) imports it.
+            (Some("types"), ComponentItem::ComponentInstance(instance)) => {
+                let mut functions =
+                    instance.exports(engine).filter(|(_, item)| !matches!(item.ty, ComponentItem::Type(_)));
+                if let Some((function, _)) = functions.next() {
+                    return Err(format!("import `{name}` has `{function}`; the interface holds types only"));
+                }
+            }
             // WASI 0.2 and the host capabilities: the linker checks the
             // functions and their types.
             _ if is_wasi_0_2(name) || provided.iter().any(|interface| interface == name) => {}
@@ -231,10 +241,22 @@ impl ComponentExports {
     }
 }
 
-/// A parameterless, resultless `init`: a start-up hook component toolchains add
-/// for themselves (componentize-py, componentize-qjs), not a callable.
+/// The parameters of the build-time hooks component toolchains export as
+/// `init`: componentize-qjs 0.4's (top level) and componentize-py 0.25's (in
+/// the interface `exports`), each returning `result<_, string>`.
+const TOOLCHAIN_HOOK_PARAMS: [&[&str]; 2] =
+    [&["shim", "script", "entry-path", "disable-gc"], &["app-name", "symbols", "stub-wasi"]];
+
+/// An `init` that is a start-up hook component toolchains add for themselves
+/// (componentize-py, componentize-qjs), not a callable: parameterless and
+/// resultless, or a build-time hook with the parameters of
+/// [`TOOLCHAIN_HOOK_PARAMS`].
 fn is_toolchain_hook(func: &ComponentFunc, name: &str) -> bool {
-    name == "init" && func.params().len() == 0 && func.results().len() == 0
+    if name != "init" {
+        return false;
+    }
+    let params: Vec<&str> = func.params().map(|(param, _)| param).collect();
+    (params.is_empty() && func.results().len() == 0) || TOOLCHAIN_HOOK_PARAMS.contains(&params.as_slice())
 }
 
 /// The functions `wanted` of the exported `zest:guest` interface `name`, each
