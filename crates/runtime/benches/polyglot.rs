@@ -54,8 +54,8 @@ fn source(suffix: &str, n: u32) -> String {
     match suffix {
         "rs" => format!(
             "use zest_guest::{{export, Json}};\n\nfn get(_args: Json) -> Result<Json, String> {{\n    Ok(Json::from({n}i64))\n}}\n\n\
-             fn add(args: Json) -> Result<Json, String> {{\n    let a = args.get(0).and_then(Json::as_i64).unwrap_or(0);\n    \
-             let b = args.get(1).and_then(Json::as_i64).unwrap_or(0);\n    Ok(Json::from(a + b))\n}}\n\nexport!(get, add);\n"
+             fn add(args: Json) -> Result<Json, String> {{\n    let a = args.as_array().and_then(|a| a.first()).and_then(Json::as_i64).unwrap_or(0);\n    \
+             let b = args.as_array().and_then(|a| a.get(1)).and_then(Json::as_i64).unwrap_or(0);\n    Ok(Json::from(a + b))\n}}\n\nexport!(get, add);\n"
         ),
         "js" => format!("export function get() {{\n  return {n};\n}}\n\nexport function add(a, b) {{\n  return a + b;\n}}\n"),
         "py" => format!("def get():\n    return {n}\n\n\ndef add(a, b):\n    return a + b\n"),
