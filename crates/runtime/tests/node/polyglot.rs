@@ -352,3 +352,40 @@ impl Poly {
         self.dir.path().join("extensions").join(file)
     }
 }
+
+#[test]
+fn watch_mode_rebuilds_a_javascript_file_and_its_wit_when_either_is_saved() {
+    let poly = Poly::new();
+    let wit = "package acme:w;\n\nworld w {\n  export get: func() -> u32;\n}\n";
+    let js = "export function get() {\n  return 1;\n}\n\nexport function twice(n) {\n  return 2 * n;\n}\n";
+    poly.write("w.wit", wit);
+    poly.load("w.js", js);
+    let reloads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&reloads);
+    let config = zest_runtime::watch::WatchConfig { debounce: std::time::Duration::from_millis(100) };
+    let _watch = poly
+        .node
+        .watch(config, move |event| {
+            if let zest_runtime::watch::WatchEvent::Reloaded { result, .. } = event {
+                seen.lock().unwrap().push(result.status());
+            }
+        })
+        .unwrap();
+    let eventually = |what: &str, check: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !check() {
+            let waited = started.elapsed();
+            assert!(waited < std::time::Duration::from_secs(120), "{what}; reloads: {:?}", reloads.lock().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+
+    poly.write("w.js", &js.replace("return 1", "return 2"));
+    eventually("the edit serves", &|| poly.call("w", "get", "null").is_ok_and(|out| out == "2"));
+
+    // The WIT beside it saved: its new export serves.
+    poly.write("w.wit", &wit.replace("}\n", "  export twice: func(n: u32) -> u32;\n}\n"));
+    eventually("the WIT's new function serves", &|| poly.call("w", "twice", "[4]").is_ok_and(|out| out == "8"));
+    assert_eq!(poly.call("w", "get", "null").unwrap(), "2");
+    assert!(reloads.lock().unwrap().iter().all(|status| *status == Status::Ok), "{:?}", reloads.lock().unwrap());
+}
