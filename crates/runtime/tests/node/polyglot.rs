@@ -40,6 +40,10 @@ impl Poly {
     }
 
     fn with_tools(javascript: Option<PathBuf>, python: Option<PathBuf>) -> Poly {
+        Poly::with_limits(javascript, python, zest_runtime::Limits::default())
+    }
+
+    fn with_limits(javascript: Option<PathBuf>, python: Option<PathBuf>, limits: zest_runtime::Limits) -> Poly {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("extensions")).unwrap();
         let config = NodeConfig {
@@ -54,6 +58,7 @@ impl Poly {
             // of an interpreter would only take the other core.
             compiler: Compiler::Winch,
             tier_up_after: None,
+            limits,
             ..NodeConfig::default()
         };
         Poly { node: Node::new(config).unwrap(), dir }
@@ -388,4 +393,38 @@ fn watch_mode_rebuilds_a_javascript_file_and_its_wit_when_either_is_saved() {
     eventually("the WIT's new function serves", &|| poly.call("w", "twice", "[4]").is_ok_and(|out| out == "8"));
     assert_eq!(poly.call("w", "get", "null").unwrap(), "2");
     assert!(reloads.lock().unwrap().iter().all(|status| *status == Status::Ok), "{:?}", reloads.lock().unwrap());
+}
+
+/// The processes whose working directory is under `dir` (a tool's build runs
+/// in a private directory there).
+fn processes_in(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|entry| std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_build_past_the_timeout_is_killed_with_its_children_and_leaves_nothing_behind() {
+    let limits = zest_runtime::Limits { build_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    let poly = Poly::with_limits(Some(tool(Language::JavaScript)), Some(tool(Language::Python)), limits);
+    let started = std::time::Instant::now();
+    let result = poly.reload(&poly.write("slow.py", "def f():\n    return 1\n"));
+    let (reason, message) = only_error(&result);
+    assert_eq!(reason, Reason::Timeout, "{message}");
+    assert!(message.contains("limits.build_timeout_ms"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    let sources = poly.dir.path().join("data/sources");
+    assert_eq!(processes_in(&sources), Vec::<String>::new(), "a tool's process outlived the kill");
+    let left: Vec<_> = std::fs::read_dir(&sources)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("build-"))
+        .collect();
+    assert!(left.is_empty(), "the private build directory goes with the build: {left:?}");
+    assert!(poly.node.status().modules.is_empty());
 }
