@@ -639,6 +639,10 @@ impl Names {
     /// `line` with the file named as the user knows it: componentize-py shows
     /// the build directory as `/0`, componentize-qjs its module root as `/`.
     fn shown(&self, language: Language, line: &str) -> String {
+        // A runner's build has no user file to name.
+        if self.source_name.is_empty() {
+            return line.to_string();
+        }
         let file = self.file.display().to_string();
         let line = line.replace(&self.copy.display().to_string(), &file);
         match language {
