@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh machine: installs what the tests need when it
 # is missing (a wasm32-capable rustc for the guest SDK tests, etcd for the
 # cluster tests, Chromium and its WebDriver for the dashboard's browser test,
-# Prometheus and promtool for the metrics tests),
-# then checks formatting and lints and runs every test.
+# Prometheus and promtool for the metrics tests, componentize-py and
+# componentize-qjs for the JavaScript and Python extension tests), then checks
+# formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,21 @@ if [ ${#packages[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
+fi
+
+# The toolchains of .py and .js extensions (docs/operations.md, "JavaScript and
+# Python extensions"): pip's --user scripts go to ~/.local/bin, which the node
+# finds on the PATH.
+export PATH="$HOME/.local/bin:$PATH"
+if ! command -v componentize-py >/dev/null; then
+  echo "==> installing componentize-py (pip)"
+  pip install --user --quiet componentize-py==0.25.1
+fi
+if ! command -v componentize-qjs >/dev/null; then
+  echo "==> installing componentize-qjs (npm)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO npm install -g --silent componentize-qjs@0.4.5
 fi
 
 # A one-off build gains nothing from incremental caches, which would double the

@@ -161,7 +161,7 @@ enum ReloadScope {
     Module { name: String },
     /// Every module an app's manifest declares.
     App { name: String },
-    /// One extension file (.wat, .wasm or .rs).
+    /// One extension file (.wat, .wasm, .rs, .js or .py).
     Extension { path: String },
     /// Every app, the listed extensions, explicit code_change targets.
     All {

@@ -484,3 +484,28 @@ fn a_component_extension_is_described_called_and_kept_from_breaking_callers() {
         "NOT_FOUND"
     );
 }
+
+#[test]
+fn status_reports_the_source_toolchains_and_a_missing_one_names_what_to_install() {
+    let node = Served::start(&["--config", "node.toml"], |dir| {
+        std::fs::create_dir(dir.join("extensions")).unwrap();
+        std::fs::write(dir.join("extensions/hello.py"), "def hi():\n    return 1\n").unwrap();
+        let config = "[extensions]\nroots = [\"extensions\"]\njavascript = \"tools/componentize-qjs\"\n";
+        std::fs::write(dir.join("node.toml"), config).unwrap();
+    });
+    let status = &node.rpc("system.status", json!(null))["result"];
+    let javascript = &status["toolchains"]["javascript"];
+    assert!(javascript["configured"].as_str().unwrap().ends_with("/tools/componentize-qjs"), "{javascript}");
+    assert_eq!(javascript["path"], json!(null));
+    let error = javascript["error"].as_str().unwrap();
+    assert!(error.contains("npm install -g componentize-qjs") && error.contains("extensions.javascript"), "{error}");
+    let python = &status["toolchains"]["python"];
+    assert_eq!((python["configured"].as_str(), python["tool"].as_str()), (Some("auto"), Some("componentize-py")));
+
+    // A .js file with the tool missing: compile_failed, saying what to install.
+    std::fs::write(node.dir.join("extensions/hello.js"), "export function hi() { return 1; }\n").unwrap();
+    let result = &node.rpc("system.reload", json!({"scope": "extension", "path": "extensions/hello.js"}))["result"];
+    assert_eq!(result["errors"][0]["reason"], "compile_failed", "{result}");
+    let message = result["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("npm install -g componentize-qjs"), "{message}");
+}

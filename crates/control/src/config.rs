@@ -141,6 +141,8 @@ struct AppEntry {
 struct ExtensionsSection {
     roots: Option<Vec<PathBuf>>,
     rustc: Option<String>,
+    javascript: Option<String>,
+    python: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +226,15 @@ impl ServeConfig {
             None | Some("auto") => None,
             Some(path) => Some(in_file(Path::new(path))),
         };
+        // A tool's path is taken from the file's directory; a bare name
+        // (`componentize-py`) is looked up on the PATH when a build needs it.
+        let tool = |value: Option<&str>| match value {
+            None | Some("auto") => None,
+            Some(name) if !name.contains('/') => Some(PathBuf::from(name)),
+            Some(path) => Some(in_file(Path::new(path))),
+        };
+        let javascript = tool(file.extensions.javascript.as_deref());
+        let python = tool(file.extensions.python.as_deref());
         let data_dir = match (&flags.data_dir, &file.node.data_dir) {
             (Some(dir), _) => dir.clone(),
             (None, Some(dir)) => in_file(dir),
@@ -313,7 +324,7 @@ impl ServeConfig {
             listen,
             tokens,
             apps,
-            extensions: ExtensionsConfig { roots, rustc },
+            extensions: ExtensionsConfig { roots, rustc, javascript, python },
             limits,
             max_request_bytes,
             max_connections,
@@ -405,6 +416,8 @@ dir = "apps/demo"
 [extensions]
 roots = ["ext"]
 rustc = "auto"
+javascript = "auto"
+python = "tools/componentize-py"
 [limits]
 call_timeout_ms = 100
 memory_mb = 64
@@ -417,6 +430,8 @@ memory_mb = 64
         assert_eq!(config.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(config.apps, [dir.path().join("apps/demo")]);
         assert_eq!(config.extensions.roots, [dir.path().join("ext")]);
+        assert_eq!(config.extensions.javascript, None, "auto");
+        assert_eq!(config.extensions.python, Some(dir.path().join("tools/componentize-py")));
         assert_eq!((config.limits.call_timeout.as_millis(), config.limits.memory_mb), (100, 64));
         assert!(matches!(&config.tokens[0], TokenSource::File { scopes, .. } if scopes == &[Scope::Admin]));
 

@@ -168,6 +168,7 @@ fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> Rp
             allowed(extensions, Scope::Read)?;
             known_params(&params, "system.status", &[])?;
             let mut status = wire::status(&ctx.node.status(), &ctx.info);
+            status["toolchains"] = wire::toolchains(&ctx.node.toolchains());
             if let Some(cluster) = &ctx.cluster {
                 status["cluster"] = cluster.status();
             }

@@ -201,6 +201,23 @@ pub fn status(status: &NodeStatus, node: &NodeInfo) -> Value {
     })
 }
 
+/// `system.status`'s `"toolchains"`: per language, what is configured
+/// (`"auto"` or a path) and the tool found (`path`, `version`) or the `error`
+/// saying what to install.
+pub fn toolchains(toolchains: &[zest_runtime::ToolchainStatus]) -> Value {
+    let entries = toolchains.iter().map(|t| {
+        let configured = t.configured.as_ref().map_or("auto".to_string(), |path| path.display().to_string());
+        let entry = match &t.found {
+            Ok(tool) => json!({"configured": configured, "tool": t.language.tool(),
+                               "path": tool.path.display().to_string(), "version": tool.version}),
+            Err(err) => json!({"configured": configured, "tool": t.language.tool(), "path": null,
+                               "error": err.to_string()}),
+        };
+        (t.language.as_str().to_string(), entry)
+    });
+    Value::Object(entries.collect())
+}
+
 fn module_status(m: &zest_runtime::ModuleStatus) -> Value {
     let mut current = version(&m.current);
     current["share"] = json!(m.share);

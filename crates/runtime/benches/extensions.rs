@@ -68,7 +68,7 @@ fn main() {
     std::fs::create_dir(&root).unwrap();
     let config = NodeConfig {
         data_dir: Some(tmp.path().join("data")),
-        extensions: ExtensionsConfig { roots: vec![root.clone()], rustc: None },
+        extensions: ExtensionsConfig { roots: vec![root.clone()], rustc: None, javascript: None, python: None },
         ..NodeConfig::default()
     };
     let node = Node::new(config).unwrap();

@@ -16,7 +16,7 @@ pub struct NodeConfig {
     pub compiler: Compiler,
     /// When crashed processes restart, and when they are given up on.
     pub restart: RestartPolicy,
-    /// Where extensions may live, and which `rustc` builds `.rs` ones.
+    /// Where extensions may live, and which tools build `.rs`, `.js` and `.py` ones.
     pub extensions: ExtensionsConfig,
     /// With [`Compiler::Auto`]: how long a module must run a Winch build, no
     /// newer one coming (and no reload of any module loading a build), before
@@ -121,12 +121,19 @@ pub struct ExtensionsConfig {
     /// `extensions.rustc`: the compiler for `.rs` files; `None` is `auto`, the
     /// first wasm32-capable one found.
     pub rustc: Option<PathBuf>,
+    /// `extensions.javascript`: the tool that builds `.js` files
+    /// (`componentize-qjs`); `None` is `auto`, the one on the `PATH`. A bare
+    /// name is looked up on the `PATH`.
+    pub javascript: Option<PathBuf>,
+    /// `extensions.python`: the tool that builds `.py` files
+    /// (`componentize-py`); as `javascript`.
+    pub python: Option<PathBuf>,
 }
 
 impl Default for ExtensionsConfig {
     fn default() -> Self {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        ExtensionsConfig { roots: vec![cwd.join("extensions")], rustc: None }
+        ExtensionsConfig { roots: vec![cwd.join("extensions")], rustc: None, javascript: None, python: None }
     }
 }
 

@@ -47,7 +47,7 @@ mod wasm;
 pub mod watch;
 
 // The public paths of the modules that moved into layers.
-pub use build::{app, compile, extension, toolchain};
+pub use build::{app, compile, extension, source, toolchain};
 pub use code::process;
 pub use store::history;
 pub use wasm::abi;
@@ -74,6 +74,7 @@ pub use reload::{
     Metadata, Phase, Plan, PlanEntry, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest,
     RollbackTarget, Scope, Session, Status, Swap, TrialSpec,
 };
+pub use source::{Language, Tool, ToolError, ToolchainStatus};
 pub use store::artifact::Bytes;
 pub use telemetry::{Event, EventBody, Telemetry};
 /// The wasmtime this node runs on: the types of [`Node::call_typed`] come from it.

@@ -394,6 +394,14 @@ impl Node {
         NodeStatus { apps, modules, extensions, processes }
     }
 
+    /// The toolchains of `.js` and `.py` extensions (`extensions.javascript`,
+    /// `extensions.python`): the tool each uses, or why there is none. A tool
+    /// found is probed once (its version); a missing one is looked for again
+    /// at each call.
+    pub fn toolchains(&self) -> Vec<crate::build::source::ToolchainStatus> {
+        self.shared.sources.status()
+    }
+
     /// What `module.call` can call on module `module`'s current version, with
     /// the types; `None` when no such module is loaded.
     pub fn describe(&self, module: &str) -> Option<ModuleDescription> {

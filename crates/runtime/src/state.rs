@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::background::Background;
 use crate::build::app::AppManifest;
 use crate::build::extension::{Extensions, RustBuilds};
+use crate::build::source::SourceBuilds;
 use crate::code::host::{Callee, Capabilities, Env, Linkers};
 use crate::code::ledger::{ModuleCalls, Serving};
 use crate::code::process::{Process, ProcessTable};
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) processes: ProcessTable,
     pub(crate) extensions: Extensions,
     pub(crate) rust: RustBuilds,
+    /// `.js` and `.py` extensions' builds.
+    pub(crate) sources: SourceBuilds,
     lock: Box<dyn ReloadLock>,
     /// The data directory's lock (`retention::claim`), held while the node lives.
     _data_dir_lock: Option<std::fs::File>,
@@ -86,6 +89,12 @@ impl Shared {
         let engines = Arc::new(Engines::new(&config)?);
         let rust =
             RustBuilds::new(config.extensions.rustc.clone(), config.data_dir.as_deref()).map_err(NodeError::TempDir)?;
+        let sources = SourceBuilds::new(
+            config.extensions.javascript.clone(),
+            config.extensions.python.clone(),
+            config.data_dir.as_deref(),
+        )
+        .map_err(NodeError::TempDir)?;
         let registry = Arc::new(Registry::default());
         let (history, recovered) = History::open(config.data_dir.as_deref());
         for problem in recovered.problems {
@@ -110,6 +119,7 @@ impl Shared {
             tier_ups: Mutex::default(),
             pieces: Background::start("zest-pieces", 10).map_err(NodeError::Background)?,
             rust,
+            sources,
             config,
             engines,
             registry,

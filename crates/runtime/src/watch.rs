@@ -13,7 +13,8 @@
 //!
 //! - **What is watched**: each loaded app's `zest.toml` (→ the app) and module
 //!   files (→ that module), each app's `watch` globs (→ the app with
-//!   `compile: true`), each recorded extension's source (→ the extension), and
+//!   `compile: true`), each recorded extension's source (→ the extension; for a
+//!   `.js` or `.py` file also its `NAME.wit`, whether or not it exists yet), and
 //!   each module loaded alone from a file (→ that module). Directories are
 //!   watched, not files, so an editor that writes a temporary file and renames
 //!   it over the original is seen.
@@ -465,6 +466,10 @@ fn plan(node: &Node) -> Plan {
     for extension in &status.extensions {
         let path = absolute(&extension.record.path);
         watch_dir(&mut plan, parent(&path), RecursiveMode::NonRecursive);
+        // A `.js` or `.py` file's `NAME.wit` is part of its build.
+        if extension.record.format.language().is_some() {
+            plan.files.insert(path.with_extension("wit"), WatchTarget::Extension(path.clone()));
+        }
         plan.files.insert(path.clone(), WatchTarget::Extension(path));
     }
     for module in status.modules.iter().filter(|m| m.app.is_none() && !extensions.contains(m.name.as_str())) {

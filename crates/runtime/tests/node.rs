@@ -9,6 +9,7 @@ mod node {
     mod components;
     mod extensions;
     mod guest_sdk;
+    mod polyglot;
     mod processes;
     mod rollout;
     mod rust_components;

@@ -30,16 +30,27 @@ pub(crate) fn run_build(
     timeout: Duration,
     on_line: &dyn Fn(Stream, &str),
 ) -> std::io::Result<CompileReport> {
+    let mut shell = Command::new("sh");
+    shell.arg("-c").arg(command).current_dir(dir);
+    let mut report = run_process(shell, timeout, on_line)?;
+    report.command = Some(command.to_string());
+    Ok(report)
+}
+
+/// Runs `command` as [`run_build`] runs a build command: leading a new process
+/// group, stdin closed, each output line to `on_line`, the group killed after
+/// `timeout`. The report's `command` is the program's name. Errors only when
+/// the program cannot be started. Source extensions' tools run so too
+/// (`source.rs`).
+pub(crate) fn run_process(
+    mut command: Command,
+    timeout: Duration,
+    on_line: &dyn Fn(Stream, &str),
+) -> std::io::Result<CompileReport> {
     let started = Instant::now();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(dir)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child =
+        command.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let (lines, received) = mpsc::channel();
     let readers = [
         spawn_reader(child.stdout.take().expect("stdout is piped"), Stream::Stdout, lines.clone()),
@@ -81,7 +92,7 @@ pub(crate) fn run_build(
     }
     Ok(CompileReport {
         ran: true,
-        command: Some(command.to_string()),
+        command: Some(program),
         duration: started.elapsed(),
         exit_code: if timed_out { None } else { status.code() },
         timed_out,

@@ -1,6 +1,7 @@
 //! Extensions: single source files an operator drops on the node (CONTRACT.md
 //! §5.4). This file holds what is particular to them — the path checks, turning a
 //! `.wat`, `.wasm` or `.rs` file into a module build, and the durable records —
+//! (`.js` and `.py` files are built by `source.rs`)
 //! while `reload::extension` runs them through the same module steps as any
 //! other reload.
 //!
@@ -28,6 +29,8 @@ pub enum Format {
     Wat,
     Wasm,
     Rs,
+    Js,
+    Py,
 }
 
 impl Format {
@@ -37,6 +40,18 @@ impl Format {
             Format::Wat => "wat",
             Format::Wasm => "wasm",
             Format::Rs => "rs",
+            Format::Js => "js",
+            Format::Py => "py",
+        }
+    }
+
+    /// The language a source extension of this format is written in, for
+    /// those built by a component toolchain (`source.rs`).
+    pub fn language(self) -> Option<super::source::Language> {
+        match self {
+            Format::Js => Some(super::source::Language::JavaScript),
+            Format::Py => Some(super::source::Language::Python),
+            Format::Wat | Format::Wasm | Format::Rs => None,
         }
     }
 
@@ -45,6 +60,8 @@ impl Format {
             "wat" => Some(Format::Wat),
             "wasm" => Some(Format::Wasm),
             "rs" => Some(Format::Rs),
+            "js" => Some(Format::Js),
+            "py" => Some(Format::Py),
             _ => None,
         }
     }
@@ -90,7 +107,7 @@ pub fn check_path(roots: &[PathBuf], given: &Path) -> Result<Checked, Failure> {
         return Err(fail(Reason::NotAFile, format!("{target} is not a regular file")));
     }
     let Some(format) = Format::of(given) else {
-        let message = format!("{target}: an extension is a .wat, .wasm or .rs file");
+        let message = format!("{target}: an extension is a .wat, .wasm, .rs, .js or .py file");
         return Err(fail(Reason::UnsupportedExtension, message));
     };
     let name = given.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();

@@ -384,7 +384,8 @@ pub(crate) const HOST_INTERFACE: &str = "zest:guest/host@1.0.0";
 
 /// Defines `zest:guest/host` in `linker`: the component form of the imports,
 /// `log`, `now-ms` and `call`, whose `err` holds the callee's failure as the
-/// caller's own call would report it.
+/// caller's own call would report it; and `zest:guest/types`, which has
+/// nothing to define.
 pub(crate) fn register_component(linker: &mut component::Linker<HostState>) -> wasmtime::Result<()> {
     // Types only (`direction`): what a component built against the world
     // `server` imports to name them; types need no definition.

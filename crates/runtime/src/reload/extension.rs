@@ -21,7 +21,7 @@ use crate::telemetry::EventBody;
 
 /// An extension's unit: the file at `given` checked, built and its module
 /// staged. Nothing is swapped yet.
-/// rustc's output is published as `zest.build.output` events of `request_id`.
+/// rustc's (or a source toolchain's) output is published as `zest.build.output` events of `request_id`.
 pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &ReloadOptions, request_id: &str) -> Unit {
     let started = Instant::now();
     let target = given.display().to_string();
@@ -72,6 +72,54 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
                 }
                 Err(failure) => return unit.error(failure),
             }
+        }
+        Format::Js | Format::Py => {
+            let rules = module::Rules::of(options);
+            let language = checked.format.language().expect("a source format has a language");
+            let timeout = shared.config.limits.build_timeout;
+            let on_line = |stream: Stream, line: &str| {
+                let body = EventBody::BuildOutput { stream, line: line.to_string() };
+                shared.telemetry.emit(Kind::Extension, &target, request_id, body);
+            };
+            let build = |whole: bool| {
+                shared.sources.build(&target, language, &checked.name, &checked.file, &source, whole, timeout, &on_line)
+            };
+            let mut built = match build(false) {
+                Ok(built) => built,
+                Err(failure) => return unit.error(failure),
+            };
+            let stage = |built: &crate::build::source::SourceBuild| {
+                let bytes = built.component.clone().into();
+                module::plan_build(
+                    shared,
+                    &checked.name,
+                    Build { source: checked.file.clone(), bytes, is_text: false },
+                    rules,
+                    started,
+                )
+            };
+            let mut step = stage(&built);
+            // A runner's build that does not load (a syntax error, an import
+            // it lacks, an exception at import): the tool builds the file
+            // whole, and its words are the report.
+            if built.runner && step.result.errors.iter().any(|failure| failure.reason == Reason::InvalidModule) {
+                built = match build(true) {
+                    Ok(built) => built,
+                    Err(failure) => return unit.error(failure),
+                };
+                step = stage(&built);
+            }
+            unit.result.metadata.compile = built.run.map(|run| CompileReport {
+                ran: true,
+                command: Some(run.command),
+                duration: run.duration,
+                exit_code: Some(0),
+                timed_out: false,
+                tail: Vec::new(),
+            });
+            unit.steps.push(step);
+            unit.record = Some(Record::Extension(record));
+            return unit;
         }
     };
     unit.steps.push(module::plan_build(shared, &checked.name, build, module::Rules::of(options), started));

@@ -11,6 +11,8 @@
 //! - Rust extension builds (`rust/artifacts/*.wasm`, keyed by source and
 //!   toolchain): the newest [`KEEP_RUST_BUILDS`] by modification time. They are
 //!   a cache of rustc's output; one deleted is rebuilt when next needed.
+//! - JavaScript and Python extension builds (`sources/artifacts/*.wasm`, keyed
+//!   by source, glue and tool): the newest [`KEEP_SOURCE_BUILDS`], likewise.
 //!
 //! A sweep runs on the background writer after every commit that the history
 //! records, after the commit's own writes (the writer runs jobs in order). Not
@@ -39,6 +41,10 @@ pub(crate) const KEEP_BUILDS_PER_MODULE: usize = 8;
 
 /// Rust extension builds kept, newest first.
 pub(crate) const KEEP_RUST_BUILDS: usize = 64;
+
+/// How many `.js` and `.py` extension builds are kept (a Python component
+/// holds its interpreter: about 19 MB each).
+pub(crate) const KEEP_SOURCE_BUILDS: usize = 16;
 
 /// The lock file in a data directory.
 pub(crate) const LOCK_FILE: &str = "lock";
@@ -132,7 +138,9 @@ fn sweep(data_dir: &Path, kept: &HashSet<String>) -> usize {
             removed += remove_unkept(&cache.path(), ".cwasm", kept);
         }
     }
-    removed + keep_newest(&data_dir.join("rust").join("artifacts"), ".wasm", KEEP_RUST_BUILDS)
+    removed
+        + keep_newest(&data_dir.join("rust").join("artifacts"), ".wasm", KEEP_RUST_BUILDS)
+        + keep_newest(&data_dir.join("sources").join("artifacts"), ".wasm", KEEP_SOURCE_BUILDS)
 }
 
 /// The sha256 a store's file is named by (`<64 hex digits><suffix>`).

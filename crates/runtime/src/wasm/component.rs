@@ -245,10 +245,22 @@ impl ComponentExports {
     }
 }
 
-/// A parameterless, resultless `init`: a start-up hook component toolchains add
-/// for themselves (componentize-py, componentize-qjs), not a callable.
+/// The parameters of the build-time hooks component toolchains export as
+/// `init`: componentize-qjs 0.4's (top level) and componentize-py 0.25's (in
+/// the interface `exports`), each returning `result<_, string>`.
+const TOOLCHAIN_HOOK_PARAMS: [&[&str]; 2] =
+    [&["shim", "script", "entry-path", "disable-gc"], &["app-name", "symbols", "stub-wasi"]];
+
+/// An `init` that is a start-up hook component toolchains add for themselves
+/// (componentize-py, componentize-qjs), not a callable: parameterless and
+/// resultless, or a build-time hook with the parameters of
+/// [`TOOLCHAIN_HOOK_PARAMS`].
 fn is_toolchain_hook(func: &ComponentFunc, name: &str) -> bool {
-    name == "init" && func.params().len() == 0 && func.results().len() == 0
+    if name != "init" {
+        return false;
+    }
+    let params: Vec<&str> = func.params().map(|(param, _)| param).collect();
+    (params.is_empty() && func.results().len() == 0) || TOOLCHAIN_HOOK_PARAMS.contains(&params.as_slice())
 }
 
 /// The functions `wanted` of the exported `zest:guest` interface `name`, each

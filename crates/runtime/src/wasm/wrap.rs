@@ -28,7 +28,7 @@ use wit_parser::Resolve;
 pub(crate) const MARKER: &str = "zest:component-form";
 
 /// The WIT package `zest:guest@1.0.0` (CONTRACT.md §13).
-pub(crate) const ZEST_WIT: &str = include_str!("../../wit/zest.wit");
+pub const ZEST_WIT: &str = include_str!("../../wit/zest.wit");
 
 const HOST: &str = "zest:guest/host@1.0.0";
 const PROCESS: &str = "zest:guest/process@1.0.0";

@@ -31,7 +31,12 @@ impl Ext {
     fn start(dir: &Path) -> Node {
         let config = NodeConfig {
             data_dir: Some(dir.join("data")),
-            extensions: ExtensionsConfig { roots: vec![dir.join("extensions")], rustc: None },
+            extensions: ExtensionsConfig {
+                roots: vec![dir.join("extensions")],
+                rustc: None,
+                javascript: None,
+                python: None,
+            },
             ..NodeConfig::default()
         };
         Node::new(config).unwrap()

@@ -55,7 +55,12 @@ impl Watched {
         };
         let config = NodeConfig {
             data_dir: Some(data),
-            extensions: ExtensionsConfig { roots: vec![dir.path().join("extensions")], rustc: None },
+            extensions: ExtensionsConfig {
+                roots: vec![dir.path().join("extensions")],
+                rustc: None,
+                javascript: None,
+                python: None,
+            },
             ..NodeConfig::default()
         };
         let node = Node::new(config).unwrap();

@@ -1,0 +1,430 @@
+//! Source extensions in JavaScript and Python (CONTRACT.md §13, "Source
+//! extensions"): built inside the node by `componentize-qjs` and
+//! `componentize-py`, served through the glue's `dynamic` export, run as
+//! processes that migrate between the languages, and every bad input a clear
+//! report with the old version serving.
+//!
+//! A Python component takes seconds to build and compile, so each test builds
+//! few: one file serves several checks, and the node compiles with Winch only.
+
+use std::path::{Path, PathBuf};
+
+use zest_runtime::{
+    CallError, Compiler, EventBody, ExtensionsConfig, Language, Node, NodeConfig, Reason, ReloadOptions, ReloadRequest,
+    ReloadResult, Scope, Status, Tool,
+};
+
+/// The tool for `language`: on the `PATH`, or where `pip install --user`
+/// puts it; a test without it fails saying what to install.
+fn tool(language: Language) -> PathBuf {
+    if let Ok(tool) = Tool::find(language, None) {
+        return tool.path;
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let user_bin = home.join(".local/bin").join(language.tool());
+    match Tool::find(language, Some(&user_bin)) {
+        Ok(tool) => tool.path,
+        Err(err) => panic!("this test needs {} (scripts/test.sh installs it): {err}", language.tool()),
+    }
+}
+
+/// A node whose extension root is `<tmp>/extensions`, with both toolchains.
+struct Poly {
+    dir: tempfile::TempDir,
+    node: Node,
+}
+
+impl Poly {
+    fn new() -> Poly {
+        Poly::with_tools(Some(tool(Language::JavaScript)), Some(tool(Language::Python)))
+    }
+
+    fn with_tools(javascript: Option<PathBuf>, python: Option<PathBuf>) -> Poly {
+        Poly::with_limits(javascript, python, zest_runtime::Limits::default())
+    }
+
+    fn with_limits(javascript: Option<PathBuf>, python: Option<PathBuf>, limits: zest_runtime::Limits) -> Poly {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("extensions")).unwrap();
+        let config = NodeConfig {
+            data_dir: Some(dir.path().join("data")),
+            extensions: ExtensionsConfig {
+                roots: vec![dir.path().join("extensions")],
+                rustc: None,
+                javascript,
+                python,
+            },
+            // Winch only: the tests check behaviour, and a Cranelift tier-up
+            // of an interpreter would only take the other core.
+            compiler: Compiler::Winch,
+            tier_up_after: None,
+            limits,
+            ..NodeConfig::default()
+        };
+        Poly { node: Node::new(config).unwrap(), dir }
+    }
+
+    fn write(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join("extensions").join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn reload(&self, path: &Path) -> ReloadResult {
+        let request = ReloadRequest {
+            scope: Scope::Extension(path.to_path_buf()),
+            options: ReloadOptions::default(),
+            request_id: None,
+        };
+        self.node.reload(&request).expect("the reload runs")
+    }
+
+    fn load(&self, file: &str, text: &str) -> ReloadResult {
+        let result = self.reload(&self.write(file, text));
+        assert_eq!(result.status(), Status::Ok, "{result:#?}");
+        result
+    }
+
+    fn call(&self, module: &str, function: &str, args: &str) -> Result<String, CallError> {
+        self.node.call(module, function, args)
+    }
+}
+
+fn only_error(result: &ReloadResult) -> (Reason, &str) {
+    assert_eq!(result.errors.len(), 1, "{result:#?}");
+    (result.errors[0].reason, &result.errors[0].message)
+}
+
+fn failure(result: Result<String, CallError>) -> String {
+    match result {
+        Err(CallError::Failed { message, .. }) => message,
+        other => panic!("a failed call, not {other:?}"),
+    }
+}
+
+const HELLO_PY: &str = r#"import json
+
+GREETING = "hello"
+
+
+def greet(name):
+    return f"{GREETING}, {name}"
+
+
+def add(a, b=0):
+    return a + b
+
+
+def parse(text):
+    return int(text)
+
+
+def pair():
+    return {1, 2}
+
+
+def _private():
+    return "not served"
+"#;
+
+#[test]
+fn a_python_file_serves_its_top_level_functions_and_a_broken_edit_leaves_it_serving() {
+    let poly = Poly::new();
+    // The first Python file builds the runner its source is handed to.
+    let loaded = poly.load("hello.py", HELLO_PY);
+    let compile = loaded.metadata.compile.as_ref().expect("componentize-py ran");
+    assert!(compile.command.as_deref().unwrap().ends_with("(the runner of world plugin)"), "{compile:?}");
+    let status = poly.node.status();
+    let module = status.modules.iter().find(|m| m.name == "hello").unwrap();
+    assert_eq!(module.functions, ["add", "greet", "pair", "parse"], "top-level public functions only");
+
+    assert_eq!(poly.call("hello", "greet", r#"["bob"]"#).unwrap(), r#""hello, bob""#);
+    assert_eq!(poly.call("hello", "add", r#"{"a": 2, "b": 3}"#).unwrap(), "5", "an object is keyword arguments");
+    assert_eq!(poly.call("hello", "add", "[2]").unwrap(), "2");
+    let raised = failure(poly.call("hello", "parse", r#"["x"]"#));
+    assert!(raised.contains("ValueError: invalid literal for int()"), "{raised}");
+    assert!(raised.contains("hello.py:15 in parse"), "the line that raised: {raised}");
+    let not_json = failure(poly.call("hello", "pair", "null"));
+    assert!(not_json.contains("pair returned a value that is not JSON") && not_json.contains("set"), "{not_json}");
+    assert!(poly.call("hello", "_private", "null").is_err());
+
+    // A syntax error: the tool's words with the line, the old code serving.
+    let broken = poly.reload(&poly.write("hello.py", &HELLO_PY.replace("def pair():", "def pair(:")));
+    let (reason, message) = only_error(&broken);
+    assert_eq!(reason, Reason::CompileError);
+    assert!(message.contains("SyntaxError") && message.contains("line 18"), "{message}");
+    assert!(message.contains("extensions/hello.py"), "names the user's file: {message}");
+    assert!(!message.contains("Stack backtrace"), "{message}");
+    // An exception while the module is imported (at build time).
+    let raising = poly.reload(&poly.write("hello.py", &format!("{HELLO_PY}\nraise RuntimeError(\"no config\")\n")));
+    let (reason, message) = only_error(&raising);
+    assert_eq!(reason, Reason::CompileError);
+    let line = format!("line {}", HELLO_PY.lines().count() + 2);
+    assert!(message.contains("RuntimeError: no config") && message.contains(&line), "{message}");
+    assert_eq!(poly.call("hello", "greet", r#"["still"]"#).unwrap(), r#""hello, still""#);
+    assert_eq!(poly.node.status().modules.len(), 1);
+
+    // An edit runs no tool: the runner takes the new source.
+    let edited = poly.load("hello.py", &HELLO_PY.replace("\"hello\"", "\"howdy\""));
+    assert!(edited.metadata.compile.is_none(), "{edited:#?}");
+    assert_eq!(poly.call("hello", "greet", r#"["bob"]"#).unwrap(), r#""howdy, bob""#);
+
+    // A module the runner has not imported: the file is built whole.
+    let csv =
+        poly.load("hello.py", &format!("import csv\n{HELLO_PY}\n\ndef dialects():\n    return csv.list_dialects()\n"));
+    let compile = csv.metadata.compile.as_ref().expect("componentize-py built the file");
+    assert!(compile.command.as_deref().unwrap().ends_with("extensions/hello.py"), "{compile:?}");
+    assert!(poly.call("hello", "dialects", "null").unwrap().contains("excel"));
+}
+
+const HELLO_JS: &str = r#"const GREETING = "hello";
+
+export function greet(name) {
+  return `${GREETING}, ${name}`;
+}
+
+export function add(a, b = 0) {
+  return a + b;
+}
+
+export function parse(text) {
+  const n = Number(text);
+  if (Number.isNaN(n)) throw new TypeError(`not a number: ${text}`);
+  return n;
+}
+
+export function big() {
+  return 10n;
+}
+
+function hidden() {
+  return "not exported";
+}
+"#;
+
+#[test]
+fn a_javascript_file_serves_its_exported_functions_and_a_broken_edit_leaves_it_serving() {
+    let poly = Poly::new();
+    let output = std::sync::Mutex::new(Vec::new());
+    let loaded = {
+        let mut events = poly.node.telemetry().subscribe();
+        let loaded = poly.load("hello.js", HELLO_JS);
+        while let Ok(event) = events.try_recv() {
+            if let EventBody::BuildOutput { line, .. } = &event.body {
+                output.lock().unwrap().push(line.clone());
+            }
+        }
+        loaded
+    };
+    assert!(loaded.metadata.compile.is_some());
+    let output = output.into_inner().unwrap();
+    assert!(output.iter().any(|line| line.contains("Component written")), "the tool's output streams: {output:?}");
+
+    assert_eq!(poly.call("hello", "greet", r#"["ann"]"#).unwrap(), r#""hello, ann""#);
+    assert_eq!(poly.call("hello", "add", r#"{"a": 2, "b": 3}"#).unwrap(), "5", "an object by parameter names");
+    let thrown = failure(poly.call("hello", "parse", r#"["x"]"#));
+    assert!(thrown.contains("TypeError: not a number: x") && thrown.contains("hello.js:13"), "{thrown}");
+    let not_json = failure(poly.call("hello", "big", "null"));
+    assert!(not_json.contains("big returned a value that is not JSON"), "{not_json}");
+    assert!(poly.call("hello", "hidden", "null").is_err());
+
+    let broken =
+        poly.reload(&poly.write("hello.js", &HELLO_JS.replace("export function big() {", "export function big( {")));
+    let (reason, message) = only_error(&broken);
+    assert_eq!(reason, Reason::CompileError);
+    assert!(message.contains("extensions/hello.js:"), "the file and line: {message}");
+    assert!(!message.contains("Output:"), "{message}");
+    let raising = poly.reload(&poly.write("hello.js", &format!("{HELLO_JS}\nthrow new Error(\"no config\");\n")));
+    let (reason, message) = only_error(&raising);
+    assert_eq!(reason, Reason::CompileError);
+    let line = format!("hello.js:{}:", HELLO_JS.lines().count() + 2);
+    assert!(message.contains("no config") && message.contains(&line), "{message}");
+    assert_eq!(poly.call("hello", "greet", r#"["still"]"#).unwrap(), r#""hello, still""#);
+}
+
+/// A counter process; each language's `code_change` appends to `trail` the
+/// language whose state it received.
+const COUNTER_PY: &str = r#"state = {"count": 0, "trail": []}
+
+
+def init(args):
+    state["count"] = args.get("start", 0)
+
+
+def handle(message):
+    if message == "get":
+        return state
+    state["count"] += message["add"]
+    return state["count"]
+
+
+def save_state():
+    return dict(state, lang="python")
+
+
+def code_change(old_vsn, direction, old, extra):
+    state.update(count=old["count"], trail=old["trail"] + [old.get("lang", "?") + "->python"])
+"#;
+
+const COUNTER_JS: &str = r#"let state = { count: 0, trail: [] };
+
+export function init(args) {
+  state.count = args.start || 0;
+}
+
+export function handle(message) {
+  if (message === "get") return state;
+  state.count += message.add;
+  return state.count;
+}
+
+export function save_state() {
+  return { ...state, lang: "javascript" };
+}
+
+export function code_change(oldVsn, direction, old, extra) {
+  state = { count: old.count, trail: [...old.trail, `${old.lang}->javascript`] };
+}
+"#;
+
+#[test]
+fn a_process_moves_from_python_to_javascript_and_back_with_its_state() {
+    let poly = Poly::new();
+    poly.load("counter.py", COUNTER_PY);
+    let py = poly.path("counter.py");
+    poly.node.start_process("c", "counter", r#"{"start": 5}"#).expect("starts");
+    assert_eq!(poly.node.call_process("c", r#"{"add": 2}"#).unwrap(), "7");
+
+    // The module `counter` now comes from counter.js: the process moves, its
+    // state going through Python's save_state into JavaScript's code_change.
+    std::fs::remove_file(&py).unwrap();
+    poly.load("counter.js", COUNTER_JS);
+    assert_eq!(poly.node.call_process("c", r#"{"add": 1}"#).unwrap(), "8");
+    let state = poly.node.call_process("c", r#""get""#).unwrap();
+    assert_eq!(state, r#"{"count":8,"trail":["python->javascript"]}"#);
+
+    // And back to the Python file (its build kept: no tool runs).
+    let back = poly.load("counter.py", COUNTER_PY);
+    assert!(back.metadata.compile.is_none(), "{back:#?}");
+    let state = poly.node.call_process("c", r#""get""#).unwrap();
+    assert_eq!(state, r#"{"count": 8, "trail": ["python->javascript", "javascript->python"]}"#);
+}
+
+#[test]
+fn a_missing_toolchain_and_a_bad_wit_are_clear_errors_and_a_good_wit_types_the_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let poly = Poly::with_tools(Some(tool(Language::JavaScript)), Some(dir.path().join("componentize-py")));
+    let missing = poly.reload(&poly.write("hello.py", HELLO_PY));
+    let (reason, message) = only_error(&missing);
+    assert_eq!(reason, Reason::CompileFailed);
+    assert!(message.contains("pip install componentize-py") && message.contains("extensions.python"), "{message}");
+    let toolchains = poly.node.toolchains();
+    assert_eq!(toolchains.len(), 2);
+    assert_eq!(toolchains[0].language, Language::JavaScript);
+    assert!(toolchains[0].found.as_ref().is_ok_and(|tool| tool.version.starts_with("componentize-qjs ")));
+    assert!(toolchains[1].found.is_err());
+
+    // A NAME.wit beside the file: the file implements that world.
+    let wit = "package acme:sum;\n\nworld sum {\n  export add: func(a: u32, b: u32) -> u32;\n}\n";
+    poly.write("sum.wit", wit);
+    poly.load("sum.js", "export function add(a, b) {\n  return a + b;\n}\n");
+    assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5");
+    let description = poly.node.describe("sum").unwrap();
+    let (name, signature) = &description.functions[0];
+    assert_eq!((name.as_str(), signature.result.as_deref()), ("add", Some("u32")));
+    assert_eq!(signature.params, [("a".to_string(), "u32".to_string()), ("b".to_string(), "u32".to_string())]);
+    assert!(matches!(poly.call("sum", "add", "[-1, 3]"), Err(CallError::InvalidArgs { .. })));
+
+    // A WIT that does not parse, and one whose world the file does not fit.
+    poly.write("sum.wit", &wit.replace("-> u32", "-> u3"));
+    let bad = poly.reload(&poly.path("sum.js"));
+    let (reason, message) = only_error(&bad);
+    assert_eq!(reason, Reason::CompileError);
+    assert!(message.contains("u3"), "{message}");
+    // A world the file does not implement: componentize-qjs builds it (an
+    // export left out would trap when called), and the swap is refused as
+    // the breaking change it is.
+    poly.write("sum.wit", &wit.replace("export add", "export total"));
+    let unfit = poly.reload(&poly.path("sum.js"));
+    let (reason, message) = only_error(&unfit);
+    assert_eq!(reason, Reason::BreakingChange, "{message}");
+    assert!(message.contains("`add`"), "{message}");
+    assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5", "the old version serves");
+}
+
+impl Poly {
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join("extensions").join(file)
+    }
+}
+
+#[test]
+fn watch_mode_rebuilds_a_javascript_file_and_its_wit_when_either_is_saved() {
+    let poly = Poly::new();
+    let wit = "package acme:w;\n\nworld w {\n  export get: func() -> u32;\n}\n";
+    let js = "export function get() {\n  return 1;\n}\n\nexport function twice(n) {\n  return 2 * n;\n}\n";
+    poly.write("w.wit", wit);
+    poly.load("w.js", js);
+    let reloads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&reloads);
+    let config = zest_runtime::watch::WatchConfig { debounce: std::time::Duration::from_millis(100) };
+    let _watch = poly
+        .node
+        .watch(config, move |event| {
+            if let zest_runtime::watch::WatchEvent::Reloaded { result, .. } = event {
+                seen.lock().unwrap().push(result.status());
+            }
+        })
+        .unwrap();
+    let eventually = |what: &str, check: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !check() {
+            let waited = started.elapsed();
+            assert!(waited < std::time::Duration::from_secs(120), "{what}; reloads: {:?}", reloads.lock().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+
+    poly.write("w.js", &js.replace("return 1", "return 2"));
+    eventually("the edit serves", &|| poly.call("w", "get", "null").is_ok_and(|out| out == "2"));
+
+    // The WIT beside it saved: its new export serves.
+    poly.write("w.wit", &wit.replace("}\n", "  export twice: func(n: u32) -> u32;\n}\n"));
+    eventually("the WIT's new function serves", &|| poly.call("w", "twice", "[4]").is_ok_and(|out| out == "8"));
+    assert_eq!(poly.call("w", "get", "null").unwrap(), "2");
+    assert!(reloads.lock().unwrap().iter().all(|status| *status == Status::Ok), "{:?}", reloads.lock().unwrap());
+}
+
+/// The processes whose working directory is under `dir` (a tool's build runs
+/// in a private directory there).
+fn processes_in(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|entry| std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_build_past_the_timeout_is_killed_with_its_children_and_leaves_nothing_behind() {
+    let limits = zest_runtime::Limits { build_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    let poly = Poly::with_limits(Some(tool(Language::JavaScript)), Some(tool(Language::Python)), limits);
+    let started = std::time::Instant::now();
+    let result = poly.reload(&poly.write("slow.py", "def f():\n    return 1\n"));
+    let (reason, message) = only_error(&result);
+    assert_eq!(reason, Reason::Timeout, "{message}");
+    assert!(message.contains("limits.build_timeout_ms"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    let sources = poly.dir.path().join("data/sources");
+    assert_eq!(processes_in(&sources), Vec::<String>::new(), "a tool's process outlived the kill");
+    let left: Vec<_> = std::fs::read_dir(&sources)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("build-"))
+        .collect();
+    assert!(left.is_empty(), "the private build directory goes with the build: {left:?}");
+    assert!(poly.node.status().modules.is_empty());
+}
