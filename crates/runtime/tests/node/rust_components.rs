@@ -40,7 +40,7 @@ impl Setup {
         std::fs::create_dir(dir.path().join("extensions")).unwrap();
         let config = NodeConfig {
             data_dir: Some(dir.path().join("data")),
-            extensions: ExtensionsConfig { roots: vec![dir.path().join("extensions")], rustc: None },
+            extensions: ExtensionsConfig { roots: vec![dir.path().join("extensions")], ..ExtensionsConfig::default() },
             ..config
         };
         let node = Node::new(config).unwrap();
