@@ -38,7 +38,7 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
 fi
 
-# The toolchains of .py and .js extensions (docs/operations.md, "JavaScript and
+# The toolchains of .py and .js extensions (docs/abi.md, "JavaScript and
 # Python extensions"): pip's --user scripts go to ~/.local/bin, which the node
 # finds on the PATH.
 export PATH="$HOME/.local/bin:$PATH"
