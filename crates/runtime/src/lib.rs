@@ -71,7 +71,7 @@ pub use reason::{Failure, Reason, Skip};
 pub use reload::{
     AllScope, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, Counts, FunctionChange, Kind,
     Metadata, Phase, Plan, PlanEntry, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest,
-    RollbackTarget, Scope, Session, Status, Swap, TrialSpec,
+    RollbackTarget, Scope, Session, Status, Swap, TrialSpec, UnloadRequest, UnloadTarget,
 };
 pub use store::artifact::Bytes;
 pub use telemetry::{Event, EventBody, Telemetry};

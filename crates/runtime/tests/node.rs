@@ -13,5 +13,6 @@ mod node {
     mod rollout;
     mod sandbox;
     mod split_builds;
+    mod unload;
     mod watch;
 }

@@ -131,6 +131,14 @@ impl Ledger {
         Arc::clone(&books.counts.entry((module.to_string(), vsn.to_string())).or_default().counts)
     }
 
+    /// Forgets every count of `module` (an unload): its series leave
+    /// `zest_calls_total`. A version still draining counts on into counts no
+    /// longer listed; a module loaded again starts from zero.
+    pub(crate) fn forget(&self, module: &str) {
+        let mut books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
+        books.counts.retain(|(name, _), _| name != module);
+    }
+
     /// Every (module, vsn) kept, with its calls that answered and that failed.
     pub(crate) fn all(&self) -> Vec<(String, String, u64, u64)> {
         let mut books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
@@ -204,5 +212,16 @@ mod tests {
         assert!(!names.contains(&"clock@v0".to_string()) && !names.contains(&"clock@v9".to_string()));
         assert!(names.contains(&"clock@v10".to_string()) && names.contains(&format!("clock@v{}", RETIRED_KEPT + 9)));
         assert_eq!(live.read(), (1, 0), "held counts are the same counts");
+    }
+
+    #[test]
+    fn a_forgotten_module_leaves_no_series_and_starts_afresh() {
+        let ledger = Ledger::default();
+        let gone = ledger.counts("gone", "1");
+        gone.ok(0);
+        ledger.counts("stays", "1").ok(0);
+        ledger.forget("gone");
+        assert!(kept(&ledger).iter().all(|name| !name.starts_with("gone@")), "{:?}", kept(&ledger));
+        assert_eq!(ledger.counts("gone", "1").read(), (0, 0), "loaded again, it counts from zero");
     }
 }
