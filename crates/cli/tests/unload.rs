@@ -250,3 +250,37 @@ fn zest_unload_summarises_like_a_reload_and_exits_by_the_contract() {
     let sent = node.rpc("process.call", json!({"process": "counter", "message": {"add": 1}}));
     assert!(sent.get("result").is_some(), "{sent}");
 }
+
+#[test]
+fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member_and_system_unload_is_refused() {
+    let fleet = support::Fleet::start(&["a", "b"]);
+    for id in ["a", "b"] {
+        let called = fleet.member(id).rpc("module.call", json!({"module": "front", "function": "time"}));
+        assert!(called["result"]["now_ms"].is_i64(), "{id}: {called}");
+    }
+    // The coordinator's manifest no longer declares front; b's own copy still does.
+    let manifest = fleet.member_dir("a").join("app/zest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let dropped = text.replace("[[modules]]\nname = \"front\"\npath = \"front.wat\"\n", "");
+    assert_ne!(dropped, text, "the demo manifest changed; update the test");
+    std::fs::write(&manifest, dropped).unwrap();
+
+    let result = fleet.member("a").reload(json!({"scope": "app", "app": "demo"}));
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["metadata"]["unloaded"], json!(["front"]), "listed once for the cluster: {result}");
+    assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
+    for id in ["a", "b"] {
+        let member = fleet.member(id);
+        let called = member.rpc("module.call", json!({"module": "front", "function": "time"}));
+        assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{id}: {called}");
+        assert!(!modules(&member.status()).contains(&"front".to_string()), "{id}");
+        let clock = member.rpc("module.call", json!({"module": "clock", "function": "now"}));
+        assert!(clock.get("result").is_some(), "{id}: the rest serves: {clock}");
+    }
+
+    // system.unload on one member alone would be undone by its next catch-up.
+    let refused = fleet.member("b").rpc("system.unload", json!({"app": "demo"}));
+    assert_eq!(code(&refused), (-32602, "INVALID_PARAMS"), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("cluster member"), "{refused}");
+    assert!(modules(&fleet.member("b").status()).contains(&"clock".to_string()), "nothing unloaded");
+}
