@@ -472,3 +472,30 @@ fn other_modules_serve_every_call_while_extensions_are_unloaded_and_rolled_back_
     assert!(served.load(Ordering::Relaxed) > 100, "the load ran: {}", served.load(Ordering::Relaxed));
     assert!(other.exists());
 }
+
+#[test]
+fn an_extension_running_a_canary_on_trial_unloads_whole_and_its_trial_ends_without_a_revert() {
+    let host = Host::new();
+    let path = host.load_extension("extensions/clock.wat", &versioned(1, 0));
+    std::fs::write(&path, versioned(2, 0)).unwrap();
+    let mut request = ReloadRequest::new(Scope::Module("clock".into()));
+    request.options.canary = Some(50);
+    request.options.trial = Some(zest_runtime::TrialSpec {
+        window: Duration::from_millis(300),
+        max_failure_rate: 0.01,
+        min_calls: 1,
+    });
+    let canary = host.node.reload(&request).unwrap();
+    assert_eq!(canary.status(), Status::Ok, "{canary:#?}");
+    assert!(host.node.status().modules[0].canary.is_some());
+
+    let result = host.unload_extension(&path);
+    assert_eq!(result.status(), Status::Ok, "{result:#?}");
+    assert_eq!(result.metadata.unloaded, ["clock"]);
+    assert!(host.modules().is_empty(), "current and canary both gone");
+    assert!(host.node.call_counts().is_empty(), "{:?}", host.node.call_counts());
+    // The trial's window passes: nothing is reverted or promoted back in.
+    thread::sleep(Duration::from_millis(500));
+    assert!(not_loaded(&host.node, "clock"));
+    assert_eq!(host.node.history(Some("clock"), 1)[0].action, Action::Unload);
+}
