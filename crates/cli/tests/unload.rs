@@ -253,11 +253,14 @@ fn zest_unload_summarises_like_a_reload_and_exits_by_the_contract() {
 
 #[test]
 fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member_and_system_unload_is_refused() {
-    let fleet = support::Fleet::start(&["a", "b"]);
+    let mut fleet = support::Fleet::start(&["a", "b"]);
     for id in ["a", "b"] {
         let called = fleet.member(id).rpc("module.call", json!({"module": "front", "function": "time"}));
         assert!(called["result"]["now_ms"].is_i64(), "{id}: {called}");
     }
+    // A reload for everyone records the app, front included, as the desired state.
+    let first = fleet.member("a").reload(json!({"scope": "app", "app": "demo"}));
+    assert_eq!(first["metadata"]["cluster"]["phase"], "committed", "{first}");
     // The coordinator's manifest no longer declares front; b's own copy still does.
     let manifest = fleet.member_dir("a").join("app/zest.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
@@ -267,6 +270,7 @@ fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member_and_syste
 
     let result = fleet.member("a").reload(json!({"scope": "app", "app": "demo"}));
     assert_eq!(result["status"], "ok", "{result}");
+    let revision = result["metadata"]["cluster"]["revision"].as_i64().unwrap();
     assert_eq!(result["metadata"]["unloaded"], json!(["front"]), "listed once for the cluster: {result}");
     assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
     for id in ["a", "b"] {
@@ -277,6 +281,22 @@ fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member_and_syste
         let clock = member.rpc("module.call", json!({"module": "clock", "function": "now"}));
         assert!(clock.get("result").is_some(), "{id}: the rest serves: {clock}");
     }
+
+    // b restarts with a copy of the app that no longer declares front: the
+    // desired state does not load it back either (as a module of no app).
+    let b_manifest = fleet.member_dir("b").join("app/zest.toml");
+    let text = std::fs::read_to_string(&b_manifest).unwrap();
+    std::fs::write(&b_manifest, text.replace("[[modules]]\nname = \"front\"\npath = \"front.wat\"\n", "")).unwrap();
+    fleet.take("b").kill();
+    fleet.spawn("b", &[]);
+    let caught_up = support::eventually(Duration::from_secs(15), || {
+        let status = fleet.member("b").status();
+        (status["cluster"]["revision"].as_i64() == Some(revision)).then_some(status)
+    })
+    .expect("b caught up with the commit");
+    assert!(!modules(&caught_up).contains(&"front".to_string()), "front came back: {caught_up}");
+    let called = fleet.member("b").rpc("module.call", json!({"module": "front", "function": "time"}));
+    assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{called}");
 
     // system.unload on one member alone would be undone by its next catch-up.
     let refused = fleet.member("b").rpc("system.unload", json!({"app": "demo"}));

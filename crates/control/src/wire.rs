@@ -765,6 +765,7 @@ pub fn blueprint(blueprint: &Blueprint) -> Value {
                 "builds": unit.builds.iter().map(build_ref).collect::<Vec<_>>(),
                 "app": unit.app.as_ref().map(manifest),
                 "extension": unit.extension.as_ref().map(record),
+                "unloads": unit.unloads,
             })
         })
         .collect();
@@ -814,6 +815,8 @@ pub fn parse_blueprint(value: &Value) -> Result<Blueprint, String> {
                     None | Some(Value::Null) => None,
                     Some(record) => Some(parse_record(record)?),
                 },
+                // Absent in what members before unloads sent: none.
+                unloads: texts_of(unit, "unloads")?,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -929,6 +932,7 @@ mod tests {
                 }],
                 app: Some(manifest),
                 extension: None,
+                unloads: vec!["front".into()],
             }],
             code_change: vec![],
             force: false,

@@ -201,6 +201,10 @@ pub struct BlueprintUnit {
     pub app: Option<AppManifest>,
     /// The extension's record, kept once applied.
     pub extension: Option<ExtensionRecord>,
+    /// Modules the coordinator unloads with this unit (its app's manifest
+    /// dropped them): a cluster removes them from its desired state. Each
+    /// member finds its own from the manifest it is given.
+    pub unloads: Vec<String>,
 }
 
 /// One module's build, named by the sha256 of its bytes.

@@ -45,6 +45,11 @@ pub(super) fn of_plan(
                     Some(Record::Extension(record)) => Some(record.clone()),
                     _ => None,
                 },
+                unloads: if failed {
+                    Vec::new()
+                } else {
+                    unit.unloads.iter().map(|u| u.result.target.clone()).collect()
+                },
             }
         })
         .collect();

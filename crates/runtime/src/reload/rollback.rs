@@ -90,7 +90,7 @@ pub(crate) fn blueprint(shared: &Shared, request: &RollbackRequest) -> Result<Bl
     Ok(Blueprint {
         kind,
         target: target.clone(),
-        units: vec![BlueprintUnit { kind, target, builds, app, extension }],
+        units: vec![BlueprintUnit { kind, target, builds, app, extension, unloads: Vec::new() }],
         code_change: Vec::new(),
         force: request.options.force,
         atomic: request.options.atomic,

@@ -480,11 +480,8 @@ fn an_extension_running_a_canary_on_trial_unloads_whole_and_its_trial_ends_witho
     std::fs::write(&path, versioned(2, 0)).unwrap();
     let mut request = ReloadRequest::new(Scope::Module("clock".into()));
     request.options.canary = Some(50);
-    request.options.trial = Some(zest_runtime::TrialSpec {
-        window: Duration::from_millis(300),
-        max_failure_rate: 0.01,
-        min_calls: 1,
-    });
+    request.options.trial =
+        Some(zest_runtime::TrialSpec { window: Duration::from_millis(300), max_failure_rate: 0.01, min_calls: 1 });
     let canary = host.node.reload(&request).unwrap();
     assert_eq!(canary.status(), Status::Ok, "{canary:#?}");
     assert!(host.node.status().modules[0].canary.is_some());
