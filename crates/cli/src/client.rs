@@ -274,6 +274,10 @@ fn summarise(result: &Value, paint: &Paint, depth: usize, out: &mut String) {
     if !unchanged.is_empty() && depth == 0 {
         out.push_str(&format!("{pad}  unchanged: {}\n", unchanged.join(", ")));
     }
+    let unloaded = list(&result["metadata"]["unloaded"]);
+    if !unloaded.is_empty() && depth == 0 {
+        out.push_str(&format!("{pad}  unloaded: {}\n", unloaded.join(", ")));
+    }
     if result["metadata"]["dry_run"] == true && depth == 0 {
         out.push_str(&format!("{pad}  dry run: nothing was committed\n"));
         for entry in result["metadata"]["plan"].as_array().into_iter().flatten() {

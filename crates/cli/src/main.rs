@@ -1,5 +1,5 @@
 //! `zest`: the node (`zest serve`) and its command-line client (`reload`,
-//! `status`, `call`, `send`), CONTRACT.md §8.
+//! `unload`, `status`, `call`, `send`), CONTRACT.md §8.
 //!
 //! Exit codes: 0 ok, 1 cannot reach the node or auth refused, 2 usage, 3 partial,
 //! 4 error.
@@ -101,6 +101,17 @@ enum Command {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Take an extension, or an app with its modules and processes, out of the
+    /// node (system.unload); a rollback loads it back.
+    Unload {
+        #[command(subcommand)]
+        target: UnloadArg,
+        /// Wait this long for the reload lock (default: answer at once).
+        #[arg(long, global = true)]
+        lock_timeout_ms: Option<u64>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Make a canary current for every call and process (system.promote).
     Promote {
         #[command(subcommand)]
@@ -152,6 +163,15 @@ enum TargetArg {
     /// One module.
     Module { name: String },
     /// Every module of an app.
+    App { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum UnloadArg {
+    /// The extension loaded from PATH (its record goes too: a restart does
+    /// not load it again).
+    Extension { path: String },
+    /// Every module of app NAME, its processes with them.
     App { name: String },
 }
 
@@ -295,6 +315,18 @@ fn run(command: Command) -> Result<ExitCode, CliError> {
                 insert(&mut params, "lock_timeout_ms", json!(ms));
             }
             let result = client::request(&target(&client), "system.rollback", params)?;
+            Ok(print_result(&result, client.json))
+        }
+        Command::Unload { target: what, lock_timeout_ms, client } => {
+            let mut params = ObjectParams::new();
+            match what {
+                UnloadArg::Extension { path } => insert(&mut params, "extension", json!(absolute(&path))),
+                UnloadArg::App { name } => insert(&mut params, "app", json!(name)),
+            }
+            if let Some(ms) = lock_timeout_ms {
+                insert(&mut params, "lock_timeout_ms", json!(ms));
+            }
+            let result = client::request(&target(&client), "system.unload", params)?;
             Ok(print_result(&result, client.json))
         }
         Command::Promote { target: what, client } => {

@@ -2,7 +2,8 @@
 //! driven through `chromedriver`) against a real `zest serve`. Sign in (a
 //! refused token shows nothing), see the modules, change a file and reload it
 //! from the page, see the result, the new vsn and the events, roll back, ride
-//! out a node restart, and never put the token in a URL.
+//! out a node restart, and never put the token in a URL; unload an extension
+//! and an app, each only once confirmed.
 //!
 //! `./scripts/test.sh` installs `chromium` and `chromium-driver` when missing;
 //! without them this test fails and says so. `ZEST_UI_SCREENSHOTS=DIR` saves
@@ -266,6 +267,96 @@ fn the_dashboard_signs_in_shows_reloads_rolls_back_and_reconnects_in_a_real_brow
         click(&client, "#sign-out").await;
         assert_eq!(script(&client, "return sessionStorage.getItem('zest.token')").await, Value::Null);
         assert_eq!(script(&client, "return document.querySelectorAll('[data-module]').length").await, json!(0));
+        client.close().await.unwrap();
+    });
+}
+
+/// Whether the confirmation dialog is open.
+async fn confirming(client: &Client) -> bool {
+    script(client, "return document.querySelector('#confirm').open").await == json!(true)
+}
+
+#[test]
+fn the_dashboard_unloads_an_extension_and_an_app_only_once_confirmed() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
+    std::fs::create_dir_all(dir.join("extensions")).unwrap();
+    std::fs::write(
+        dir.join("extensions/plugin.wat"),
+        r#"(module (memory (export "memory") 1)
+  (func (export "zest_alloc") (param i32) (result i32) i32.const 8192)
+  (data (i32.const 16) "{\"p\":1}")
+  (func (export "get") (param i32 i32) (result i64) i64.const 0x0000001000000007))"#,
+    )
+    .unwrap();
+    let node = Served::spawn(dir, Some(temp), &["serve", "--listen", "127.0.0.1:0"], ".zest/admin.token");
+    let loaded = node.reload(json!({"scope": "extension", "path": "extensions/plugin.wat"}));
+    assert_eq!(loaded["status"], "ok", "{loaded}");
+    let driver = Driver::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = browser(&driver).await;
+        client.goto(&format!("{}/ui", node.url)).await.unwrap();
+        sign_in(&client, &node.token).await;
+        const PLUGIN: &str = r#"[data-extension="plugin"]"#;
+        until("the extension's row", || async { text_of(&client, PLUGIN).await.filter(|t| t.contains("loaded")) })
+            .await;
+        let demo = until("the app's row", || async { text_of(&client, r#"[data-app="demo"]"#).await }).await;
+        assert!(demo.contains("clock") && demo.contains("counter") && demo.contains("front"), "{demo}");
+
+        // Unload asks first; cancelled, nothing happens.
+        click(&client, r#"[data-extension="plugin"] [data-action="unload"]"#).await;
+        until("the confirmation", || async { confirming(&client).await.then_some(()) }).await;
+        let asked = text_of(&client, "#confirm").await.unwrap();
+        assert!(asked.contains("Unload extension plugin?"), "{asked}");
+        screenshot(&client, "unload-confirm.png").await;
+        click(&client, r#"#confirm [data-action="cancel"]"#).await;
+        until("the dialog to close", || async { (!confirming(&client).await).then_some(()) }).await;
+        let called = node.rpc("module.call", json!({"module": "plugin", "function": "get"}));
+        assert_eq!(called["result"], json!({"p": 1}), "cancelled: still loaded: {called}");
+
+        // Confirmed: the result says so, and the rows go.
+        click(&client, r#"[data-extension="plugin"] [data-action="unload"]"#).await;
+        until("the confirmation", || async { confirming(&client).await.then_some(()) }).await;
+        click(&client, r#"#confirm [data-action="confirm"]"#).await;
+        let result = until("the unload's result", || async {
+            text_of(&client, "#result").await.filter(|t| t.contains("unloaded"))
+        })
+        .await;
+        assert!(result.contains("extension") && result.contains("plugin"), "{result}");
+        until("the rows to go", || async {
+            let left = script(
+                &client,
+                r#"return document.querySelectorAll('[data-extension="plugin"], [data-module="plugin"]').length"#,
+            )
+            .await;
+            (left == json!(0)).then_some(())
+        })
+        .await;
+        let called = node.rpc("module.call", json!({"module": "plugin", "function": "get"}));
+        assert_eq!(called["error"]["data"]["code"], "NOT_FOUND", "{called}");
+        let history = until("the history's unload row", || async {
+            text_of(&client, "#history").await.filter(|t| t.contains("unload") && t.contains("unloaded"))
+        })
+        .await;
+        assert!(history.contains("plugin"), "{history}");
+
+        // The app: confirmed, its modules and process go.
+        click(&client, r#"[data-app="demo"] [data-action="unload"]"#).await;
+        until("the confirmation", || async { confirming(&client).await.then_some(()) }).await;
+        assert!(text_of(&client, "#confirm").await.unwrap().contains("Unload app demo?"));
+        click(&client, r#"#confirm [data-action="confirm"]"#).await;
+        until("the app's modules to go", || async {
+            let left =
+                script(&client, "return document.querySelectorAll('[data-module], [data-app], [data-process]').length")
+                    .await;
+            (left == json!(0)).then_some(())
+        })
+        .await;
+        let result = text_of(&client, "#result").await.unwrap();
+        assert!(result.contains("app demo") && result.contains("unloaded"), "{result}");
+        let status = node.status();
+        assert!(status["apps"].as_array().unwrap().is_empty() && status["modules"].as_array().unwrap().is_empty());
         client.close().await.unwrap();
     });
 }

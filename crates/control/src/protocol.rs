@@ -6,8 +6,9 @@ use jsonrpsee::server::{HttpBody, HttpResponse};
 
 /// The methods a client may call; the server answers any other name with
 /// `METHOD_NOT_FOUND`.
-pub(crate) const METHODS: [&str; 14] = [
+pub(crate) const METHODS: [&str; 15] = [
     "system.reload",
+    "system.unload",
     "system.history",
     "system.rollback",
     "system.promote",

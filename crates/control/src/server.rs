@@ -153,6 +153,29 @@ fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> Rp
         })
         .expect("method names are unique");
     module
+        .register_blocking_method("system.unload", |params, ctx, extensions| {
+            allowed(&extensions, Scope::Admin)?;
+            let request = wire::unload_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
+            if ctx.cluster.is_some() {
+                // Unloading on one member alone would leave the cluster's
+                // desired state loading the modules again at its next
+                // restart: refused rather than done halfway.
+                return Err(error(
+                    Code::InvalidParams,
+                    "system.unload is not available on a cluster member yet: drop the modules from the app's \
+                     manifest and reload the app through the cluster instead",
+                ));
+            }
+            match ctx.node.unload(&request) {
+                Ok(result) => Ok(wire::result(&result)),
+                Err(ReloadError::Lock(LockError::Conflict)) => {
+                    Err(error(Code::Conflict, "A reload is already in progress"))
+                }
+                Err(ReloadError::Lock(err)) => Err(error(Code::Conflict, err.to_string())),
+            }
+        })
+        .expect("method names are unique");
+    module
         .register_blocking_method("system.promote", |params, ctx, extensions| {
             allowed(&extensions, Scope::Admin)?;
             let (target, options) =

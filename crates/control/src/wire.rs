@@ -13,7 +13,7 @@ use zest_runtime::{
     AllScope, AppManifest, Blueprint, BlueprintUnit, BuildId, BuildRef, ClusterOutcome, CodeChangeTarget,
     CompileReport, Compiler, Counts, Event, EventBody, ExtensionRecord, Failure, HistoryEntry, Kind, ModuleDescription,
     NodeStatus, Phase, Reason, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget, Scope,
-    Skip, Swap, TrialSpec, VersionInfo,
+    Skip, Swap, TrialSpec, UnloadRequest, UnloadTarget, VersionInfo,
 };
 
 /// The `data.code` of every JSON-RPC error: CONTRACT.md §4's, plus two for
@@ -114,6 +114,9 @@ pub fn result(result: &ReloadResult) -> Value {
     }
     if !result.metadata.compiled_modules.is_empty() {
         metadata.insert("compiled_modules".into(), json!(result.metadata.compiled_modules));
+    }
+    if !result.metadata.unloaded.is_empty() {
+        metadata.insert("unloaded".into(), json!(result.metadata.unloaded));
     }
     if result.metadata.rollback {
         metadata.insert("rollback".into(), json!(true));
@@ -500,6 +503,30 @@ pub fn rollback_request(params: &Value) -> Result<(RollbackRequest, Nodes), Stri
     Ok((RollbackRequest { target, to, options, request_id: None }, nodes))
 }
 
+/// `system.unload` params: `{"extension": PATH}` or `{"app": NAME}`, and
+/// `lock_timeout_ms`; any other param (`module` too: an app's module leaves
+/// with its app or its manifest) is refused by name.
+pub fn unload_request(params: &Value) -> Result<UnloadRequest, String> {
+    let empty = Map::new();
+    let params = params_object("system.unload", params, &["extension", "app", "lock_timeout_ms"], &empty)?;
+    let text = |key: &str| match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("{key} must be a string")),
+    };
+    let target = match (text("extension")?, text("app")?) {
+        (Some(path), None) => UnloadTarget::Extension(PathBuf::from(path)),
+        (None, Some(app)) => UnloadTarget::App(app),
+        (Some(_), Some(_)) => return Err("give extension or app, not both".into()),
+        (None, None) => return Err("extension (a path) or app (a name) is required".into()),
+    };
+    let lock_timeout = match params.get("lock_timeout_ms") {
+        None | Some(Value::Null) => Duration::ZERO,
+        Some(value) => Duration::from_millis(value.as_u64().ok_or("lock_timeout_ms must be an integer ≥ 0")?),
+    };
+    Ok(UnloadRequest { target, lock_timeout, request_id: None })
+}
+
 /// `system.promote` params: the target and how long to wait for the lock.
 pub fn promote_request(params: &Value) -> Result<(RollbackTarget, ReloadOptions), String> {
     let empty = Map::new();
@@ -552,7 +579,7 @@ pub fn history(entries: &[HistoryEntry]) -> Value {
         .iter()
         .map(|e| {
             json!({"id": e.id, "at": time(e.at()), "module": e.module, "action": e.action.as_str(),
-                   "from": e.from.as_ref().map(build), "to": build(&e.to), "request_id": e.request_id})
+                   "from": e.from.as_ref().map(build), "to": e.to.as_ref().map(build), "request_id": e.request_id})
         })
         .collect();
     json!({"entries": entries})
@@ -637,6 +664,7 @@ pub fn parse_result(value: &Value) -> Result<ReloadResult, String> {
     let metadata = value.get("metadata").cloned().unwrap_or(Value::Null);
     result.metadata.unchanged = texts_of(&metadata, "unchanged")?;
     result.metadata.compiled_modules = texts_of(&metadata, "compiled_modules")?;
+    result.metadata.unloaded = texts_of(&metadata, "unloaded")?;
     for swap in items_of(&metadata, "swaps")? {
         let compiler = match swap.get("compiler").and_then(Value::as_str) {
             Some("winch") => Compiler::Winch,
@@ -754,6 +782,7 @@ pub fn blueprint(blueprint: &Blueprint) -> Value {
                 "builds": unit.builds.iter().map(build_ref).collect::<Vec<_>>(),
                 "app": unit.app.as_ref().map(manifest),
                 "extension": unit.extension.as_ref().map(record),
+                "unloads": unit.unloads,
             })
         })
         .collect();
@@ -803,6 +832,8 @@ pub fn parse_blueprint(value: &Value) -> Result<Blueprint, String> {
                     None | Some(Value::Null) => None,
                     Some(record) => Some(parse_record(record)?),
                 },
+                // Absent in what members before unloads sent: none.
+                unloads: texts_of(unit, "unloads")?,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -918,6 +949,7 @@ mod tests {
                 }],
                 app: Some(manifest),
                 extension: None,
+                unloads: vec!["front".into()],
             }],
             code_change: vec![],
             force: false,

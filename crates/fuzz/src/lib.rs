@@ -110,6 +110,11 @@ pub fn reload_params(data: &[u8]) {
     }
     let _ = zest_control::wire::rollback_request(&params);
     let _ = zest_control::wire::promote_request(&params);
+    if let Ok(request) = zest_control::wire::unload_request(&params) {
+        let known = ["extension", "app", "lock_timeout_ms"];
+        assert!(params.as_object().is_none_or(|p| p.keys().all(|k| known.contains(&k.as_str()))), "{params}");
+        let _ = request.kind_and_target();
+    }
     if let Ok((_, limit)) = zest_control::wire::history_request(&params) {
         assert!(limit >= 1, "limit {limit}");
     }

@@ -72,7 +72,7 @@ pub use reason::{Failure, Reason, Skip};
 pub use reload::{
     AllScope, Blueprint, BlueprintUnit, BuildRef, ClusterOutcome, CodeChangeTarget, Counts, FunctionChange, Kind,
     Metadata, Phase, Plan, PlanEntry, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest,
-    RollbackTarget, Scope, Session, Status, Swap, TrialSpec,
+    RollbackTarget, Scope, Session, Status, Swap, TrialSpec, UnloadRequest, UnloadTarget,
 };
 pub use source::{Language, Tool, ToolError, ToolchainStatus};
 pub use store::artifact::Bytes;

@@ -18,7 +18,7 @@ use crate::error::{CallError, NodeError, ProcessError};
 use crate::lock::{LocalLock, LockError, ReloadLock};
 use crate::reload::{
     Failure, Kind, Reason, ReloadError, ReloadOptions, ReloadRequest, ReloadResult, RollbackRequest, RollbackTarget,
-    Scope, Session, Work,
+    Scope, Session, UnloadRequest, Work,
 };
 use crate::state::Shared;
 use crate::store::artifact::{parse_sha256, Bytes};
@@ -178,6 +178,21 @@ impl Node {
         let request_id = session.request_id().to_string();
         let telemetry = &self.shared.telemetry;
         Ok(telemetry.step_since(Role::Coordinator, since, kind, &target, &request_id, || session.rollback(request)))
+    }
+
+    /// Runs one `system.unload` request (CONTRACT.md §4) as one telemetry
+    /// operation of kind `extension` or `app`: the modules leave the
+    /// registry once their calls in flight finish (as a purge, up to the
+    /// drain timeout), their processes stop after the message they are
+    /// handling, an extension's record is removed durably, and the history
+    /// records `unload` (`to` null). The result lists the modules in
+    /// `metadata.unloaded`. Errors only when the lock is held past
+    /// `lock_timeout` (`CONFLICT`).
+    pub fn unload(&self, request: &UnloadRequest) -> Result<ReloadResult, ReloadError> {
+        let session = self.session(request.lock_timeout, request.request_id.as_deref())?;
+        let (kind, target) = request.kind_and_target();
+        let request_id = session.request_id().to_string();
+        Ok(self.shared.telemetry.step(kind, &target, &request_id, || session.unload(request)))
     }
 
     /// Runs one `system.promote` request: the canary of a module (or of every

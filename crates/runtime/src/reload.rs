@@ -6,10 +6,13 @@
 //!   `code_change` targets;
 //! - `reload/module.rs`: one module's step: stage a build off the call path,
 //!   swap it in, migrate, settle, purge the old versions;
+//! - `reload/unload.rs`: one module leaving the node (a purge that removes
+//!   the name);
 //! - `reload/unit.rs`: one child of a plan (an app, an extension, a module)
 //!   and what it leaves behind once applied (manifests, records, processes);
-//! - `reload/extension.rs`: units of extensions;
-//! - `reload/app.rs`: units of apps (manifests, builds) and of scope `module`;
+//! - `reload/extension.rs`: units of extensions (loads and unloads);
+//! - `reload/app.rs`: units of apps (manifests, builds, modules dropped,
+//!   unloads) and of scope `module`;
 //! - `reload/blueprint.rs`: a plan's builds for other members, and staging them;
 //! - `reload/rollback.rs`: rollback requests into blueprints of earlier builds;
 //! - `reload/plan.rs`: [`Session`] (the node's lock, held) and [`Plan`], the
@@ -29,6 +32,7 @@ mod plan;
 mod rollback;
 pub(crate) mod trial;
 mod unit;
+mod unload;
 
 pub use crate::reason::{Failure, Reason, Skip};
 pub use crate::report::{
@@ -36,7 +40,7 @@ pub use crate::report::{
 };
 pub use crate::request::{
     AllScope, Blueprint, BlueprintUnit, BuildRef, CodeChangeTarget, ReloadError, ReloadOptions, ReloadRequest,
-    RollbackRequest, RollbackTarget, Scope, TrialSpec,
+    RollbackRequest, RollbackTarget, Scope, TrialSpec, UnloadRequest, UnloadTarget,
 };
 pub(crate) use plan::Work;
 pub use plan::{Plan, Session};

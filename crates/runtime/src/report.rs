@@ -86,6 +86,9 @@ pub struct Metadata {
     /// Scope `extension` (and the extension children of `all`): the modules it
     /// loaded.
     pub compiled_modules: Vec<String>,
+    /// Modules that left the node (`system.unload`, or an app reload whose
+    /// manifest no longer declares them): `metadata.unloaded`.
+    pub unloaded: Vec<String>,
     /// A reload coordinated across a cluster (CONTRACT.md §10).
     pub cluster: Option<ClusterOutcome>,
     /// A rollback's result (`metadata.rollback`).
@@ -231,6 +234,11 @@ impl ReloadResult {
                     self.metadata.unchanged.push(module.clone());
                 }
             }
+            for module in &child.metadata.unloaded {
+                if !self.metadata.unloaded.contains(module) {
+                    self.metadata.unloaded.push(module.clone());
+                }
+            }
             self.skipped.extend(child.skipped.iter().cloned());
             self.errors.extend(child.errors.iter().cloned());
             self.results.push(child);
@@ -240,6 +248,7 @@ impl ReloadResult {
         self.skipped.extend(child.skipped.iter().cloned());
         self.errors.extend(child.errors.iter().cloned());
         self.metadata.unchanged.extend(child.metadata.unchanged.iter().cloned());
+        self.metadata.unloaded.extend(child.metadata.unloaded.iter().cloned());
         self.metadata.swaps.extend(child.metadata.swaps.iter().cloned());
         self.results.push(child);
     }
@@ -251,6 +260,7 @@ impl ReloadResult {
         self.skipped.extend(child.skipped);
         self.errors.extend(child.errors);
         self.metadata.unchanged.extend(child.metadata.unchanged);
+        self.metadata.unloaded.extend(child.metadata.unloaded);
         self.metadata.swaps.extend(child.metadata.swaps);
     }
 }

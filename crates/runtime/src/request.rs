@@ -138,6 +138,39 @@ impl RollbackRequest {
     }
 }
 
+/// What `system.unload` takes out (CONTRACT.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnloadTarget {
+    /// The extension loaded from this path (as given, checked against the
+    /// extension roots).
+    Extension(PathBuf),
+    /// The loaded app of this name, with every module it declares.
+    App(String),
+}
+
+/// One `system.unload` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnloadRequest {
+    pub target: UnloadTarget,
+    /// How long to wait for the reload lock; zero answers at once.
+    pub lock_timeout: Duration,
+    pub request_id: Option<String>,
+}
+
+impl UnloadRequest {
+    pub fn new(target: UnloadTarget) -> Self {
+        UnloadRequest { target, lock_timeout: Duration::ZERO, request_id: None }
+    }
+
+    /// The kind and target its result carries.
+    pub fn kind_and_target(&self) -> (Kind, String) {
+        match &self.target {
+            UnloadTarget::Extension(path) => (Kind::Extension, path.display().to_string()),
+            UnloadTarget::App(name) => (Kind::App, name.clone()),
+        }
+    }
+}
+
 /// A [`Blueprint`]: what another node needs to stage exactly the builds a plan
 /// staged — the plan's units, each module's build by sha256, the manifests and
 /// extension records the plan applies, its `code_change` targets. Plain data:
@@ -168,6 +201,10 @@ pub struct BlueprintUnit {
     pub app: Option<AppManifest>,
     /// The extension's record, kept once applied.
     pub extension: Option<ExtensionRecord>,
+    /// Modules the coordinator unloads with this unit (its app's manifest
+    /// dropped them): a cluster removes them from its desired state. Each
+    /// member finds its own from the manifest it is given.
+    pub unloads: Vec<String>,
 }
 
 /// One module's build, named by the sha256 of its bytes.

@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     _data_dir_lock: Option<std::fs::File>,
     /// Loaded apps by name, with the manifest as last applied.
     apps: Mutex<BTreeMap<String, AppManifest>>,
+    /// Apps unloaded since the node started, with the manifest they had: a
+    /// rollback of the unload loads them back (`reload/rollback.rs`).
+    unloaded_apps: Mutex<BTreeMap<String, AppManifest>>,
     requests: AtomicU64,
 }
 
@@ -129,6 +132,7 @@ impl Shared {
             lock,
             _data_dir_lock: data_dir_lock,
             apps: Mutex::new(BTreeMap::new()),
+            unloaded_apps: Mutex::new(BTreeMap::new()),
             requests: AtomicU64::new(0),
         })
     }
@@ -246,7 +250,29 @@ impl Shared {
     }
 
     pub(crate) fn record_app(&self, manifest: AppManifest) {
+        self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner).remove(&manifest.name);
         self.apps.lock().unwrap_or_else(PoisonError::into_inner).insert(manifest.name.clone(), manifest);
+    }
+
+    /// Forgets loaded app `name` (an unload), keeping its manifest for a
+    /// rollback of the unload.
+    pub(crate) fn forget_app(&self, name: &str) {
+        let manifest = self.apps.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+        if let Some(manifest) = manifest {
+            self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), manifest);
+        }
+    }
+
+    /// The manifest app `name` had when it was unloaded, if it was (and was
+    /// not loaded again since).
+    pub(crate) fn unloaded_app(&self, name: &str) -> Option<AppManifest> {
+        self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// The unloaded app whose manifest declared module `module`, if any.
+    pub(crate) fn unloaded_app_declaring(&self, module: &str) -> Option<String> {
+        let apps = self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.values().find(|app| app.modules.iter().any(|m| m.name == module)).map(|app| app.name.clone())
     }
 }
 

@@ -15,5 +15,6 @@ mod node {
     mod rust_components;
     mod sandbox;
     mod split_builds;
+    mod unload;
     mod watch;
 }

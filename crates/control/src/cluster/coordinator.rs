@@ -689,6 +689,9 @@ fn changes_of(blueprint: &Blueprint) -> Changes {
         if let Some(record) = &unit.extension {
             changes.puts.push(("extension", record.name.clone(), wire::record(record)));
         }
+        // Modules the app's manifest dropped leave the desired state: a
+        // member starting or catching up must not load them again.
+        changes.deletes.extend(unit.unloads.iter().map(|module| ("module", module.clone())));
     }
     changes
 }

@@ -106,6 +106,9 @@ pub struct Desired {
 pub struct Changes {
     /// `(kind, name) → value`: `kind` is `module`, `app` or `extension`.
     pub puts: Vec<(&'static str, String, Value)>,
+    /// `(kind, name)` removed from the base, overrides included (modules an
+    /// app's manifest dropped); only by a commit for everyone.
+    pub deletes: Vec<(&'static str, String)>,
 }
 
 /// The cluster's keys in etcd, through one client per endpoint.
@@ -480,8 +483,15 @@ impl Store {
             values.push((key, value));
         }
         if nodes.is_none() {
+            for (kind, name) in &changes.deletes {
+                let key = self.key(&format!("desired/base/{kind}/{name}"));
+                let response = self.get(key.clone(), None).await?;
+                let value = response.kvs().first().map(|kv| parse(kv.key(), kv.value())).transpose()?;
+                values.push((key, value));
+            }
             // A commit for everyone drops the overrides of what it changes.
-            for (kind, name, _) in &changes.puts {
+            let deleted = changes.deletes.iter().map(|(kind, name)| (kind, name));
+            for (kind, name) in changes.puts.iter().map(|(kind, name, _)| (kind, name)).chain(deleted) {
                 let prefix = self.key(&format!("desired/override/{kind}/{name}/"));
                 let response = self.get(prefix, Some(GetOptions::new().with_prefix())).await?;
                 for kv in response.kvs() {
@@ -532,7 +542,11 @@ impl Store {
         let stamp = json!({"request_id": request_id}).to_string();
         match nodes {
             None => {
-                for (kind, name, _) in &changes.puts {
+                for (kind, name) in &changes.deletes {
+                    ops.push(TxnOp::delete(self.key(&format!("desired/base/{kind}/{name}")), None));
+                }
+                let deleted = changes.deletes.iter().map(|(kind, name)| (kind, name));
+                for (kind, name) in changes.puts.iter().map(|(kind, name, _)| (kind, name)).chain(deleted) {
                     let overrides = self.key(&format!("desired/override/{kind}/{name}/"));
                     ops.push(TxnOp::delete(overrides, Some(DeleteOptions::new().with_prefix())));
                 }

@@ -540,6 +540,7 @@ fn blueprint_of(desired: &Desired) -> Result<Blueprint, String> {
             builds,
             app: Some(manifest),
             extension: None,
+            unloads: Vec::new(),
         });
     }
     for (name, value) in &desired.extensions {
@@ -547,12 +548,15 @@ fn blueprint_of(desired: &Desired) -> Result<Blueprint, String> {
         let builds = desired.modules.get(name).map(|build| build_ref(name, build)).into_iter().collect();
         claimed.insert(name.clone());
         let target = record.path.display().to_string();
-        units.push(BlueprintUnit { kind: Kind::Extension, target, builds, app: None, extension: Some(record) });
+        let extension = Some(record);
+        units.push(BlueprintUnit { kind: Kind::Extension, target, builds, app: None, extension, unloads: Vec::new() });
     }
     for (name, build) in &desired.modules {
         if !claimed.contains(name) {
             let builds = vec![build_ref(name, build)];
-            units.push(BlueprintUnit { kind: Kind::Module, target: name.clone(), builds, app: None, extension: None });
+            let target = name.clone();
+            let unloads = Vec::new();
+            units.push(BlueprintUnit { kind: Kind::Module, target, builds, app: None, extension: None, unloads });
         }
     }
     Ok(Blueprint {

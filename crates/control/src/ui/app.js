@@ -183,7 +183,8 @@ function signOut(message) {
     ws.close();
   }
   // Shows nothing of the node: its data goes with the view.
-  for (const id of ["#modules tbody", "#processes tbody", "#extensions tbody", "#members tbody", "#history tbody"]) {
+  if ($("#confirm").open) $("#confirm").close();
+  for (const id of ["#modules tbody", "#apps tbody", "#processes tbody", "#extensions tbody", "#members tbody", "#history tbody"]) {
     $(id).replaceChildren();
   }
   $("#events").replaceChildren();
@@ -263,6 +264,7 @@ function renderStatus(status) {
     `  ·  zest ${node.version || ""}  ·  up ${uptime(node.uptime_ms || 0)}`,
   );
   draw("modules", status.modules || [], renderModules);
+  draw("apps", status.apps || [], renderApps);
   draw("processes", status.processes || [], renderProcesses);
   draw("extensions", status.extensions || [], renderExtensions);
   draw("cluster", status.cluster || null, renderCluster);
@@ -337,16 +339,51 @@ function renderProcesses(processes) {
   );
 }
 
+function renderApps(apps) {
+  $("#apps-empty").hidden = apps.length > 0;
+  $("#apps tbody").replaceChildren(
+    ...apps.map((a) =>
+      h(
+        "tr",
+        { "data-app": a.name },
+        h("td", { class: "name", text: a.name }),
+        h("td", { class: "sub", title: a.dir, text: a.dir }),
+        h("td", { text: (a.modules || []).join(", ") }),
+        h(
+          "td",
+          { class: "actions" },
+          h("button", {
+            type: "button",
+            "data-action": "unload",
+            title: `Take app ${a.name} out of the node: its modules and processes`,
+            onclick: (e) => unload(e, { app: a.name }, `app ${a.name}`, `Its modules (${(a.modules || []).join(", ")}) leave the node once their calls finish, and its processes stop after the message they are handling; their state is lost. A rollback of the app loads it back.`),
+          }, "Unload"),
+        ),
+      ),
+    ),
+  );
+}
+
 function renderExtensions(extensions) {
   $("#extensions-empty").hidden = extensions.length > 0;
   $("#extensions tbody").replaceChildren(
     ...extensions.map((x) =>
       h(
         "tr",
-        {},
+        { "data-extension": x.name },
         h("td", { class: "name", text: x.name }),
         h("td", { class: "sub", title: x.path, text: x.path }),
         h("td", {}, x.loaded ? badge("loaded", "ok") : badge("not loaded", "error")),
+        h(
+          "td",
+          { class: "actions" },
+          h("button", {
+            type: "button",
+            "data-action": "unload",
+            title: `Take extension ${x.name} out of the node`,
+            onclick: (e) => unload(e, { extension: x.path }, `extension ${x.name}`, `Module ${x.name} leaves the node once its calls finish, and is no longer loaded at restart. A rollback of ${x.name} loads it back.`),
+          }, "Unload"),
+        ),
       ),
     ),
   );
@@ -368,7 +405,7 @@ function renderCluster(cluster) {
 function renderHistory(history) {
   const entries = history.entries || [];
   $("#history-empty").hidden = entries.length > 0;
-  const build = (b) => (b ? h("span", {}, h("span", { class: "vsn", text: b.vsn }), " ", h("span", { class: "sha", text: short(b.sha256) })) : h("span", { class: "sub", text: "new" }));
+  const build = (b, none) => (b ? h("span", {}, h("span", { class: "vsn", text: b.vsn }), " ", h("span", { class: "sha", text: short(b.sha256) })) : h("span", { class: "sub", text: none }));
   $("#history tbody").replaceChildren(
     ...entries.map((e) =>
       h(
@@ -378,8 +415,8 @@ function renderHistory(history) {
         h("td", { class: "when", title: whenFull(e.at), text: when(e.at) }),
         h("td", { class: "name", text: e.module }),
         h("td", {}, badge(e.action)),
-        h("td", {}, build(e.from)),
-        h("td", {}, build(e.to)),
+        h("td", {}, build(e.from, "new")),
+        h("td", {}, build(e.to, "unloaded")),
         h("td", { class: "sha", text: e.request_id }),
       ),
     ),
@@ -396,6 +433,7 @@ function resultTree(result, depth) {
     items.push(h("li", {}, badge(meta.rollback ? "rolled back" : "reloaded", "ok"), " ", h("b", { text: name }), swap ? ` ${swap.old_vsn || "new"} → ${swap.new_vsn}` : ""));
   }
   for (const name of meta.unchanged || []) items.push(h("li", {}, badge("unchanged", "info"), " ", name));
+  if (depth === 0) for (const name of meta.unloaded || []) items.push(h("li", {}, badge("unloaded", "ok"), " ", h("b", { text: name })));
   for (const entry of meta.plan || []) {
     items.push(
       h(
@@ -474,6 +512,33 @@ async function act(event, action, module) {
     button.disabled = false;
     refresh();
   }
+}
+
+/** Asks first (a dialog on the page), then sends `system.unload`. */
+function unload(event, params, what, consequence) {
+  const button = event.currentTarget;
+  const dialog = $("#confirm");
+  $("#confirm-title").textContent = `Unload ${what}?`;
+  $("#confirm-text").textContent = consequence;
+  const answer = (confirmed) => async () => {
+    dialog.close();
+    if (!confirmed) return;
+    const label = `unload ${what} · ${new Date().toLocaleTimeString()}`;
+    button.disabled = true;
+    button.classList.add("busy");
+    try {
+      showResult(await rpc("system.unload", params), label);
+    } catch (err) {
+      showError(label, err);
+    } finally {
+      button.classList.remove("busy");
+      button.disabled = false;
+      refresh();
+    }
+  };
+  dialog.querySelector('[data-action="confirm"]').onclick = answer(true);
+  dialog.querySelector('[data-action="cancel"]').onclick = answer(false);
+  dialog.showModal();
 }
 
 function onEvent(event) {

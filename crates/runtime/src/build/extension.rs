@@ -55,7 +55,7 @@ impl Format {
         }
     }
 
-    fn of(path: &Path) -> Option<Format> {
+    pub(crate) fn of(path: &Path) -> Option<Format> {
         match path.extension()?.to_str()? {
             "wat" => Some(Format::Wat),
             "wasm" => Some(Format::Wasm),
@@ -84,21 +84,7 @@ pub struct Checked {
 pub fn check_path(roots: &[PathBuf], given: &Path) -> Result<Checked, Failure> {
     let target = given.display().to_string();
     let fail = |reason, message: String| Failure::new(&target, reason, message);
-    if target.trim().is_empty() {
-        return Err(fail(Reason::EmptyPath, "the extension path is empty".into()));
-    }
-    let cwd = std::env::current_dir().map_err(|err| fail(Reason::Enoent, format!("no working directory: {err}")))?;
-    let file = resolve_links(&cwd.join(given)).map_err(|message| fail(Reason::ForbiddenPath, message))?;
-    let roots: Vec<PathBuf> = roots.iter().filter_map(|root| resolve_links(&cwd.join(root)).ok()).collect();
-    if !roots.iter().any(|root| file.starts_with(root)) {
-        let roots: Vec<String> = roots.iter().map(|root| root.display().to_string()).collect();
-        let message = format!(
-            "{target} resolves to {}, which is outside the extension roots ({})",
-            file.display(),
-            roots.join(", ")
-        );
-        return Err(fail(Reason::ForbiddenPath, message));
-    }
+    let file = locate(roots, given)?;
     let metadata = match fs::metadata(&file) {
         Ok(metadata) => metadata,
         Err(err) => return Err(fail(Reason::Enoent, format!("cannot read {target}: {err}"))),
@@ -115,6 +101,31 @@ pub fn check_path(roots: &[PathBuf], given: &Path) -> Result<Checked, Failure> {
         fail(Reason::InvalidModule, format!("{target}: the file stem names the module, and it is an {message}"))
     })?;
     Ok(Checked { name, file, format })
+}
+
+/// The first two checks of §5.4 — `empty_path`, `forbidden_path` — on
+/// `given` (relative paths are taken from the working directory): the file it
+/// names, links resolved, whether or not it exists. Unloading an extension
+/// whose file is gone runs these alone.
+pub(crate) fn locate(roots: &[PathBuf], given: &Path) -> Result<PathBuf, Failure> {
+    let target = given.display().to_string();
+    let fail = |reason, message: String| Failure::new(&target, reason, message);
+    if target.trim().is_empty() {
+        return Err(fail(Reason::EmptyPath, "the extension path is empty".into()));
+    }
+    let cwd = std::env::current_dir().map_err(|err| fail(Reason::Enoent, format!("no working directory: {err}")))?;
+    let file = resolve_links(&cwd.join(given)).map_err(|message| fail(Reason::ForbiddenPath, message))?;
+    let roots: Vec<PathBuf> = roots.iter().filter_map(|root| resolve_links(&cwd.join(root)).ok()).collect();
+    if !roots.iter().any(|root| file.starts_with(root)) {
+        let roots: Vec<String> = roots.iter().map(|root| root.display().to_string()).collect();
+        let message = format!(
+            "{target} resolves to {}, which is outside the extension roots ({})",
+            file.display(),
+            roots.join(", ")
+        );
+        return Err(fail(Reason::ForbiddenPath, message));
+    }
+    Ok(file)
 }
 
 /// `path` (absolute) with every symbolic link resolved, component by component,
@@ -228,6 +239,34 @@ impl Extensions {
             return Ok(());
         }
         records.by_name.insert(record.name.clone(), record);
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let body = RecordsFile { version: RECORDS_VERSION, extensions: records.by_name.values().collect() };
+        let text = serde_json::to_string_pretty(&body).expect("records serialise");
+        let written = write_durably(file, text.as_bytes());
+        records.unsaved = written.is_err();
+        written.map_err(|err| format!("cannot write {}: {err}", file.display()))
+    }
+
+    /// The record of the extension loaded from `file` (links resolved, as
+    /// [`locate`] gives it), if one is.
+    pub(crate) fn loaded_from(&self, file: &Path) -> Option<ExtensionRecord> {
+        let records = self.lock();
+        let same = |record: &ExtensionRecord| resolve_links(&record.path).is_ok_and(|path| path == file);
+        records.by_name.values().find(|record| same(record)).cloned()
+    }
+
+    /// Removes the record of extension `name` and writes the file as
+    /// [`Extensions::record`] does (fsync, rename, fsync of the directory), so
+    /// a restart, even right after a SIGKILL, does not load it again. A
+    /// failure to write is returned; the record is gone from memory either
+    /// way, and the next write retries.
+    pub(crate) fn forget(&self, name: &str) -> Result<(), String> {
+        let mut records = self.lock();
+        if records.by_name.remove(name).is_none() && !records.unsaved {
+            return Ok(());
+        }
         let Some(file) = &self.file else {
             return Ok(());
         };

@@ -263,6 +263,15 @@ impl Ledger {
             .collect()
     }
 
+    /// Forgets every count of `module` (an unload): its series leave
+    /// `zest_calls_total`. A version still draining counts on into counts no
+    /// longer listed; a module loaded again starts from zero.
+    pub(crate) fn forget(&self, module: &str) {
+        let mut books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
+        books.counts.retain(|(name, _), _| name != module);
+        books.placed.remove(module);
+    }
+
     /// Every (module, vsn) kept, with its calls that answered and that failed.
     #[cfg(test)]
     pub(crate) fn all(&self) -> Vec<(String, String, u64, u64)> {
@@ -378,5 +387,21 @@ mod tests {
         }
         let calls = ledger.module_calls(Vec::new(), &place_of);
         assert!(calls.iter().all(|c| c.module != "clock"), "{calls:?}");
+    }
+
+    #[test]
+    fn a_forgotten_module_leaves_no_series_and_starts_afresh() {
+        let ledger = Ledger::default();
+        let gone = ledger.counts("gone", "1");
+        gone.ok(0);
+        ledger.counts("stays", "1").ok(0);
+        let place_of = |_: &str, _: &str| Some(Serving::Current);
+        assert!(ledger.module_calls(Vec::new(), &place_of).iter().any(|c| c.module == "gone"));
+        ledger.forget("gone");
+        assert!(kept(&ledger).iter().all(|name| !name.starts_with("gone@")), "{:?}", kept(&ledger));
+        let calls = ledger.module_calls(Vec::new(), &place_of);
+        assert!(calls.iter().all(|c| c.module != "gone"), "{calls:?}");
+        assert!(calls.iter().any(|c| c.module == "stays"), "{calls:?}");
+        assert_eq!(ledger.counts("gone", "1").read(), (0, 0), "loaded again, it counts from zero");
     }
 }

@@ -143,6 +143,9 @@ struct Inner {
     down: Option<String>,
     /// Stopped for good: nothing resumes it.
     stopped: bool,
+    /// Retired with its module (an unload): messages still queued, and any
+    /// sent since, are answered `NotFound`, as for a process that never was.
+    retired: bool,
     handled: u64,
     crashes: VecDeque<Instant>,
 }
@@ -183,6 +186,7 @@ impl Process {
             body: Some(body),
             down: None,
             stopped: false,
+            retired: false,
             handled: 0,
             crashes: VecDeque::new(),
         };
@@ -211,6 +215,10 @@ impl Process {
         let ticket = inner.next_ticket;
         inner.next_ticket += 1;
         loop {
+            if inner.retired {
+                self.withdraw(&mut inner, ticket);
+                return Err(ProcessError::NotFound { process: self.name.clone() });
+            }
             if let Some(cause) = &inner.down {
                 let err = ProcessError::Down { process: self.name.clone(), cause: cause.clone() };
                 self.withdraw(&mut inner, ticket);
@@ -253,8 +261,13 @@ impl Process {
 
         let mut inner = self.lock();
         inner.handled += 1;
+        // Retired meanwhile: the instance goes, and with it the pin on its
+        // version, so the unload's drain sees the version gone.
+        let body = body.map(|body| (!inner.retired).then_some(body));
         match body {
-            Ok(body) => inner.body = Some(body),
+            Ok(Some(body)) => inner.body = Some(body),
+            Ok(None) => {}
+            Err(_) if inner.retired => {}
             Err(cause) => {
                 inner.on = None;
                 inner.down = Some(format!("gave up after {} crashes; the last: {cause}", inner.crashes.len()));
@@ -354,6 +367,23 @@ impl Process {
     /// True when it runs on `version` (false when down).
     pub(crate) fn runs_on(&self, version: &Arc<Version>) -> bool {
         self.lock().on.as_ref().is_some_and(|on| Arc::ptr_eq(on, version))
+    }
+
+    /// Retires the process with its module (an unload): the message in
+    /// progress, if any, finishes and is answered; its instance is then
+    /// dropped (the version's pin with it). Queued messages, and any sent
+    /// later by a caller still holding the process, get `NotFound`. Returns
+    /// at once: the unload's drain waits for the message in progress.
+    pub(crate) fn retire(&self) {
+        let mut inner = self.lock();
+        inner.retired = true;
+        inner.stopped = true;
+        inner.down = Some("unloaded".to_string());
+        inner.on = None;
+        let body = inner.body.take();
+        drop(inner);
+        self.turn.notify_all();
+        drop(body);
     }
 
     /// Stops the process: waits for the message in progress; queued callers get

@@ -154,12 +154,14 @@ impl Registry {
     }
 
     /// Removes module `name` (undoing the first load of a module in an atomic
-    /// request that failed).
-    pub(crate) fn remove(&self, name: &str) {
+    /// request that failed, or an unload): new calls get `ModuleNotFound`;
+    /// calls in flight keep their version. Returns its slot, if it had one.
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<Slot>> {
         let _edit = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
         let mut slots = FxHashMap::clone(&self.slots.load());
-        slots.remove(name);
+        let removed = slots.remove(name);
         self.slots.store(Arc::new(slots));
+        removed
     }
 
     /// Every module, sorted by name.
@@ -228,6 +230,17 @@ impl Slot {
         let mut old = self.old.lock().unwrap_or_else(PoisonError::into_inner);
         old.retain(|entry| !entry.life.is_gone());
         old.iter().filter_map(|entry| entry.version.upgrade()).map(|v| v.info()).collect()
+    }
+
+    /// The lives of every version of the slot — current, canary, and the old
+    /// ones still alive — for a drain that waits for them all (an unload).
+    pub(crate) fn lives(&self) -> Vec<Arc<Life>> {
+        let mut lives = vec![self.current().life()];
+        lives.extend(self.canary().map(|canary| canary.version.life()));
+        let mut old = self.old.lock().unwrap_or_else(PoisonError::into_inner);
+        old.retain(|entry| !entry.life.is_gone());
+        lives.extend(old.iter().map(|entry| Arc::clone(&entry.life)));
+        lives
     }
 
     /// Waits until every old version is gone or `deadline` passes; with `hard`, first

@@ -2,8 +2,10 @@
 //! of scope `module`, which finds its module in an app's manifest.
 //!
 //! An app's unit re-reads the manifest (so newly declared modules load), runs
-//! the build first with `compile: true`, and stages every module; the plan
-//! (`reload/plan.rs`) commits, settles and finishes it like any other unit.
+//! the build first with `compile: true`, stages every module, and unloads the
+//! modules the manifest no longer declares; the plan (`reload/plan.rs`)
+//! commits, settles and finishes it like any other unit. Unloading an app
+//! (`system.unload`) is a unit of unloads alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use super::extension::plan_extension;
 use super::module;
 use super::unit::{Record, Unit};
+use super::unload;
 use crate::build::app::AppManifest;
 use crate::build::compile::{self, CompileReport};
 use crate::reason::{Failure, Reason};
@@ -87,7 +90,27 @@ pub(crate) fn plan_app(shared: &Arc<Shared>, source: AppSource<'_>, options: &Re
     }
     let rules = module::Rules::of(options);
     unit.steps = manifest.modules.iter().map(|m| module::plan(shared, &m.name, Some(&m.path), rules)).collect();
+    unit.unloads = unload::dropped(shared, &manifest);
     unit.record = Some(Record::App(manifest));
+    unit
+}
+
+/// The unit of unloading app `name`: every module its manifest declares that
+/// is loaded, its processes with them; `app_not_found` when no app of that
+/// name is loaded (never, or unloaded already). Nothing is taken out yet.
+pub(crate) fn plan_unload_app(shared: &Arc<Shared>, name: &str) -> Unit {
+    let unit = Unit::new(Kind::App, name);
+    let Some(manifest) = shared.app(name) else {
+        return unit.error(Failure::new(name, Reason::AppNotFound, format!("app `{name}` is not loaded")));
+    };
+    let mut unit = unit;
+    unit.unloads = manifest
+        .modules
+        .iter()
+        .filter(|m| shared.registry.slot(&m.name).is_some())
+        .map(|m| unload::plan(shared, &m.name))
+        .collect();
+    unit.record = Some(Record::AppGone(manifest.name));
     unit
 }
 
@@ -122,7 +145,7 @@ fn build_failure(target: &str, report: &CompileReport) -> Option<Failure> {
 }
 
 /// Scope `module`'s unit: the module's app manifest is read again, so a module
-/// newly declared there loads; an extension reloads from its file by the
+/// newly declared there loads (and one no longer declared is unloaded); an extension reloads from its file by the
 /// extension rules; a module no app declares (loaded through the embedding API)
 /// reloads from its file; anything else is `not_found`.
 pub(crate) fn plan_module_scope(shared: &Arc<Shared>, name: &str, options: &ReloadOptions, request_id: &str) -> Unit {
@@ -165,6 +188,9 @@ pub(crate) fn plan_module_scope(shared: &Arc<Shared>, name: &str, options: &Relo
         }
     }
     unit.steps.push(module::plan(shared, name, Some(&path), module::Rules::of(options)));
+    // The manifest it applies no longer declares these: they go, as in an
+    // app reload, rather than run on outside any app.
+    unit.unloads = unload::dropped(shared, &manifest);
     unit.record = Some(Record::App(manifest));
     unit
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::module::{self, ModuleStep};
 use super::unit::{Record, Unit};
+use super::unload;
 use crate::report::Kind;
 use crate::request::{Blueprint, BlueprintUnit, CodeChangeTarget, ReloadOptions};
 use crate::state::Shared;
@@ -44,6 +45,11 @@ pub(super) fn of_plan(
                     Some(Record::Extension(record)) => Some(record.clone()),
                     _ => None,
                 },
+                unloads: if failed {
+                    Vec::new()
+                } else {
+                    unit.unloads.iter().map(|u| u.result.target.clone()).collect()
+                },
             }
         })
         .collect();
@@ -62,6 +68,11 @@ pub(super) fn of_plan(
 pub(super) fn stage_unit(shared: &Arc<Shared>, unit: &BlueprintUnit, rules: module::Rules) -> Unit {
     let mut staged = Unit::new(unit.kind, &unit.target);
     staged.steps = unit.builds.iter().map(|build| module::plan_ref(shared, build, rules)).collect::<Vec<ModuleStep>>();
+    if let Some(manifest) = &unit.app {
+        // The modules the app's manifest no longer declares leave every
+        // member alike.
+        staged.unloads = unload::dropped(shared, manifest);
+    }
     staged.record = match (&unit.app, &unit.extension) {
         (Some(manifest), _) => Some(Record::App(manifest.clone())),
         (None, Some(record)) => Some(Record::Extension(record.clone())),

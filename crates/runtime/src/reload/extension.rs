@@ -1,7 +1,8 @@
 //! Scope `extension` (and the `extensions` of scope `all`): one source file
 //! checked (CONTRACT.md §5.4), turned into a module build, and run through the
 //! same module steps as an app's modules — so swap, drain and migration follow
-//! the same rules.
+//! the same rules. Unloading one (`system.unload`) is a unit too: its module
+//! unloaded, its record removed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::module::{self, Build};
 use super::unit::{Record, Unit};
+use super::unload;
 use crate::build::compile::CompileReport;
 use crate::build::extension::{self, ExtensionRecord, Format};
 use crate::reason::{Failure, Reason};
@@ -124,5 +126,32 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
     };
     unit.steps.push(module::plan_build(shared, &checked.name, build, module::Rules::of(options), started));
     unit.record = Some(Record::Extension(record));
+    unit
+}
+
+/// The unit of unloading the extension loaded from `given`: `empty_path` and
+/// `forbidden_path` as for a load (the file itself may be gone), then
+/// `not_found` when no extension is recorded from that file (never loaded,
+/// or unloaded already). Nothing is taken out yet.
+pub(crate) fn plan_unload_extension(shared: &Arc<Shared>, given: &Path) -> Unit {
+    let target = given.display().to_string();
+    let unit = Unit::new(Kind::Extension, &target);
+    let file = match extension::locate(&shared.config.extensions.roots, given) {
+        Ok(file) => file,
+        Err(failure) => return unit.error(failure),
+    };
+    let Some(record) = shared.extensions.loaded_from(&file) else {
+        let message = format!("no extension is loaded from {target} (resolved to {})", file.display());
+        return unit.error(Failure::new(&target, Reason::NotFound, message));
+    };
+    let mut unit = unit;
+    // A recorded extension that did not load (its name taken by an app's
+    // module, say) has only its record to remove.
+    if shared.app_declaring(&record.name).is_none() && shared.registry.slot(&record.name).is_some() {
+        unit.unloads.push(unload::plan(shared, &record.name));
+    } else {
+        unit.result.metadata.unloaded.push(record.name.clone());
+    }
+    unit.record = Some(Record::ExtensionGone(record.name));
     unit
 }

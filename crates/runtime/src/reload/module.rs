@@ -582,7 +582,9 @@ pub(crate) fn settle(shared: &Arc<Shared>, step: &mut ModuleStep, undo: Option<&
             }
             (Mode::DropCanary, Some(canary), Some(slot)) => slot.set_canary(canary, step.canary_percent),
             (_, Some(previous), Some(slot)) => slot.restore(previous),
-            (_, None, _) => shared.registry.remove(&name),
+            (_, None, _) => {
+                shared.registry.remove(&name);
+            }
             (_, Some(_), None) => {}
         }
         step.result.reloaded.retain(|module| *module != name);

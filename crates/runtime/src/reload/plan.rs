@@ -33,17 +33,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::app::{self, AppSource};
 use super::blueprint;
-use super::extension::plan_extension;
+use super::extension::{plan_extension, plan_unload_extension};
 use super::migrate::{self, Held};
 use super::module::{self, Mode, ModuleStep};
 use super::rollback;
 use super::unit::Unit;
+use super::unload;
 use crate::lock::{LockError, LockGuard};
 use crate::reason::{Failure, Reason};
 use crate::report::{Counts, Kind, ReloadResult};
 use crate::request::{
     AllScope, Blueprint, CodeChangeTarget, Direction, ReloadOptions, ReloadRequest, RollbackRequest, RollbackTarget,
-    Scope,
+    Scope, UnloadRequest, UnloadTarget,
 };
 use crate::state::{start_trial, Shared};
 use crate::store::history::{Action, BuildId, Change};
@@ -222,6 +223,30 @@ impl Session {
         result
     }
 
+    /// Unloads an extension or an app (CONTRACT.md §4, `system.unload`),
+    /// every phase in a row: its modules leave the registry once their calls
+    /// in flight finish, their processes are retired, the extension's record
+    /// or the app goes, and the history records `unload`.
+    pub fn unload(&self, request: &UnloadRequest) -> ReloadResult {
+        self.plan_unload(request).run()
+    }
+
+    /// Stages an unload: finds what it takes out (an error result when
+    /// there is nothing: `not_found`, `app_not_found`, `forbidden_path`,
+    /// `empty_path`); takes nothing out yet.
+    pub fn plan_unload(&self, request: &UnloadRequest) -> Plan {
+        let (kind, target) = request.kind_and_target();
+        let mut plan = Plan::new(self, kind, &target, &ReloadOptions::default());
+        plan.recording = Recording::Every;
+        plan.set_action(Action::Unload);
+        let unit = match &request.target {
+            UnloadTarget::Extension(path) => plan_unload_extension(&self.shared, path),
+            UnloadTarget::App(name) => app::plan_unload_app(&self.shared, name),
+        };
+        plan.units.push(unit);
+        plan
+    }
+
     /// Stages a rollback to the builds history names (not a canary's drop):
     /// processes will migrate `down`, the history records `rollback`. An error
     /// result when there is nothing to roll back to.
@@ -378,9 +403,10 @@ impl Plan {
         blueprint::of_plan(&self.shared, self.kind, &self.target, &self.units, &self.code_change, &self.options)
     }
 
-    /// Whether any module has a build staged (something to swap).
+    /// Whether any module has a build staged (something to swap) or is to be
+    /// unloaded.
     pub fn stages_anything(&self) -> bool {
-        self.units.iter().any(|unit| unit.steps.iter().any(ModuleStep::is_staged))
+        self.units.iter().any(|unit| unit.steps.iter().any(ModuleStep::is_staged) || !unit.unloads.is_empty())
     }
 
     /// What failed while staging, as `a, b failed`; `None` when nothing did.
@@ -399,6 +425,9 @@ impl Plan {
         for unit in &mut self.units {
             for step in &mut unit.steps {
                 step.roll_back(message);
+            }
+            for unload in &mut unit.unloads {
+                unload.roll_back(message);
             }
             unit.record = None;
         }
@@ -459,14 +488,27 @@ impl Plan {
                 None => held.commit(),
             }
         }
-        if undo.is_some() {
-            for unit in &mut self.units {
-                unit.record = None;
+        match undo {
+            Some(because) => {
+                let message = format!("not unloaded: {because}, and the reload is atomic");
+                for unit in &mut self.units {
+                    unit.record = None;
+                    unit.unloads.iter_mut().for_each(|unload| unload.roll_back(&message));
+                }
+            }
+            // Kept: the modules to unload leave now, once nothing can undo it.
+            None => {
+                for unload in self.units.iter_mut().flat_map(|unit| unit.unloads.iter_mut()) {
+                    unload::apply(&shared, unload);
+                }
             }
         }
         let deadline = shared.config.limits.drain_deadline();
         for step in self.units.iter_mut().flat_map(|unit| unit.steps.iter_mut()) {
             module::purge(step, deadline, self.options.force);
+        }
+        for unload in self.units.iter_mut().flat_map(|unit| unit.unloads.iter_mut()) {
+            unload::drain(&shared, unload, deadline);
         }
     }
 
@@ -474,8 +516,14 @@ impl Plan {
     /// `code_change` target; otherwise the one unit's own result. Manifests and
     /// extension records are kept, declared processes started.
     pub fn finish(mut self) -> ReloadResult {
+        let unloads: Vec<Change> = self
+            .units
+            .iter()
+            .flat_map(|unit| &unit.unloads)
+            .filter_map(|unload| unload.change(&self.request_id))
+            .collect();
         let result = self.finish_units();
-        let changes = result
+        let mut changes: Vec<Change> = result
             .metadata
             .swaps
             .iter()
@@ -484,10 +532,15 @@ impl Plan {
                 module: swap.module.clone(),
                 action: self.action,
                 from: swap.from.clone(),
-                to: BuildId { vsn: swap.new_vsn.clone(), sha256: swap.sha256.clone(), source: swap.source.clone() },
+                to: Some(BuildId {
+                    vsn: swap.new_vsn.clone(),
+                    sha256: swap.sha256.clone(),
+                    source: swap.source.clone(),
+                }),
                 request_id: self.request_id.clone(),
             })
             .collect();
+        changes.extend(unloads);
         if !self.shared.history.record(changes, &self.shared.background).is_empty() {
             self.shared.sweep_later();
         }
@@ -532,6 +585,7 @@ impl Plan {
         }
         for unit in &mut self.units {
             unit.record = None;
+            unit.unloads.clear();
         }
         self.code_change.clear();
         let mut result = self.finish_units();
@@ -628,6 +682,9 @@ fn culprits<'a>(units: &[Unit], others: impl Iterator<Item = &'a ReloadResult>) 
         culprits.extend(unit.result.errors.iter().map(|f| f.target.clone()));
         for step in &unit.steps {
             culprits.extend(step.result.errors.iter().map(|f| f.target.clone()));
+        }
+        for unload in &unit.unloads {
+            culprits.extend(unload.result.errors.iter().map(|f| f.target.clone()));
         }
     }
     for other in others {

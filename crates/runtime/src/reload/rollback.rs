@@ -6,11 +6,24 @@
 //! (which the node keeps by sha256, whatever the files say now), staged under
 //! the lock, committed, settled, purged — with processes migrating
 //! `"direction": "down"` and the history recording `rollback`.
+//!
+//! A rollback also undoes an unload: an `unload` entry has no build after it,
+//! so rolling back to it (`to` its id) or past it (the default, its `from`)
+//! loads the build it unloaded. An extension comes back recorded again (its
+//! record rebuilt from the build's source file, which must still be inside
+//! the extension roots); an app unloaded since the node started comes back
+//! with the manifest it had, its declared processes started afresh (their
+//! state went with the unload). A module of an unloaded app comes back only
+//! with its app, and a module an app's manifest dropped only by declaring it
+//! again.
 
+use sha2::{Digest, Sha256};
+
+use crate::build::extension::{self, ExtensionRecord, Format};
 use crate::reason::{Failure, Reason};
 use crate::request::{Blueprint, BlueprintUnit, BuildRef, RollbackRequest, RollbackTarget};
 use crate::state::Shared;
-use crate::store::history::{BuildId, History};
+use crate::store::history::{BuildId, History, HistoryEntry};
 
 /// Whether the module, or a module of the app, runs a canary (a rollback then
 /// drops the canaries).
@@ -42,11 +55,26 @@ pub(crate) fn blueprint(shared: &Shared, request: &RollbackRequest) -> Result<Bl
             return Err(not_found(format!("history has no entry {id}")));
         }
     }
+    let (mut app, mut extension) = (None, None);
     let builds = match &request.target {
-        RollbackTarget::Module(module) => vec![module_build(history, module, request.to, true, &not_found)?],
-        RollbackTarget::App(app) => {
-            let Some(manifest) = shared.app(app) else {
-                return Err(Failure::new(app, Reason::AppNotFound, format!("app `{app}` is not loaded")));
+        RollbackTarget::Module(module) => {
+            let build = module_build(history, module, request.to, true, &not_found)?;
+            if shared.registry.slot(module).is_none() && shared.app_declaring(module).is_none() {
+                extension = Some(unloaded_extension(shared, &build, &not_found)?);
+            }
+            vec![build]
+        }
+        RollbackTarget::App(name) => {
+            let manifest = match shared.app(name) {
+                Some(manifest) => manifest,
+                None => {
+                    let Some(manifest) = shared.unloaded_app(name) else {
+                        return Err(Failure::new(name, Reason::AppNotFound, format!("app `{name}` is not loaded")));
+                    };
+                    // An unloaded app comes back whole, manifest and processes.
+                    app = Some(manifest.clone());
+                    manifest
+                }
             };
             let builds: Vec<BuildRef> = manifest
                 .modules
@@ -54,7 +82,7 @@ pub(crate) fn blueprint(shared: &Shared, request: &RollbackRequest) -> Result<Bl
                 .filter_map(|decl| module_build(history, &decl.name, request.to, false, &not_found).ok())
                 .collect();
             if builds.is_empty() {
-                return Err(not_found(format!("no module of app `{app}` has an earlier build recorded")));
+                return Err(not_found(format!("no module of app `{name}` has an earlier build recorded")));
             }
             builds
         }
@@ -62,7 +90,7 @@ pub(crate) fn blueprint(shared: &Shared, request: &RollbackRequest) -> Result<Bl
     Ok(Blueprint {
         kind,
         target: target.clone(),
-        units: vec![BlueprintUnit { kind, target, builds, app: None, extension: None }],
+        units: vec![BlueprintUnit { kind, target, builds, app, extension, unloads: Vec::new() }],
         code_change: Vec::new(),
         force: request.options.force,
         atomic: request.options.atomic,
@@ -95,13 +123,50 @@ fn module_build(
     };
     if exact {
         return match history.get(id) {
-            Some(entry) if entry.module == module => Ok(build_ref(module, &entry.to)),
+            Some(entry) if entry.module == module => Ok(build_ref(module, as_of(&entry))),
             Some(entry) => Err(not_found(format!("history entry {id} is about `{}`, not `{module}`", entry.module))),
             None => Err(not_found(format!("history has no entry {id}"))),
         };
     }
     match history.latest(module, Some(id)) {
-        Some(entry) => Ok(build_ref(module, &entry.to)),
+        Some(entry) => Ok(build_ref(module, as_of(&entry))),
         None => Err(not_found(format!("`{module}` has no build recorded up to history entry {id}"))),
     }
+}
+
+/// The build a rollback to `entry` loads: the one it made current, or for an
+/// unload (which made none current), the one it unloaded.
+fn as_of(entry: &HistoryEntry) -> &BuildId {
+    entry.to.as_ref().or(entry.from.as_ref()).expect("every history entry names a build, before or after")
+}
+
+/// The record of an unloaded extension that a rollback loads back: rebuilt
+/// from the build's source file, which must still be inside the extension
+/// roots. Any other module that is not loaded and that no loaded app
+/// declares cannot come back by itself (`not_found`, saying how it can).
+fn unloaded_extension(
+    shared: &Shared,
+    build: &BuildRef,
+    not_found: &dyn Fn(String) -> Failure,
+) -> Result<ExtensionRecord, Failure> {
+    let module = &build.module;
+    if let Some(app) = shared.unloaded_app_declaring(module) {
+        return Err(not_found(format!(
+            "`{module}` was unloaded with app `{app}`: roll back the app (`{{\"app\": \"{app}\"}}`) to load it again"
+        )));
+    }
+    let format = Format::of(&build.source);
+    let inside = extension::locate(&shared.config.extensions.roots, &build.source).is_ok();
+    let (Some(format), true) = (format, inside) else {
+        return Err(not_found(format!(
+            "`{module}` is not loaded, and its build {} was not an extension's: declare the module in its app's \
+             manifest and reload the app",
+            build.source.display()
+        )));
+    };
+    // The source as it is now, or (gone) the build's own hash, which is the
+    // source's for a .wat or .wasm file.
+    let source_sha256 =
+        std::fs::read(&build.source).map(|bytes| hex::encode(Sha256::digest(bytes))).unwrap_or(build.sha256.clone());
+    Ok(ExtensionRecord { name: module.clone(), path: build.source.clone(), format, source_sha256 })
 }

@@ -143,6 +143,7 @@ fn revert(shared: &Arc<Shared>, trial: &Trial) -> ReloadResult {
                     builds,
                     app: None,
                     extension: None,
+                    unloads: Vec::new(),
                 }],
                 code_change: Vec::new(),
                 force: false,

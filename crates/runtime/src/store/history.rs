@@ -1,7 +1,8 @@
 //! The history of what served each module (CONTRACT.md §11): every commit that
 //! changed a module's build — a reload, a canary started, a rollback, a
-//! promotion, a revert — with the builds before and after and the request that
-//! made it. Not the loads a node makes when it starts.
+//! promotion, a revert, an unload — with the builds before and after and the
+//! request that made it. Not the loads a node makes when it starts. An unload's
+//! entry has no build after (`to` is `None`): the module left the node.
 //!
 //! Kept in `<data_dir>/history.log`, one JSON object a line, appended. Each
 //! entry is written to the file (one `write`) before the request that made it
@@ -33,6 +34,9 @@ pub enum Action {
     Rollback,
     Promote,
     Revert,
+    /// The module left the node (`system.unload`, or an app reload whose
+    /// manifest no longer declares it): `to` is `None`.
+    Unload,
 }
 
 impl Action {
@@ -43,6 +47,7 @@ impl Action {
             Action::Rollback => "rollback",
             Action::Promote => "promote",
             Action::Revert => "revert",
+            Action::Unload => "unload",
         }
     }
 }
@@ -68,7 +73,8 @@ pub struct HistoryEntry {
     pub action: Action,
     /// `None` for a module that had no build before.
     pub from: Option<BuildId>,
-    pub to: BuildId,
+    /// `None` for an unload: no build serves the module after it.
+    pub to: Option<BuildId>,
     pub request_id: String,
 }
 
@@ -84,7 +90,7 @@ pub(crate) struct Change {
     pub(crate) module: String,
     pub(crate) action: Action,
     pub(crate) from: Option<BuildId>,
-    pub(crate) to: BuildId,
+    pub(crate) to: Option<BuildId>,
     pub(crate) request_id: String,
 }
 
@@ -135,7 +141,7 @@ struct Kept {
     module: Arc<str>,
     action: Action,
     from: Option<KeptBuild>,
-    to: KeptBuild,
+    to: Option<KeptBuild>,
     request_id: Box<str>,
 }
 
@@ -184,7 +190,7 @@ impl Names {
             module: self.string(&entry.module),
             action: entry.action,
             from: entry.from.as_ref().map(|build| self.keep_build(build)),
-            to: self.keep_build(&entry.to),
+            to: entry.to.as_ref().map(|build| self.keep_build(build)),
             request_id: entry.request_id.as_str().into(),
         }
     }
@@ -202,7 +208,7 @@ impl Kept {
             module: self.module.to_string(),
             action: self.action,
             from: self.from.as_ref().map(KeptBuild::build),
-            to: self.to.build(),
+            to: self.to.as_ref().map(KeptBuild::build),
             request_id: self.request_id.to_string(),
         }
     }
@@ -348,7 +354,7 @@ impl History {
         let mut seen: HashMap<&str, Vec<&str>> = HashMap::new();
         for entry in state.entries.iter().rev() {
             let builds = seen.entry(&entry.module).or_default();
-            for build in std::iter::once(&entry.to).chain(&entry.from) {
+            for build in entry.to.iter().chain(&entry.from) {
                 if builds.len() < per_module && !builds.contains(&&*build.sha256) {
                     builds.push(&build.sha256);
                 }
@@ -424,7 +430,7 @@ mod tests {
             module: module.into(),
             action: Action::Reload,
             from: None,
-            to: BuildId { vsn: to.into(), sha256: to.repeat(8), source: PathBuf::from("x.wat") },
+            to: Some(BuildId { vsn: to.into(), sha256: to.repeat(8), source: PathBuf::from("x.wat") }),
             request_id: "r1".into(),
         }
     }
@@ -439,7 +445,7 @@ mod tests {
         history.record(vec![change("clock", "2")], &background);
         assert_eq!(history.list(Some("clock"), 10).iter().map(|e| e.id).collect::<Vec<_>>(), [3, 1]);
         assert_eq!(history.list(None, 2).iter().map(|e| e.id).collect::<Vec<_>>(), [3, 2]);
-        assert_eq!(history.latest("clock", Some(2)).unwrap().to.vsn, "1");
+        assert_eq!(history.latest("clock", Some(2)).unwrap().to.unwrap().vsn, "1");
         drop(history);
 
         // A machine that lost power mid-write: the last line is cut.
@@ -459,23 +465,42 @@ mod tests {
     }
 
     #[test]
+    fn an_unload_entry_has_no_build_after_it_and_keeps_the_one_before_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let background = Background::start("test", 0).unwrap();
+        let (history, _) = History::open(Some(dir.path()));
+        history.record(vec![change("clock", "1")], &background);
+        let loaded = change("clock", "1").to;
+        let unload = Change { action: Action::Unload, from: loaded, to: None, ..change("clock", "1") };
+        history.record(vec![unload], &background);
+        drop(history);
+        let (again, recovered) = History::open(Some(dir.path()));
+        assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
+        let newest = again.list(None, 1).remove(0);
+        assert_eq!((newest.action, newest.to, newest.from.map(|b| b.vsn)), (Action::Unload, None, Some("1".into())));
+        assert!(again.recent_builds(5).contains(&"1".repeat(8)), "the unloaded build stays kept");
+        background.finish();
+    }
+
+    #[test]
     fn entries_naming_the_same_builds_share_one_copy_of_each_name_and_read_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let background = Background::start("test", 0).unwrap();
         let (history, _) = History::open(Some(dir.path()));
         for n in 0..1_000 {
             let mut next = change("clock", if n % 2 == 0 { "a" } else { "b" });
-            next.from = Some(change("clock", if n % 2 == 0 { "b" } else { "a" }).to);
+            next.from = change("clock", if n % 2 == 0 { "b" } else { "a" }).to;
             history.record(vec![next], &background);
         }
         {
             let state = history.lock();
             // "clock", the vsns "a" and "b", their two hashes; one path.
             assert_eq!((state.names.strings.len(), state.names.paths.len()), (5, 1));
-            assert!(Arc::ptr_eq(&state.entries[0].to.sha256, &state.entries[2].to.sha256));
+            let to = |index: usize| &state.entries[index].to.as_ref().unwrap().sha256;
+            assert!(Arc::ptr_eq(to(0), to(2)));
         }
         let newest = history.list(None, 1).remove(0);
-        assert_eq!((newest.id, newest.to.vsn.as_str(), newest.from.unwrap().vsn.as_str()), (1_000, "b", "a"));
+        assert_eq!((newest.id, newest.to.unwrap().vsn.as_str(), newest.from.unwrap().vsn.as_str()), (1_000, "b", "a"));
         drop(history);
         let (again, _) = History::open(Some(dir.path()));
         assert_eq!(again.lock().names.strings.len(), 5, "shared when read back too");

@@ -47,7 +47,7 @@ fn reloads_are_recorded_and_rollback_toggles_to_the_replaced_build_even_after_th
     let entry = &history[0];
     assert_eq!((entry.id, entry.action, entry.request_id.as_str()), (1, Action::Reload, "req-2"));
     assert_eq!(entry.from.as_ref().unwrap().sha256, zest_sha(&versioned(1, 0)));
-    assert_eq!(entry.to.sha256, zest_sha(&versioned(2, 0)));
+    assert_eq!(entry.to.as_ref().unwrap().sha256, zest_sha(&versioned(2, 0)));
 
     // The file moves on; the rollback still finds build 1.
     std::fs::write(&path, versioned(3, 0)).unwrap();
