@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use zest_runtime::{
     Blueprint, ClusterOutcome, EventBody, Failure, Kind, LockError, Phase, Plan, Reason, ReloadRequest, ReloadResult,
-    RollbackRequest, Scope,
+    RollbackRequest, Scope, Skip,
 };
 
 use super::etcd::{Changes, EtcdError, MemberRecord};
@@ -139,20 +139,29 @@ pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> R
         }
     };
     let token = guard.token() as i64;
-    let members = match cluster.handle.block_on(cluster.store.members()) {
-        Ok((members, _)) => members,
+    let (members, known) = match cluster.handle.block_on(cluster.store.roster()) {
+        Ok(roster) => roster,
         Err(err) => {
             let mut result = unavailable(kind, &target, &err.to_string());
             result.duration = started.elapsed();
             return Ok(result);
         }
     };
-    let targets = targets(cluster, &members, nodes)?;
+    let (targets, absent) = targets(cluster, &members, &known, nodes)?;
     // Unique in the cluster, whichever member coordinates and however often
     // it restarts: the fencing token is.
     let request_id = work.request_id().cloned().unwrap_or_else(|| format!("{}-{token}", cluster.config.node));
-    let run =
-        Run { cluster, work, nodes, kind, target: target.clone(), request_id: request_id.clone(), token, targets };
+    let run = Run {
+        cluster,
+        work,
+        nodes,
+        kind,
+        target: target.clone(),
+        request_id: request_id.clone(),
+        token,
+        targets,
+        absent,
+    };
     let mut result = cluster.node.telemetry().step(kind, &target, &request_id, || run.coordinate());
     result.duration = started.elapsed();
     result.metadata.rollback = work.is_rollback();
@@ -160,37 +169,50 @@ pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> R
     Ok(result)
 }
 
-/// The members a request reaches: every member, this one, or those listed.
-fn targets(cluster: &Cluster, members: &[MemberRecord], nodes: &Nodes) -> Result<Vec<MemberRecord>, Refusal> {
+/// The members a request reaches — every member, this one, or those listed —
+/// and the ids of those it should reach that are known but not live (their
+/// lease lapsed, they are cut off, or they stopped without a clean shutdown):
+/// reported `skipped` with `node_unreachable`, they catch up when they return.
+fn targets(
+    cluster: &Cluster,
+    members: &[MemberRecord],
+    known: &[String],
+    nodes: &Nodes,
+) -> Result<(Vec<MemberRecord>, Vec<String>), Refusal> {
     let me = || members.iter().find(|m| m.node == cluster.config.node).cloned().unwrap_or_else(|| cluster.record());
+    let live = |id: &str| id == cluster.config.node || members.iter().any(|m| m.node == id);
     match nodes {
         Nodes::All => {
             let mut all = members.to_vec();
             if !all.iter().any(|m| m.node == cluster.config.node) {
                 all.push(me());
             }
-            Ok(all)
+            let absent = known.iter().filter(|id| !live(id)).cloned().collect();
+            Ok((all, absent))
         }
-        Nodes::Local => Ok(vec![me()]),
+        Nodes::Local => Ok((vec![me()], Vec::new())),
         Nodes::Listed(ids) => {
             let mut listed: Vec<MemberRecord> = Vec::new();
+            let mut absent: Vec<String> = Vec::new();
             for id in ids {
-                if listed.iter().any(|m| &m.node == id) {
+                if listed.iter().any(|m| &m.node == id) || absent.contains(id) {
                     continue;
                 }
                 match members.iter().find(|m| &m.node == id) {
                     Some(member) => listed.push(member.clone()),
+                    None if known.contains(id) => absent.push(id.clone()),
                     None => {
-                        let known: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
+                        let named: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
                         return Err(Refusal::InvalidParams(format!(
                             "nodes: `{id}` is not a member of cluster `{}` (members: {})",
                             cluster.config.name,
-                            known.join(", ")
+                            named.join(", ")
                         )));
                     }
                 }
             }
-            Ok(listed)
+            absent.sort();
+            Ok((listed, absent))
         }
     }
 }
@@ -227,6 +249,8 @@ struct Run<'a> {
     request_id: String,
     token: i64,
     targets: Vec<MemberRecord>,
+    /// Known members the request should reach that are not live: skipped.
+    absent: Vec<String>,
 }
 
 impl Run<'_> {
@@ -249,6 +273,9 @@ impl Run<'_> {
         for child in children {
             result.absorb(child);
         }
+        result
+            .skipped
+            .extend(self.absent.iter().map(|id| Skip { target: id.clone(), reason: Reason::NodeUnreachable }));
         result.metadata.cluster = Some(ClusterOutcome { nodes: self.ids(), phase, revision });
         result
     }
@@ -319,8 +346,14 @@ impl Run<'_> {
             return self.abort(plan, local, outcomes, Reason::PrepareFailed, &why);
         }
         let changes = changes_of(&blueprint);
+        // A listed member that is away gets its override too: it loads it
+        // when it comes back.
         let listed: Option<Vec<String>> = match self.nodes {
-            Nodes::Listed(_) => Some(self.ids()),
+            Nodes::Listed(_) => {
+                let mut ids = self.ids();
+                ids.extend(self.absent.iter().cloned());
+                Some(ids)
+            }
             _ => None,
         };
         let before = if plan.options().atomic {
@@ -636,12 +669,14 @@ async fn call_all(
 }
 
 /// A fault-injection hook for tests: with `ZEST_CLUSTER_PAUSE=before-commit:MS`
-/// (or `after-commit:MS`) in its environment, a coordinator waits that long
-/// just before (after) its etcd commit, so that a test can kill it there
-/// (`docs/cluster.md`, "Testing hooks").
+/// (or `after-commit:MS`, or both separated by a comma) in its environment, a
+/// coordinator waits that long just before (after) its etcd commit, so that a
+/// test can kill, stop or cut it there (`docs/cluster.md`, "Testing hooks").
 fn pause(at: &str) {
     let Ok(spec) = std::env::var("ZEST_CLUSTER_PAUSE") else { return };
-    let ms = spec.strip_prefix(at).and_then(|rest| rest.strip_prefix(':')).and_then(|ms| ms.parse::<u64>().ok());
+    let ms = spec.split(',').find_map(|one| {
+        one.trim().strip_prefix(at).and_then(|rest| rest.strip_prefix(':')).and_then(|ms| ms.parse::<u64>().ok())
+    });
     if let Some(ms) = ms {
         tracing::warn!(at, ms, "pausing, as ZEST_CLUSTER_PAUSE asks");
         std::thread::sleep(Duration::from_millis(ms));
