@@ -8,6 +8,8 @@
 //! - [`Link::Hold`]: nothing goes through and nothing is closed — bytes wait
 //!   (as a partition whose packets are retransmitted until it heals), and are
 //!   delivered in order when the link passes again;
+//! - [`Link::Deaf`]: what the client sends arrives, nothing comes back (a
+//!   one-way partition: a request lands, its answer is lost until the heal);
 //! - [`Link::Slow`]: every chunk is delayed by the given latency.
 //!
 //! Threads only (one per direction of a connection, one accepting); dropping
@@ -26,6 +28,7 @@ pub enum Link {
     Pass,
     Cut,
     Hold,
+    Deaf,
     Slow(Duration),
 }
 
@@ -120,13 +123,14 @@ fn accept(listener: TcpListener, shared: Arc<Shared>) {
         let (Ok(client3), Ok(server3)) = (client.try_clone(), server.try_clone()) else { continue };
         shared.open.lock().unwrap().insert(id, (client3, server3));
         let (one, two) = (Arc::clone(&shared), Arc::clone(&shared));
-        std::thread::spawn(move || relay(client, server, one, id));
-        std::thread::spawn(move || relay(server2, client2, two, id));
+        std::thread::spawn(move || relay(client, server, one, id, false));
+        std::thread::spawn(move || relay(server2, client2, two, id, true));
     }
 }
 
-/// Copies `from` to `to` as the link allows, until either end closes.
-fn relay(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, id: u64) {
+/// Copies `from` to `to` as the link allows, until either end closes;
+/// `answers`: this is the direction from the target back to the client.
+fn relay(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, id: u64, answers: bool) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -136,7 +140,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, id: u64) {
         // Wait while held; give up when cut or stopped.
         let link = {
             let mut link = shared.link.lock().unwrap();
-            while *link == Link::Hold && !shared.stop.load(Ordering::SeqCst) {
+            while (*link == Link::Hold || (answers && *link == Link::Deaf)) && !shared.stop.load(Ordering::SeqCst) {
                 link = shared.changed.wait(link).unwrap();
             }
             *link

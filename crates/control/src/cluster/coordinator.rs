@@ -29,6 +29,10 @@ use crate::wire::{self, Nodes};
 /// How many members fetch a build from one holder in one wave of prepares.
 const FANOUT: usize = 8;
 
+/// How long a coordinator whose commit went unanswered keeps asking etcd
+/// whether it landed before it answers that etcd cannot say.
+const OUTCOME_WAIT: Duration = Duration::from_secs(30);
+
 /// Why a cluster reload did not run at all (a JSON-RPC error, not a result).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -374,13 +378,24 @@ impl Run<'_> {
         ));
         let revision = match committed {
             Ok(revision) => revision,
-            Err(EtcdError::LeaseLost) => {
-                let why = "the lock's lease was lost before the commit";
-                return self.abort(plan, local, outcomes, Reason::LeaseLost, why);
-            }
-            Err(err) => match cluster.handle.block_on(cluster.store.committed(self.token)) {
+            // An earlier attempt of the same transaction, whose answer was
+            // lost, may have landed before the lease went: etcd says.
+            Err(EtcdError::LeaseLost) => match self.commit_outcome() {
                 Ok(Some(revision)) => revision,
-                _ => return self.abort(plan, local, outcomes, Reason::ClusterUnavailable, &err.to_string()),
+                Ok(None) => {
+                    let why = "the lock's lease was lost before the commit";
+                    return self.abort(plan, local, outcomes, Reason::LeaseLost, why);
+                }
+                Err(unknown) => return self.undecided(plan, local, outcomes, &format!("lease lost; then {unknown}")),
+            },
+            // The transaction may have landed with its answer lost: only etcd can say.
+            Err(err) => match self.commit_outcome() {
+                Ok(Some(revision)) => revision,
+                Ok(None) => {
+                    let why = format!("{err}; etcd then showed no commit, and the lock is released so none can land");
+                    return self.abort(plan, local, outcomes, Reason::ClusterUnavailable, &why);
+                }
+                Err(unknown) => return self.undecided(plan, local, outcomes, &format!("{err}; then {unknown}")),
             },
         };
         pause("after-commit");
@@ -390,6 +405,67 @@ impl Run<'_> {
         } else {
             self.apply(plan, local, &remote, revision)
         }
+    }
+
+    /// Whether a commit whose answer was lost landed, as etcd says: its
+    /// record, or, when there is none, the lock released first (so that a
+    /// commit transaction still on its way fails its fencing check) and the
+    /// record read again. Asked again while etcd does not answer, for up to
+    /// [`OUTCOME_WAIT`].
+    fn commit_outcome(&self) -> Result<Option<i64>, EtcdError> {
+        let (store, token) = (&self.cluster.store, self.token);
+        let give_up = Instant::now() + OUTCOME_WAIT;
+        loop {
+            let read = self.cluster.handle.block_on(async {
+                if let Some(revision) = store.committed(token).await? {
+                    return Ok(Some(revision));
+                }
+                store.unlock(token).await?;
+                store.committed(token).await
+            });
+            match read {
+                Ok(outcome) => return Ok(outcome),
+                Err(err) if Instant::now() >= give_up => return Err(err),
+                Err(err) => {
+                    tracing::warn!(%err, request_id = %self.request_id, "cannot tell yet whether the commit landed");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    /// etcd would not say whether the commit landed: nothing more is sent
+    /// to the members, which decide by etcd at their deadline (apply if it
+    /// landed, drop otherwise); this member drops its plan and catches up
+    /// with whatever etcd holds. The result says so (`cluster_unavailable`).
+    fn undecided(
+        &self,
+        mut plan: Plan,
+        local: bool,
+        outcomes: Vec<(MemberRecord, Prepared)>,
+        why: &str,
+    ) -> ReloadResult {
+        let message = format!(
+            "whether the commit landed is unknown ({why}): each member applies it if etcd recorded it, and drops it otherwise"
+        );
+        self.emit(EventBody::ClusterAbort {
+            nodes: self.ids(),
+            reason: Reason::ClusterUnavailable,
+            message: message.clone(),
+        });
+        plan.abort(&format!("not swapped here yet: {message}"));
+        let mine = plan.finish();
+        self.cluster.state().desired_seen = None;
+        self.cluster.wake.notify_one();
+        let children = outcomes
+            .into_iter()
+            .map(|(member, _)| node_failure(&member.node, Reason::ClusterUnavailable, message.clone()))
+            .collect();
+        let mut result = self.result(children, Phase::Aborted, None);
+        if local {
+            result.absorb(node_child(self.me(), mine));
+        }
+        result
     }
 
     /// The request ended before any other member was asked: only this
