@@ -14,7 +14,8 @@
 //!   closed), held (nothing flows, nothing closes) or deaf (requests arrive,
 //!   answers do not), before the reload, while
 //!   its coordinator waits between prepare and commit, or right after the etcd
-//!   commit; healed 1–5 s after the reload answered;
+//!   commit; healed 1–5 s after it struck, whether or not the reload
+//!   answered, with another reload sent while it lasts;
 //! - `slow`: 50–250 ms of latency on every link of one member;
 //! - `pause_coordinator`: SIGSTOP of the coordinator the moment etcd shows its
 //!   commit (before it told the members), for `prepare_timeout` + 1 s;
@@ -543,13 +544,14 @@ impl Chaos {
                         _ => links.set_all(link),
                     }
                 };
-                let vsn = self.vsn();
-                let attempt = self.strike(phase, &coordinator, &vsn, schedule, || apply(&self.fleet, hold));
-                self.record(attempt);
-                std::thread::sleep(lasting / 2);
-                self.reload(rng, schedule);
-                std::thread::sleep(lasting / 2);
-                apply(&self.fleet, Link::Pass);
+                let second = rng.pick(&IDS).to_string();
+                let vsns = (self.vsn(), self.vsn());
+                let fleet = &self.fleet;
+                let (on, off) = (|| apply(fleet, hold), || apply(fleet, Link::Pass));
+                let attempts = self.partition(phase, (&coordinator, &second), &vsns, lasting, schedule, on, off);
+                for attempt in attempts {
+                    self.record(attempt);
+                }
                 format!("{kind:?} ({hold:?}) of {victim} at {phase:?} of a reload on {coordinator}, {lasting:?}")
             }
             Kind::Slow => {
@@ -618,6 +620,54 @@ impl Chaos {
             Phase::Prepared => self.during(Moment::Lock, Duration::from_millis(150), coordinator, vsn, schedule, fault),
             Phase::Committed => self.during(Moment::Commit, Duration::ZERO, coordinator, vsn, schedule, fault),
         }
+    }
+
+    /// A reload on `coordinator` with `on` applied at `phase` of it and
+    /// `off` (the heal) `lasting` later, whether or not the reload answered;
+    /// then, while the fault lasts, another reload on `second`.
+    #[allow(clippy::too_many_arguments)]
+    fn partition(
+        &self,
+        phase: Phase,
+        (coordinator, second): (&str, &str),
+        (vsn, next): &(String, String),
+        lasting: Duration,
+        schedule: usize,
+        on: impl Fn() + Sync,
+        off: impl Fn() + Sync,
+    ) -> Vec<Attempt> {
+        let moment = match phase {
+            Phase::Before => None,
+            Phase::Prepared => Some((Moment::Lock, Duration::from_millis(150))),
+            Phase::Committed => Some((Moment::Commit, Duration::ZERO)),
+        };
+        let count = moment.map(|(moment, _)| self.observer.count(moment));
+        if moment.is_none() {
+            on();
+        }
+        let healed = AtomicBool::new(false);
+        let (observer, fleet, healed, on, off) = (&self.observer, &self.fleet, &healed, &on, &off);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                if let (Some((moment, delay)), Some(count)) = (moment, count) {
+                    if !observer.wait(moment, count, Duration::from_secs(15)) {
+                        healed.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(delay);
+                    on();
+                }
+                std::thread::sleep(lasting);
+                off();
+                healed.store(true, Ordering::SeqCst);
+            });
+            let mut attempts = vec![reload(fleet, coordinator, vsn, schedule)];
+            if !healed.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                attempts.push(reload(fleet, second, next, schedule));
+            }
+            attempts
+        })
     }
 
     /// Runs one reload on `coordinator`; `fault` runs `delay` after etcd
