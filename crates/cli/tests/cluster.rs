@@ -229,7 +229,9 @@ fn a_restarted_member_serves_what_the_cluster_committed_whatever_its_files_say()
 
     fleet.set_clock("a", "2.0.0");
     let result = fleet.member("a").reload(json!({"scope": "module", "module": "clock"}));
-    assert_eq!((result["status"].as_str(), node_targets(&result)), (Some("ok"), vec!["a".into(), "c".into()]));
+    // b is known (it never stopped cleanly) but not live: reported, not left out.
+    assert_eq!((result["status"].as_str(), node_targets(&result)), (Some("partial"), vec!["a".into(), "c".into()]));
+    assert_eq!(result["skipped"], json!([{"target": "b", "reason": "node_unreachable"}]), "{result}");
     let revision = result["metadata"]["cluster"]["revision"].as_i64().unwrap();
 
     // b's own files still say 1.0.0.
@@ -271,8 +273,9 @@ fn the_lock_of_a_killed_holder_frees_within_its_lease_and_a_stalled_holder_canno
     let killed = Instant::now();
     let result = fleet.member("b").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 15000}));
     let waited = killed.elapsed();
-    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["status"], "partial", "{result}");
     assert_eq!(node_targets(&result), ["b", "c"], "a left with its lease");
+    assert_eq!(result["skipped"], json!([{"target": "a", "reason": "node_unreachable"}]), "{result}");
     assert!(
         waited <= LEASE_TTL + Duration::from_secs(1) + Duration::from_millis(700),
         "the lock freed after {waited:?}"
@@ -440,7 +443,8 @@ fn a_coordinator_killed_after_its_commit_cannot_stop_the_others_and_one_killed_b
     let result = fleet
         .member("b")
         .reload(json!({"scope": "module", "module": "clock", "force": true, "lock_timeout_ms": 10000}));
-    assert_eq!(result["status"], "ok", "b's node lock was released: {result}");
+    assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "b's node lock was released: {result}");
+    assert_eq!(result["skipped"], json!([{"target": "a", "reason": "node_unreachable"}]), "a was killed: {result}");
 }
 
 fn send_reload(url: &str, params: Value) -> Option<Value> {
@@ -732,4 +736,52 @@ fn with_the_etcd_member_every_node_talks_to_stopped_every_lease_lives_on_and_no_
     let result = reload_round(&fleet, "a", 0).unwrap();
     assert!(committed(&result), "{result}");
     assert_eq!(node_targets(&result), ["a", "b", "c"], "{result}");
+}
+
+#[test]
+fn a_member_that_is_away_is_reported_skipped_catches_up_and_once_stopped_cleanly_is_not_reported() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start(&["a", "b", "c"]);
+    // c stalls past its lease: up, but no longer a live member.
+    let c = fleet.member("c");
+    c.signal(libc::SIGSTOP);
+    let gone =
+        eventually(Duration::from_secs(10), || (members_of(&fleet.member("a").status()) == ["a", "b"]).then_some(()));
+    assert!(gone.is_some(), "c's lease lapses: {}", fleet.member("a").status());
+    fleet.set_clock("a", "1.0.1");
+    let all = fleet.member("a").reload(json!({"scope": "module", "module": "clock"}));
+    assert_eq!((all["status"].as_str(), node_targets(&all)), (Some("partial"), vec!["a".into(), "b".into()]), "{all}");
+    assert_eq!(all["skipped"], json!([{"target": "c", "reason": "node_unreachable"}]), "{all}");
+    assert_eq!(all["metadata"]["cluster"]["phase"], "committed", "{all}");
+    // A listed member that is away: its override is recorded, and it is skipped.
+    fleet.set_clock("a", "1.0.2");
+    let listed = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "nodes": ["c"]}));
+    assert_eq!(listed["status"], "partial", "{listed}");
+    assert_eq!(listed["skipped"], json!([{"target": "c", "reason": "node_unreachable"}]), "{listed}");
+    assert_eq!(listed["metadata"]["cluster"]["phase"], "committed", "{listed}");
+
+    // Back, c converges by itself on what was committed for it.
+    fleet.member("c").signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    let converged = eventually(Duration::from_secs(10), || (fleet.vsn("c", "clock") == "1.0.2").then_some(()));
+    assert!(converged.is_some(), "c serves {} 10 s after it resumed", fleet.vsn("c", "clock"));
+    eprintln!("c converged {:?} after it resumed", resumed.elapsed());
+    assert_eq!([fleet.vsn("a", "clock"), fleet.vsn("b", "clock")], ["1.0.1", "1.0.1"]);
+    let back = eventually(Duration::from_secs(10), || {
+        (members_of(&fleet.member("a").status()) == ["a", "b", "c"]).then_some(())
+    });
+    assert!(back.is_some(), "c rejoins");
+    let every = fleet.member("a").reload(json!({"scope": "module", "module": "clock", "force": true}));
+    assert_eq!(
+        (every["status"].as_str(), node_targets(&every)),
+        (Some("ok"), vec!["a".into(), "b".into(), "c".into()])
+    );
+    assert_eq!(every["skipped"], json!([]), "{every}");
+
+    // Stopped cleanly, c is forgotten: not reported, now or later.
+    assert_eq!(fleet.take("c").stop(), 0);
+    fleet.set_clock("a", "1.0.3");
+    let after = fleet.member("a").reload(json!({"scope": "module", "module": "clock"}));
+    assert_eq!((after["status"].as_str(), node_targets(&after)), (Some("ok"), vec!["a".into(), "b".into()]), "{after}");
+    assert_eq!(after["skipped"], json!([]), "{after}");
 }

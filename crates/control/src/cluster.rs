@@ -385,8 +385,12 @@ impl Cluster {
         }
     }
 
-    /// Leaves the cluster (a clean shutdown): the member key goes at once.
+    /// Leaves the cluster (a clean shutdown): the member key goes at once,
+    /// and so does its `known/` record, so that reloads stop reporting it.
     pub async fn leave(&self) {
+        if let Err(err) = self.store.forget(&self.config.node).await {
+            tracing::warn!(%err, "cannot remove this member's known record: reloads report it skipped until it rejoins");
+        }
         if let Some(lease) = self.lease.get() {
             self.lease.set(None);
             let _ = self.store.revoke(lease).await;

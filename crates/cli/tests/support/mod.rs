@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+pub mod proxy;
+
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +15,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use proxy::{Link, Proxy};
 
 pub const ZEST: &str = env!("CARGO_BIN_EXE_zest");
 
@@ -99,19 +103,21 @@ impl Served {
             }
         });
         let (errs, captured) = mpsc::channel();
+        // Each line of its log names the node's directory (a cluster member's id).
+        let label = dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         std::thread::spawn(move || {
             // Forward the child's log to ours (the test harness captures it),
             // keeping a copy for a child that exits early.
-            let mut all = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                eprint!("{}", String::from_utf8_lossy(&buf[..n]));
-                all.extend_from_slice(&buf[..n]);
+            let mut all = String::new();
+            let mut reader = BufReader::new(&mut stderr);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let text = String::from_utf8_lossy(&line);
+                eprint!("[{label}] {text}");
+                all.push_str(&text);
+                line.clear();
             }
-            let _ = errs.send(String::from_utf8_lossy(&all).into_owned());
+            let _ = errs.send(all);
         });
         let line = first.recv_timeout(START_TIMEOUT).unwrap_or_default();
         let Some(url) = line.trim().strip_prefix("listening on ").map(str::to_string) else {
@@ -340,6 +346,16 @@ impl Etcd {
         self.members.iter().filter_map(|m| m.child.as_ref().map(|c| c.id() as i32)).collect()
     }
 
+    /// The pid of member `index`, while it runs.
+    pub fn pid_of(&self, index: usize) -> Option<i32> {
+        self.members[index].child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// How many members there are (running or not).
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client.clone()).collect()
@@ -481,6 +497,31 @@ pub struct Fleet {
     app: Vec<(String, String)>,
     /// Every member's `lease_ttl_ms`.
     ttl: Duration,
+    /// Each member's links through fault proxies ([`Fleet::start_proxied`]).
+    links: Vec<(String, Links)>,
+}
+
+/// A member's links, each through a [`Proxy`] the test controls: one to each
+/// etcd endpoint (its `etcd` list), and the one its peers reach it through
+/// (its `advertise`, relayed to its fixed `listen` port).
+pub struct Links {
+    pub etcd: Vec<Proxy>,
+    pub peers: Proxy,
+    pub listen: u16,
+}
+
+impl Links {
+    /// Sets every etcd link of the member.
+    pub fn set_etcd(&self, link: Link) {
+        for proxy in &self.etcd {
+            proxy.set(link);
+        }
+    }
+
+    pub fn set_all(&self, link: Link) {
+        self.set_etcd(link);
+        self.peers.set(link);
+    }
 }
 
 impl Fleet {
@@ -515,27 +556,69 @@ impl Fleet {
         ttl: Duration,
         env: &[(&str, &str)],
     ) -> Fleet {
+        Fleet::build(etcd, ids, app, prepare, ttl, env, false)
+    }
+
+    /// As [`Fleet::start_leased`], with every member's links to etcd and to
+    /// its peers through fault proxies ([`Fleet::links`]).
+    pub fn start_proxied(
+        etcd: Etcd,
+        ids: &[&str],
+        app: Vec<(String, String)>,
+        prepare: Duration,
+        ttl: Duration,
+        env: &[(&str, &str)],
+    ) -> Fleet {
+        Fleet::build(etcd, ids, app, prepare, ttl, env, true)
+    }
+
+    fn build(
+        etcd: Etcd,
+        ids: &[&str],
+        app: Vec<(String, String)>,
+        prepare: Duration,
+        ttl: Duration,
+        env: &[(&str, &str)],
+        proxied: bool,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         for (file, token) in [("admin.token", ADMIN), ("read.token", READER), ("cluster.token", PEER)] {
             std::fs::write(dir.path().join(file), format!("{token}\n")).unwrap();
         }
         static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
-        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app, ttl };
+        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app, ttl, links: Vec::new() };
+        fleet.add_members(ids, prepare, env, proxied);
+        fleet
+    }
+
+    /// Member `id`'s proxied links (panics for a fleet without proxies).
+    pub fn links(&self, id: &str) -> &Links {
+        self.links.iter().find(|(member, _)| member == id).map(|(_, links)| links).expect("a proxied member")
+    }
+
+    fn add_members(&mut self, ids: &[&str], prepare: Duration, env: &[(&str, &str)], proxied: bool) {
         for id in ids {
-            fleet.write_member(id, prepare);
-            fleet.members.push((id.to_string(), None));
+            if proxied {
+                let etcd =
+                    self.etcd.endpoints().iter().map(|url| Proxy::start(url.trim_start_matches("http://"))).collect();
+                let listen = free_port();
+                let peers = Proxy::start(&format!("127.0.0.1:{listen}"));
+                self.links.push((id.to_string(), Links { etcd, peers, listen }));
+            }
+            self.write_member(id, prepare);
+            self.members.push((id.to_string(), None));
         }
         // One after the other, so that members list in a known order.
         for id in ids {
-            fleet.spawn(id, env);
+            self.spawn(id, env);
         }
         // Each member learns of the others through an etcd watch: wait until
         // every one lists them all.
         let mut all: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
         all.sort();
         for id in ids {
-            let member = fleet.member(id);
+            let member = self.member(id);
             let listed = eventually(START_TIMEOUT, || {
                 let status = member.status();
                 let mut members: Vec<String> = status["cluster"]["members"]
@@ -548,7 +631,6 @@ impl Fleet {
             });
             assert!(listed.is_some(), "member {id} never listed {all:?}");
         }
-        fleet
     }
 
     pub fn member_dir(&self, id: &str) -> PathBuf {
@@ -562,11 +644,20 @@ impl Fleet {
         for (file, text) in &self.app {
             std::fs::write(app.join(file), text).unwrap();
         }
+        let links = self.links.iter().find(|(member, _)| member == id).map(|(_, links)| links);
+        let (listen, etcd, advertise) = match links {
+            Some(links) => (
+                format!("127.0.0.1:{}", links.listen),
+                links.etcd.iter().map(Proxy::url).collect(),
+                format!("advertise = \"{}\"\n", links.peers.url()),
+            ),
+            None => ("127.0.0.1:0".to_string(), self.etcd.endpoints(), String::new()),
+        };
         let config = format!(
             r#"[node]
 data_dir = "data"
 [control]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 [[control.tokens]]
 token_file = "../admin.token"
 scopes = ["admin"]
@@ -582,9 +673,9 @@ etcd = {etcd}
 token_file = "../cluster.token"
 lease_ttl_ms = {ttl}
 prepare_timeout_ms = {prepare}
-"#,
+{advertise}"#,
             name = self.name,
-            etcd = serde_json::to_string(&self.etcd.endpoints()).unwrap(),
+            etcd = serde_json::to_string(&etcd).unwrap(),
             ttl = self.ttl.as_millis(),
             prepare = prepare.as_millis(),
         );

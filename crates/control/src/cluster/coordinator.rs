@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use zest_runtime::telemetry::{AbortCause, Role};
 use zest_runtime::{
     Blueprint, ClusterOutcome, EventBody, Failure, Kind, LockError, Phase, Plan, Reason, ReloadRequest, ReloadResult,
-    RollbackRequest, Scope,
+    RollbackRequest, Scope, Skip,
 };
 
 use super::etcd::{Changes, EtcdError, MemberRecord};
@@ -29,6 +29,10 @@ use crate::wire::{self, Nodes};
 
 /// How many members fetch a build from one holder in one wave of prepares.
 const FANOUT: usize = 8;
+
+/// How long a coordinator whose commit went unanswered keeps asking etcd
+/// whether it landed before it answers that etcd cannot say.
+const OUTCOME_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a cluster reload did not run at all (a JSON-RPC error, not a result).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,15 +144,15 @@ pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> R
         }
     };
     let token = guard.token() as i64;
-    let members = match cluster.handle.block_on(cluster.store.members()) {
-        Ok((members, _)) => members,
+    let (members, known) = match cluster.handle.block_on(cluster.store.roster()) {
+        Ok(roster) => roster,
         Err(err) => {
             let mut result = unavailable(kind, &target, &err.to_string());
             result.duration = started.elapsed();
             return Ok(result);
         }
     };
-    let targets = targets(cluster, &members, nodes)?;
+    let (targets, absent) = targets(cluster, &members, &known, nodes)?;
     // Unique in the cluster, whichever member coordinates and however often
     // it restarts: the fencing token is.
     let request_id = work.request_id().cloned().unwrap_or_else(|| format!("{}-{token}", cluster.config.node));
@@ -162,6 +166,7 @@ pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> R
         token,
         targets,
         prepared: std::cell::Cell::new(false),
+        absent,
     };
     let telemetry = cluster.node.telemetry();
     let mut result = telemetry.step_since(Role::Coordinator, started, kind, &target, &request_id, || run.coordinate());
@@ -173,37 +178,50 @@ pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> R
     Ok(result)
 }
 
-/// The members a request reaches: every member, this one, or those listed.
-fn targets(cluster: &Cluster, members: &[MemberRecord], nodes: &Nodes) -> Result<Vec<MemberRecord>, Refusal> {
+/// The members a request reaches — every member, this one, or those listed —
+/// and the ids of those it should reach that are known but not live (their
+/// lease lapsed, they are cut off, or they stopped without a clean shutdown):
+/// reported `skipped` with `node_unreachable`, they catch up when they return.
+fn targets(
+    cluster: &Cluster,
+    members: &[MemberRecord],
+    known: &[String],
+    nodes: &Nodes,
+) -> Result<(Vec<MemberRecord>, Vec<String>), Refusal> {
     let me = || members.iter().find(|m| m.node == cluster.config.node).cloned().unwrap_or_else(|| cluster.record());
+    let live = |id: &str| id == cluster.config.node || members.iter().any(|m| m.node == id);
     match nodes {
         Nodes::All => {
             let mut all = members.to_vec();
             if !all.iter().any(|m| m.node == cluster.config.node) {
                 all.push(me());
             }
-            Ok(all)
+            let absent = known.iter().filter(|id| !live(id)).cloned().collect();
+            Ok((all, absent))
         }
-        Nodes::Local => Ok(vec![me()]),
+        Nodes::Local => Ok((vec![me()], Vec::new())),
         Nodes::Listed(ids) => {
             let mut listed: Vec<MemberRecord> = Vec::new();
+            let mut absent: Vec<String> = Vec::new();
             for id in ids {
-                if listed.iter().any(|m| &m.node == id) {
+                if listed.iter().any(|m| &m.node == id) || absent.contains(id) {
                     continue;
                 }
                 match members.iter().find(|m| &m.node == id) {
                     Some(member) => listed.push(member.clone()),
+                    None if known.contains(id) => absent.push(id.clone()),
                     None => {
-                        let known: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
+                        let named: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
                         return Err(Refusal::InvalidParams(format!(
                             "nodes: `{id}` is not a member of cluster `{}` (members: {})",
                             cluster.config.name,
-                            known.join(", ")
+                            named.join(", ")
                         )));
                     }
                 }
             }
-            Ok(listed)
+            absent.sort();
+            Ok((listed, absent))
         }
     }
 }
@@ -243,6 +261,8 @@ struct Run<'a> {
     /// Set once the request entered its two phases (`zest.cluster.prepare`):
     /// from then on it ends in one commit or one abort.
     prepared: std::cell::Cell<bool>,
+    /// Known members the request should reach that are not live: skipped.
+    absent: Vec<String>,
 }
 
 impl Run<'_> {
@@ -265,6 +285,9 @@ impl Run<'_> {
         for child in children {
             result.absorb(child);
         }
+        result
+            .skipped
+            .extend(self.absent.iter().map(|id| Skip { target: id.clone(), reason: Reason::NodeUnreachable }));
         result.metadata.cluster = Some(ClusterOutcome { nodes: self.ids(), phase, revision });
         result
     }
@@ -346,8 +369,14 @@ impl Run<'_> {
             return self.abort(plan, local, outcomes, cause, &why);
         }
         let changes = changes_of(&blueprint);
+        // A listed member that is away gets its override too: it loads it
+        // when it comes back.
         let listed: Option<Vec<String>> = match self.nodes {
-            Nodes::Listed(_) => Some(self.ids()),
+            Nodes::Listed(_) => {
+                let mut ids = self.ids();
+                ids.extend(self.absent.iter().cloned());
+                Some(ids)
+            }
             _ => None,
         };
         let before = if plan.options().atomic {
@@ -368,13 +397,24 @@ impl Run<'_> {
         ));
         let revision = match committed {
             Ok(revision) => revision,
-            Err(EtcdError::LeaseLost) => {
-                let why = "the lock's lease was lost before the commit";
-                return self.abort(plan, local, outcomes, AbortCause::LeaseLost, why);
-            }
-            Err(err) => match cluster.handle.block_on(cluster.store.committed(self.token)) {
+            // An earlier attempt of the same transaction, whose answer was
+            // lost, may have landed before the lease went: etcd says.
+            Err(EtcdError::LeaseLost) => match self.commit_outcome() {
                 Ok(Some(revision)) => revision,
-                _ => return self.abort(plan, local, outcomes, AbortCause::ClusterUnavailable, &err.to_string()),
+                Ok(None) => {
+                    let why = "the lock's lease was lost before the commit";
+                    return self.abort(plan, local, outcomes, AbortCause::LeaseLost, why);
+                }
+                Err(unknown) => return self.undecided(plan, local, outcomes, &format!("lease lost; then {unknown}")),
+            },
+            // The transaction may have landed with its answer lost: only etcd can say.
+            Err(err) => match self.commit_outcome() {
+                Ok(Some(revision)) => revision,
+                Ok(None) => {
+                    let why = format!("{err}; etcd then showed no commit, and the lock is released so none can land");
+                    return self.abort(plan, local, outcomes, AbortCause::ClusterUnavailable, &why);
+                }
+                Err(unknown) => return self.undecided(plan, local, outcomes, &format!("{err}; then {unknown}")),
             },
         };
         pause("after-commit");
@@ -384,6 +424,67 @@ impl Run<'_> {
         } else {
             self.apply(plan, local, &remote, revision)
         }
+    }
+
+    /// Whether a commit whose answer was lost landed, as etcd says: its
+    /// record, or, when there is none, the lock released first (so that a
+    /// commit transaction still on its way fails its fencing check) and the
+    /// record read again. Asked again while etcd does not answer, for up to
+    /// [`OUTCOME_WAIT`].
+    fn commit_outcome(&self) -> Result<Option<i64>, EtcdError> {
+        let (store, token) = (&self.cluster.store, self.token);
+        let give_up = Instant::now() + OUTCOME_WAIT;
+        loop {
+            let read = self.cluster.handle.block_on(async {
+                if let Some(revision) = store.committed(token).await? {
+                    return Ok(Some(revision));
+                }
+                store.unlock(token).await?;
+                store.committed(token).await
+            });
+            match read {
+                Ok(outcome) => return Ok(outcome),
+                Err(err) if Instant::now() >= give_up => return Err(err),
+                Err(err) => {
+                    tracing::warn!(%err, request_id = %self.request_id, "cannot tell yet whether the commit landed");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    /// etcd would not say whether the commit landed: nothing more is sent
+    /// to the members, which decide by etcd at their deadline (apply if it
+    /// landed, drop otherwise); this member drops its plan and catches up
+    /// with whatever etcd holds. The result says so (`cluster_unavailable`).
+    fn undecided(
+        &self,
+        mut plan: Plan,
+        local: bool,
+        outcomes: Vec<(MemberRecord, Prepared)>,
+        why: &str,
+    ) -> ReloadResult {
+        let message = format!(
+            "whether the commit landed is unknown ({why}): each member applies it if etcd recorded it, and drops it otherwise"
+        );
+        self.emit(EventBody::ClusterAbort {
+            nodes: self.ids(),
+            reason: AbortCause::ClusterUnavailable,
+            message: message.clone(),
+        });
+        plan.abort(&format!("not swapped here yet: {message}"));
+        let mine = plan.finish();
+        self.cluster.state().desired_seen = None;
+        self.cluster.wake.notify_one();
+        let children = outcomes
+            .into_iter()
+            .map(|(member, _)| node_failure(&member.node, Reason::ClusterUnavailable, message.clone()))
+            .collect();
+        let mut result = self.result(children, Phase::Aborted, None);
+        if local {
+            result.absorb(node_child(self.me(), mine));
+        }
+        result
     }
 
     /// The request ended before any other member was asked: only this
@@ -663,12 +764,14 @@ async fn call_all(
 }
 
 /// A fault-injection hook for tests: with `ZEST_CLUSTER_PAUSE=before-commit:MS`
-/// (or `after-commit:MS`) in its environment, a coordinator waits that long
-/// just before (after) its etcd commit, so that a test can kill it there
-/// (`docs/cluster.md`, "Testing hooks").
+/// (or `after-commit:MS`, or both separated by a comma) in its environment, a
+/// coordinator waits that long just before (after) its etcd commit, so that a
+/// test can kill, stop or cut it there (`docs/cluster.md`, "Testing hooks").
 fn pause(at: &str) {
     let Ok(spec) = std::env::var("ZEST_CLUSTER_PAUSE") else { return };
-    let ms = spec.strip_prefix(at).and_then(|rest| rest.strip_prefix(':')).and_then(|ms| ms.parse::<u64>().ok());
+    let ms = spec.split(',').find_map(|one| {
+        one.trim().strip_prefix(at).and_then(|rest| rest.strip_prefix(':')).and_then(|ms| ms.parse::<u64>().ok())
+    });
     if let Some(ms) = ms {
         tracing::warn!(at, ms, "pausing, as ZEST_CLUSTER_PAUSE asks");
         std::thread::sleep(Duration::from_millis(ms));

@@ -6,6 +6,7 @@
 //! | key | value | written |
 //! |---|---|---|
 //! | `members/<node>` | `{"node", "advertise", "since", "instance"}` | on the member's lease, at start |
+//! | `known/<node>` | `{"node", "advertise", "since"}` | on no lease, at start (with `members/<node>`); deleted when the member stops cleanly: the members a reload must reach or report |
 //! | `lock` | `{"node", "since"}` | on the holder's lease; its create revision is the fencing token |
 //! | `desired/base/module/<name>` | `{"sha256", "vsn", "source"}` | by a commit with `nodes: "all"` |
 //! | `desired/base/app/<name>` | the app's manifest as the coordinator read it | by a commit with `nodes: "all"` |
@@ -318,9 +319,13 @@ impl Store {
     pub async fn register(&self, record: &MemberRecord, lease: i64) -> Result<Option<MemberRecord>, EtcdError> {
         let key = self.key(&format!("members/{}", record.node));
         let value = json!({"node": record.node, "advertise": record.advertise, "since": record.since, "instance": record.instance});
+        let known = json!({"node": record.node, "advertise": record.advertise, "since": record.since});
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), value.to_string(), Some(PutOptions::new().with_lease(lease)))])
+            .and_then([
+                TxnOp::put(key.clone(), value.to_string(), Some(PutOptions::new().with_lease(lease))),
+                TxnOp::put(self.key(&format!("known/{}", record.node)), known.to_string(), None),
+            ])
             .or_else([TxnOp::get(key, None)]);
         let response = self.txn(txn).await?;
         if response.succeeded() {
@@ -347,6 +352,44 @@ impl Store {
         let mut members = response.kvs().iter().map(member_of).collect::<Result<Vec<_>, _>>()?;
         members.sort_by(|a, b| a.node.cmp(&b.node));
         Ok((members, revision))
+    }
+
+    /// The live members (as [`Store::members`]) and the ids of every member
+    /// that joined and has not stopped cleanly since (`known/`), in one read.
+    pub async fn roster(&self) -> Result<(Vec<MemberRecord>, Vec<String>), EtcdError> {
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.key("members/"), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(self.key("known/"), Some(GetOptions::new().with_prefix())),
+        ]);
+        let response = self.txn(txn).await?;
+        let mut gets = response.op_responses().into_iter().filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        });
+        let (Some(live), Some(known)) = (gets.next(), gets.next()) else {
+            return Err(EtcdError::Unavailable("etcd answered the member read without its two ranges".into()));
+        };
+        let mut members = live.kvs().iter().map(member_of).collect::<Result<Vec<_>, _>>()?;
+        members.sort_by(|a, b| a.node.cmp(&b.node));
+        let prefix = self.key("known/");
+        let mut known: Vec<String> = known
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).trim_start_matches(prefix.as_str()).to_string())
+            .collect();
+        known.sort();
+        Ok((members, known))
+    }
+
+    /// Forgets member `node` (a clean shutdown): reloads stop reporting it.
+    pub async fn forget(&self, node: &str) -> Result<(), EtcdError> {
+        let key = self.key(&format!("known/{node}"));
+        self.call(|mut client| {
+            let key = key.clone();
+            async move { client.delete(key, None).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// One try at the lock on `lease`: `Ok(Ok(token))` when taken, `Ok(Err(revision))`
@@ -636,6 +679,8 @@ pub struct Change {
     pub deleted: bool,
     pub create_revision: i64,
     pub mod_revision: i64,
+    /// The value written (empty for a delete).
+    pub value: Vec<u8>,
 }
 
 impl Watch {
@@ -661,6 +706,7 @@ impl Watch {
                         deleted: event.event_type() == EventType::Delete,
                         create_revision: kv.create_revision(),
                         mod_revision: kv.mod_revision(),
+                        value: kv.value().to_vec(),
                     })
                 })
                 .collect();
