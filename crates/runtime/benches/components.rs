@@ -26,6 +26,9 @@ use zest_runtime::wasmtime::component::{Component, Linker};
 use zest_runtime::wasmtime::{Engine, Store};
 use zest_runtime::{Node, NodeConfig, ReloadOptions, Status};
 
+mod measure;
+use measure::{median, per_call};
+
 mod beam;
 use beam::{Beam, BEAM_RELOAD_MS};
 
@@ -90,24 +93,6 @@ fn load_core_add(node: &Node, dir: &Path) -> Option<()> {
         .unwrap_or_else(|err| panic!("core_add.rs: {err}"));
     assert_eq!(node.load_module("core_add", &out, &ReloadOptions::default()).status(), Status::Ok);
     Some(())
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// The median, over 5 rounds, of the time one call of `call` takes, in ns.
-fn per_call(rounds: usize, mut call: impl FnMut()) -> f64 {
-    let mut samples = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        for _ in 0..rounds {
-            call();
-        }
-        samples.push(started.elapsed().as_secs_f64() * 1e9 / rounds as f64);
-    }
-    median(&mut samples)
 }
 
 fn node(dir: &std::path::Path) -> Node {

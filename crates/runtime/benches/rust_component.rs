@@ -19,26 +19,11 @@ use std::time::{Duration, Instant};
 use zest_runtime::toolchain::Rustc;
 use zest_runtime::{BuildKind, Node, NodeConfig, ReloadOptions, Status};
 
+mod measure;
+use measure::{median, per_call};
+
 fn example(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(path)
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// The median, over 5 rounds, of the time one call of `call` takes, in ns.
-fn per_call(rounds: usize, mut call: impl FnMut()) -> f64 {
-    let mut samples = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        for _ in 0..rounds {
-            call();
-        }
-        samples.push(started.elapsed().as_secs_f64() * 1e9 / rounds as f64);
-    }
-    median(&mut samples)
 }
 
 /// `wasm` with a custom section holding `mark`: the same code, another build.

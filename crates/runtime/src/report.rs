@@ -280,6 +280,18 @@ pub struct CompileReport {
 }
 
 impl CompileReport {
+    /// A build that ran `command` for `duration` and succeeded.
+    pub fn succeeded(command: String, duration: Duration) -> Self {
+        CompileReport {
+            ran: true,
+            command: Some(command),
+            duration,
+            exit_code: Some(0),
+            timed_out: false,
+            tail: Vec::new(),
+        }
+    }
+
     pub fn not_run() -> Self {
         CompileReport {
             ran: false,

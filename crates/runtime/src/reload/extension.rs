@@ -62,14 +62,8 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
             };
             match shared.rust.build(&target, &checked.file, &source, timeout, &on_line) {
                 Ok(built) => {
-                    unit.result.metadata.compile = built.rustc.map(|run| CompileReport {
-                        ran: true,
-                        command: Some(run.command),
-                        duration: run.duration,
-                        exit_code: Some(0),
-                        timed_out: false,
-                        tail: Vec::new(),
-                    });
+                    unit.result.metadata.compile =
+                        built.rustc.map(|run| CompileReport::succeeded(run.command, run.duration));
                     Build { source: checked.file, bytes: built.wasm.into(), is_text: false }
                 }
                 Err(failure) => return unit.error(failure),
@@ -111,14 +105,7 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
                 };
                 step = stage(&built);
             }
-            unit.result.metadata.compile = built.run.map(|run| CompileReport {
-                ran: true,
-                command: Some(run.command),
-                duration: run.duration,
-                exit_code: Some(0),
-                timed_out: false,
-                tail: Vec::new(),
-            });
+            unit.result.metadata.compile = built.run.map(|run| CompileReport::succeeded(run.command, run.duration));
             unit.steps.push(step);
             unit.record = Some(Record::Extension(record));
             return unit;
