@@ -481,6 +481,8 @@ pub struct Fleet {
     app: Vec<(String, String)>,
     /// Every member's `lease_ttl_ms`.
     ttl: Duration,
+    /// Appended to every member's `node.toml` (more sections).
+    extra: String,
 }
 
 impl Fleet {
@@ -515,13 +517,27 @@ impl Fleet {
         ttl: Duration,
         env: &[(&str, &str)],
     ) -> Fleet {
+        Fleet::start_configured(etcd, ids, app, prepare, ttl, env, "")
+    }
+
+    /// As [`Fleet::start_leased`], with `extra` (TOML sections) at the end
+    /// of every member's `node.toml`.
+    pub fn start_configured(
+        etcd: Etcd,
+        ids: &[&str],
+        app: Vec<(String, String)>,
+        prepare: Duration,
+        ttl: Duration,
+        env: &[(&str, &str)],
+        extra: &str,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         for (file, token) in [("admin.token", ADMIN), ("read.token", READER), ("cluster.token", PEER)] {
             std::fs::write(dir.path().join(file), format!("{token}\n")).unwrap();
         }
         static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
-        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app, ttl };
+        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app, ttl, extra: extra.to_string() };
         for id in ids {
             fleet.write_member(id, prepare);
             fleet.members.push((id.to_string(), None));
@@ -588,7 +604,7 @@ prepare_timeout_ms = {prepare}
             ttl = self.ttl.as_millis(),
             prepare = prepare.as_millis(),
         );
-        std::fs::write(dir.join("node.toml"), config).unwrap();
+        std::fs::write(dir.join("node.toml"), config + &self.extra).unwrap();
     }
 
     /// Starts member `id` (again).
