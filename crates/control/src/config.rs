@@ -470,7 +470,10 @@ memory_mb = 64
         assert_eq!(load().unwrap().otlp.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
         std::fs::write(&file, "[telemetry]\notlp = \"127.0.0.1:4318\"\n").unwrap();
         let err = load().unwrap_err();
-        assert!(err.contains("node.toml: telemetry.otlp: \"127.0.0.1:4318\": an OTLP endpoint is http://HOST:PORT"), "{err}");
+        assert!(
+            err.contains("node.toml: telemetry.otlp: \"127.0.0.1:4318\": an OTLP endpoint is http://HOST:PORT"),
+            "{err}"
+        );
         std::fs::write(&file, "[telemetry]\notlp = 4318\n").unwrap();
         assert!(load().unwrap_err().contains("telemetry.otlp"));
         std::fs::write(&file, "[telemetry]\nzipkin = \"http://x:9411\"\n").unwrap();

@@ -325,7 +325,8 @@ impl Telemetry {
     /// cluster phase, whose parent may be another member's span).
     fn open_span(&self, start: &Event) -> tracing::Span {
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        let root = spans.iter().find(|open| open.root && open.role == start.role && open.request_id == start.request_id);
+        let root =
+            spans.iter().find(|open| open.root && open.role == start.role && open.request_id == start.request_id);
         let is_root = root.is_none();
         let parent = root.map(|open| open.span.id()).unwrap_or_else(|| tracing::Span::current().id());
         let span = tracing::info_span!(
@@ -360,7 +361,10 @@ impl Telemetry {
     fn close_span(&self, end: &Event) -> Option<tracing::Span> {
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         let at = spans.iter().rposition(|open| {
-            open.role == end.role && open.kind == end.kind && open.target == end.target && open.request_id == end.request_id
+            open.role == end.role
+                && open.kind == end.kind
+                && open.target == end.target
+                && open.request_id == end.request_id
         })?;
         let open = spans.remove(at);
         if open.root {
