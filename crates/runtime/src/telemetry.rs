@@ -693,6 +693,117 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 2, "a detached handler hears nothing");
     }
 
+    /// One span as [`Spans`] saw it.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct SeenSpan {
+        name: &'static str,
+        request_id: String,
+        target: String,
+        /// The index of its parent among the spans seen.
+        parent: Option<usize>,
+        status: Option<String>,
+        closed: bool,
+    }
+
+    /// A subscriber layer keeping every span's fields, parent and end.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<SeenSpan>>>);
+
+    struct Index(usize);
+
+    impl tracing::field::Visit for SeenSpan {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            match field.name() {
+                "zest.request_id" => self.request_id = value.to_string(),
+                "zest.target" => self.target = value.to_string(),
+                "zest.status" => self.status = Some(value.to_string()),
+                _ => {}
+            }
+        }
+
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for Spans
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let span = ctx.span(id).unwrap();
+            let parent = span.parent().and_then(|p| p.extensions().get::<Index>().map(|index| index.0));
+            let mut seen = SeenSpan { name: attrs.metadata().name(), parent, ..SeenSpan::default() };
+            attrs.record(&mut seen);
+            let mut spans = self.0.lock().unwrap();
+            span.extensions_mut().insert(Index(spans.len()));
+            spans.push(seen);
+        }
+
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let index = ctx.span(id).unwrap().extensions().get::<Index>().unwrap().0;
+            values.record(&mut self.0.lock().unwrap()[index]);
+        }
+
+        fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+            let index = ctx.span(&id).unwrap().extensions().get::<Index>().unwrap().0;
+            self.0.lock().unwrap()[index].closed = true;
+        }
+    }
+
+    #[test]
+    fn each_step_is_a_span_from_start_to_stop_with_children_inside_their_request() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let telemetry = Telemetry::default();
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry().with(spans.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let start = || EventBody::Start { system_time: SystemTime::now() };
+            // Another request's part, started and never stopped here.
+            telemetry.emit_as(Role::Member, Kind::App, "other", "r-0", start());
+            telemetry.step(Kind::System, "system", "r-1", || {
+                telemetry.emit(Kind::App, "demo", "r-1", start());
+                telemetry.emit(Kind::Extension, "x.wat", "r-1", start());
+                let stop = EventBody::Stop { duration: Duration::from_millis(2), status: Status::Error };
+                telemetry.emit(Kind::App, "demo", "r-1", stop);
+                // x.wat never stops: the request's end closes it.
+                ReloadResult::new(Kind::System, "system")
+            });
+            // A member's part: started, its children started later (outside
+            // any span of it), then stopped.
+            telemetry.emit_as(Role::Member, Kind::System, "system", "r-2", start());
+            telemetry.emit_as(Role::Member, Kind::App, "demo", "r-2", start());
+            let stop = EventBody::Stop { duration: Duration::from_millis(1), status: Status::Ok };
+            telemetry.emit_as(Role::Member, Kind::System, "system", "r-2", stop);
+        });
+        let seen = spans.0.lock().unwrap().clone();
+        let summary: Vec<_> = seen
+            .iter()
+            .map(|s| (s.name, s.request_id.as_str(), s.target.as_str(), s.parent, s.status.as_deref(), s.closed))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (RELOAD_SPAN, "r-0", "other", None, None, false),
+                (RELOAD_SPAN, "r-1", "system", None, Some("ok"), true),
+                (RELOAD_SPAN, "r-1", "demo", Some(1), Some("error"), true),
+                (RELOAD_SPAN, "r-1", "x.wat", Some(1), None, true),
+                (RELOAD_SPAN, "r-2", "system", None, Some("ok"), true),
+                (RELOAD_SPAN, "r-2", "demo", Some(4), None, true),
+            ]
+        );
+        let open = telemetry.spans.lock().unwrap();
+        assert_eq!(open.iter().map(|o| o.request_id.as_str()).collect::<Vec<_>>(), ["r-0"]);
+    }
+
     #[test]
     fn a_panicking_step_is_an_exception_and_an_error_in_the_result() {
         let telemetry = Telemetry::default();
