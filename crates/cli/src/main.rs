@@ -257,12 +257,11 @@ pub enum CliError {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // Without an endpoint nothing can fail.
+        let _ = logging(None);
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -277,11 +276,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log on stderr (filtered by `RUST_LOG`, default `info`) and, given an
+/// OTLP endpoint and the node's id, zest's spans exported there
+/// (`docs/control.md`, "Traces"); what flushes them.
+fn logging(otlp: Option<(&str, &str)>) -> Result<Option<zest_control::traces::Exporting>, CliError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(log);
+    match otlp {
+        None => {
+            registry.init();
+            Ok(None)
+        }
+        Some((endpoint, node)) => {
+            let (layer, exporting) = zest_control::traces::otlp_layer(endpoint, node).map_err(CliError::Failed)?;
+            registry.with(layer).init();
+            tracing::info!(endpoint, "exporting spans over OTLP/HTTP");
+            Ok(Some(exporting))
+        }
+    }
+}
+
 fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Serve { config, listen, apps, extensions, data_dir, token, watch } => {
             let flags = zest_control::config::Flags { config, listen, apps, extensions, data_dir, token, watch };
             let config = zest_control::config::ServeConfig::load(&flags).map_err(CliError::Usage)?;
+            // The node's id in its spans: its cluster id, or where it listens.
+            let node = config.cluster.as_ref().map(|c| c.node.clone()).unwrap_or_else(|| config.listen.to_string());
+            // Flushes the spans still queued when dropped, after the node stopped.
+            let _traces = logging(config.otlp.as_deref().map(|endpoint| (endpoint, node.as_str())))?;
             serve::serve(config)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub cluster: Option<ClusterConfig>,
     /// `[watch]` or `--watch`: `None` when off.
     pub watch: Option<WatchConfig>,
+    /// `[telemetry] otlp`: the URL spans are exported to (its traces
+    /// endpoint, `crate::traces::endpoint`); `None`: not exported.
+    pub otlp: Option<String>,
 }
 
 /// `[cluster]` (CONTRACT.md §10).
@@ -85,6 +88,14 @@ struct File {
     cluster: Option<ClusterSection>,
     #[serde(default)]
     watch: WatchSection,
+    #[serde(default)]
+    telemetry: TelemetrySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TelemetrySection {
+    otlp: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +330,10 @@ impl ServeConfig {
                     .into(),
             ));
         }
+        let otlp = match &file.telemetry.otlp {
+            None => None,
+            Some(url) => Some(crate::traces::endpoint(url).map_err(|problem| at("telemetry.otlp", problem))?),
+        };
         Ok(ServeConfig {
             data_dir,
             listen,
@@ -330,6 +345,7 @@ impl ServeConfig {
             max_connections,
             cluster,
             watch,
+            otlp,
         })
     }
 }
@@ -456,6 +472,28 @@ memory_mb = 64
         std::fs::write(&file, "[cluster]\nname = \"c\"\nnode = \"a\"\ntoken_file = \"t\"\n").unwrap();
         let err = load(true).unwrap_err();
         assert!(err.contains("--watch: watch mode reloads this node alone"), "{err}");
+    }
+
+    #[test]
+    fn otlp_export_is_off_by_default_and_a_bad_url_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        let load = || ServeConfig::load(&Flags { config: Some(file.clone()), ..Flags::default() });
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(load().unwrap().otlp, None);
+        std::fs::write(&file, "[telemetry]\notlp = \"http://127.0.0.1:4318\"\n").unwrap();
+        assert_eq!(load().unwrap().otlp.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+        std::fs::write(&file, "[telemetry]\notlp = \"127.0.0.1:4318\"\n").unwrap();
+        let err = load().unwrap_err();
+        assert!(
+            err.contains("node.toml: telemetry.otlp: \"127.0.0.1:4318\": an OTLP endpoint is http://HOST:PORT"),
+            "{err}"
+        );
+        std::fs::write(&file, "[telemetry]\notlp = 4318\n").unwrap();
+        let err = load().unwrap_err();
+        assert!(err.contains("otlp") && err.contains("expected a string"), "{err}");
+        std::fs::write(&file, "[telemetry]\nzipkin = \"http://x:9411\"\n").unwrap();
+        assert!(load().unwrap_err().contains("unknown field `zipkin`"));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!   with the `Gate` HTTP layer for health, metrics and tokens;
 //! - [`auth`]: bearer tokens, their scopes, the generated admin token;
 //! - [`config`]: the node configuration file and the flags over it;
+//! - [`traces`]: spans exported over OpenTelemetry (OTLP) and the trace
+//!   context members hand each other;
 //! - [`wire`]: the JSON of reload results, status and events, and `system.reload`
 //!   params; the one place runtime types meet serde.
 //!
@@ -16,6 +18,7 @@ pub mod config;
 pub mod frame;
 mod protocol;
 pub mod server;
+pub mod traces;
 pub mod ui;
 pub mod wire;
 pub mod ws;

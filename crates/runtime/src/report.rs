@@ -281,7 +281,7 @@ pub struct CompileReport {
 
 impl CompileReport {
     /// A build that ran `command` for `duration` and succeeded.
-    pub fn succeeded(command: String, duration: Duration) -> Self {
+    pub fn ran_ok(command: String, duration: Duration) -> Self {
         CompileReport {
             ran: true,
             command: Some(command),

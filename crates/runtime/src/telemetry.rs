@@ -4,7 +4,13 @@
 //! - in-process handlers ([`Telemetry::attach`] / [`Telemetry::detach`]);
 //! - a broadcast feed ([`Telemetry::subscribe`]) that the control plane exposes
 //!   over WebSocket;
-//! - `tracing` (target `zest::reload`);
+//! - `tracing` (target `zest::reload`): each step's events are logged, and
+//!   each step is a span `zest.reload` from its `start` to its `stop` (or
+//!   `exception`) event, carrying the request id, kind, target and role, and
+//!   the status at its end; the child steps of scope `all` (and a cluster
+//!   member's part, then its children) are its children. A program that
+//!   exports spans (`zest serve` with `[telemetry] otlp`) sends them on;
+//!   calls have no span (they are far too many and too short);
 //! - the `metrics` facade: `zest_reloads_total{kind,status,role}` and
 //!   `zest_reload_duration_seconds{kind,role}`, which a Prometheus exporter
 //!   serves ([`METRICS`] lists every metric with its help text; [`describe`]
@@ -19,7 +25,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
@@ -27,6 +33,14 @@ use tokio::sync::broadcast;
 use crate::reason::{Failure, Reason};
 pub use crate::report::Stream;
 use crate::report::{Kind, Phase, ReloadResult, Status};
+
+/// How many step spans may be open at once; past it the oldest is closed (a
+/// step whose stop never comes, say a prepared plan its member dropped, must
+/// not keep its span for ever).
+const OPEN_SPANS: usize = 1024;
+
+/// The name of every reload step's span.
+pub const RELOAD_SPAN: &str = "zest.reload";
 
 /// How many events the broadcast feed buffers for a slow subscriber before it
 /// starts missing the oldest (a subscriber is told how many it missed).
@@ -194,6 +208,20 @@ pub struct Telemetry {
     next_handler: AtomicU64,
     handlers: RwLock<Vec<(HandlerId, Handler)>>,
     feed: broadcast::Sender<Event>,
+    /// The spans of the steps between their start and stop events.
+    spans: Mutex<Vec<OpenSpan>>,
+}
+
+/// The span of one step, open from its `start` event to its `stop`.
+struct OpenSpan {
+    role: Role,
+    kind: Kind,
+    target: String,
+    request_id: String,
+    /// The request's outermost step on this node: its children nest in it,
+    /// and its end closes any of them left open.
+    root: bool,
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -209,6 +237,7 @@ impl Default for Telemetry {
             next_handler: AtomicU64::new(0),
             handlers: RwLock::new(Vec::new()),
             feed: broadcast::channel(FEED_CAPACITY).0,
+            spans: Mutex::new(Vec::new()),
         }
     }
 }
@@ -243,6 +272,18 @@ impl Telemetry {
 
     /// [`Telemetry::emit`] for a node in `role`.
     pub fn emit_as(&self, role: Role, kind: Kind, target: &str, request_id: &str, body: EventBody) {
+        self.emit_spanned(role, kind, target, request_id, body);
+    }
+
+    /// [`Telemetry::emit_as`], answering the span a `start` event opened.
+    fn emit_spanned(
+        &self,
+        role: Role,
+        kind: Kind,
+        target: &str,
+        request_id: &str,
+        body: EventBody,
+    ) -> Option<tracing::Span> {
         let event = Event {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             role,
@@ -251,7 +292,24 @@ impl Telemetry {
             request_id: request_id.to_string(),
             body,
         };
-        record(&event);
+        let opened = match &event.body {
+            EventBody::Start { .. } => {
+                let span = self.open_span(&event);
+                span.in_scope(|| record(&event));
+                Some(span)
+            }
+            EventBody::Stop { .. } | EventBody::Exception { .. } => {
+                match self.close_span(&event) {
+                    Some(span) => span.in_scope(|| record(&event)),
+                    None => record(&event),
+                }
+                None
+            }
+            _ => {
+                record(&event);
+                None
+            }
+        };
         for (id, handler) in self.handlers.read().unwrap_or_else(PoisonError::into_inner).iter() {
             if catch_unwind(AssertUnwindSafe(|| handler(&event))).is_err() {
                 tracing::error!(handler = id.0, event = event.name(), "a telemetry handler panicked");
@@ -259,6 +317,76 @@ impl Telemetry {
         }
         // No subscriber is not an error: the feed is there for whoever listens.
         let _ = self.feed.send(event);
+        opened
+    }
+
+    /// Opens the span of the step `start` begins: a child of its request's
+    /// root step on this node when one is open, else of the current span (a
+    /// cluster phase, whose parent may be another member's span).
+    fn open_span(&self, start: &Event) -> tracing::Span {
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let root =
+            spans.iter().find(|open| open.root && open.role == start.role && open.request_id == start.request_id);
+        let is_root = root.is_none();
+        let parent = root.map(|open| open.span.id()).unwrap_or_else(|| tracing::Span::current().id());
+        let span = tracing::info_span!(
+            target: "zest::reload",
+            parent: parent,
+            RELOAD_SPAN,
+            zest.request_id = start.request_id.as_str(),
+            zest.kind = start.kind.as_str(),
+            zest.target = start.target.as_str(),
+            zest.role = start.role.as_str(),
+            zest.status = tracing::field::Empty,
+            zest.duration_ms = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+        );
+        if spans.len() >= OPEN_SPANS {
+            spans.remove(0);
+        }
+        spans.push(OpenSpan {
+            role: start.role,
+            kind: start.kind,
+            target: start.target.clone(),
+            request_id: start.request_id.clone(),
+            root: is_root,
+            span: span.clone(),
+        });
+        span
+    }
+
+    /// Closes the span of the step `end` (a stop or exception) ends, with its
+    /// status; the end of a request's root step closes what it left open.
+    fn close_span(&self, end: &Event) -> Option<tracing::Span> {
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = spans.iter().rposition(|open| {
+            open.role == end.role
+                && open.kind == end.kind
+                && open.target == end.target
+                && open.request_id == end.request_id
+        })?;
+        let open = spans.remove(at);
+        if open.root {
+            spans.retain(|other| other.role != open.role || other.request_id != open.request_id);
+        }
+        drop(spans);
+        let span = open.span;
+        match &end.body {
+            EventBody::Stop { duration, status } => {
+                span.record("zest.status", status.as_str());
+                span.record("zest.duration_ms", duration.as_secs_f64() * 1e3);
+                span.record("otel.status_code", if *status == Status::Error { "error" } else { "ok" });
+            }
+            EventBody::Exception { duration, error } => {
+                span.record("zest.status", "exception");
+                span.record("zest.duration_ms", duration.as_secs_f64() * 1e3);
+                span.record("otel.status_code", "error");
+                span.record("otel.status_message", error.as_str());
+            }
+            _ => {}
+        }
+        Some(span)
     }
 
     /// Runs one reload step of a request this node received between a `start`
@@ -286,8 +414,9 @@ impl Telemetry {
         request_id: &str,
         step: impl FnOnce() -> ReloadResult,
     ) -> ReloadResult {
-        self.emit_as(role, kind, target, request_id, EventBody::Start { system_time: SystemTime::now() });
-        match catch_unwind(AssertUnwindSafe(step)) {
+        let start = EventBody::Start { system_time: SystemTime::now() };
+        let span = self.emit_spanned(role, kind, target, request_id, start).unwrap_or_else(tracing::Span::none);
+        match catch_unwind(AssertUnwindSafe(|| span.in_scope(step))) {
             Ok(mut result) => {
                 result.duration = since.elapsed();
                 let body = EventBody::Stop { duration: result.duration, status: result.status() };
@@ -562,6 +691,117 @@ mod tests {
         assert!(!telemetry.detach(id));
         telemetry.step(Kind::App, "demo", "r-2", || ReloadResult::new(Kind::App, "demo"));
         assert_eq!(seen.lock().unwrap().len(), 2, "a detached handler hears nothing");
+    }
+
+    /// One span as [`Spans`] saw it.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct SeenSpan {
+        name: &'static str,
+        request_id: String,
+        target: String,
+        /// The index of its parent among the spans seen.
+        parent: Option<usize>,
+        status: Option<String>,
+        closed: bool,
+    }
+
+    /// A subscriber layer keeping every span's fields, parent and end.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<SeenSpan>>>);
+
+    struct Index(usize);
+
+    impl tracing::field::Visit for SeenSpan {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            match field.name() {
+                "zest.request_id" => self.request_id = value.to_string(),
+                "zest.target" => self.target = value.to_string(),
+                "zest.status" => self.status = Some(value.to_string()),
+                _ => {}
+            }
+        }
+
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for Spans
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let span = ctx.span(id).unwrap();
+            let parent = span.parent().and_then(|p| p.extensions().get::<Index>().map(|index| index.0));
+            let mut seen = SeenSpan { name: attrs.metadata().name(), parent, ..SeenSpan::default() };
+            attrs.record(&mut seen);
+            let mut spans = self.0.lock().unwrap();
+            span.extensions_mut().insert(Index(spans.len()));
+            spans.push(seen);
+        }
+
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let index = ctx.span(id).unwrap().extensions().get::<Index>().unwrap().0;
+            values.record(&mut self.0.lock().unwrap()[index]);
+        }
+
+        fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+            let index = ctx.span(&id).unwrap().extensions().get::<Index>().unwrap().0;
+            self.0.lock().unwrap()[index].closed = true;
+        }
+    }
+
+    #[test]
+    fn each_step_is_a_span_from_start_to_stop_with_children_inside_their_request() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let telemetry = Telemetry::default();
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry().with(spans.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let start = || EventBody::Start { system_time: SystemTime::now() };
+            // Another request's part, started and never stopped here.
+            telemetry.emit_as(Role::Member, Kind::App, "other", "r-0", start());
+            telemetry.step(Kind::System, "system", "r-1", || {
+                telemetry.emit(Kind::App, "demo", "r-1", start());
+                telemetry.emit(Kind::Extension, "x.wat", "r-1", start());
+                let stop = EventBody::Stop { duration: Duration::from_millis(2), status: Status::Error };
+                telemetry.emit(Kind::App, "demo", "r-1", stop);
+                // x.wat never stops: the request's end closes it.
+                ReloadResult::new(Kind::System, "system")
+            });
+            // A member's part: started, its children started later (outside
+            // any span of it), then stopped.
+            telemetry.emit_as(Role::Member, Kind::System, "system", "r-2", start());
+            telemetry.emit_as(Role::Member, Kind::App, "demo", "r-2", start());
+            let stop = EventBody::Stop { duration: Duration::from_millis(1), status: Status::Ok };
+            telemetry.emit_as(Role::Member, Kind::System, "system", "r-2", stop);
+        });
+        let seen = spans.0.lock().unwrap().clone();
+        let summary: Vec<_> = seen
+            .iter()
+            .map(|s| (s.name, s.request_id.as_str(), s.target.as_str(), s.parent, s.status.as_deref(), s.closed))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (RELOAD_SPAN, "r-0", "other", None, None, false),
+                (RELOAD_SPAN, "r-1", "system", None, Some("ok"), true),
+                (RELOAD_SPAN, "r-1", "demo", Some(1), Some("error"), true),
+                (RELOAD_SPAN, "r-1", "x.wat", Some(1), None, true),
+                (RELOAD_SPAN, "r-2", "system", None, Some("ok"), true),
+                (RELOAD_SPAN, "r-2", "demo", Some(4), None, true),
+            ]
+        );
+        let open = telemetry.spans.lock().unwrap();
+        assert_eq!(open.iter().map(|o| o.request_id.as_str()).collect::<Vec<_>>(), ["r-0"]);
     }
 
     #[test]

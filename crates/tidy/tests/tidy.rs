@@ -79,7 +79,7 @@ const RUNTIME_LAYERS: [Layer<'static>; 13] = [
 
 /// `zest-control`, bottom first.
 const CONTROL_LAYERS: [Layer<'static>; 8] =
-    [&["wire"], &["auth"], &["config"], &["protocol"], &["frame", "ui"], &["ws"], &["cluster"], &["server"]];
+    [&["wire", "traces"], &["auth"], &["config"], &["protocol"], &["frame", "ui"], &["ws"], &["cluster"], &["server"]];
 
 #[test]
 fn runtime_files_import_without_circles() {

@@ -499,6 +499,8 @@ pub struct Fleet {
     ttl: Duration,
     /// Each member's links through fault proxies ([`Fleet::start_proxied`]).
     links: Vec<(String, Links)>,
+    /// Appended to every member's `node.toml` (more sections).
+    extra: String,
 }
 
 /// A member's links, each through a [`Proxy`] the test controls: one to each
@@ -522,6 +524,13 @@ impl Links {
         self.set_etcd(link);
         self.peers.set(link);
     }
+}
+
+/// How a fleet's members are set up beyond their ids: links through fault
+/// proxies, and TOML appended to each `node.toml`.
+struct Wiring<'a> {
+    proxied: bool,
+    extra: &'a str,
 }
 
 impl Fleet {
@@ -556,7 +565,21 @@ impl Fleet {
         ttl: Duration,
         env: &[(&str, &str)],
     ) -> Fleet {
-        Fleet::build(etcd, ids, app, prepare, ttl, env, false)
+        Fleet::build(etcd, ids, app, (prepare, ttl), env, Wiring { proxied: false, extra: "" })
+    }
+
+    /// As [`Fleet::start_leased`], with `extra` (TOML sections) at the end
+    /// of every member's `node.toml`.
+    pub fn start_configured(
+        etcd: Etcd,
+        ids: &[&str],
+        app: Vec<(String, String)>,
+        prepare: Duration,
+        ttl: Duration,
+        env: &[(&str, &str)],
+        extra: &str,
+    ) -> Fleet {
+        Fleet::build(etcd, ids, app, (prepare, ttl), env, Wiring { proxied: false, extra })
     }
 
     /// As [`Fleet::start_leased`], with every member's links to etcd and to
@@ -569,17 +592,16 @@ impl Fleet {
         ttl: Duration,
         env: &[(&str, &str)],
     ) -> Fleet {
-        Fleet::build(etcd, ids, app, prepare, ttl, env, true)
+        Fleet::build(etcd, ids, app, (prepare, ttl), env, Wiring { proxied: true, extra: "" })
     }
 
     fn build(
         etcd: Etcd,
         ids: &[&str],
         app: Vec<(String, String)>,
-        prepare: Duration,
-        ttl: Duration,
+        (prepare, ttl): (Duration, Duration),
         env: &[(&str, &str)],
-        proxied: bool,
+        Wiring { proxied, extra }: Wiring<'_>,
     ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         for (file, token) in [("admin.token", ADMIN), ("read.token", READER), ("cluster.token", PEER)] {
@@ -587,7 +609,8 @@ impl Fleet {
         }
         static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         let name = format!("t{}x{}", std::process::id(), CLUSTERS.fetch_add(1, Ordering::Relaxed));
-        let mut fleet = Fleet { etcd, dir, name, members: Vec::new(), app, ttl, links: Vec::new() };
+        let mut fleet =
+            Fleet { etcd, dir, name, members: Vec::new(), app, ttl, links: Vec::new(), extra: extra.to_string() };
         fleet.add_members(ids, prepare, env, proxied);
         fleet
     }
@@ -679,7 +702,7 @@ prepare_timeout_ms = {prepare}
             ttl = self.ttl.as_millis(),
             prepare = prepare.as_millis(),
         );
-        std::fs::write(dir.join("node.toml"), config).unwrap();
+        std::fs::write(dir.join("node.toml"), config + &self.extra).unwrap();
     }
 
     /// Starts member `id` (again).

@@ -25,6 +25,7 @@ use zest_runtime::{
 use super::etcd::{Changes, EtcdError, MemberRecord};
 use super::peer::PeerError;
 use super::Cluster;
+use crate::traces;
 use crate::wire::{self, Nodes};
 
 /// How many members fetch a build from one holder in one wave of prepares.
@@ -235,6 +236,9 @@ struct PrepareParams<'a> {
     sources: &'a [String],
     blueprint: &'a serde_json::value::RawValue,
     rollback: bool,
+    /// The coordinator's prepare span (W3C), when spans are exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
 }
 
 /// How one target's prepare went.
@@ -348,7 +352,10 @@ impl Run<'_> {
             }
             Err(err) => return self.abort(plan, local, Vec::new(), AbortCause::ClusterUnavailable, &err.to_string()),
         }
-        let outcomes = cluster.handle.block_on(self.prepare_all(&remote, &blueprint));
+        let span = traces::phase_span("prepare", &self.request_id, self.me());
+        let traceparent = traces::traceparent(&span);
+        let outcomes =
+            span.in_scope(|| cluster.handle.block_on(self.prepare_all(&remote, &blueprint, traceparent.as_deref())));
         let failed: Vec<String> = outcomes
             .iter()
             .filter_map(|(member, outcome)| match outcome {
@@ -356,6 +363,7 @@ impl Run<'_> {
                 _ => None,
             })
             .collect();
+        span.record("zest.outcome", if failed.is_empty() { "prepared" } else { "failed" });
         if !failed.is_empty() {
             // The first failure stopped the asking: it is the cause.
             let cause = match outcomes.iter().find_map(|(_, outcome)| match outcome {
@@ -419,6 +427,9 @@ impl Run<'_> {
         };
         pause("after-commit");
         self.emit(EventBody::ClusterCommit { nodes: self.ids(), revision });
+        let span = traces::phase_span("commit", &self.request_id, self.me());
+        span.record("zest.revision", revision);
+        let _span = span.enter();
         if plan.options().atomic {
             self.apply_atomic(plan, local, &remote, revision, &before, listed.as_deref())
         } else {
@@ -505,7 +516,12 @@ impl Run<'_> {
     /// member), so a source never serves a build more than `FANOUT` times
     /// (the others in `sources` are fallbacks). After the first failure no
     /// one more is asked.
-    async fn prepare_all(&self, remote: &[MemberRecord], blueprint: &Blueprint) -> Vec<(MemberRecord, Prepared)> {
+    async fn prepare_all(
+        &self,
+        remote: &[MemberRecord],
+        blueprint: &Blueprint,
+        traceparent: Option<&str>,
+    ) -> Vec<(MemberRecord, Prepared)> {
         let cluster = self.cluster;
         // Serialized once, not once per target.
         let blueprint = serde_json::value::to_raw_value(&wire::blueprint(blueprint))
@@ -531,6 +547,7 @@ impl Run<'_> {
                     sources: &sources,
                     blueprint: &blueprint,
                     rollback: self.work.is_rollback(),
+                    traceparent,
                 };
                 let params = serde_json::value::to_raw_value(&params);
                 let cluster = Arc::clone(cluster);
@@ -585,10 +602,14 @@ impl Run<'_> {
         why: &str,
     ) -> ReloadResult {
         self.emit(EventBody::ClusterAbort { nodes: self.ids(), reason: cause, message: why.to_string() });
+        let span = traces::phase_span("abort", &self.request_id, self.me());
+        span.record("zest.outcome", cause.as_str());
+        let _span = span.enter();
         let message = format!("not swapped: {why}");
         let prepared: Vec<MemberRecord> =
             outcomes.iter().filter(|(_, o)| matches!(o, Prepared::Yes)).map(|(m, _)| m.clone()).collect();
-        let params = json!({"request_id": self.request_id, "message": message, "reason": cause.as_str()});
+        let params = json!({"request_id": self.request_id, "message": message, "reason": cause.as_str(),
+            "traceparent": traces::traceparent(&span)});
         // Those that did not answer hear it too, without waiting for them: a
         // member that was only slow then stages nothing when its prepare runs.
         let silent: Vec<MemberRecord> =
@@ -645,7 +666,8 @@ impl Run<'_> {
     /// target answers its own result.
     fn apply(&self, mut plan: Plan, local: bool, remote: &[MemberRecord], revision: i64) -> ReloadResult {
         let cluster = self.cluster;
-        let params = json!({"request_id": self.request_id, "revision": revision});
+        let params = json!({"request_id": self.request_id, "revision": revision,
+            "traceparent": traces::traceparent(&tracing::Span::current())});
         // The other members commit while this one does.
         let calls = cluster.handle.spawn(call_all(Arc::clone(cluster), remote.to_vec(), "cluster.commit", params));
         let mut children = Vec::new();
@@ -684,7 +706,8 @@ impl Run<'_> {
         listed: Option<&[String]>,
     ) -> ReloadResult {
         let cluster = self.cluster;
-        let params = json!({"request_id": self.request_id, "revision": revision});
+        let traceparent = traces::traceparent(&tracing::Span::current());
+        let params = json!({"request_id": self.request_id, "revision": revision, "traceparent": traceparent});
         let held = self.call_all(remote, "cluster.commit", &params);
         let mut culprits = Vec::new();
         if local {
@@ -713,7 +736,8 @@ impl Run<'_> {
                     "an atomic cluster reload was undone on its members but etcd still records it"),
             }
         }
-        let params = json!({"request_id": self.request_id, "revision": revision, "undo": undo});
+        let params =
+            json!({"request_id": self.request_id, "revision": revision, "undo": undo, "traceparent": traceparent});
         let answers = self.call_all(remote, "cluster.settle", &params);
         let mut children = Vec::new();
         if local {

@@ -24,7 +24,7 @@ use zest_runtime::{Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind,
 
 use super::etcd::{Desired, DesiredBuild};
 use super::Cluster;
-use crate::wire;
+use crate::{traces, wire};
 
 /// How many times a prepared plan's deadline is pushed back while its
 /// coordinator still holds the lock (or etcd cannot say) before it is dropped.
@@ -45,6 +45,16 @@ pub(crate) struct Pending {
     held: bool,
     deadline: Instant,
     extended: u32,
+    /// The trace context of its prepare, for a decision etcd makes.
+    traceparent: Option<String>,
+}
+
+/// The span of this member's `phase` of `request_id`, a child of the
+/// coordinator's span that `params.traceparent` names (absent: its own trace).
+fn phase_span(cluster: &Cluster, phase: &str, request_id: &str, params: &Value) -> tracing::Span {
+    let span = traces::phase_span(phase, request_id, &cluster.config.node);
+    traces::adopt(&span, params.get(traces::TRACEPARENT).and_then(Value::as_str));
+    span
 }
 
 fn field<'a>(params: &'a Value, key: &str) -> Result<&'a Value, String> {
@@ -92,9 +102,14 @@ impl Cluster {
         }
         let cluster = Arc::clone(self);
         let id = request_id.clone();
-        let prepared = tokio::task::spawn_blocking(move || cluster.stage(&id, token, &blueprint, &sources, rollback))
-            .await
-            .map_err(|err| format!("preparing panicked: {err}"))?;
+        let span = phase_span(self, "prepare", &request_id, &params);
+        let staging = span.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            staging.in_scope(|| cluster.stage(&id, token, &blueprint, &sources, rollback))
+        })
+        .await
+        .map_err(|err| format!("preparing panicked: {err}"))?;
+        span.record("zest.outcome", if prepared.is_ok() { "prepared" } else { "failed" });
         match prepared {
             Ok(()) => {
                 tokio::spawn(Arc::clone(self).decide_when_due(request_id));
@@ -166,6 +181,7 @@ impl Cluster {
             held: false,
             deadline: Instant::now() + self.config.prepare_timeout,
             extended: 0,
+            traceparent: traces::traceparent(&tracing::Span::current()),
         };
         if let Some(cause) = self.was_aborted(request_id) {
             let mut plan = pending.plan;
@@ -265,7 +281,10 @@ impl Cluster {
         };
         count_member(&request_id, MemberStep::Commit);
         let cluster = Arc::clone(self);
+        let span = phase_span(self, "commit", &request_id, &params);
+        span.record("zest.revision", revision);
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             pending.plan.commit();
             if pending.plan.options().atomic {
                 let failures = pending.plan.failures();
@@ -299,7 +318,10 @@ impl Cluster {
             Err(err) => return self.decided(&request_id).await.ok_or(err),
         };
         let cluster = Arc::clone(self);
+        let span = phase_span(self, "settle", &request_id, &params);
+        span.record("zest.outcome", if undo.is_some() { "undone" } else { "kept" });
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             pending.plan.settle(undo.as_deref());
             let result = cluster.finish(pending.plan);
             if undo.is_none() {
@@ -336,7 +358,10 @@ impl Cluster {
         };
         count_member(&request_id, MemberStep::Abort(cause));
         let cluster = Arc::clone(self);
+        let span = phase_span(self, "abort", &request_id, &params);
+        span.record("zest.outcome", cause.as_str());
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             pending.plan.abort(&message);
             let result = cluster.finish(pending.plan);
             cluster.wake.notify_one();
@@ -393,7 +418,16 @@ impl Cluster {
             }
             let cluster = Arc::clone(&self);
             let id = request_id.clone();
+            // Decided by etcd: a phase of the prepare's trace all the same.
+            let phase = if decision.is_ok() { "commit" } else { "abort" };
+            let span = traces::phase_span(phase, &request_id, &self.config.node);
+            traces::adopt(&span, pending.traceparent.as_deref());
+            match &decision {
+                Ok(revision) => span.record("zest.revision", revision),
+                Err((cause, _)) => span.record("zest.outcome", cause.as_str()),
+            };
             let resolved = tokio::task::spawn_blocking(move || {
+                let _span = span.enter();
                 match decision {
                     Ok(revision) => {
                         tracing::warn!(request_id = %id, revision, "the coordinator committed and went silent: applying on our own");
@@ -468,8 +502,12 @@ impl Cluster {
         let telemetry = self.node.telemetry();
         tracing::info!(revision = desired.revision, "catching up with what the cluster committed");
         let session = session.with_role(Role::Member);
-        let result = telemetry.step_since(Role::Member, Instant::now(), Kind::System, "system", &request_id, || {
-            session.plan_blueprint(&blueprint).run()
+        let span = traces::phase_span("catch_up", &request_id, &self.config.node);
+        span.record("zest.revision", desired.revision);
+        let result = span.in_scope(|| {
+            telemetry.step_since(Role::Member, Instant::now(), Kind::System, "system", &request_id, || {
+                session.plan_blueprint(&blueprint).run()
+            })
         });
         for failure in &result.errors {
             tracing::error!(target = %failure.target, reason = %failure.reason, message = %failure.message,

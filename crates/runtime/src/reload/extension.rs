@@ -63,7 +63,7 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
             match shared.rust.build(&target, &checked.file, &source, timeout, &on_line) {
                 Ok(built) => {
                     unit.result.metadata.compile =
-                        built.rustc.map(|run| CompileReport::succeeded(run.command, run.duration));
+                        built.rustc.map(|run| CompileReport::ran_ok(run.command, run.duration));
                     Build { source: checked.file, bytes: built.wasm.into(), is_text: false }
                 }
                 Err(failure) => return unit.error(failure),
@@ -105,7 +105,7 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
                 };
                 step = stage(&built);
             }
-            unit.result.metadata.compile = built.run.map(|run| CompileReport::succeeded(run.command, run.duration));
+            unit.result.metadata.compile = built.run.map(|run| CompileReport::ran_ok(run.command, run.duration));
             unit.steps.push(step);
             unit.record = Some(Record::Extension(record));
             return unit;
