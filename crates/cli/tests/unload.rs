@@ -252,7 +252,7 @@ fn zest_unload_summarises_like_a_reload_and_exits_by_the_contract() {
 }
 
 #[test]
-fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member_and_system_unload_is_refused() {
+fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member() {
     let mut fleet = support::Fleet::start(&["a", "b"]);
     for id in ["a", "b"] {
         let called = fleet.member(id).rpc("module.call", json!({"module": "front", "function": "time"}));
@@ -297,10 +297,92 @@ fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member_and_syste
     assert!(!modules(&caught_up).contains(&"front".to_string()), "front came back: {caught_up}");
     let called = fleet.member("b").rpc("module.call", json!({"module": "front", "function": "time"}));
     assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{called}");
+}
 
-    // system.unload on one member alone would be undone by its next catch-up.
-    let refused = fleet.member("b").rpc("system.unload", json!({"app": "demo"}));
-    assert_eq!(code(&refused), (-32602, "INVALID_PARAMS"), "{refused}");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("cluster member"), "{refused}");
-    assert!(modules(&fleet.member("b").status()).contains(&"clock".to_string()), "nothing unloaded");
+#[test]
+fn in_a_cluster_system_unload_takes_an_extension_and_an_app_out_of_every_member_and_the_desired_state() {
+    let mut fleet = support::Fleet::start(&["a", "b", "c"]);
+    let extension = fleet.member_dir("a").join("extensions/shout.wat");
+    std::fs::create_dir_all(extension.parent().unwrap()).unwrap();
+    std::fs::write(&extension, extension_wat(7, 0)).unwrap();
+    let path = extension.display().to_string();
+    let loaded = fleet.member("a").reload(json!({"scope": "extension", "path": path}));
+    assert_eq!(loaded["metadata"]["cluster"]["phase"], "committed", "{loaded}");
+    let ids = ["a", "b", "c"];
+    for id in ids {
+        let called = fleet.member(id).rpc("module.call", json!({"module": "shout", "function": "get"}));
+        assert_eq!(called["result"], json!({"n": 7}), "{id}: {called}");
+    }
+
+    // An unknown app: refused as the local unload refuses it, nothing changed anywhere.
+    let unknown = fleet.member("a").rpc("system.unload", json!({"app": "nope"}));
+    let unknown = &unknown["result"];
+    assert_eq!(unknown["status"], "error", "{unknown}");
+    assert_eq!(unknown["errors"][0]["reason"], "app_not_found", "{unknown}");
+    assert_eq!(unknown["metadata"]["cluster"]["phase"], "aborted", "{unknown}");
+    for id in ids {
+        let status = fleet.member(id).status();
+        assert!(modules(&status).contains(&"clock".to_string()), "{id}: {status}");
+        assert!(modules(&status).contains(&"shout".to_string()), "{id}: {status}");
+    }
+
+    // The path is checked against the coordinator's extension roots.
+    let outside = fleet.member("b").rpc("system.unload", json!({"extension": path}));
+    assert_eq!(outside["result"]["errors"][0]["reason"], "forbidden_path", "{outside}");
+    assert_eq!(outside["result"]["metadata"]["cluster"]["phase"], "aborted", "{outside}");
+
+    // The extension, through a: gone everywhere (b and c hold a's path in
+    // their records; the name from a's record finds it there).
+    let result = fleet.member("a").rpc("system.unload", json!({"extension": path}));
+    let result = &result["result"];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["metadata"]["unloaded"], json!(["shout"]), "{result}");
+    assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
+    assert_eq!(result["metadata"]["cluster"]["nodes"], json!(ids), "{result}");
+    let children: Vec<(&str, &str)> = result["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|child| (child["kind"].as_str().unwrap(), child["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(children, vec![("node", "a"), ("node", "b"), ("node", "c")], "{result}");
+    for id in ids {
+        let member = fleet.member(id);
+        let called = member.rpc("module.call", json!({"module": "shout", "function": "get"}));
+        assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{id}: {called}");
+        assert_eq!(member.status()["extensions"], json!([]), "{id}");
+    }
+    let again = fleet.member("a").rpc("system.unload", json!({"extension": path}));
+    assert_eq!(again["result"]["errors"][0]["reason"], "not_found", "{again}");
+
+    // The app, through b: its modules and processes gone everywhere.
+    let result = fleet.member("b").rpc("system.unload", json!({"app": "demo"}));
+    let result = &result["result"];
+    assert_eq!(result["status"], "ok", "{result}");
+    let unloaded = result["metadata"]["unloaded"].as_array().unwrap();
+    assert!(unloaded.contains(&json!("clock")) && unloaded.contains(&json!("front")), "{result}");
+    let revision = result["metadata"]["cluster"]["revision"].as_i64().unwrap();
+    assert_eq!(result["results"].as_array().unwrap().len(), 3, "{result}");
+    for id in ids {
+        let member = fleet.member(id);
+        for module in ["clock", "front"] {
+            let called = member.rpc("module.call", json!({"module": module, "function": "now"}));
+            assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{id}: {called}");
+        }
+        assert_eq!(member.status()["apps"], json!([]), "{id}");
+    }
+
+    // c restarts: the extension's record is gone from its data directory and
+    // from the desired state, so neither its boot nor its catch-up loads it.
+    fleet.take("c").kill();
+    fleet.spawn("c", &[]);
+    let caught_up = support::eventually(Duration::from_secs(15), || {
+        let status = fleet.member("c").status();
+        (status["cluster"]["revision"].as_i64() >= Some(revision)).then_some(status)
+    })
+    .expect("c caught up with the commit");
+    assert!(!modules(&caught_up).contains(&"shout".to_string()), "the extension came back: {caught_up}");
+    assert_eq!(caught_up["extensions"], json!([]), "{caught_up}");
+    let called = fleet.member("c").rpc("module.call", json!({"module": "shout", "function": "get"}));
+    assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{called}");
 }

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
-use zest_runtime::{Node, ReloadRequest, ReloadResult, RollbackRequest};
+use zest_runtime::{Node, ReloadRequest, ReloadResult, RollbackRequest, UnloadRequest};
 
 use crate::config::ClusterConfig;
 use crate::wire::Nodes;
@@ -413,6 +413,13 @@ impl Cluster {
     /// phases of a reload. Blocks.
     pub fn rollback(self: &Arc<Self>, request: &RollbackRequest, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
         coordinator::reload(self, coordinator::Work::Rollback(request), nodes)
+    }
+
+    /// Runs one `system.unload` on the cluster, as its coordinator: every
+    /// member takes the app or extension out, by the two phases of a reload,
+    /// and the desired state no longer holds it. Blocks.
+    pub fn unload(self: &Arc<Self>, request: &UnloadRequest) -> Result<ReloadResult, Refusal> {
+        coordinator::reload(self, coordinator::Work::Unload(request), &Nodes::All)
     }
 
     /// The `cluster` block of `system.status`.

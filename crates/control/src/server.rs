@@ -156,15 +156,14 @@ fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> Rp
         .register_blocking_method("system.unload", |params, ctx, extensions| {
             allowed(&extensions, Scope::Admin)?;
             let request = wire::unload_request(&params_value(&params)?).map_err(|m| error(Code::InvalidParams, m))?;
-            if ctx.cluster.is_some() {
-                // Unloading on one member alone would leave the cluster's
-                // desired state loading the modules again at its next
-                // restart: refused rather than done halfway.
-                return Err(error(
-                    Code::InvalidParams,
-                    "system.unload is not available on a cluster member yet: drop the modules from the app's \
-                     manifest and reload the app through the cluster instead",
-                ));
+            if let Some(cluster) = &ctx.cluster {
+                // Every member, and the desired state: unloading on one
+                // member alone would be undone by its next catch-up.
+                return match cluster.unload(&request) {
+                    Ok(result) => Ok(wire::result(&result)),
+                    Err(Refusal::Conflict) => Err(error(Code::Conflict, "A reload is already in progress")),
+                    Err(Refusal::InvalidParams(message)) => Err(error(Code::InvalidParams, message)),
+                };
             }
             match ctx.node.unload(&request) {
                 Ok(result) => Ok(wire::result(&result)),

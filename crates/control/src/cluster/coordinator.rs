@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use zest_runtime::telemetry::{AbortCause, Role};
 use zest_runtime::{
     Blueprint, ClusterOutcome, EventBody, Failure, Kind, LockError, Phase, Plan, Reason, ReloadRequest, ReloadResult,
-    RollbackRequest, Scope, Skip,
+    RollbackRequest, Scope, Skip, UnloadRequest, UnloadTarget,
 };
 
 use super::etcd::{Changes, EtcdError, MemberRecord};
@@ -89,12 +89,15 @@ fn unavailable(kind: Kind, target: &str, message: &str) -> ReloadResult {
     result
 }
 
-/// What a cluster request does: a reload, or a rollback to builds history
-/// names (on every target, with processes migrating `down`).
+/// What a cluster request does: a reload, a rollback to builds history
+/// names (on every target, with processes migrating `down`), or an unload
+/// (every target takes the app or extension out, and so does the desired
+/// state).
 #[derive(Debug, Clone, Copy)]
 pub enum Work<'a> {
     Reload(&'a ReloadRequest),
     Rollback(&'a RollbackRequest),
+    Unload(&'a UnloadRequest),
 }
 
 impl Work<'_> {
@@ -102,13 +105,15 @@ impl Work<'_> {
         match self {
             Work::Reload(request) => scope_of(request),
             Work::Rollback(request) => request.kind_and_target(),
+            Work::Unload(request) => request.kind_and_target(),
         }
     }
 
-    fn options(&self) -> &zest_runtime::ReloadOptions {
+    fn lock_timeout(&self) -> Duration {
         match self {
-            Work::Reload(request) => &request.options,
-            Work::Rollback(request) => &request.options,
+            Work::Reload(request) => request.options.lock_timeout,
+            Work::Rollback(request) => request.options.lock_timeout,
+            Work::Unload(request) => request.lock_timeout,
         }
     }
 
@@ -116,6 +121,7 @@ impl Work<'_> {
         match self {
             Work::Reload(request) => request.request_id.as_ref(),
             Work::Rollback(request) => request.request_id.as_ref(),
+            Work::Unload(request) => request.request_id.as_ref(),
         }
     }
 
@@ -124,6 +130,30 @@ impl Work<'_> {
         match self {
             Work::Reload(request) => Ok(session.plan(request)),
             Work::Rollback(request) => session.plan_rollback(request),
+            Work::Unload(request) => {
+                let mut plan = session.plan_unload(request);
+                if plan.staging_failures().is_some() {
+                    // Nothing to take out here (`app_not_found`,
+                    // `not_found`, `forbidden_path`...): no member is asked.
+                    plan.abort("not unloaded: the target cannot be unloaded");
+                    return Err(Box::new(plan.finish()));
+                }
+                Ok(plan)
+            }
+        }
+    }
+
+    /// What `cluster.prepare` tells every other member to take out, for an
+    /// unload: the app by name, or the extension by the name of its record
+    /// (each member's record holds the path it was loaded from).
+    fn unload_params(&self, plan: &Plan) -> Option<Value> {
+        let Work::Unload(request) = self else { return None };
+        match &request.target {
+            UnloadTarget::App(name) => Some(json!({"app": name})),
+            UnloadTarget::Extension(path) => {
+                let name = plan.unloading().into_iter().find(|(kind, _)| *kind == Kind::Extension)?.1;
+                Some(json!({"extension": name, "target": path.display().to_string()}))
+            }
         }
     }
 
@@ -135,7 +165,7 @@ impl Work<'_> {
 pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> Result<ReloadResult, Refusal> {
     let started = Instant::now();
     let (kind, target) = work.kind_and_target();
-    let guard = match zest_runtime::ReloadLock::acquire(&cluster.lock, work.options().lock_timeout) {
+    let guard = match zest_runtime::ReloadLock::acquire(&cluster.lock, work.lock_timeout()) {
         Ok(guard) => guard,
         Err(LockError::Conflict) => return Err(Refusal::Conflict),
         Err(LockError::Unavailable(message)) => {
@@ -236,6 +266,9 @@ struct PrepareParams<'a> {
     sources: &'a [String],
     blueprint: &'a serde_json::value::RawValue,
     rollback: bool,
+    /// An unload: what to take out instead of staging the blueprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unload: Option<&'a Value>,
     /// The coordinator's prepare span (W3C), when spans are exported.
     #[serde(skip_serializing_if = "Option::is_none")]
     traceparent: Option<&'a str>,
@@ -334,7 +367,8 @@ impl Run<'_> {
             }
         }
         let blueprint = plan.blueprint();
-        if blueprint.is_empty() {
+        let unload = self.work.unload_params(&plan);
+        if blueprint.is_empty() && unload.is_none() {
             // Every build failed here: no member has anything to prepare.
             let message = plan.staging_failures().unwrap_or_else(|| "nothing to reload".into());
             plan.abort(&format!("not swapped: {message}"));
@@ -354,8 +388,9 @@ impl Run<'_> {
         }
         let span = traces::phase_span("prepare", &self.request_id, self.me());
         let traceparent = traces::traceparent(&span);
-        let outcomes =
-            span.in_scope(|| cluster.handle.block_on(self.prepare_all(&remote, &blueprint, traceparent.as_deref())));
+        let outcomes = span.in_scope(|| {
+            cluster.handle.block_on(self.prepare_all(&remote, &blueprint, unload.as_ref(), traceparent.as_deref()))
+        });
         let failed: Vec<String> = outcomes
             .iter()
             .filter_map(|(member, outcome)| match outcome {
@@ -376,7 +411,10 @@ impl Run<'_> {
             let why = failed.join("; ");
             return self.abort(plan, local, outcomes, cause, &why);
         }
-        let changes = changes_of(&blueprint);
+        let changes = match self.work {
+            Work::Unload(_) => changes_of_unload(&plan),
+            _ => changes_of(&blueprint),
+        };
         // A listed member that is away gets its override too: it loads it
         // when it comes back.
         let listed: Option<Vec<String>> = match self.nodes {
@@ -520,6 +558,7 @@ impl Run<'_> {
         &self,
         remote: &[MemberRecord],
         blueprint: &Blueprint,
+        unload: Option<&Value>,
         traceparent: Option<&str>,
     ) -> Vec<(MemberRecord, Prepared)> {
         let cluster = self.cluster;
@@ -547,6 +586,7 @@ impl Run<'_> {
                     sources: &sources,
                     blueprint: &blueprint,
                     rollback: self.work.is_rollback(),
+                    unload,
                     traceparent,
                 };
                 let params = serde_json::value::to_raw_value(&params);
@@ -819,6 +859,22 @@ fn changes_of(blueprint: &Blueprint) -> Changes {
         // Modules the app's manifest dropped leave the desired state: a
         // member starting or catching up must not load them again.
         changes.deletes.extend(unit.unloads.iter().map(|module| ("module", module.clone())));
+    }
+    changes
+}
+
+/// The desired-state keys an unload's commit removes (base and overrides):
+/// the app or the extension, and every module it takes out, so that a member
+/// starting or catching up does not load them again.
+fn changes_of_unload(plan: &Plan) -> Changes {
+    let mut changes = Changes::default();
+    for (kind, name) in plan.unloading() {
+        let kind = match kind {
+            Kind::App => "app",
+            Kind::Extension => "extension",
+            _ => "module",
+        };
+        changes.deletes.push((kind, name));
     }
     changes
 }

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use zest_runtime::telemetry::{count_member, AbortCause, MemberStep, Role};
-use zest_runtime::{Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Plan, Reason, ReloadResult, Session};
+use zest_runtime::{
+    Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Plan, Reason, ReloadResult, Session, UnloadRequest,
+    UnloadTarget,
+};
 
 use super::etcd::{Desired, DesiredBuild};
 use super::Cluster;
@@ -57,6 +60,27 @@ fn phase_span(cluster: &Cluster, phase: &str, request_id: &str, params: &Value) 
     span
 }
 
+/// What a `cluster.prepare` for `system.unload` asks this member to take
+/// out: an app by name, or the extension recorded under `name` (reported
+/// under `target`, the path its coordinator was given).
+pub(crate) enum Unload {
+    App(String),
+    Extension { name: String, target: String },
+}
+
+impl Unload {
+    fn parse(value: &Value) -> Result<Unload, String> {
+        match (value.get("app").and_then(Value::as_str), value.get("extension").and_then(Value::as_str)) {
+            (Some(app), None) => Ok(Unload::App(app.to_string())),
+            (None, Some(name)) => {
+                let target = text(value, "target").map_err(|err| format!("unload: {err}"))?;
+                Ok(Unload::Extension { name: name.to_string(), target })
+            }
+            _ => Err("unload must be {\"app\": NAME} or {\"extension\": NAME, \"target\": PATH}".into()),
+        }
+    }
+}
+
 fn field<'a>(params: &'a Value, key: &str) -> Result<&'a Value, String> {
     params.get(key).ok_or_else(|| format!("{key} is required"))
 }
@@ -82,6 +106,7 @@ impl Cluster {
             .ok_or("sources must be a list of member addresses")?;
         let mut blueprint = wire::parse_blueprint(field(&params, "blueprint")?)?;
         let rollback = params.get("rollback").and_then(Value::as_bool).unwrap_or(false);
+        let unload = params.get("unload").map(Unload::parse).transpose()?;
         self.localize(&mut blueprint);
         if self.pending_lock().contains_key(&request_id) {
             return Err(format!("request {request_id} is already prepared here"));
@@ -105,7 +130,7 @@ impl Cluster {
         let span = phase_span(self, "prepare", &request_id, &params);
         let staging = span.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            staging.in_scope(|| cluster.stage(&id, token, &blueprint, &sources, rollback))
+            staging.in_scope(|| cluster.stage(&id, token, &blueprint, &sources, rollback, unload.as_ref()))
         })
         .await
         .map_err(|err| format!("preparing panicked: {err}"))?;
@@ -128,9 +153,10 @@ impl Cluster {
         blueprint: &Blueprint,
         sources: &[String],
         rollback: bool,
+        unload: Option<&Unload>,
     ) -> Result<(), Box<ReloadResult>> {
         count_member(request_id, MemberStep::Prepare);
-        self.stage_plan(request_id, token, blueprint, sources, rollback).map_err(|(cause, result)| {
+        self.stage_plan(request_id, token, blueprint, sources, rollback, unload).map_err(|(cause, result)| {
             count_member(request_id, MemberStep::Abort(cause));
             result
         })
@@ -144,6 +170,7 @@ impl Cluster {
         blueprint: &Blueprint,
         sources: &[String],
         rollback: bool,
+        unload: Option<&Unload>,
     ) -> Result<(), (AbortCause, Box<ReloadResult>)> {
         let failed = |failure: Failure| {
             let mut result = ReloadResult::new(blueprint.kind, &blueprint.target);
@@ -165,7 +192,11 @@ impl Cluster {
             request_id,
             EventBody::Start { system_time: SystemTime::now() },
         );
-        let mut plan = session.plan_blueprint(blueprint);
+        let mut plan = match unload {
+            None => session.plan_blueprint(blueprint),
+            Some(Unload::App(name)) => session.plan_unload(&UnloadRequest::new(UnloadTarget::App(name.clone()))),
+            Some(Unload::Extension { name, target }) => session.plan_unload_extension_named(name, target),
+        };
         if rollback {
             plan.set_direction(zest_runtime::Direction::Down);
             plan.set_action(zest_runtime::Action::Rollback);

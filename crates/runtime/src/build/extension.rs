@@ -257,6 +257,11 @@ impl Extensions {
         records.by_name.values().find(|record| same(record)).cloned()
     }
 
+    /// The record of extension `name`, if one is.
+    pub(crate) fn named(&self, name: &str) -> Option<ExtensionRecord> {
+        self.lock().by_name.get(name).cloned()
+    }
+
     /// Removes the record of extension `name` and writes the file as
     /// [`Extensions::record`] does (fsync, rename, fsync of the directory), so
     /// a restart, even right after a SIGKILL, does not load it again. A

@@ -131,6 +131,26 @@ pub(crate) fn plan_unload_extension(shared: &Arc<Shared>, given: &Path) -> Unit 
         let message = format!("no extension is loaded from {target} (resolved to {})", file.display());
         return unit.error(Failure::new(&target, Reason::NotFound, message));
     };
+    unload_record(shared, unit, record)
+}
+
+/// The unit of unloading the extension recorded under `name`, reported under
+/// `target`: a member of a cluster unloading what its coordinator unloads
+/// (the record's path is the coordinator's, so the name identifies it);
+/// `not_found` when no extension of that name is recorded.
+pub(crate) fn plan_unload_extension_named(shared: &Arc<Shared>, name: &str, target: &str) -> Unit {
+    let unit = Unit::new(Kind::Extension, target);
+    match shared.extensions.named(name) {
+        Some(record) => unload_record(shared, unit, record),
+        None => {
+            let message = format!("no extension named `{name}` is recorded on this node");
+            unit.error(Failure::new(target, Reason::NotFound, message))
+        }
+    }
+}
+
+/// `unit` unloading the extension of `record`: its module, then its record.
+fn unload_record(shared: &Arc<Shared>, unit: Unit, record: ExtensionRecord) -> Unit {
     let mut unit = unit;
     // A recorded extension that did not load (its name taken by an app's
     // module, say) has only its record to remove.

@@ -33,11 +33,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::app::{self, AppSource};
 use super::blueprint;
-use super::extension::{plan_extension, plan_unload_extension};
+use super::extension::{plan_extension, plan_unload_extension, plan_unload_extension_named};
 use super::migrate::{self, Held};
 use super::module::{self, Mode, ModuleStep};
 use super::rollback;
-use super::unit::Unit;
+use super::unit::{Record, Unit};
 use super::unload;
 use crate::lock::{LockError, LockGuard};
 use crate::reason::{Failure, Reason};
@@ -247,6 +247,18 @@ impl Session {
         plan
     }
 
+    /// Stages the unload of the extension recorded under `name`, reported
+    /// under `target` (the path its coordinator was given): a cluster member
+    /// unloading what its coordinator unloads, whose record of the extension
+    /// carries the coordinator's path. `not_found` when none is recorded.
+    pub fn plan_unload_extension_named(&self, name: &str, target: &str) -> Plan {
+        let mut plan = Plan::new(self, Kind::Extension, target, &ReloadOptions::default());
+        plan.recording = Recording::Every;
+        plan.set_action(Action::Unload);
+        plan.units.push(plan_unload_extension_named(&self.shared, name, target));
+        plan
+    }
+
     /// Stages a rollback to the builds history names (not a canary's drop):
     /// processes will migrate `down`, the history records `rollback`. An error
     /// result when there is nothing to roll back to.
@@ -401,6 +413,22 @@ impl Plan {
     /// it applies. Modules whose stage failed are left out.
     pub fn blueprint(&self) -> Blueprint {
         blueprint::of_plan(&self.shared, self.kind, &self.target, &self.units, &self.code_change, &self.options)
+    }
+
+    /// What an unload plan takes out, as the desired state of a cluster
+    /// names it: `(kind, name)` with kind `app`, `extension` or `module`
+    /// (every app and extension record it removes, every module it unloads).
+    pub fn unloading(&self) -> Vec<(Kind, String)> {
+        let mut gone = Vec::new();
+        for unit in &self.units {
+            match &unit.record {
+                Some(Record::AppGone(name)) => gone.push((Kind::App, name.clone())),
+                Some(Record::ExtensionGone(name)) => gone.push((Kind::Extension, name.clone())),
+                _ => {}
+            }
+            gone.extend(unit.unloads.iter().map(|unload| (Kind::Module, unload.result.target.clone())));
+        }
+        gone
     }
 
     /// Whether any module has a build staged (something to swap) or is to be
