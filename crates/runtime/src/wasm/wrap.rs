@@ -20,7 +20,7 @@
 //! bytes, so the compile cache and the builds a cluster fetches by sha256 hold
 //! the module as the user built it.
 
-use wasmparser::{Parser, Payload};
+use wasmparser::{Chunk, Parser, Payload};
 use wit_component::{ComponentEncoder, StringEncoding};
 use wit_parser::Resolve;
 
@@ -65,29 +65,40 @@ fn read_form(wasm: &[u8]) -> Option<Result<Form, String>> {
         return None;
     }
     let mut marked = false;
-    let mut imports: Vec<(String, String)> = Vec::new();
+    let mut imports: Vec<(&str, &str)> = Vec::new();
     // Function exports only: memory and globals (`__data_end`) are the
     // module's own business.
-    let mut exports: Vec<String> = Vec::new();
-    for payload in Parser::new(0).parse_all(wasm) {
+    let mut exports: Vec<&str> = Vec::new();
+    let mut parser = Parser::new(0);
+    let mut offset = 0;
+    loop {
         // A module that does not parse is the engine's to refuse.
-        let Ok(payload) = payload else { return None };
+        let Ok(Chunk::Parsed { consumed, payload }) = parser.parse(&wasm[offset..], true) else { return None };
+        offset += consumed;
         match payload {
             Payload::CustomSection(section) if section.name() == MARKER => marked = true,
             Payload::ImportSection(section) => {
                 for import in section.into_imports() {
                     let Ok(import) = import else { return None };
-                    imports.push((import.module.to_string(), import.name.to_string()));
+                    imports.push((import.module, import.name));
                 }
             }
             Payload::ExportSection(section) => {
                 for export in section {
                     let Ok(export) = export else { return None };
                     if export.kind == wasmparser::ExternalKind::Func {
-                        exports.push(export.name.to_string());
+                        exports.push(export.name);
                     }
                 }
             }
+            // Function bodies say nothing of the form: a large module's are
+            // stepped over whole, as every cold compile of a core module
+            // passes here.
+            Payload::CodeSectionStart { size, .. } => {
+                parser.skip_section();
+                offset += size as usize;
+            }
+            Payload::End(_) => break,
             _ => {}
         }
     }
@@ -101,7 +112,7 @@ fn read_form(wasm: &[u8]) -> Option<Result<Form, String>> {
 
 /// Which parts of the `zest:guest` worlds the module's exports make, checked
 /// against what a component of them may import and export.
-fn form_of(imports: &[(String, String)], exports: &[String]) -> Result<Form, String> {
+fn form_of(imports: &[(&str, &str)], exports: &[&str]) -> Result<Form, String> {
     let mut form = Form::default();
     for name in exports {
         let interface = name.strip_prefix("cabi_post_").unwrap_or(name);
@@ -126,8 +137,8 @@ fn form_of(imports: &[(String, String)], exports: &[String]) -> Result<Form, Str
             ));
         }
     }
-    if let Some((module, name)) = imports.iter().find(|(module, _)| module != HOST) {
-        let hint = if module == super::abi::IMPORT_MODULE {
+    if let Some((module, name)) = imports.iter().find(|(module, _)| *module != HOST) {
+        let hint = if *module == super::abi::IMPORT_MODULE {
             " (the core form's import: in component form, use `zest_guest::component::log`, `call` and `now_ms`, and \
              an `Err` to fail a call)"
         } else {
