@@ -72,8 +72,10 @@ fn read_form(wasm: &[u8]) -> Option<Result<Form, String>> {
     let mut parser = Parser::new(0);
     let mut offset = 0;
     loop {
-        // A module that does not parse is the engine's to refuse.
-        let Ok(Chunk::Parsed { consumed, payload }) = parser.parse(&wasm[offset..], true) else { return None };
+        // A module that does not parse (a section past the end, too) is the
+        // engine's to refuse.
+        let rest = wasm.get(offset..)?;
+        let Ok(Chunk::Parsed { consumed, payload }) = parser.parse(rest, true) else { return None };
         offset += consumed;
         match payload {
             Payload::CustomSection(section) if section.name() == MARKER => marked = true,
