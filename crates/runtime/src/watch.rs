@@ -390,19 +390,31 @@ impl Watching {
             ..ReloadOptions::default()
         };
         let request = ReloadRequest { scope: target.scope(), options, request_id: Some(request_id.clone()) };
+        // What the target's files held when the reload started: a save made
+        // while it runs (a long build) is a change still to reload.
+        let before: HashMap<PathBuf, Content> =
+            self.plan.files_of(&target).map(|path| (path.clone(), Content::of(path))).collect();
         let event = match node.reload(&request) {
             Ok(result) => {
                 WatchEvent::Reloaded { changed, target: target.clone(), request_id, result: Box::new(result) }
             }
             Err(err) => WatchEvent::NotRun { changed, target: target.clone(), error: err.to_string() },
         };
-        // What the reload (and a build it ran) wrote is the new baseline, so
-        // its own writes trigger nothing.
+        // The new baseline: for an app's build, what the build wrote (the
+        // module files), so its own writes trigger nothing; for any other
+        // reload, which writes nothing, what the files held when it started —
+        // never a save that came during it, or the node would keep serving
+        // the earlier save. (A reload that read the later save anyway makes
+        // one more reload, which finds its bytes unchanged.)
         self.plan = plan(node);
+        let built = matches!(target, WatchTarget::App { compile: true, .. });
         let owned: Vec<PathBuf> = self.plan.files_of(&target).cloned().collect();
         for path in owned {
-            let now = Content::of(&path);
-            self.seen.insert(path, now);
+            let baseline = match before.get(&path) {
+                Some(content) if !built => *content,
+                _ => Content::of(&path),
+            };
+            self.seen.insert(path, baseline);
         }
         (self.report)(&event);
     }

@@ -80,10 +80,23 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
             let build = |whole: bool| {
                 shared.sources.build(&target, language, &checked.name, &checked.file, &source, whole, timeout, &on_line)
             };
+            // The file deleted (or renamed away) while the tool ran or its
+            // build compiled: nothing of it loads, as if it had been gone
+            // before the reload (whatever the build said of it).
+            let still_there = || {
+                gone(&checked.file).map(|problem| {
+                    let message =
+                        format!("{target} {problem} while it was being built; nothing of that build is loaded");
+                    Failure::new(&target, Reason::Enoent, message)
+                })
+            };
             let mut built = match build(false) {
                 Ok(built) => built,
-                Err(failure) => return unit.error(failure),
+                Err(failure) => return unit.error(still_there().unwrap_or(failure)),
             };
+            if let Some(failure) = still_there() {
+                return unit.error(failure);
+            }
             let stage = |built: &crate::build::source::SourceBuild| {
                 let bytes = built.component.clone().into();
                 module::plan_build(
@@ -101,11 +114,14 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
             if built.runner && step.result.errors.iter().any(|failure| failure.reason == Reason::InvalidModule) {
                 built = match build(true) {
                     Ok(built) => built,
-                    Err(failure) => return unit.error(failure),
+                    Err(failure) => return unit.error(still_there().unwrap_or(failure)),
                 };
                 step = stage(&built);
             }
             unit.result.metadata.compile = built.run.map(|run| CompileReport::ran_ok(run.command, run.duration));
+            if let Some(failure) = still_there() {
+                return unit.error(failure);
+            }
             unit.steps.push(step);
             unit.record = Some(Record::Extension(record));
             return unit;
@@ -114,6 +130,17 @@ pub(crate) fn plan_extension(shared: &Arc<Shared>, given: &Path, options: &Reloa
     unit.steps.push(module::plan_build(shared, &checked.name, build, module::Rules::of(options), started));
     unit.record = Some(Record::Extension(record));
     unit
+}
+
+/// Why `file`, read at the start of its build, is no longer there to load
+/// from, if it is not.
+fn gone(file: &Path) -> Option<String> {
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(_) => Some("was replaced by something that is not a regular file".into()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Some("was deleted or renamed away".into()),
+        Err(err) => Some(format!("could no longer be read ({err})")),
+    }
 }
 
 /// The unit of unloading the extension loaded from `given`: `empty_path` and
