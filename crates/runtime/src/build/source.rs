@@ -7,7 +7,9 @@
 //! `dynamic` export serves the file's top-level functions with JSON in and out,
 //! or, when the file defines `init`, `handle`, `save_state` and `code_change`,
 //! against the world `server`. With a `NAME.wit`, the file implements the world
-//! that file declares, in the tool's own idiom, and no glue is written.
+//! that file declares, in the tool's own idiom, and no glue is written (a
+//! Python file's entry, `source/own.py`, checks at build time that it has each
+//! function of that world: componentize-py would build it without one).
 //!
 //! The tool runs as a child process in a private directory, leading its own
 //! process group, killed with its children after the build timeout; each line
@@ -39,6 +41,7 @@ pub use crate::wasm::wrap::ZEST_WIT;
 
 const GLUE_PY: &str = include_str!("source/glue.py");
 const IMPORT_PY: &str = include_str!("source/import.py");
+const OWN_PY: &str = include_str!("source/own.py");
 const RUNNER_PY: &str = include_str!("source/runner.py");
 const PLUGIN_PY: &str = include_str!("source/plugin.py");
 const SERVER_PY: &str = include_str!("source/server.py");
@@ -387,7 +390,7 @@ impl SourceBuilds {
         }
         let source_file = Some((format!("{name}.{}", language.suffix()), source));
         let entry = match (&world, language) {
-            (World::Own(_), Language::Python) => name.to_string(),
+            (World::Own(_), Language::Python) => "zest_own".to_string(),
             (World::Own(_), Language::JavaScript) => format!("{name}.js"),
             (_, Language::Python) => "zest_glue".to_string(),
             (_, Language::JavaScript) => "zest_glue.js".to_string(),
@@ -687,13 +690,18 @@ fn tool_words(language: Language, output: &[String]) -> String {
 
 /// The files a build writes beside the source, as `(path in the build
 /// directory, text)`: the WIT, and the glue unless the file brings its own
-/// WIT. `name` `None` is a Python runner's glue.
+/// WIT (then a Python file gets only the entry that checks it against that
+/// WIT's world). `name` `None` is a Python runner's glue.
 fn inputs(language: Language, name: Option<&str>, world: &World, vsn: &str) -> Vec<(String, String)> {
     let mut files = Vec::new();
     match world {
         World::Own(wit) => {
             files.push((format!("wit/{}.wit", name.unwrap_or("world")), wit.clone()));
             files.push(("wit/deps/zest-guest/zest.wit".to_string(), ZEST_WIT.to_string()));
+            // A Python file's entry checks it implements the world.
+            if language == Language::Python {
+                files.push(("zest_own.py".to_string(), OWN_PY.replace("@MODULE@", name.unwrap_or("world"))));
+            }
         }
         World::Plugin | World::Server => {
             files.push(("wit/zest.wit".to_string(), ZEST_WIT.to_string()));

@@ -144,6 +144,7 @@ fn a_python_file_serves_its_top_level_functions_and_a_broken_edit_leaves_it_serv
     let raised = failure(poly.call("hello", "parse", r#"["x"]"#));
     assert!(raised.contains("ValueError: invalid literal for int()"), "{raised}");
     assert!(raised.contains("hello.py:15 in parse"), "the line that raised: {raised}");
+    assert_eq!(poly.call("hello", "parse", r#"["12"]"#).unwrap(), "12", "a raise fails its call alone");
     let not_json = failure(poly.call("hello", "pair", "null"));
     assert!(not_json.contains("pair returned a value that is not JSON") && not_json.contains("set"), "{not_json}");
     assert!(poly.call("hello", "_private", "null").is_err());
@@ -224,6 +225,7 @@ fn a_javascript_file_serves_its_exported_functions_and_a_broken_edit_leaves_it_s
     assert_eq!(poly.call("hello", "add", r#"{"a": 2, "b": 3}"#).unwrap(), "5", "an object by parameter names");
     let thrown = failure(poly.call("hello", "parse", r#"["x"]"#));
     assert!(thrown.contains("TypeError: not a number: x") && thrown.contains("hello.js:13"), "{thrown}");
+    assert_eq!(poly.call("hello", "parse", r#"["12"]"#).unwrap(), "12", "a throw fails its call alone");
     let not_json = failure(poly.call("hello", "big", "null"));
     assert!(not_json.contains("big returned a value that is not JSON"), "{not_json}");
     assert!(poly.call("hello", "hidden", "null").is_err());
@@ -427,4 +429,221 @@ fn a_build_past_the_timeout_is_killed_with_its_children_and_leaves_nothing_behin
         .collect();
     assert!(left.is_empty(), "the private build directory goes with the build: {left:?}");
     assert!(poly.node.status().modules.is_empty());
+}
+
+/// `real` behind a shell script that appends its pid to `log` at each build
+/// (not at the `--help` and `--version` probes) and waits `delay` seconds
+/// before becoming the tool, in the same process and group: a build a test
+/// can act during.
+fn slow_tool(dir: &Path, real: &Path, log: &Path, delay: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(format!("slow-{}", real.file_name().unwrap().to_string_lossy()));
+    let text = format!(
+        "#!/bin/sh\ncase \"$1\" in --help|--version) exec {real} \"$@\";; esac\necho $$ >> {log}\nsleep {delay}\nexec {real} \"$@\"\n",
+        real = real.display(),
+        log = log.display(),
+    );
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// The pids `slow_tool` logged, once there are at least `count` (a minute at most).
+fn builds_started(log: &Path, count: usize) -> Vec<u32> {
+    let started = std::time::Instant::now();
+    loop {
+        let pids: Vec<u32> = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| line.trim().parse().expect("a pid"))
+            .collect();
+        if pids.len() >= count {
+            return pids;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "build {count} never started: {pids:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// No build process is left: none works under the node's build directory,
+/// and the tools `pids` started as are gone (reaped, not zombies).
+fn no_build_left(poly: &Poly, pids: &[u32]) {
+    let sources = poly.dir.path().join("data/sources");
+    assert_eq!(processes_in(&sources), Vec::<String>::new(), "a tool's process outlived its build");
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the build {pid} is still there");
+    }
+}
+
+/// The version the glue gives a file without its own `vsn`.
+fn vsn_of(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
+}
+
+/// The module's current vsn, and how many versions it has (current and old).
+fn serving(poly: &Poly, module: &str) -> (String, usize) {
+    let status = poly.node.status();
+    let found = status.modules.iter().find(|m| m.name == module).unwrap_or_else(|| panic!("{module}: {status:#?}"));
+    (found.current.vsn.clone(), 1 + found.old.len())
+}
+
+/// The vsns the history says module `module` went to, oldest first.
+fn history_vsns(poly: &Poly, module: &str) -> Vec<String> {
+    let mut entries = poly.node.history(Some(module), 100);
+    entries.sort_by_key(|entry| entry.id);
+    entries.iter().map(|entry| entry.to.as_ref().map_or("-".to_string(), |to| to.vsn.clone())).collect()
+}
+
+const GET_JS: &str = "export function get() {\n  return 1;\n}\n";
+
+#[test]
+fn a_file_deleted_while_it_builds_loads_nothing_and_watch_mode_serves_the_last_of_two_saves_during_one_build() {
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("builds.log");
+    let qjs = slow_tool(tools.path(), &tool(Language::JavaScript), &log, "1");
+    let poly = Poly::with_tools(Some(qjs), Some(tool(Language::Python)));
+    let path = poly.write("w.js", GET_JS);
+    assert_eq!(poly.reload(&path).status(), Status::Ok);
+    let version = |n: u32| GET_JS.replace("return 1", &format!("return {n}"));
+
+    // A reload whose file is deleted while the tool builds it.
+    std::fs::write(&path, version(2)).unwrap();
+    let result = std::thread::scope(|scope| {
+        let reload = scope.spawn(|| poly.reload(&path));
+        builds_started(&log, 2);
+        std::fs::remove_file(&path).unwrap();
+        reload.join().unwrap()
+    });
+    let (reason, message) = only_error(&result);
+    assert_eq!(reason, Reason::Enoent, "{message}");
+    assert!(message.contains("w.js was deleted or renamed away while it was being built"), "{message}");
+    assert!(result.reloaded.is_empty(), "{result:#?}");
+    assert_eq!(serving(&poly, "w"), (vsn_of(GET_JS), 1), "the old version serves, alone");
+    assert_eq!(poly.call("w", "get", "null").unwrap(), "1");
+    assert_eq!(history_vsns(&poly, "w"), [vsn_of(GET_JS)], "nothing of the deleted file's build was committed");
+    no_build_left(&poly, &builds_started(&log, 2));
+    std::fs::write(&path, GET_JS).unwrap();
+
+    // Watch mode: save 3 starts a build; saves 4 and 5 come while it runs.
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&events);
+    let config = zest_runtime::watch::WatchConfig { debounce: std::time::Duration::from_millis(100) };
+    let _watch = poly
+        .node
+        .watch(config, move |event| {
+            use zest_runtime::watch::WatchEvent;
+            let said = match event {
+                WatchEvent::Reloaded { result, .. } => match result.errors.first() {
+                    Some(error) => format!("error {}: {}", error.reason.as_str(), error.message),
+                    None => format!("reloaded {:?}", result.reloaded),
+                },
+                WatchEvent::Missing { problem, .. } => format!("missing: {problem}"),
+                other => format!("{other:?}"),
+            };
+            seen.lock().unwrap().push(said);
+        })
+        .unwrap();
+    let eventually = |what: &str, check: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !check() {
+            let waited = started.elapsed();
+            assert!(waited < std::time::Duration::from_secs(120), "{what}; events: {:?}", events.lock().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    std::fs::write(&path, version(3)).unwrap();
+    builds_started(&log, 3);
+    std::fs::write(&path, version(4)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(&path, version(5)).unwrap();
+    eventually("the last save serves", &|| poly.call("w", "get", "null").is_ok_and(|out| out == "5"));
+    // Quiet for longer than a debounce and a build's start: nothing more runs.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let builds = builds_started(&log, 4);
+    assert_eq!(builds.len(), 4, "save 3's build and one build of the last save: {builds:?}");
+    assert_eq!(serving(&poly, "w"), (vsn_of(&version(5)), 1));
+    assert_eq!(
+        history_vsns(&poly, "w"),
+        [vsn_of(GET_JS), vsn_of(&version(3)), vsn_of(&version(5))],
+        "each build that served, in order; save 4 never did"
+    );
+    assert_eq!(events.lock().unwrap().len(), 2, "{:?}", events.lock().unwrap());
+    no_build_left(&poly, &builds);
+
+    // A save whose file is deleted while it builds: reported, save 5 serving.
+    std::fs::write(&path, version(6)).unwrap();
+    builds_started(&log, 5);
+    std::fs::remove_file(&path).unwrap();
+    eventually("the deletion is reported", &|| events.lock().unwrap().iter().any(|said| said.starts_with("missing")));
+    let said = events.lock().unwrap().clone();
+    assert!(said[2].starts_with("error enoent: ") && said[2].contains("while it was being built"), "{said:?}");
+    assert_eq!(said[3], "missing: was deleted or renamed away", "{said:?}");
+    assert_eq!(poly.call("w", "get", "null").unwrap(), "5");
+    assert_eq!(serving(&poly, "w"), (vsn_of(&version(5)), 1));
+    assert_eq!(history_vsns(&poly, "w").len(), 3);
+    no_build_left(&poly, &builds_started(&log, 5));
+}
+
+const SUM_WIT: &str = "package acme:sum;\n\nworld sum {\n  export add: func(a: u32, b: u32) -> u32;\n}\n";
+
+const SUM_PY: &str = "class WitWorld:\n    def add(self, a, b):\n        return a + b\n";
+
+#[test]
+fn a_python_file_with_a_wit_has_typed_functions_and_a_wit_it_does_not_fit_or_a_deletion_loads_nothing() {
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("builds.log");
+    let py = slow_tool(tools.path(), &tool(Language::Python), &log, "0");
+    let poly = Poly::with_tools(Some(tool(Language::JavaScript)), Some(py));
+    poly.write("sum.wit", SUM_WIT);
+    let loaded = poly.load("sum.py", SUM_PY);
+    let compile = loaded.metadata.compile.as_ref().expect("componentize-py built the file");
+    assert!(compile.command.as_deref().unwrap().ends_with("extensions/sum.py"), "built whole: {compile:?}");
+    assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5");
+    let description = poly.node.describe("sum").unwrap();
+    let (name, signature) = &description.functions[0];
+    assert_eq!((name.as_str(), signature.result.as_deref()), ("add", Some("u32")));
+    assert_eq!(signature.params, [("a".to_string(), "u32".to_string()), ("b".to_string(), "u32".to_string())]);
+    assert!(matches!(poly.call("sum", "add", "[-1, 3]"), Err(CallError::InvalidArgs { .. })));
+    let first = serving(&poly, "sum");
+    let path = poly.path("sum.py");
+    let old_serves = |after: &str| {
+        assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5", "after {after}");
+        assert_eq!(serving(&poly, "sum"), first, "after {after}: the first build serves, alone");
+        assert_eq!(poly.node.history(Some("sum"), 100).len(), 1, "after {after}");
+    };
+
+    // A WIT that does not parse: the parser's words, naming the type.
+    poly.write("sum.wit", &SUM_WIT.replace("-> u32", "-> u3"));
+    let refused = poly.reload(&path);
+    let (reason, message) = only_error(&refused);
+    assert_eq!(reason, Reason::CompileError);
+    assert!(message.contains("u3") && message.contains("sum.wit"), "{message}");
+    old_serves("a WIT that does not parse");
+
+    // A world whose function the file lacks: refused at build time, naming it
+    // (componentize-py alone would build it, and the call would trap).
+    poly.write("sum.wit", &SUM_WIT.replace("}\n", "  export total: func(xs: list<u32>) -> u64;\n}\n"));
+    let refused = poly.reload(&path);
+    let (reason, message) = only_error(&refused);
+    assert_eq!(reason, Reason::CompileError);
+    assert!(message.contains("sum.py does not implement the world of sum.wit: it lacks WitWorld.total"), "{message}");
+    assert!(!message.contains("Stack backtrace"), "{message}");
+    old_serves("a WIT whose world the file does not fit");
+
+    // The file deleted while componentize-py builds it.
+    poly.write("sum.wit", SUM_WIT);
+    std::fs::write(&path, SUM_PY.replace("a + b", "b + a")).unwrap();
+    let builds = builds_started(&log, 1).len();
+    let result = std::thread::scope(|scope| {
+        let reload = scope.spawn(|| poly.reload(&path));
+        builds_started(&log, builds + 1);
+        std::fs::remove_file(&path).unwrap();
+        reload.join().unwrap()
+    });
+    let (reason, message) = only_error(&result);
+    assert_eq!(reason, Reason::Enoent, "{message}");
+    assert!(message.contains("sum.py was deleted or renamed away while it was being built"), "{message}");
+    old_serves("the file deleted while it was built");
+    no_build_left(&poly, &builds_started(&log, builds + 1));
 }
