@@ -23,7 +23,9 @@
 //!   from what the watcher last saw (sha256). A truncate-then-write, a
 //!   temporary file renamed into place, a `touch`, or a module file that a
 //!   watched build just wrote (after its reload loaded it) therefore make one
-//!   reload or none.
+//!   reload or none. A save made while a reload runs (a long build) is seen
+//!   after it: the baseline is what the files held when it started, except
+//!   the module files an app's build wrote.
 //! - **Files the node writes itself** (its data directory) are never looked at.
 //! - A watched file that is deleted, renamed away or replaced by a directory is
 //!   reported; the old code keeps serving, and the next write of the file
