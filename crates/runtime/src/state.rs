@@ -263,6 +263,15 @@ impl Shared {
         }
     }
 
+    /// Keeps `manifest` as an unloaded app (one a cluster member did not
+    /// load), unless an app of its name is loaded.
+    pub(crate) fn keep_unloaded_app(&self, manifest: AppManifest) {
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        if !apps.contains_key(&manifest.name) {
+            self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner).insert(manifest.name.clone(), manifest);
+        }
+    }
+
     /// The manifest app `name` had when it was unloaded, if it was (and was
     /// not loaded again since).
     pub(crate) fn unloaded_app(&self, name: &str) -> Option<AppManifest> {

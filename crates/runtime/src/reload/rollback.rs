@@ -76,10 +76,13 @@ pub(crate) fn blueprint(shared: &Shared, request: &RollbackRequest) -> Result<Bl
                     manifest
                 }
             };
+            // An app goes back to how the whole request of entry `to` left
+            // it: `to` an unload's entry, every module it unloaded comes back.
+            let to = request.to.map(|id| history.last_of_request(id));
             let builds: Vec<BuildRef> = manifest
                 .modules
                 .iter()
-                .filter_map(|decl| module_build(history, &decl.name, request.to, false, &not_found).ok())
+                .filter_map(|decl| module_build(history, &decl.name, to, false, &not_found).ok())
                 .collect();
             if builds.is_empty() {
                 return Err(not_found(format!("no module of app `{name}` has an earlier build recorded")));
