@@ -527,3 +527,28 @@ fn an_unloaded_app_comes_back_whole_by_a_reload_of_its_name_or_a_rollback_to_the
     let unknown = host.node.reload(&ReloadRequest::new(Scope::App("nope".into()))).unwrap();
     assert_eq!(only_error(&unknown).0, Reason::AppNotFound);
 }
+
+#[test]
+fn a_rollback_of_an_app_unload_loads_it_back_after_a_restart_its_manifest_read_from_its_directory() {
+    let host = Host::new();
+    let loaded = host.app("demo", &[("counter", &counter('1')), ("clock", &versioned(1, 0))], &[("c", "counter")]);
+    assert_eq!(loaded.status(), Status::Ok, "{loaded:#?}");
+    assert_eq!(host.unload(UnloadTarget::App("demo".into())).status(), Status::Ok);
+    let host = host.restart();
+    assert!(host.node.status().apps.is_empty());
+    assert!(not_loaded(&host.node, "clock"));
+
+    let back = host.rollback(RollbackTarget::App("demo".into()), None);
+    assert_eq!(back.status(), Status::Ok, "{back:#?}");
+    let mut reloaded = back.reloaded.clone();
+    reloaded.sort();
+    assert_eq!(reloaded, ["clock", "counter"]);
+    assert_eq!(host.node.call("clock", "get", "null").unwrap(), r#"{"v":1}"#);
+    assert!(host.node.call_process("c", r#"{"add":1}"#).is_ok(), "its process started afresh");
+
+    // Loaded again, it is no longer kept as unloaded: after another restart
+    // (which loads no app here) there is nothing of it to roll back.
+    let host = host.restart();
+    let gone = host.rollback(RollbackTarget::App("demo".into()), None);
+    assert_eq!(only_error(&gone).0, Reason::AppNotFound, "{gone:#?}");
+}
