@@ -13,6 +13,10 @@
 //! was not reachable when the commit was sent — it stages what the cluster
 //! committed for it (the base with its overrides over it), fetching builds it
 //! lacks from any member, and runs that plan, whatever its own files say.
+//! Before that it unloads every app and extension the cluster marked
+//! unloaded (`system.unload`) that it still holds ([`Unloaded`]): it was
+//! away during the unload, or loaded them from its own files at start while
+//! etcd could not say.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,14 +25,13 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 use zest_runtime::telemetry::{count_member, AbortCause, MemberStep, Role};
 use zest_runtime::{
-    Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Plan, Reason, ReloadResult, Session, UnloadRequest,
-    UnloadTarget,
+    Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Node, Plan, Reason, ReloadResult, Session,
+    UnloadRequest, UnloadTarget,
 };
 
 use super::etcd::{Desired, DesiredBuild};
 use super::Cluster;
 use crate::{traces, wire};
-use zest_runtime::Node;
 
 /// How many times a prepared plan's deadline is pushed back while its
 /// coordinator still holds the lock (or etcd cannot say) before it is dropped.
