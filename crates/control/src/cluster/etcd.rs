@@ -554,9 +554,9 @@ impl Store {
             values.push((key, value));
         }
         if nodes.is_none() {
-            let marks = changes.marks().map(|(kind, name)| (kind, format!("unloaded/{kind}/{name}")));
-            let deleted = changes.deletes.iter().map(|(kind, name)| (*kind, format!("{kind}/{name}")));
-            for (_, rest) in deleted.chain(marks) {
+            let deleted = changes.deletes.iter().map(|(kind, name)| format!("{kind}/{name}"));
+            let marks = changes.marks().map(|(kind, name)| format!("unloaded/{kind}/{name}"));
+            for rest in deleted.chain(marks) {
                 let key = self.key(&format!("desired/base/{rest}"));
                 let response = self.get(key.clone(), None).await?;
                 let value = response.kvs().first().map(|kv| parse(kv.key(), kv.value())).transpose()?;
@@ -623,8 +623,8 @@ impl Store {
                     let overrides = self.key(&format!("desired/override/{kind}/{name}/"));
                     ops.push(TxnOp::delete(overrides, Some(DeleteOptions::new().with_prefix())));
                 }
-                // Loading an app or extension again clears its unloaded mark;
-                // an unload writes it (the unload's deletes come first).
+                // Loading an app or extension again clears its unloaded
+                // mark; an unload writes it.
                 for (kind, name, _) in changes.puts.iter().filter(|(kind, ..)| *kind != "module") {
                     ops.push(TxnOp::delete(self.key(&format!("desired/base/unloaded/{kind}/{name}")), None));
                 }
