@@ -453,6 +453,11 @@ fn in_a_cluster_what_was_unloaded_stays_out_of_a_member_restarted_with_it_config
     .expect("b caught up");
     assert_eq!(marks(&b), (json!(["demo"]), json!(["shout"])), "{b}");
     assert_eq!(b["apps"], json!([]), "{b}");
+    let token = fleet.member("b").token.clone();
+    let (exit, out, err) = fleet.member("b").cli(&["status", "--token", &token]);
+    assert_eq!(exit, 0, "{err}");
+    assert!(out.contains("unloaded by the cluster (apps): demo\n"), "{out}");
+    assert!(out.contains("unloaded by the cluster (extensions): shout\n"), "{out}");
 
     // A cluster reload of the app, through b (which kept it unloaded from its
     // own configuration): back on every member, and its mark is gone.
