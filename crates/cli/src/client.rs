@@ -483,7 +483,18 @@ fn cluster_table(cluster: &Value, paint: &Paint) -> String {
             ]
         })
         .collect();
-    format!("{heading}\n{}", table(&["MEMBER", "ADVERTISE", "SINCE"], &rows))
+    let mut out = format!("{heading}\n{}", table(&["MEMBER", "ADVERTISE", "SINCE"], &rows));
+    // What the cluster unloaded (`system.unload`): not loaded here, even when
+    // this member's configuration lists it, until a reload or rollback of it.
+    let names = |key: &str| -> Vec<&str> {
+        cluster["unloaded"][key].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+    };
+    for (what, names) in [("apps", names("apps")), ("extensions", names("extensions"))] {
+        if !names.is_empty() {
+            out.push_str(&format!("unloaded by the cluster ({what}): {}\n", names.join(", ")));
+        }
+    }
+    out
 }
 
 fn uptime(ms: u64) -> String {

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 use zest_runtime::watch::WatchEvent;
-use zest_runtime::{AllScope, Node, NodeConfig, ReloadOptions, ReloadRequest, ReloadResult, Scope, Status};
+use zest_runtime::{
+    AllScope, AppManifest, Node, NodeConfig, ReloadOptions, ReloadRequest, ReloadResult, Scope, Status,
+};
 
 use zest_control::auth::{read_token, Tokens};
 use zest_control::cluster::Cluster;
@@ -77,12 +79,37 @@ pub fn serve(config: ServeConfig) -> Result<(), CliError> {
     }
     let node = Arc::new(node);
     let apps = if config.apps.is_empty() { vec![bundled_demo(&config.data_dir)?] } else { config.apps.clone() };
+    // A cluster member loads nothing its cluster unloaded (`system.unload`),
+    // whatever its configuration lists or its data directory records.
+    let unloaded = match &config.cluster {
+        Some(settings) => match zest_control::cluster::unloaded_before_start(settings) {
+            Ok(unloaded) => Some(unloaded),
+            Err(problem) => {
+                tracing::warn!(%problem, "cannot read what the cluster unloaded: loading every configured app; catching up takes out what it unloaded");
+                None
+            }
+        },
+        None => None,
+    };
     for dir in &apps {
+        let name = AppManifest::load(dir).ok().map(|manifest| manifest.name);
+        if let (Some(name), Some(unloaded)) = (name, &unloaded) {
+            if unloaded.apps.contains(&name) && node.keep_unloaded_app(dir).is_ok() {
+                tracing::info!(app = %name, dir = %dir.display(),
+                    "not loading this configured app: the cluster unloaded it (system.unload); a cluster reload or rollback of the app loads it again");
+                continue;
+            }
+        }
         report_start(&format!("app {}", dir.display()), &node.load_app(dir));
     }
     let restored = node.restore_extensions();
     if !restored.results.is_empty() || !restored.errors.is_empty() {
         report_start("recorded extensions", &restored);
+    }
+    if let Some(unloaded) = &unloaded {
+        if let Err(problem) = zest_control::cluster::take_out_before_start(&node, unloaded) {
+            tracing::warn!(%problem, "cannot take out what the cluster unloaded yet; catching up will");
+        }
     }
     // Stops when dropped, at the end of this function.
     let _watch = match &config.watch {

@@ -386,3 +386,153 @@ fn in_a_cluster_system_unload_takes_an_extension_and_an_app_out_of_every_member_
     let called = fleet.member("c").rpc("module.call", json!({"module": "shout", "function": "get"}));
     assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{called}");
 }
+
+/// `cluster.unloaded` of a member's status: the apps and extensions its
+/// cluster unloaded, as it last read them.
+fn marks(status: &Value) -> (Value, Value) {
+    let unloaded = &status["cluster"]["unloaded"];
+    (unloaded["apps"].clone(), unloaded["extensions"].clone())
+}
+
+fn called_ok(member: &Served, module: &str, function: &str) -> bool {
+    member.rpc("module.call", json!({"module": module, "function": function})).get("result").is_some()
+}
+
+#[test]
+fn in_a_cluster_what_was_unloaded_stays_out_of_a_member_restarted_with_it_configured_and_of_one_away_until_a_reload() {
+    let mut fleet = support::Fleet::start(&["a", "b", "c"]);
+    let extension = fleet.member_dir("a").join("extensions/shout.wat");
+    std::fs::create_dir_all(extension.parent().unwrap()).unwrap();
+    std::fs::write(&extension, extension_wat(7, 0)).unwrap();
+    let path = extension.display().to_string();
+    let loaded = fleet.member("a").reload(json!({"scope": "extension", "path": path}));
+    assert_eq!(loaded["metadata"]["cluster"]["phase"], "committed", "{loaded}");
+
+    // Both b and c are away during the unloads: b killed (it starts again
+    // later, its configuration listing the app and its data directory
+    // recording the extension), c frozen until its lease lapses (it comes
+    // back running, holding both).
+    let b = fleet.take("b");
+    fleet.member("c").signal(libc::SIGSTOP);
+    b.kill();
+    let alone = support::eventually(Duration::from_secs(8), || {
+        let members = fleet.member("a").status()["cluster"]["members"].clone();
+        (members.as_array()?.len() == 1).then_some(())
+    });
+    if alone.is_none() {
+        fleet.member("c").signal(libc::SIGCONT);
+        panic!("b and c never left the members");
+    }
+    let first = fleet.member("a").rpc("system.unload", json!({"extension": path}));
+    let second = fleet.member("a").rpc("system.unload", json!({"app": "demo"}));
+    fleet.member("c").signal(libc::SIGCONT);
+    let (first, second) = (&first["result"], &second["result"]);
+    assert_eq!(first["metadata"]["unloaded"], json!(["shout"]), "{first}");
+    assert_eq!(second["status"], "partial", "{second}");
+    assert_eq!(second["metadata"]["cluster"]["nodes"], json!(["a"]), "{second}");
+    let skipped = json!([{"target": "b", "reason": "node_unreachable"}, {"target": "c", "reason": "node_unreachable"}]);
+    assert_eq!(second["skipped"], skipped, "{second}");
+    let revision = second["metadata"]["cluster"]["revision"].as_i64().unwrap();
+
+    // c comes back holding both: its catch-up takes them out.
+    let c = support::eventually(Duration::from_secs(15), || {
+        let status = fleet.member("c").status();
+        (status["cluster"]["revision"].as_i64() >= Some(revision)).then_some(status)
+    })
+    .expect("c caught up with the unload");
+    assert_eq!((&c["apps"], &c["extensions"]), (&json!([]), &json!([])), "c kept what the cluster unloaded: {c}");
+    assert_eq!(marks(&c), (json!(["demo"]), json!(["shout"])), "{c}");
+    for module in ["clock", "shout"] {
+        let called = fleet.member("c").rpc("module.call", json!({"module": module, "function": "get"}));
+        assert_eq!(code(&called), (-32004, "NOT_FOUND"), "c: {called}");
+    }
+
+    // b starts again: it loads neither the app its configuration lists nor
+    // the extension its records hold — not even before it catches up.
+    fleet.spawn("b", &[]);
+    let b = fleet.member("b").status();
+    assert_eq!((&b["apps"], &b["extensions"]), (&json!([]), &json!([])), "b loaded what the cluster unloaded: {b}");
+    assert!(!modules(&b).contains(&"clock".to_string()) && !modules(&b).contains(&"shout".to_string()), "{b}");
+    let b = support::eventually(Duration::from_secs(15), || {
+        let status = fleet.member("b").status();
+        (status["cluster"]["revision"].as_i64() >= Some(revision)).then_some(status)
+    })
+    .expect("b caught up");
+    assert_eq!(marks(&b), (json!(["demo"]), json!(["shout"])), "{b}");
+    assert_eq!((&b["apps"], &b["extensions"]), (&json!([]), &json!([])), "{b}");
+    let token = fleet.member("b").token.clone();
+    let (exit, out, err) = fleet.member("b").cli(&["status", "--token", &token]);
+    assert_eq!(exit, 0, "{err}");
+    assert!(out.contains("unloaded by the cluster (apps): demo\n"), "{out}");
+    assert!(out.contains("unloaded by the cluster (extensions): shout\n"), "{out}");
+
+    // A cluster reload of the app, through b (which kept it unloaded from its
+    // own configuration): back on every member, and its mark is gone.
+    let back = fleet.member("b").reload(json!({"scope": "app", "app": "demo"}));
+    assert_eq!(back["status"], "ok", "{back}");
+    assert_eq!(back["metadata"]["cluster"]["nodes"], json!(["a", "b", "c"]), "{back}");
+    for id in ["a", "b", "c"] {
+        let member = fleet.member(id);
+        assert!(called_ok(member, "clock", "now"), "{id}: the app is not back");
+        let status = support::eventually(Duration::from_secs(10), || {
+            let status = member.status();
+            (marks(&status).0 == json!([])).then_some(status)
+        })
+        .unwrap_or_else(|| panic!("{id} still shows the app unloaded: {}", member.status()));
+        assert_eq!(marks(&status).1, json!(["shout"]), "{id}: the extension stays unloaded: {status}");
+        assert!(!modules(&status).contains(&"shout".to_string()), "{id}: {status}");
+    }
+    // And a member restarted now loads it from its configuration again.
+    fleet.take("c").kill();
+    fleet.spawn("c", &[]);
+    assert!(called_ok(fleet.member("c"), "clock", "now"), "c did not load its configured app");
+}
+
+#[test]
+fn in_a_cluster_a_rollback_of_an_unload_loads_it_back_on_every_member_and_clears_its_mark() {
+    let mut fleet = support::Fleet::start(&["a", "b"]);
+    let extension = fleet.member_dir("a").join("extensions/shout.wat");
+    std::fs::create_dir_all(extension.parent().unwrap()).unwrap();
+    std::fs::write(&extension, extension_wat(7, 0)).unwrap();
+    let path = extension.display().to_string();
+    let loaded = fleet.member("a").reload(json!({"scope": "extension", "path": path}));
+    assert_eq!(loaded["metadata"]["cluster"]["phase"], "committed", "{loaded}");
+    let unloaded = fleet.member("a").rpc("system.unload", json!({"app": "demo"}));
+    assert_eq!(unloaded["result"]["status"], "ok", "{unloaded}");
+    let unloaded = fleet.member("a").rpc("system.unload", json!({"extension": path}));
+    assert_eq!(unloaded["result"]["status"], "ok", "{unloaded}");
+
+    // The app, through b, with b's own history id of the unload.
+    let history = fleet.member("b").rpc("system.history", json!({"module": "clock"}));
+    let newest = &history["result"]["entries"][0];
+    assert_eq!(newest["action"], "unload", "{history}");
+    let back = fleet.member("b").reload_like("system.rollback", json!({"app": "demo", "to": newest["id"]}));
+    assert_eq!(back["status"], "ok", "{back}");
+    assert_eq!(back["metadata"]["rollback"], true, "{back}");
+    assert_eq!(back["metadata"]["cluster"]["phase"], "committed", "{back}");
+    // The extension, through a, by the default (the newest entry's `from`).
+    let ext = fleet.member("a").reload_like("system.rollback", json!({"module": "shout"}));
+    assert_eq!(ext["status"], "ok", "{ext}");
+    assert_eq!(ext["metadata"]["cluster"]["phase"], "committed", "{ext}");
+    for id in ["a", "b"] {
+        let member = fleet.member(id);
+        assert!(called_ok(member, "clock", "now"), "{id}: the app is not back");
+        let sent = member.rpc("process.call", json!({"process": "counter", "message": {"add": 1}}));
+        assert!(sent.get("result").is_some(), "{id}: its process is not back: {sent}");
+        let called = member.rpc("module.call", json!({"module": "shout", "function": "get"}));
+        assert_eq!(called["result"], json!({"n": 7}), "{id}: {called}");
+        let status = support::eventually(Duration::from_secs(10), || {
+            let status = member.status();
+            (marks(&status) == (json!([]), json!([]))).then_some(status)
+        });
+        assert!(status.is_some(), "{id} still shows marks: {}", member.status());
+    }
+    // Desired again: a member restarted now loads both.
+    fleet.take("b").kill();
+    fleet.spawn("b", &[]);
+    let b = support::eventually(Duration::from_secs(15), || {
+        let member = fleet.member("b");
+        (called_ok(member, "clock", "now") && called_ok(member, "shout", "get")).then_some(())
+    });
+    assert!(b.is_some(), "b did not load the app and extension back: {}", fleet.member("b").status());
+}

@@ -45,6 +45,7 @@ use crate::config::ClusterConfig;
 use crate::wire::Nodes;
 use etcd::{EtcdError, EtcdLock, LeaseCell, MemberRecord, Store};
 use member::Pending;
+pub use member::Unloaded;
 use peer::Peers;
 
 pub use coordinator::Refusal;
@@ -103,6 +104,8 @@ struct State {
     /// The fencing token of the lock as the watch last saw it created, until
     /// it saw it deleted (`None`: free, or unknown).
     lock_seen: Option<i64>,
+    /// What the cluster unloaded, as this member last read it.
+    unloaded: Unloaded,
 }
 
 /// Why a member could not join its cluster.
@@ -344,6 +347,11 @@ impl Cluster {
                             state.desired_seen = state.desired_seen.map(|seen| seen.max(change.mod_revision));
                         }
                     }
+                    // An unloaded mark changed: read the desired state again,
+                    // so that status shows the marks as they are.
+                    if changes.iter().any(|change| change.key.starts_with("desired/base/unloaded/")) {
+                        state.desired_seen = None;
+                    }
                     drop(state);
                     if changes.iter().any(|change| change.key.starts_with("desired/")) {
                         self.wake.notify_one();
@@ -439,6 +447,7 @@ impl Cluster {
         if let Some(problem) = &state.problem {
             status["problem"] = json!(problem);
         }
+        status["unloaded"] = json!({"apps": state.unloaded.apps, "extensions": state.unloaded.extensions});
         status
     }
 
@@ -452,6 +461,39 @@ impl Cluster {
     fn members(&self) -> Vec<MemberRecord> {
         self.state().members.clone()
     }
+}
+
+/// What cluster `config` unloaded (`system.unload`) and no override of this
+/// member loads again, read before the member loads its configured apps and
+/// recorded extensions: it loads none of these. Bounded by the etcd call's
+/// timeout; an error when etcd cannot say (the member then loads them, and
+/// its catch-up takes them out once etcd answers). Call it outside any async
+/// runtime (it runs one of its own).
+pub fn unloaded_before_start(config: &ClusterConfig) -> Result<Unloaded, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start a runtime to read etcd: {err}"))?;
+    runtime.block_on(async {
+        let store = Store::connect(&config.etcd, &config.name).await?;
+        let desired = store.desired(&config.node).await.map_err(|err| err.to_string())?;
+        Ok(Unloaded::of(&desired))
+    })
+}
+
+/// Unloads, before the node serves, the extensions its records restored
+/// that the cluster unloaded (`unloaded_before_start`), and any app of
+/// `unloaded` it holds, as a member's catch-up does. Waits for the lock.
+pub fn take_out_before_start(node: &Node, unloaded: &Unloaded) -> Result<(), String> {
+    if !unloaded.held_by(node) {
+        return Ok(());
+    }
+    let request_id = format!("start-{}", node.next_request_id());
+    let session = node
+        .session(Duration::from_secs(60), Some(&request_id))
+        .map_err(|err| format!("cannot take the reload lock: {err}"))?;
+    unloaded.take_out(node, &session.with_role(zest_runtime::telemetry::Role::Member), &request_id);
+    Ok(())
 }
 
 /// This data directory's member instance id, made once and kept.

@@ -270,9 +270,28 @@ impl Node {
         self.shared.next_request_id()
     }
 
+    /// Reads the app in `dir` and keeps it as unloaded, without loading it:
+    /// a cluster member does so with an app its configuration lists that its
+    /// cluster unloaded. As for an app unloaded since the node started, a
+    /// reload of the app by name loads it again from `dir`, and
+    /// `system.rollback {"app"}` loads back the builds history names. An app
+    /// of that name that is loaded stays loaded. Returns the manifest read.
+    pub fn keep_unloaded_app(&self, dir: impl AsRef<Path>) -> Result<AppManifest, crate::build::app::ManifestError> {
+        let manifest = AppManifest::load(dir.as_ref())?;
+        self.shared.keep_unloaded_app(manifest.clone());
+        Ok(manifest)
+    }
+
     /// The manifest of loaded app `name`, as last applied.
     pub fn app_manifest(&self, name: &str) -> Option<AppManifest> {
         self.shared.app(name)
+    }
+
+    /// The manifest app `name` had when it was unloaded (or was kept
+    /// unloaded, [`Node::keep_unloaded_app`]) since the node started, unless
+    /// it was loaded again since.
+    pub fn unloaded_app_manifest(&self, name: &str) -> Option<AppManifest> {
+        self.shared.unloaded_app(name)
     }
 
     /// History entries, newest first: of `module` only when given, at most `limit`.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::background::Background;
-use crate::build::app::AppManifest;
+use crate::build::app::{AppManifest, UnloadedApps};
 use crate::build::extension::{Extensions, RustBuilds};
 use crate::build::source::SourceBuilds;
 use crate::code::host::{Callee, Capabilities, Env, Linkers};
@@ -65,9 +65,12 @@ pub(crate) struct Shared {
     _data_dir_lock: Option<std::fs::File>,
     /// Loaded apps by name, with the manifest as last applied.
     apps: Mutex<BTreeMap<String, AppManifest>>,
-    /// Apps unloaded since the node started, with the manifest they had: a
-    /// rollback of the unload loads them back (`reload/rollback.rs`).
+    /// Apps unloaded and not loaded again, with the manifest they had (read
+    /// again from their directory after a restart): a rollback of the unload
+    /// loads them back (`reload/rollback.rs`).
     unloaded_apps: Mutex<BTreeMap<String, AppManifest>>,
+    /// Where `unloaded_apps` is kept across restarts.
+    unloaded_file: UnloadedApps,
     requests: AtomicU64,
 }
 
@@ -103,6 +106,12 @@ impl Shared {
         for problem in recovered.problems {
             tracing::warn!(%problem, "reading the history back");
         }
+        let unloaded_file = UnloadedApps::new(config.data_dir.as_deref());
+        let (manifests, problems) = unloaded_file.recover();
+        for problem in problems {
+            tracing::warn!(%problem, "reading the unloaded apps back");
+        }
+        let unloaded = manifests.into_iter().map(|manifest| (manifest.name.clone(), manifest)).collect();
         let registry_weak: Weak<Registry> = Arc::downgrade(&registry);
         let callee: Weak<dyn Callee> = registry_weak;
         let env = Arc::new(Env {
@@ -132,7 +141,8 @@ impl Shared {
             lock,
             _data_dir_lock: data_dir_lock,
             apps: Mutex::new(BTreeMap::new()),
-            unloaded_apps: Mutex::new(BTreeMap::new()),
+            unloaded_apps: Mutex::new(unloaded),
+            unloaded_file,
             requests: AtomicU64::new(0),
         })
     }
@@ -250,16 +260,42 @@ impl Shared {
     }
 
     pub(crate) fn record_app(&self, manifest: AppManifest) {
-        self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner).remove(&manifest.name);
+        self.unloaded_change(|unloaded| unloaded.remove(&manifest.name).is_some());
         self.apps.lock().unwrap_or_else(PoisonError::into_inner).insert(manifest.name.clone(), manifest);
     }
 
-    /// Forgets loaded app `name` (an unload), keeping its manifest for a
-    /// rollback of the unload.
+    /// Forgets loaded app `name` (an unload), keeping its manifest, on disk
+    /// too, for a rollback of the unload.
     pub(crate) fn forget_app(&self, name: &str) {
         let manifest = self.apps.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
         if let Some(manifest) = manifest {
-            self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), manifest);
+            self.unloaded_change(|unloaded| {
+                unloaded.insert(name.to_string(), manifest);
+                true
+            });
+        }
+    }
+
+    /// Keeps `manifest` as an unloaded app (one a cluster member did not
+    /// load), unless an app of its name is loaded.
+    pub(crate) fn keep_unloaded_app(&self, manifest: AppManifest) {
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        if !apps.contains_key(&manifest.name) {
+            let dir = manifest.dir.clone();
+            self.unloaded_change(|unloaded| {
+                unloaded.insert(manifest.name.clone(), manifest).is_none_or(|before| before.dir != dir)
+            });
+        }
+    }
+
+    /// Changes the unloaded apps with `change`, and writes them to disk when
+    /// it says that changed what the file holds.
+    fn unloaded_change(&self, change: impl FnOnce(&mut BTreeMap<String, AppManifest>) -> bool) {
+        let mut unloaded = self.unloaded_apps.lock().unwrap_or_else(PoisonError::into_inner);
+        if change(&mut unloaded) {
+            if let Err(problem) = self.unloaded_file.save(&unloaded) {
+                tracing::warn!(%problem, "the unloaded apps are not kept on disk: after a restart a rollback cannot find them");
+            }
         }
     }
 

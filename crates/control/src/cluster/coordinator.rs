@@ -412,7 +412,7 @@ impl Run<'_> {
             return self.abort(plan, local, outcomes, cause, &why);
         }
         let changes = match self.work {
-            Work::Unload(_) => changes_of_unload(&plan),
+            Work::Unload(_) => changes_of_unload(&cluster.node, &plan),
             _ => changes_of(&blueprint),
         };
         // A listed member that is away gets its override too: it loads it
@@ -865,13 +865,28 @@ fn changes_of(blueprint: &Blueprint) -> Changes {
 
 /// The desired-state keys an unload's commit removes (base and overrides):
 /// the app or the extension, and every module it takes out, so that a member
-/// starting or catching up does not load them again.
-fn changes_of_unload(plan: &Plan) -> Changes {
+/// starting or catching up does not load them again; and the marks it
+/// writes, `desired/base/unloaded/<kind>/<name>` with the manifest or record
+/// it had, so that a member that was away, or whose configuration lists the
+/// app, takes it out too (read before the plan is applied, while this member
+/// still holds them).
+fn changes_of_unload(node: &zest_runtime::Node, plan: &Plan) -> Changes {
     let mut changes = Changes::default();
     for (kind, name) in plan.unloading() {
         let kind = match kind {
-            Kind::App => "app",
-            Kind::Extension => "extension",
+            Kind::App => {
+                if let Some(manifest) = node.app_manifest(&name) {
+                    changes.unloaded.push(("app", name.clone(), wire::manifest(&manifest)));
+                }
+                "app"
+            }
+            Kind::Extension => {
+                let record = node.status().extensions.into_iter().find(|e| e.record.name == name);
+                if let Some(extension) = record {
+                    changes.unloaded.push(("extension", name.clone(), wire::record(&extension.record)));
+                }
+                "extension"
+            }
             _ => "module",
         };
         changes.deletes.push((kind, name));

@@ -11,6 +11,8 @@
 //! | `desired/base/module/<name>` | `{"sha256", "vsn", "source"}` | by a commit with `nodes: "all"` |
 //! | `desired/base/app/<name>` | the app's manifest as the coordinator read it | by a commit with `nodes: "all"` |
 //! | `desired/base/extension/<name>` | the extension's record | by a commit with `nodes: "all"` |
+//! | `desired/base/unloaded/app/<name>` | the app's manifest when it was unloaded | by the commit of a `system.unload` of the app; deleted by a later commit for everyone that loads the app (a reload, a rollback) |
+//! | `desired/base/unloaded/extension/<name>` | the extension's record when it was unloaded | the same, for an extension |
 //! | `desired/override/<kind>/<name>/<node>` | the same, for one member | by a commit listing members (a commit for everyone drops a key's overrides with one prefix delete, however many members) |
 //! | `desired/revision/base`, `desired/revision/<node>` | `{"request_id"}` | by every commit: their mod revisions are the last commit for everyone, for one member |
 //! | `commits/<token>` | `{"request_id", "nodes", "atomic"}` | by every commit, under its fencing token: how a member that prepared learns the outcome |
@@ -98,6 +100,12 @@ pub struct Desired {
     pub apps: BTreeMap<String, Value>,
     /// Extension records, as JSON.
     pub extensions: BTreeMap<String, Value>,
+    /// Apps the cluster unloaded (`desired/base/unloaded/app/`), with the
+    /// manifest each had, unless this member's override loads it again.
+    pub unloaded_apps: BTreeMap<String, Value>,
+    /// Extensions the cluster unloaded, with the record each had, unless this
+    /// member's override loads it again.
+    pub unloaded_extensions: BTreeMap<String, Value>,
     /// The last commit for everyone or for this member (0: none yet).
     pub revision: i64,
 }
@@ -110,6 +118,21 @@ pub struct Changes {
     /// `(kind, name)` removed from the base, overrides included (modules an
     /// app's manifest dropped); only by a commit for everyone.
     pub deletes: Vec<(&'static str, String)>,
+    /// `(kind, name) → value`: the apps and extensions an unload took out,
+    /// marked `desired/base/unloaded/<kind>/<name>` (only by a commit for
+    /// everyone). A commit for everyone that puts an app or extension clears
+    /// its mark.
+    pub unloaded: Vec<(&'static str, String, Value)>,
+}
+
+impl Changes {
+    /// The unloaded marks this commit writes or clears (only by a commit for
+    /// everyone): those it writes, and those of every app and extension it puts.
+    fn marks(&self) -> impl Iterator<Item = (&'static str, &String)> + '_ {
+        let written = self.unloaded.iter().map(|(kind, name, _)| (*kind, name));
+        let cleared = self.puts.iter().filter(|(kind, ..)| *kind != "module").map(|(kind, name, _)| (*kind, name));
+        written.chain(cleared)
+    }
 }
 
 /// The cluster's keys in etcd, through one client per endpoint.
@@ -507,6 +530,11 @@ impl Store {
         for (rest, value, key) in overrides {
             desired.set(&rest, value, &key)?;
         }
+        // This member's override of an app or extension loads it here
+        // whatever the base says.
+        let Desired { apps, extensions, unloaded_apps, unloaded_extensions, .. } = &mut desired;
+        unloaded_apps.retain(|name, _| !apps.contains_key(name));
+        unloaded_extensions.retain(|name, _| !extensions.contains_key(name));
         Ok(desired)
     }
 
@@ -526,8 +554,10 @@ impl Store {
             values.push((key, value));
         }
         if nodes.is_none() {
-            for (kind, name) in &changes.deletes {
-                let key = self.key(&format!("desired/base/{kind}/{name}"));
+            let deleted = changes.deletes.iter().map(|(kind, name)| format!("{kind}/{name}"));
+            let marks = changes.marks().map(|(kind, name)| format!("unloaded/{kind}/{name}"));
+            for rest in deleted.chain(marks) {
+                let key = self.key(&format!("desired/base/{rest}"));
                 let response = self.get(key.clone(), None).await?;
                 let value = response.kvs().first().map(|kv| parse(kv.key(), kv.value())).transpose()?;
                 values.push((key, value));
@@ -592,6 +622,15 @@ impl Store {
                 for (kind, name) in changes.puts.iter().map(|(kind, name, _)| (kind, name)).chain(deleted) {
                     let overrides = self.key(&format!("desired/override/{kind}/{name}/"));
                     ops.push(TxnOp::delete(overrides, Some(DeleteOptions::new().with_prefix())));
+                }
+                // Loading an app or extension again clears its unloaded
+                // mark; an unload writes it.
+                for (kind, name, _) in changes.puts.iter().filter(|(kind, ..)| *kind != "module") {
+                    ops.push(TxnOp::delete(self.key(&format!("desired/base/unloaded/{kind}/{name}")), None));
+                }
+                for (kind, name, value) in &changes.unloaded {
+                    let key = self.key(&format!("desired/base/unloaded/{kind}/{name}"));
+                    ops.push(TxnOp::put(key, value.to_string(), None));
                 }
                 ops.push(TxnOp::put(self.key("desired/revision/base"), stamp.clone(), None));
             }
@@ -721,6 +760,15 @@ impl Desired {
     fn set(&mut self, rest: &str, value: Value, key: &str) -> Result<(), EtcdError> {
         let corrupt = |problem: &str| EtcdError::Corrupt { key: key.to_string(), problem: problem.to_string() };
         let (kind, name) = rest.split_once('/').ok_or_else(|| corrupt("not a desired-state key"))?;
+        if kind == "unloaded" {
+            let (kind, name) = name.split_once('/').ok_or_else(|| corrupt("not an unloaded mark"))?;
+            match kind {
+                "app" => self.unloaded_apps.insert(name.to_string(), value),
+                "extension" => self.unloaded_extensions.insert(name.to_string(), value),
+                _ => return Err(corrupt("an unloaded mark is of an app or an extension")),
+            };
+            return Ok(());
+        }
         match kind {
             "module" => {
                 let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_string);

@@ -13,6 +13,10 @@
 //! was not reachable when the commit was sent — it stages what the cluster
 //! committed for it (the base with its overrides over it), fetching builds it
 //! lacks from any member, and runs that plan, whatever its own files say.
+//! Before that it unloads every app and extension the cluster marked
+//! unloaded (`system.unload`) that it still holds ([`Unloaded`]): it was
+//! away during the unload, or loaded them from its own files at start while
+//! etcd could not say.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 use zest_runtime::telemetry::{count_member, AbortCause, MemberStep, Role};
 use zest_runtime::{
-    Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Plan, Reason, ReloadResult, Session, UnloadRequest,
-    UnloadTarget,
+    Blueprint, BlueprintUnit, BuildRef, EventBody, Failure, Kind, Node, Plan, Reason, ReloadResult, Session,
+    UnloadRequest, UnloadTarget,
 };
 
 use super::etcd::{Desired, DesiredBuild};
@@ -512,10 +516,21 @@ impl Cluster {
         let desired = self.handle.block_on(self.store.desired(&self.config.node)).map_err(|err| err.to_string())?;
         {
             let mut state = self.state();
+            state.unloaded = Unloaded::of(&desired);
             state.desired_seen = Some(state.desired_seen.unwrap_or(0).max(desired.revision));
             if desired.revision <= state.applied {
                 return Ok(());
             }
+        }
+        let session = session.with_role(Role::Member);
+        // What the cluster unloaded while this member was away (or that its
+        // configuration loaded at start) goes first.
+        let unloaded = Unloaded::of(&desired);
+        if unloaded.held_by(&self.node) {
+            tracing::info!(revision = desired.revision, "catching up with what the cluster unloaded");
+            let span = traces::phase_span("catch_up", &request_id, &self.config.node);
+            span.record("zest.revision", desired.revision);
+            span.in_scope(|| unloaded.take_out(&self.node, &session, &request_id));
         }
         let mut blueprint = blueprint_of(&desired)?;
         self.localize(&mut blueprint);
@@ -532,7 +547,6 @@ impl Cluster {
         self.fetch_missing(&blueprint, &sources).map_err(|failure| failure.message)?;
         let telemetry = self.node.telemetry();
         tracing::info!(revision = desired.revision, "catching up with what the cluster committed");
-        let session = session.with_role(Role::Member);
         let span = traces::phase_span("catch_up", &request_id, &self.config.node);
         span.record("zest.revision", desired.revision);
         let result = span.in_scope(|| {
@@ -554,7 +568,9 @@ impl Cluster {
     /// SIGHUP — reads this member's files, not paths of the coordinator's.
     fn localize(&self, blueprint: &mut Blueprint) {
         for app in blueprint.units.iter_mut().filter_map(|unit| unit.app.as_mut()) {
-            let Some(local) = self.node.app_manifest(&app.name) else { continue };
+            // Its own directory of the app: loaded, or unloaded since it started.
+            let local = self.node.app_manifest(&app.name).or_else(|| self.node.unloaded_app_manifest(&app.name));
+            let Some(local) = local else { continue };
             if local.dir == app.dir {
                 continue;
             }
@@ -576,6 +592,63 @@ impl Cluster {
                 unit.app.as_ref().is_some_and(|app| self.node.app_manifest(&app.name).as_ref() != Some(app))
                     || unit.extension.as_ref().is_some_and(|record| !extensions.contains(record))
             })
+    }
+}
+
+/// What the cluster unloaded (`desired/base/unloaded/`) and no override of
+/// this member loads again: the names of the apps and extensions a member
+/// does not load from its own configuration or records, and takes out when
+/// it holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unloaded {
+    pub apps: BTreeSet<String>,
+    pub extensions: BTreeSet<String>,
+}
+
+impl Unloaded {
+    pub(crate) fn of(desired: &Desired) -> Unloaded {
+        Unloaded {
+            apps: desired.unloaded_apps.keys().cloned().collect(),
+            extensions: desired.unloaded_extensions.keys().cloned().collect(),
+        }
+    }
+
+    /// The recorded extensions of `node` named here: `(name, path)`.
+    fn extensions_held(&self, node: &Node) -> Vec<(String, String)> {
+        node.status()
+            .extensions
+            .into_iter()
+            .filter(|extension| self.extensions.contains(&extension.record.name))
+            .map(|extension| (extension.record.name, extension.record.path.display().to_string()))
+            .collect()
+    }
+
+    /// Whether `node` holds any app or extension named here.
+    pub fn held_by(&self, node: &Node) -> bool {
+        self.apps.iter().any(|app| node.app_manifest(app).is_some()) || !self.extensions_held(node).is_empty()
+    }
+
+    /// Unloads from `node`, under `session`, every app and extension named
+    /// here that it holds, each as one telemetry operation and logged at info
+    /// with its name (a failure at error).
+    pub fn take_out(&self, node: &Node, session: &Session, request_id: &str) {
+        let run = |kind: Kind, target: &str, plan: &dyn Fn() -> Plan| {
+            let result =
+                node.telemetry().step_since(Role::Member, Instant::now(), kind, target, request_id, || plan().run());
+            for failure in &result.errors {
+                tracing::error!(target = %failure.target, reason = %failure.reason, message = %failure.message,
+                    "unloading what the cluster unloaded");
+            }
+        };
+        for app in self.apps.iter().filter(|app| node.app_manifest(app).is_some()) {
+            tracing::info!(app = %app, "the cluster unloaded this app (system.unload): unloading it here");
+            run(Kind::App, app, &|| session.plan_unload(&UnloadRequest::new(UnloadTarget::App(app.clone()))));
+        }
+        for (name, path) in self.extensions_held(node) {
+            tracing::info!(extension = %name, path = %path,
+                "the cluster unloaded this extension (system.unload): unloading it here");
+            run(Kind::Extension, &path, &|| session.plan_unload_extension_named(&name, &path));
+        }
     }
 }
 

@@ -7,11 +7,13 @@
 //! module. A module name declared by two apps of one node is refused when the
 //! second app loads (by the node, which knows the other apps).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use super::extension::write_durably;
 
 use crate::reason::Reason;
 use crate::wasm::abi::check_name;
@@ -218,6 +220,83 @@ fn line_col(text: &str, offset: usize) -> String {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!("line {line}, column {column}: ")
+}
+
+/// The apps a node unloaded and has not loaded again, kept on disk
+/// (`<data_dir>/unloaded-apps.json`: each app's name and the directory it was
+/// loaded from), so that a rollback of the unload finds the app after a
+/// restart: its manifest is read again from that directory then.
+#[derive(Debug)]
+pub(crate) struct UnloadedApps {
+    /// `None`: nothing is kept across restarts.
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UnloadedFile {
+    version: u32,
+    /// Name → directory.
+    apps: BTreeMap<String, PathBuf>,
+}
+
+const UNLOADED_VERSION: u32 = 1;
+
+impl UnloadedApps {
+    pub(crate) fn new(data_dir: Option<&Path>) -> UnloadedApps {
+        UnloadedApps { file: data_dir.map(|dir| dir.join("unloaded-apps.json")) }
+    }
+
+    /// The manifests of the apps on file, read again from their
+    /// directories, and what could not be read (an app whose directory or
+    /// manifest is gone, or names another app now, is left out).
+    pub(crate) fn recover(&self) -> (Vec<AppManifest>, Vec<String>) {
+        let (mut manifests, mut problems) = (Vec::new(), Vec::new());
+        let Some(file) = &self.file else {
+            return (manifests, problems);
+        };
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return (manifests, problems),
+            Err(err) => {
+                problems.push(format!("cannot read {}: {err}", file.display()));
+                return (manifests, problems);
+            }
+        };
+        let apps = match serde_json::from_str::<UnloadedFile>(&text) {
+            Ok(doc) if doc.version == UNLOADED_VERSION => doc.apps,
+            Ok(doc) => {
+                problems.push(format!("{} has version {}, not {UNLOADED_VERSION}", file.display(), doc.version));
+                return (manifests, problems);
+            }
+            Err(err) => {
+                problems.push(format!("{}: {err}", file.display()));
+                return (manifests, problems);
+            }
+        };
+        for (name, dir) in apps {
+            match AppManifest::load(&dir) {
+                Ok(manifest) if manifest.name == name => manifests.push(manifest),
+                Ok(manifest) => problems.push(format!(
+                    "unloaded app `{name}`: {} now names the app `{}`; it cannot be rolled back",
+                    manifest.file.display(),
+                    manifest.name
+                )),
+                Err(err) => problems.push(format!("unloaded app `{name}`: {err}; it cannot be rolled back")),
+            }
+        }
+        (manifests, problems)
+    }
+
+    /// Writes `apps` (the unloaded apps, by name) to the file durably.
+    pub(crate) fn save(&self, apps: &BTreeMap<String, AppManifest>) -> Result<(), String> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let apps = apps.iter().map(|(name, manifest)| (name.clone(), manifest.dir.clone())).collect();
+        let text = serde_json::to_string_pretty(&UnloadedFile { version: UNLOADED_VERSION, apps })
+            .map_err(|err| format!("cannot write {}: {err}", file.display()))?;
+        write_durably(file, text.as_bytes()).map_err(|err| format!("cannot write {}: {err}", file.display()))
+    }
 }
 
 #[cfg(test)]

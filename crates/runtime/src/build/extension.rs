@@ -320,7 +320,9 @@ impl Extensions {
     }
 }
 
-fn write_durably(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `file` durably: a temporary file beside it, fsync,
+/// rename, fsync of the directory.
+pub(crate) fn write_durably(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;

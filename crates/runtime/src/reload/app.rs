@@ -39,7 +39,10 @@ pub(crate) fn plan_app(shared: &Arc<Shared>, source: AppSource<'_>, options: &Re
     };
     let unit = Unit::new(Kind::App, &target);
     let dir: PathBuf = match source {
-        AppSource::Name(name) => match shared.app(name) {
+        // An app unloaded since the node started (or one a cluster member
+        // did not load because its cluster unloaded it) loads again from its
+        // directory.
+        AppSource::Name(name) => match shared.app(name).or_else(|| shared.unloaded_app(name)) {
             Some(manifest) => manifest.dir,
             None => return unit.error(Failure::new(name, Reason::AppNotFound, format!("app `{name}` is not loaded"))),
         },

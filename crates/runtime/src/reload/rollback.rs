@@ -11,11 +11,13 @@
 //! so rolling back to it (`to` its id) or past it (the default, its `from`)
 //! loads the build it unloaded. An extension comes back recorded again (its
 //! record rebuilt from the build's source file, which must still be inside
-//! the extension roots); an app unloaded since the node started comes back
-//! with the manifest it had, its declared processes started afresh (their
-//! state went with the unload). A module of an unloaded app comes back only
-//! with its app, and a module an app's manifest dropped only by declaring it
-//! again.
+//! the extension roots); an unloaded app comes back with the manifest it had
+//! (after a restart: read again from its directory, which the node kept on
+//! disk), its declared processes started afresh (their state went with the
+//! unload). A module of an unloaded app comes back only with its app, and a
+//! module an app's manifest dropped only by declaring it again. An app's
+//! rollback `to` an entry goes back to how the request that recorded it left
+//! the app (one request records an entry per module).
 
 use sha2::{Digest, Sha256};
 
@@ -76,10 +78,13 @@ pub(crate) fn blueprint(shared: &Shared, request: &RollbackRequest) -> Result<Bl
                     manifest
                 }
             };
+            // An app goes back to how the whole request of entry `to` left
+            // it: `to` an unload's entry, every module it unloaded comes back.
+            let to = request.to.map(|id| history.last_of_request(id));
             let builds: Vec<BuildRef> = manifest
                 .modules
                 .iter()
-                .filter_map(|decl| module_build(history, &decl.name, request.to, false, &not_found).ok())
+                .filter_map(|decl| module_build(history, &decl.name, to, false, &not_found).ok())
                 .collect();
             if builds.is_empty() {
                 return Err(not_found(format!("no module of app `{name}` has an earlier build recorded")));

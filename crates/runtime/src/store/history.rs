@@ -367,6 +367,18 @@ impl History {
         self.lock().entries.iter().find(|entry| entry.id == id).map(Kept::entry)
     }
 
+    /// The newest id among the entries of the request that recorded entry
+    /// `id` (one request records an entry per module it changed); `id` when
+    /// there is no such entry.
+    pub(crate) fn last_of_request(&self, id: u64) -> u64 {
+        let state = self.lock();
+        let Some(request) = state.entries.iter().find(|entry| entry.id == id).map(|entry| entry.request_id.clone())
+        else {
+            return id;
+        };
+        state.entries.iter().filter(|entry| entry.request_id == request).map(|entry| entry.id).max().unwrap_or(id)
+    }
+
     /// The newest entry of `module`, at most `up_to` when given.
     pub(crate) fn latest(&self, module: &str, up_to: Option<u64>) -> Option<HistoryEntry> {
         let state = self.lock();

@@ -496,3 +496,59 @@ fn an_extension_running_a_canary_on_trial_unloads_whole_and_its_trial_ends_witho
     assert!(not_loaded(&host.node, "clock"));
     assert_eq!(host.node.history(Some("clock"), 1)[0].action, Action::Unload);
 }
+
+#[test]
+fn an_unloaded_app_comes_back_whole_by_a_reload_of_its_name_or_a_rollback_to_the_unload() {
+    let host = Host::new();
+    let loaded = host.app("demo", &[("counter", &counter('1')), ("clock", &versioned(1, 0))], &[("c", "counter")]);
+    assert_eq!(loaded.status(), Status::Ok, "{loaded:#?}");
+    assert_eq!(host.unload(UnloadTarget::App("demo".into())).status(), Status::Ok);
+    // A rollback to the unload's entry of one of its modules brings every
+    // module that unload took out back, not only that one.
+    let entries = host.node.history(None, 10);
+    let first = entries.iter().filter(|e| e.action == Action::Unload).map(|e| e.id).min().unwrap();
+    let back = host.rollback(RollbackTarget::App("demo".into()), Some(first));
+    assert_eq!(back.status(), Status::Ok, "{back:#?}");
+    let mut reloaded = back.reloaded.clone();
+    reloaded.sort();
+    assert_eq!(reloaded, ["clock", "counter"]);
+    assert!(host.node.call_process("c", r#"{"add":1}"#).is_ok());
+
+    // Unloaded again, the app comes back by a reload of its name too, read
+    // from its directory as it is now.
+    assert_eq!(host.unload(UnloadTarget::App("demo".into())).status(), Status::Ok);
+    host.write("demo/clock.wat", &versioned(2, 0));
+    let reload = host.node.reload(&ReloadRequest::new(Scope::App("demo".into()))).unwrap();
+    assert_eq!(reload.status(), Status::Ok, "{reload:#?}");
+    assert_eq!(host.node.call("clock", "get", "null").unwrap(), r#"{"v":2}"#);
+    assert!(host.node.call_process("c", r#"{"add":1}"#).is_ok(), "its processes started");
+    assert_eq!(host.node.status().apps.len(), 1);
+    // A name never loaded is still unknown.
+    let unknown = host.node.reload(&ReloadRequest::new(Scope::App("nope".into()))).unwrap();
+    assert_eq!(only_error(&unknown).0, Reason::AppNotFound);
+}
+
+#[test]
+fn a_rollback_of_an_app_unload_loads_it_back_after_a_restart_its_manifest_read_from_its_directory() {
+    let host = Host::new();
+    let loaded = host.app("demo", &[("counter", &counter('1')), ("clock", &versioned(1, 0))], &[("c", "counter")]);
+    assert_eq!(loaded.status(), Status::Ok, "{loaded:#?}");
+    assert_eq!(host.unload(UnloadTarget::App("demo".into())).status(), Status::Ok);
+    let host = host.restart();
+    assert!(host.node.status().apps.is_empty());
+    assert!(not_loaded(&host.node, "clock"));
+
+    let back = host.rollback(RollbackTarget::App("demo".into()), None);
+    assert_eq!(back.status(), Status::Ok, "{back:#?}");
+    let mut reloaded = back.reloaded.clone();
+    reloaded.sort();
+    assert_eq!(reloaded, ["clock", "counter"]);
+    assert_eq!(host.node.call("clock", "get", "null").unwrap(), r#"{"v":1}"#);
+    assert!(host.node.call_process("c", r#"{"add":1}"#).is_ok(), "its process started afresh");
+
+    // Loaded again, it is no longer kept as unloaded: after another restart
+    // (which loads no app here) there is nothing of it to roll back.
+    let host = host.restart();
+    let gone = host.rollback(RollbackTarget::App("demo".into()), None);
+    assert_eq!(only_error(&gone).0, Reason::AppNotFound, "{gone:#?}");
+}
