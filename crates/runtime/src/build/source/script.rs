@@ -160,7 +160,7 @@ fn tokens(source: &str) -> Result<Vec<Token>, String> {
                 }
                 Kind::Template
             }
-            b'/' if regex_may_start(source, tokens.last()) => {
+            b'/' if regex_may_start(source, &tokens) => {
                 at += 1;
                 let mut class = false;
                 loop {
@@ -254,14 +254,23 @@ fn tokens(source: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
-/// Whether a `/` after `previous` starts a regular expression.
-fn regex_may_start(source: &str, previous: Option<&Token>) -> bool {
-    let Some(previous) = previous else { return true };
+/// Whether a `/` after `tokens` starts a regular expression.
+fn regex_may_start(source: &str, tokens: &[Token]) -> bool {
+    let Some((previous, before)) = tokens.split_last() else { return true };
+    let after_dot = before.last().is_some_and(|token| token.kind == Kind::Punct(b'.'));
     match previous.kind {
-        Kind::Name => BEFORE_EXPRESSION.contains(&&source[previous.start..previous.end]),
+        // `a.return / 2` divides a property.
+        Kind::Name => !after_dot && BEFORE_EXPRESSION.contains(&&source[previous.start..previous.end]),
         Kind::Str | Kind::Template | Kind::Regex | Kind::Number => false,
         Kind::Punct(b')') => previous.condition,
         Kind::Punct(b']') => false,
+        // `i++ / 2`: a postfix `++` or `--` ends an operand.
+        Kind::Punct(sign @ (b'+' | b'-')) => match before.split_last() {
+            Some((same, rest)) if same.kind == Kind::Punct(sign) && same.end == previous.start => {
+                rest.split_last().is_none_or(|(operand, _)| regex_may_start(source, std::slice::from_ref(operand)))
+            }
+            _ => true,
+        },
         // The end of a block, far likelier at a statement's start than the
         // end of an object literal divided by something.
         Kind::Punct(_) => true,
@@ -538,9 +547,15 @@ mod tests {
     fn strings_comments_and_regular_expressions_hide_what_they_hold() {
         let source = "// export default 1\n/* import x from \"y\"\n export * */\nconst a = \"export default, 1\";\n\
                       const r = /[/`'\"]export,/g;\nconst half = (a.length) / 2 / 1;\nif (a) /x,/.test(a);\n\
-                      const t = `x ${ { a: `${ `y` }` }.a } z`;\nexport function f(x) { return x.import + obj.export; }\n";
+                      const t = `x ${ { a: `${ `y` }` }.a } z`;\nexport function f(x) { return x.import + obj.export; }\n\
+                      let i = 1;\nconst q = i++ / 2 + \"'\" + a.in / 2 / 1 + \"'\";\nconst e = ++i, r2 = +/'/.test(a);\n";
         let script = script(source).unwrap();
         assert_eq!(table(&script), ["f"]);
         assert!(script.contains("const r = /[/`'\"]export,/g;"));
+        let kinds = |source: &str| tokens(source).unwrap().iter().map(|token| token.kind).collect::<Vec<_>>();
+        assert!(!kinds("i++ / 2 / x.in / 3;").contains(&Kind::Regex));
+        assert!(!kinds("f(a) / 2 / [1][0] / b;").contains(&Kind::Regex));
+        assert_eq!(kinds("x = a - -/re/.source.length;").iter().filter(|kind| **kind == Kind::Regex).count(), 1);
+        assert_eq!(kinds("if (a) /re/.test(b); return /x/;").iter().filter(|kind| **kind == Kind::Regex).count(), 2);
     }
 }
