@@ -3,8 +3,8 @@
 //!
 //! - **Edit → new code serving**, end to end (the tool's build, the node's
 //!   compile, the swap, and a call answering with the edited constant), for a
-//!   small `.js` and `.py` extension (the `.py` both through the runner and
-//!   built whole) beside the same edit of a `.rs` one, each
+//!   small `.js` and `.py` extension (each both through its runner and built
+//!   whole) beside the same edit of a `.rs` one, each
 //!   split into the tool's share and the node's; and the restart a peer would
 //!   do instead (the tool's build, then a fresh node compiling the component
 //!   with Cranelift and answering a first call).
@@ -61,6 +61,8 @@ fn source(suffix: &str, n: u32) -> String {
         "py" => format!("def get():\n    return {n}\n\n\ndef add(a, b):\n    return a + b\n"),
         // A module the Python runner has not imported: built whole.
         "whole" => format!("import csv\n\n\n{}", source("py", n)),
+        // A default export, which only a module holds: built whole.
+        "jswhole" => format!("{}\nexport default add;\n", source("js", n)),
         _ => unreachable!(),
     }
 }
@@ -85,7 +87,11 @@ struct Edit {
 /// `rounds` edits of `NAME.SUFFIX`, each timed from the save to the first call
 /// answering the new constant.
 fn edits(node: &Node, root: &Path, suffix: &str, rounds: u32) -> Vec<Edit> {
-    let extension = if suffix == "whole" { "py" } else { suffix };
+    let extension = match suffix {
+        "whole" => "py",
+        "jswhole" => "js",
+        suffix => suffix,
+    };
     let file = root.join(format!("small_{suffix}.{extension}"));
     let module = format!("small_{suffix}");
     std::fs::write(&file, source(suffix, 0)).unwrap();
@@ -117,14 +123,14 @@ fn restart(root: &Path, suffix: &str, tools: &ExtensionsConfig) -> (f64, f64) {
         tier_up_after: None,
         ..NodeConfig::default()
     };
-    // A peer builds the file whole: for Python, a source the runner cannot take.
+    // A peer builds the file whole: a source the runner cannot take.
     let file = root.join(format!("peer_{suffix}.{suffix}"));
-    std::fs::write(&file, source(if suffix == "py" { "whole" } else { suffix }, 77)).unwrap();
+    std::fs::write(&file, source(if suffix == "py" { "whole" } else { "jswhole" }, 77)).unwrap();
     let builder = Node::new(config).unwrap();
     let (_, result) = reload(&builder, &file);
     let tool = result.metadata.compile.map_or(0.0, |run| ms(run.duration));
     drop(builder);
-    // The newest: for Python, the whole build after the runner's.
+    // The newest: the whole build after the runner's.
     let built = std::fs::read_dir(dir.path().join("data/sources/artifacts"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -256,7 +262,8 @@ fn main() {
     let mut rs_total = 0.0;
     let cases = [
         ("rs", ".rs (rustc)"),
-        ("js", ".js (componentize-qjs)"),
+        ("js", ".js (the runner: no tool)"),
+        ("jswhole", ".js built whole (componentize-qjs; `export default`)"),
         ("py", ".py (the runner: no tool)"),
         ("whole", ".py built whole (componentize-py; `import csv`)"),
     ];
@@ -306,7 +313,14 @@ fn main() {
     println!("| extension | calls/s | / Rust |");
     println!("|---|---|---|");
     let rust = calls_per_second(&node, "small_rs");
-    for (suffix, label) in [("rs", "Rust"), ("js", "JavaScript (QuickJS)"), ("py", "Python (CPython)")] {
+    let languages = [
+        ("rs", "Rust"),
+        ("js", "JavaScript (QuickJS, the runner)"),
+        ("jswhole", "JavaScript (QuickJS, built whole)"),
+        ("py", "Python (CPython, the runner)"),
+        ("whole", "Python (CPython, built whole)"),
+    ];
+    for (suffix, label) in languages {
         let rate = if suffix == "rs" { rust } else { calls_per_second(&node, &format!("small_{suffix}")) };
         println!("| {label} | {rate:.0} | {:.3} |", rate / rust);
     }

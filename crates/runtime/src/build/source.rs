@@ -18,11 +18,13 @@
 //! source — and its component is kept under that key, so an unchanged file
 //! never runs the tool again, not even after a restart.
 //!
-//! A Python plugin or process is first handed to a [`Runner`]: componentize-py
-//! run once on glue that reads the source from a slot of bytes at its first
-//! call, so that an edit writes the source into a copy of those bytes and runs
-//! no tool. A source the runner cannot load is built whole (the caller,
-//! `reload/extension.rs`, asks for that when the runner's build fails to load).
+//! A plugin or process is first handed to a [`Runner`]: the tool run once on
+//! glue that reads the source from a slot of bytes at its first call, so that
+//! an edit writes the source into a copy of those bytes and runs no tool. A
+//! JavaScript module is first turned into a script QuickJS can evaluate at
+//! run time (`source/script.rs`). A source the runner cannot take is built
+//! whole (the caller, `reload/extension.rs`, asks for that when the runner's
+//! build fails to load).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,8 @@ use super::compile::run_process;
 use crate::reason::{Failure, Reason};
 use crate::report::Stream;
 
+mod script;
+
 /// The WIT package `zest:guest@1.0.0` (`wit/zest.wit`, CONTRACT.md §13).
 pub use crate::wasm::wrap::ZEST_WIT;
 
@@ -47,6 +51,8 @@ const PLUGIN_PY: &str = include_str!("source/plugin.py");
 const SERVER_PY: &str = include_str!("source/server.py");
 const ZEST_PY: &str = include_str!("source/zest.py");
 const GLUE_JS: &str = include_str!("source/glue.js");
+const IMPORT_JS: &str = include_str!("source/import.js");
+const RUNNER_JS: &str = include_str!("source/runner.js");
 const PLUGIN_JS: &str = include_str!("source/plugin.js");
 const SERVER_JS: &str = include_str!("source/server.js");
 const ZEST_JS: &str = include_str!("source/zest.js");
@@ -277,8 +283,8 @@ pub(crate) struct SourceBuilds {
     /// Tools found, by language (a missing one is looked for again at the
     /// next build: it may have been installed since).
     found: Mutex<Vec<Tool>>,
-    /// Python runners by world name, built or read back on first use.
-    runners: Mutex<Vec<(String, Option<Arc<Runner>>)>>,
+    /// Runners by language and world name, built or read back on first use.
+    runners: Mutex<Vec<RunnerKept>>,
     /// `artifacts/` and the private build directories; a temporary
     /// directory of the node when it keeps nothing on disk.
     dir: PathBuf,
@@ -342,7 +348,7 @@ impl SourceBuilds {
 
     /// The component for `source` (the text of `file`, module `name`): the
     /// kept one when there is one, else the tool runs, killed after
-    /// `timeout`, each line it prints going to `on_line`. A Python plugin or
+    /// `timeout`, each line it prints going to `on_line`. A plugin or
     /// process, unless `whole`, is handed to the runner instead ([`Runner`]):
     /// no tool runs but the runner's first build. Errors: `compile_error`
     /// with the tool's words (paths shown as in `file`'s directory),
@@ -376,10 +382,21 @@ impl SourceBuilds {
             Err(err) => return Err(fail(Reason::CompileError, format!("cannot read {}: {err}", wit_file.display()))),
         };
         let vsn = hex::encode(Sha256::digest(source))[..16].to_string();
-        if !whole && language == Language::Python && !matches!(world, World::Own(_)) {
-            if let Some((runner, run)) = self.runner(target, &tool, &world, timeout, on_line)? {
-                if let Some(component) = runner.hand(name, &vsn, text) {
-                    return Ok(SourceBuild { component, run, runner: true });
+        if !whole && !matches!(world, World::Own(_)) {
+            let handed = match language {
+                Language::Python => Ok(text.to_string()),
+                Language::JavaScript => script::script(text),
+            };
+            match handed {
+                Ok(handed) => {
+                    if let Some((runner, run)) = self.runner(target, &tool, &world, timeout, on_line)? {
+                        if let Some(component) = runner.hand(name, &vsn, &handed) {
+                            return Ok(SourceBuild { component, run, runner: true });
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!(file = %file.display(), why, "the JavaScript runner cannot take the file; it is built whole");
                 }
             }
         }
@@ -417,9 +434,9 @@ impl SourceBuilds {
         self.dir.join("artifacts").join(format!("{}.wasm", hex::encode(key.finalize())))
     }
 
-    /// The Python runner for `world`: the one in memory, the one kept on
-    /// disk, or built now by the tool (once per tool version and world; the
-    /// tool's run is returned then). `None` when its build has no one slot
+    /// The runner of `tool`'s language for `world`: the one in memory, the
+    /// one kept on disk, or built now by the tool (once per tool version and
+    /// world; the tool's run is returned then). `None` when its build has no one slot
     /// to write (a tool that snapshots differently): files are built whole.
     fn runner(
         &self,
@@ -429,23 +446,28 @@ impl SourceBuilds {
         timeout: Duration,
         on_line: &dyn Fn(Stream, &str),
     ) -> Result<Option<RunnerFound>, Failure> {
+        let language = tool.language;
         let mut runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, runner)) = runners.iter().find(|(kind, _)| kind == world.name()) {
+        if let Some((.., runner)) = runners.iter().find(|(of, kind, _)| *of == language && kind == world.name()) {
             return Ok(runner.clone().map(|runner| (runner, None)));
         }
-        let inputs = inputs(Language::Python, None, world, "");
+        let inputs = inputs(language, None, world, "");
         let artifact = self.artifact(tool, world, &inputs, b"runner");
         let (bytes, run) = match fs::read(&artifact) {
             Ok(bytes) => (bytes, None),
             Err(_) => {
-                let file = self.dir.join(format!("runner-{}.py", world.name()));
+                let file = self.dir.join(format!("runner-{}.{}", world.name(), language.suffix()));
+                let entry = match language {
+                    Language::Python => "zest_glue",
+                    Language::JavaScript => "zest_glue.js",
+                };
                 let build = ToolBuild {
                     target,
                     tool,
                     world,
                     inputs: &inputs,
                     source_file: None,
-                    entry: "zest_glue".to_string(),
+                    entry: entry.to_string(),
                     file: &file,
                 };
                 let (bytes, run) = self.run_tool(&build, &artifact, timeout, on_line)?;
@@ -454,9 +476,9 @@ impl SourceBuilds {
         };
         let runner = Runner::find_slot(&bytes).map(|slot| Arc::new(Runner { bytes, slot }));
         if runner.is_none() {
-            tracing::warn!(tool = %tool.version, world = world.name(), "the Python runner has no one slot; files are built whole");
+            tracing::warn!(tool = %tool.version, world = world.name(), "the runner has no one slot; files are built whole");
         }
-        runners.push((world.name().to_string(), runner.clone()));
+        runners.push((language, world.name().to_string(), runner.clone()));
         Ok(runner.map(|runner| (runner, run)))
     }
 
@@ -552,6 +574,9 @@ impl SourceBuilds {
     }
 }
 
+/// A runner of a language and world (`None`: its build has no one slot).
+type RunnerKept = (Language, String, Option<Arc<Runner>>);
+
 /// A runner, and the tool's run when it was built just now.
 type RunnerFound = (Arc<Runner>, Option<ToolRun>);
 
@@ -571,16 +596,17 @@ struct ToolBuild<'a> {
     file: &'a Path,
 }
 
-/// The marker before a Python runner's slot, XOR 0x2A (as `runner.py`
-/// writes it, so the literal in the glue's code is not the marker itself).
+/// The marker before a runner's slot, XOR 0x2A (as `runner.py` and
+/// `runner.js` write it, so the literal in the glue's code is not the marker
+/// itself).
 const SLOT_MARK: &[u8; 20] = b"pOYZ\x07y_MZOO\x07tSjXkx`{";
 
 /// How many bytes of header and source a runner's slot holds.
 const SLOT_BYTES: usize = 256 * 1024;
 
-/// A Python interpreter and the glue of one world, built once per tool
-/// version, to which an extension's source is handed as data: the node
-/// writes it into the bytes of the runner's slot (a buffer the glue made
+/// An interpreter (CPython, QuickJS) and the glue of one world, built once
+/// per tool version, to which an extension's source is handed as data: the
+/// node writes it into the bytes of the runner's slot (a buffer the glue made
 /// while the tool snapshotted it, now a data segment of the component), and
 /// an instance runs it at its first call. An edit then costs no tool run and
 /// a compile of the same interpreter (docs/benchmarks.md, "Guests in
@@ -614,8 +640,8 @@ impl Runner {
             .then_some(slot)
     }
 
-    /// A copy of the runner holding module `name`'s `source`; `None` when it
-    /// does not fit the slot.
+    /// A copy of the runner holding module `name`'s `source` (for JavaScript,
+    /// the script made of it); `None` when it does not fit the slot.
     fn hand(&self, name: &str, vsn: &str, source: &str) -> Option<Vec<u8>> {
         let header = serde_json::json!({"module": name, "vsn": vsn}).to_string();
         let payload = format!("{header}\n{source}");
@@ -691,7 +717,7 @@ fn tool_words(language: Language, output: &[String]) -> String {
 /// The files a build writes beside the source, as `(path in the build
 /// directory, text)`: the WIT, and the glue unless the file brings its own
 /// WIT (then a Python file gets only the entry that checks it against that
-/// WIT's world). `name` `None` is a Python runner's glue.
+/// WIT's world). `name` `None` is a runner's glue.
 fn inputs(language: Language, name: Option<&str>, world: &World, vsn: &str) -> Vec<(String, String)> {
     let mut files = Vec::new();
     match world {
@@ -723,8 +749,22 @@ fn inputs(language: Language, name: Option<&str>, world: &World, vsn: &str) -> V
                     )
                 }
                 Language::JavaScript => {
+                    let loader = match name {
+                        Some(_) => IMPORT_JS.to_string(),
+                        None => {
+                            let mark: Vec<String> = SLOT_MARK.iter().map(u8::to_string).collect();
+                            RUNNER_JS
+                                .replace("@MARK@", &format!("[{}]", mark.join(", ")))
+                                .replace("@SLOT@", &SLOT_BYTES.to_string())
+                        }
+                    };
                     let world_part = if server { SERVER_JS } else { PLUGIN_JS };
-                    (format!("{GLUE_JS}{world_part}"), ZEST_JS, "zest_glue.js", "zest.js")
+                    (
+                        format!("{}{world_part}", GLUE_JS.replace("@LOADER@", &loader)),
+                        ZEST_JS,
+                        "zest_glue.js",
+                        "zest.js",
+                    )
                 }
             };
             let glue = glue

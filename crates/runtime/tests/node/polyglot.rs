@@ -217,7 +217,9 @@ fn a_javascript_file_serves_its_exported_functions_and_a_broken_edit_leaves_it_s
         }
         loaded
     };
-    assert!(loaded.metadata.compile.is_some());
+    // The first JavaScript file builds the runner its source is handed to.
+    let compile = loaded.metadata.compile.as_ref().expect("componentize-qjs ran");
+    assert!(compile.command.as_deref().unwrap().ends_with("(the runner of world plugin)"), "{compile:?}");
     let output = output.into_inner().unwrap();
     assert!(output.iter().any(|line| line.contains("Component written")), "the tool's output streams: {output:?}");
 
@@ -230,18 +232,47 @@ fn a_javascript_file_serves_its_exported_functions_and_a_broken_edit_leaves_it_s
     assert!(not_json.contains("big returned a value that is not JSON"), "{not_json}");
     assert!(poly.call("hello", "hidden", "null").is_err());
 
+    // An edit runs no tool: the runner takes the new source, its exports
+    // written every way a module may (the host's functions imported).
+    let edited = format!(
+        "import {{ nowMs as now }} from \"./zest.js\";\n{}\nexport const later = () => now() > 0;\n\
+         const twice = (n) => 2 * n;\nexport {{ twice as double, hidden }};\n",
+        HELLO_JS.replace("\"hello\"", "\"howdy\"")
+    );
+    let loaded = poly.load("hello.js", &edited);
+    assert!(loaded.metadata.compile.is_none(), "{loaded:#?}");
+    assert_eq!(poly.call("hello", "greet", r#"["ann"]"#).unwrap(), r#""howdy, ann""#);
+    assert_eq!(poly.call("hello", "double", "[21]").unwrap(), "42");
+    assert_eq!(poly.call("hello", "hidden", "null").unwrap(), r#""not exported""#);
+    assert_eq!(poly.call("hello", "later", "null").unwrap(), "true");
+    // Lines as the user's file has them, through the runner too.
+    let thrown = failure(poly.call("hello", "parse", r#"["y"]"#));
+    assert!(thrown.contains("TypeError: not a number: y") && thrown.contains("hello.js:14"), "{thrown}");
+    let module = poly.node.status().modules.into_iter().find(|m| m.name == "hello").unwrap();
+    assert_eq!(module.functions, ["add", "big", "double", "greet", "hidden", "later", "parse"]);
+
+    // A default export is a module's alone: the file is built whole, and serves.
+    let whole = format!("{}\nexport default function main() {{\n  return 1;\n}}\n", edited.replace("howdy", "hi"));
+    let whole = poly.load("hello.js", &whole);
+    let compile = whole.metadata.compile.as_ref().expect("componentize-qjs built the file");
+    assert!(compile.command.as_deref().unwrap().ends_with("extensions/hello.js"), "{compile:?}");
+    assert_eq!(poly.call("hello", "greet", r#"["ann"]"#).unwrap(), r#""hi, ann""#);
+    assert_eq!(poly.call("hello", "double", "[4]").unwrap(), "8");
+
     let broken =
         poly.reload(&poly.write("hello.js", &HELLO_JS.replace("export function big() {", "export function big( {")));
     let (reason, message) = only_error(&broken);
     assert_eq!(reason, Reason::CompileError);
-    assert!(message.contains("extensions/hello.js:"), "the file and line: {message}");
+    // The runner's script does not evaluate, so the tool builds the file
+    // whole, and its words name the line (where QuickJS notices).
+    assert!(message.contains("extensions/hello.js:18:"), "the file and line: {message}");
     assert!(!message.contains("Output:"), "{message}");
     let raising = poly.reload(&poly.write("hello.js", &format!("{HELLO_JS}\nthrow new Error(\"no config\");\n")));
     let (reason, message) = only_error(&raising);
     assert_eq!(reason, Reason::CompileError);
     let line = format!("hello.js:{}:", HELLO_JS.lines().count() + 2);
     assert!(message.contains("no config") && message.contains(&line), "{message}");
-    assert_eq!(poly.call("hello", "greet", r#"["still"]"#).unwrap(), r#""hello, still""#);
+    assert_eq!(poly.call("hello", "greet", r#"["still"]"#).unwrap(), r#""hi, still""#);
 }
 
 /// A counter process; each language's `code_change` appends to `trail` the
@@ -300,16 +331,26 @@ fn a_process_moves_from_python_to_javascript_and_back_with_its_state() {
     // The module `counter` now comes from counter.js: the process moves, its
     // state going through Python's save_state into JavaScript's code_change.
     std::fs::remove_file(&py).unwrap();
-    poly.load("counter.js", COUNTER_JS);
+    let js = poly.load("counter.js", COUNTER_JS);
+    let compile = js.metadata.compile.as_ref().expect("componentize-qjs built the runner");
+    assert!(compile.command.as_deref().unwrap().ends_with("(the runner of world server)"), "{compile:?}");
     assert_eq!(poly.node.call_process("c", r#"{"add": 1}"#).unwrap(), "8");
     let state = poly.node.call_process("c", r#""get""#).unwrap();
     assert_eq!(state, r#"{"count":8,"trail":["python->javascript"]}"#);
+
+    // An edit of the JavaScript file runs no tool: the process moves through
+    // the runner, its state through both versions' functions.
+    let edited = poly.load("counter.js", &COUNTER_JS.replace("count: old.count,", "count: old.count + 100,"));
+    assert!(edited.metadata.compile.is_none(), "{edited:#?}");
+    let state = poly.node.call_process("c", r#""get""#).unwrap();
+    assert_eq!(state, r#"{"count":108,"trail":["python->javascript","javascript->javascript"]}"#);
 
     // And back to the Python file (its build kept: no tool runs).
     let back = poly.load("counter.py", COUNTER_PY);
     assert!(back.metadata.compile.is_none(), "{back:#?}");
     let state = poly.node.call_process("c", r#""get""#).unwrap();
-    assert_eq!(state, r#"{"count": 8, "trail": ["python->javascript", "javascript->python"]}"#);
+    let trail = r#"["python->javascript", "javascript->javascript", "javascript->python"]"#;
+    assert_eq!(state, format!(r#"{{"count": 108, "trail": {trail}}}"#));
 }
 
 #[test]

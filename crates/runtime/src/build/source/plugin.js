@@ -1,12 +1,21 @@
 
-const NAMES = Object.keys(user).filter((name) => typeof user[name] === "function" && name !== "vsn").sort();
+let NAMES = null;
+
+// The module's exported functions, listed at the first call.
+function names() {
+  if (NAMES === null) {
+    const user = module();
+    NAMES = Object.keys(user).filter((name) => typeof user[name] === "function" && name !== "vsn").sort();
+  }
+  return NAMES;
+}
 
 export const dynamic = {
   functions() {
-    return NAMES;
+    return names();
   },
   invoke(fn, args) {
-    if (!NAMES.includes(fn)) throw `${FILE} has no function ${fn}`;
+    if (!names().includes(fn)) throw `${file()} has no function ${fn}`;
     let value;
     try {
       value = JSON.parse(args);
@@ -15,7 +24,7 @@ export const dynamic = {
     }
     let result;
     try {
-      result = apply(user[fn], value);
+      result = apply(module()[fn], value);
     } catch (err) {
       throw failure(err);
     }

@@ -1,5 +1,6 @@
 
 function run(names, ...args) {
+  const user = module();
   const f = names.map((name) => user[name]).find((f) => typeof f === "function");
   try {
     return f(...args);
