@@ -708,6 +708,19 @@ mod tests {
     }
 
     #[test]
+    fn a_staging_deadline_reads_the_time_but_leaves_the_ticker_slow() {
+        let clock = Clock::default();
+        std::thread::sleep(Duration::from_millis(30));
+        // No tick has run: the deadline still counts from now, not from 0.
+        let deadline = clock.staging_deadline(Duration::from_millis(100));
+        assert!(deadline >= 131, "a staging call's deadline is never shortened: {deadline}");
+        assert!(!clock.calls.load(Ordering::Relaxed), "staging a version is not a call that speeds the ticker up");
+        let deadline = clock.deadline(Duration::from_millis(100));
+        assert!(deadline >= 131, "{deadline}");
+        assert!(clock.calls.load(Ordering::Relaxed), "a call speeds the ticker up");
+    }
+
+    #[test]
     fn an_edit_of_one_function_compiles_one_part_and_a_small_module_stays_whole() {
         let config = NodeConfig { compiler: Compiler::Winch, ..NodeConfig::default() };
         let mut engines = Engines::new(&config).unwrap();
