@@ -135,7 +135,8 @@ fn reload_section(quick: bool) {
     for (functions, beam) in BEAM_NL_MS {
         let fleet = Fleet::start_with(&["a", "b", "c"], bench_app(functions), Duration::from_secs(60), &[]);
         let a = fleet.member("a");
-        let reload = |marker: u64, edited: Option<usize>| timed_reload(&fleet, a, module_wat(functions, marker, edited));
+        let reload =
+            |marker: u64, edited: Option<usize>| timed_reload(&fleet, a, module_wat(functions, marker, edited));
         // Both builds compiled on every member once, then alternated.
         reload(1, None);
         reload(2, None);
@@ -153,8 +154,7 @@ fn reload_section(quick: bool) {
         // edit of one function: each member's split compile recompiles the
         // part that holds it.
         let edit_rounds = if quick { 10 } else { 30 };
-        let mut edited: Vec<f64> =
-            (0..edit_rounds).map(|i| reload(10_000 + i as u64, Some(functions / 2))).collect();
+        let mut edited: Vec<f64> = (0..edit_rounds).map(|i| reload(10_000 + i as u64, Some(functions / 2))).collect();
         for (label, samples) in [
             ("two, alternated", &mut warm),
             ("new each time, data string edited", &mut data),
