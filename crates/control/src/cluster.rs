@@ -384,6 +384,14 @@ impl Cluster {
                     continue;
                 }
             }
+            // A plan prepared here waits for its decision: the watch's event
+            // for that commit usually comes before the coordinator's
+            // `cluster.commit`, and catching up now would only wait for the
+            // plan's session. Whatever ends the plan (commit, settle, abort,
+            // its deadline) wakes this loop again.
+            if woken && !self.pending_lock().is_empty() {
+                continue;
+            }
             let cluster = Arc::clone(&self);
             match tokio::task::spawn_blocking(move || cluster.catch_up(!woken)).await {
                 Ok(Ok(())) => {}

@@ -257,7 +257,7 @@ impl Cluster {
         aborted.iter().find(|(id, _)| id == request_id).map(|(_, cause)| *cause)
     }
 
-    fn pending_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
+    pub(super) fn pending_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

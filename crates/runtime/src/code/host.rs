@@ -38,6 +38,12 @@ impl CallCtx {
     pub(crate) fn root(clock: &Clock, timeout: Duration) -> Self {
         CallCtx { deadline: clock.deadline(timeout), depth: 0 }
     }
+
+    /// The deadline of a call a reload makes while staging a version
+    /// ([`Clock::staging_deadline`]).
+    pub(crate) fn staging(clock: &Clock, timeout: Duration) -> Self {
+        CallCtx { deadline: clock.staging_deadline(timeout), depth: 0 }
+    }
 }
 
 pub(crate) fn pack(ptr: u32, len: u32) -> i64 {
@@ -249,7 +255,7 @@ impl HostState {
         HostState {
             module,
             guest: None,
-            ctx: CallCtx::root(&env.clock, limits.call_timeout),
+            ctx: CallCtx::staging(&env.clock, limits.call_timeout),
             call_timeout: limits.call_timeout,
             memory: MemoryLimiter { max_bytes: limits.memory_bytes() },
             clock: Arc::clone(&env.clock),
@@ -262,6 +268,11 @@ impl HostState {
     /// A fresh deadline for a call starting now.
     pub(crate) fn root_ctx(&self) -> CallCtx {
         CallCtx::root(&self.clock, self.call_timeout)
+    }
+
+    /// A fresh deadline for a call a reload makes while staging a version.
+    pub(crate) fn staging_ctx(&self) -> CallCtx {
+        CallCtx::staging(&self.clock, self.call_timeout)
     }
 
     pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {

@@ -357,7 +357,7 @@ impl Instance {
         let Guest::Component { instance, exports, .. } = &self.guest else { return Ok(Vec::new()) };
         let Some(dynamic) = &exports.dynamic else { return Ok(Vec::new()) };
         let (instance, index) = (*instance, dynamic.functions);
-        self.store.data_mut().ctx = self.store.data().root_ctx();
+        self.store.data_mut().ctx = self.store.data().staging_ctx();
         let called = typed::<(), (Vec<String>,)>(&mut self.store, instance, &index)
             .and_then(|func| func.call(&mut self.store, ()));
         let (names,) = called.map_err(|err| {
@@ -368,7 +368,7 @@ impl Instance {
 
     /// Calls `zest_vsn` (a component's `vsn`) and checks what it returns.
     pub(crate) fn read_vsn(&mut self) -> Result<String, String> {
-        self.store.data_mut().ctx = self.store.data().root_ctx();
+        self.store.data_mut().ctx = self.store.data().staging_ctx();
         let vsn = match &self.guest {
             Guest::Core(core) => {
                 let memory = core.memory;
