@@ -299,15 +299,22 @@ fn in_a_cluster_an_app_reload_unloads_a_dropped_module_on_every_member() {
     assert_eq!(code(&called), (-32004, "NOT_FOUND"), "{called}");
 }
 
-#[test]
-fn in_a_cluster_system_unload_takes_an_extension_and_an_app_out_of_every_member_and_the_desired_state() {
-    let mut fleet = support::Fleet::start(&["a", "b", "c"]);
+/// Writes extension `shout.wat` under member a's extension root and loads it
+/// through a on every member; its path.
+fn load_shout_everywhere(fleet: &support::Fleet) -> String {
     let extension = fleet.member_dir("a").join("extensions/shout.wat");
     std::fs::create_dir_all(extension.parent().unwrap()).unwrap();
     std::fs::write(&extension, extension_wat(7, 0)).unwrap();
     let path = extension.display().to_string();
     let loaded = fleet.member("a").reload(json!({"scope": "extension", "path": path}));
     assert_eq!(loaded["metadata"]["cluster"]["phase"], "committed", "{loaded}");
+    path
+}
+
+#[test]
+fn in_a_cluster_system_unload_takes_an_extension_and_an_app_out_of_every_member_and_the_desired_state() {
+    let mut fleet = support::Fleet::start(&["a", "b", "c"]);
+    let path = load_shout_everywhere(&fleet);
     let ids = ["a", "b", "c"];
     for id in ids {
         let called = fleet.member(id).rpc("module.call", json!({"module": "shout", "function": "get"}));
@@ -401,12 +408,7 @@ fn called_ok(member: &Served, module: &str, function: &str) -> bool {
 #[test]
 fn in_a_cluster_what_was_unloaded_stays_out_of_a_member_restarted_with_it_configured_and_of_one_away_until_a_reload() {
     let mut fleet = support::Fleet::start(&["a", "b", "c"]);
-    let extension = fleet.member_dir("a").join("extensions/shout.wat");
-    std::fs::create_dir_all(extension.parent().unwrap()).unwrap();
-    std::fs::write(&extension, extension_wat(7, 0)).unwrap();
-    let path = extension.display().to_string();
-    let loaded = fleet.member("a").reload(json!({"scope": "extension", "path": path}));
-    assert_eq!(loaded["metadata"]["cluster"]["phase"], "committed", "{loaded}");
+    let path = load_shout_everywhere(&fleet);
 
     // Both b and c are away during the unloads: b killed (it starts again
     // later, its configuration listing the app and its data directory
@@ -491,12 +493,7 @@ fn in_a_cluster_what_was_unloaded_stays_out_of_a_member_restarted_with_it_config
 #[test]
 fn in_a_cluster_a_rollback_of_an_unload_loads_it_back_on_every_member_and_clears_its_mark() {
     let mut fleet = support::Fleet::start(&["a", "b"]);
-    let extension = fleet.member_dir("a").join("extensions/shout.wat");
-    std::fs::create_dir_all(extension.parent().unwrap()).unwrap();
-    std::fs::write(&extension, extension_wat(7, 0)).unwrap();
-    let path = extension.display().to_string();
-    let loaded = fleet.member("a").reload(json!({"scope": "extension", "path": path}));
-    assert_eq!(loaded["metadata"]["cluster"]["phase"], "committed", "{loaded}");
+    let path = load_shout_everywhere(&fleet);
     let unloaded = fleet.member("a").rpc("system.unload", json!({"app": "demo"}));
     assert_eq!(unloaded["result"]["status"], "ok", "{unloaded}");
     let unloaded = fleet.member("a").rpc("system.unload", json!({"extension": path}));

@@ -175,6 +175,16 @@ fn relay() -> String {
     ])
 }
 
+/// Rolls app `demo` back (to history entry `to`, or its newest), which must
+/// bring back both its modules.
+fn demo_rolled_back(host: &Host, to: Option<u64>) {
+    let back = host.rollback(RollbackTarget::App("demo".into()), to);
+    assert_eq!(back.status(), Status::Ok, "{back:#?}");
+    let mut reloaded = back.reloaded.clone();
+    reloaded.sort();
+    assert_eq!(reloaded, ["clock", "counter"]);
+}
+
 #[test]
 fn an_unloaded_extension_leaves_the_registry_the_ledger_the_records_and_a_restart() {
     let host = Host::new();
@@ -429,11 +439,7 @@ fn a_rollback_loads_an_unloaded_app_back_with_its_processes_and_a_module_of_it_o
     assert!(message.contains("roll back the app"), "{message}");
     assert!(not_loaded(&host.node, "clock"));
 
-    let back = host.rollback(RollbackTarget::App("demo".into()), None);
-    assert_eq!(back.status(), Status::Ok, "{back:#?}");
-    let mut reloaded = back.reloaded.clone();
-    reloaded.sort();
-    assert_eq!(reloaded, ["clock", "counter"]);
+    demo_rolled_back(&host, None);
     assert_eq!(host.node.call("clock", "get", "null").unwrap(), r#"{"v":1}"#);
     let status = host.node.status();
     assert_eq!(status.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["demo"]);
@@ -507,11 +513,7 @@ fn an_unloaded_app_comes_back_whole_by_a_reload_of_its_name_or_a_rollback_to_the
     // module that unload took out back, not only that one.
     let entries = host.node.history(None, 10);
     let first = entries.iter().filter(|e| e.action == Action::Unload).map(|e| e.id).min().unwrap();
-    let back = host.rollback(RollbackTarget::App("demo".into()), Some(first));
-    assert_eq!(back.status(), Status::Ok, "{back:#?}");
-    let mut reloaded = back.reloaded.clone();
-    reloaded.sort();
-    assert_eq!(reloaded, ["clock", "counter"]);
+    demo_rolled_back(&host, Some(first));
     assert!(host.node.call_process("c", r#"{"add":1}"#).is_ok());
 
     // Unloaded again, the app comes back by a reload of its name too, read
@@ -538,11 +540,7 @@ fn a_rollback_of_an_app_unload_loads_it_back_after_a_restart_its_manifest_read_f
     assert!(host.node.status().apps.is_empty());
     assert!(not_loaded(&host.node, "clock"));
 
-    let back = host.rollback(RollbackTarget::App("demo".into()), None);
-    assert_eq!(back.status(), Status::Ok, "{back:#?}");
-    let mut reloaded = back.reloaded.clone();
-    reloaded.sort();
-    assert_eq!(reloaded, ["clock", "counter"]);
+    demo_rolled_back(&host, None);
     assert_eq!(host.node.call("clock", "get", "null").unwrap(), r#"{"v":1}"#);
     assert!(host.node.call_process("c", r#"{"add":1}"#).is_ok(), "its process started afresh");
 
