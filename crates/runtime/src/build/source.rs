@@ -7,9 +7,9 @@
 //! `dynamic` export serves the file's top-level functions with JSON in and out,
 //! or, when the file defines `init`, `handle`, `save_state` and `code_change`,
 //! against the world `server`. With a `NAME.wit`, the file implements the world
-//! that file declares, in the tool's own idiom, and no glue is written (a
-//! Python file's entry, `source/own.py`, checks at build time that it has each
-//! function of that world: componentize-py would build it without one).
+//! that file declares, in the tool's own idiom, and no glue is written (its
+//! entry, `source/own.py` or `source/own.js`, checks at build time that it has
+//! each function of that world: both tools would build it without one).
 //!
 //! The tool runs as a child process in a private directory, leading its own
 //! process group, killed with its children after the build timeout; each line
@@ -52,6 +52,7 @@ const SERVER_PY: &str = include_str!("source/server.py");
 const ZEST_PY: &str = include_str!("source/zest.py");
 const GLUE_JS: &str = include_str!("source/glue.js");
 const IMPORT_JS: &str = include_str!("source/import.js");
+const OWN_JS: &str = include_str!("source/own.js");
 const RUNNER_JS: &str = include_str!("source/runner.js");
 const PLUGIN_JS: &str = include_str!("source/plugin.js");
 const SERVER_JS: &str = include_str!("source/server.js");
@@ -408,6 +409,11 @@ impl SourceBuilds {
         let source_file = Some((format!("{name}.{}", language.suffix()), source));
         let entry = match (&world, language) {
             (World::Own(_), Language::Python) => "zest_own".to_string(),
+            // The entry that checks the file against its world, unless the
+            // WIT did not parse here (the tool then says why).
+            (World::Own(_), Language::JavaScript) if inputs.iter().any(|(file, _)| file == OWN_JS_ENTRY) => {
+                OWN_JS_ENTRY.to_string()
+            }
             (World::Own(_), Language::JavaScript) => format!("{name}.js"),
             (_, Language::Python) => "zest_glue".to_string(),
             (_, Language::JavaScript) => "zest_glue.js".to_string(),
@@ -685,14 +691,17 @@ impl Names {
 
 /// A failed build's output as the error shows it: the tool's own words, less
 /// its wrapping — componentize-qjs's banner (the paths of the build
-/// directory), componentize-py's own traceback around the user's one.
+/// directory) and the stack line of the node's entry (`source/own.js`),
+/// componentize-py's own traceback around the user's one.
 fn tool_words(language: Language, output: &[String]) -> String {
     let lines: Vec<&str> = match language {
         Language::JavaScript => output
             .iter()
             .map(String::as_str)
             .filter(|line| {
-                *line != "componentize-qjs" && !["  WIT:", "  JS:", "  Output:"].iter().any(|p| line.starts_with(p))
+                *line != "componentize-qjs"
+                    && !["  WIT:", "  JS:", "  Output:"].iter().any(|p| line.starts_with(p))
+                    && !(line.trim_start().starts_with("at ") && line.contains(&format!("(/{OWN_JS_ENTRY}:")))
             })
             .collect(),
         Language::Python => {
@@ -724,9 +733,16 @@ fn inputs(language: Language, name: Option<&str>, world: &World, vsn: &str) -> V
         World::Own(wit) => {
             files.push((format!("wit/{}.wit", name.unwrap_or("world")), wit.clone()));
             files.push(("wit/deps/zest-guest/zest.wit".to_string(), ZEST_WIT.to_string()));
-            // A Python file's entry checks it implements the world.
-            if language == Language::Python {
-                files.push(("zest_own.py".to_string(), OWN_PY.replace("@MODULE@", name.unwrap_or("world"))));
+            // The file's entry checks it implements the world.
+            let module = name.unwrap_or("world");
+            match language {
+                Language::Python => files.push(("zest_own.py".to_string(), OWN_PY.replace("@MODULE@", module))),
+                Language::JavaScript => match js_wanted(wit) {
+                    Ok(wanted) => files.push((OWN_JS_ENTRY.to_string(), own_js(module, &wanted))),
+                    Err(why) => {
+                        tracing::debug!(module, why, "the WIT does not parse here; componentize-qjs will say why")
+                    }
+                },
             }
         }
         World::Plugin | World::Server => {
@@ -778,6 +794,85 @@ fn inputs(language: Language, name: Option<&str>, world: &World, vsn: &str) -> V
     files
 }
 
+/// The entry of a JavaScript file with its own WIT: a name no module has
+/// (module names have no `-`), so it never is the user's file.
+const OWN_JS_ENTRY: &str = "zest-own.js";
+
+/// A scope of a JavaScript module (`None` its own exports, else an exported
+/// interface's object) and the paths that must be functions in it.
+type JsScope = (Option<String>, Vec<String>);
+
+/// What componentize-qjs looks up by name in a JavaScript file implementing
+/// the world of `wit`, per scope: `None` the module's own exports, else an
+/// exported interface's object (its name without package and version, in
+/// lower camel case), each with the paths that must be functions there — a
+/// function's name in lower camel case, a resource's class in upper camel
+/// case when it has a constructor, and its static functions on that class.
+/// Methods are not checked: the tool finds them on each object at its call
+/// (an object a function returns need not be of the class). `Err` with the
+/// parser's words when the WIT does not parse here.
+fn js_wanted(wit: &str) -> Result<Vec<JsScope>, String> {
+    use heck::ToLowerCamelCase;
+    use wit_parser::{Resolve, WorldItem};
+    let mut resolve = Resolve::default();
+    resolve.push_str("zest.wit", ZEST_WIT).map_err(|err| format!("{err:#}"))?;
+    let package = resolve.push_str("world.wit", wit).map_err(|err| format!("{err:#}"))?;
+    let world = resolve.select_world(&[package], None).map_err(|err| format!("{err:#}"))?;
+    let mut own = Vec::new();
+    let mut interfaces = Vec::new();
+    for (key, item) in &resolve.worlds[world].exports {
+        match item {
+            WorldItem::Function(function) => own.extend(js_path(&resolve, function)),
+            WorldItem::Interface { id, .. } => {
+                let name = resolve.name_world_key(key);
+                let short = name.rsplit_once('/').map_or(name.as_str(), |(_, short)| short);
+                let short = short.split('@').next().unwrap_or(short).to_lower_camel_case();
+                let paths: Vec<String> =
+                    resolve.interfaces[*id].functions.values().filter_map(|f| js_path(&resolve, f)).collect();
+                if !paths.is_empty() {
+                    interfaces.push((Some(short), paths));
+                }
+            }
+            WorldItem::Type { .. } => {}
+        }
+    }
+    let mut wanted = Vec::new();
+    if !own.is_empty() {
+        wanted.push((None, own));
+    }
+    wanted.extend(interfaces);
+    Ok(wanted)
+}
+
+/// The path under its scope at which componentize-qjs calls `function`
+/// (`None`: a method, looked up on the object it is called on).
+fn js_path(resolve: &wit_parser::Resolve, function: &wit_parser::Function) -> Option<String> {
+    use heck::{ToLowerCamelCase, ToUpperCamelCase};
+    use wit_parser::FunctionKind;
+    let class = |id: wit_parser::TypeId| resolve.types[id].name.as_deref().unwrap_or_default().to_upper_camel_case();
+    match function.kind {
+        FunctionKind::Freestanding | FunctionKind::AsyncFreestanding => Some(function.name.to_lower_camel_case()),
+        FunctionKind::Constructor(id) => Some(class(id)),
+        FunctionKind::Static(id) | FunctionKind::AsyncStatic(id) => {
+            Some(format!("{}.{}", class(id), function.item_name().to_lower_camel_case()))
+        }
+        FunctionKind::Method(_) | FunctionKind::AsyncMethod(_) => None,
+    }
+}
+
+/// The entry (`source/own.js`) of the file `module`.js, checking that it
+/// exports what `wanted` lists.
+fn own_js(module: &str, wanted: &[JsScope]) -> String {
+    // `export *` passes on every export but the default one.
+    let default = wanted.iter().any(|(at, paths)| match at {
+        Some(at) => at == "default",
+        None => paths.iter().any(|path| path.split('.').next() == Some("default")),
+    });
+    let default = if default { format!("export {{ default }} from \"./{module}.js\";") } else { String::new() };
+    let wanted = serde_json::json!(wanted).to_string();
+    OWN_JS.replace("@MODULE@", module).replace("@DEFAULT@", &default).replace("@WANTED@", &wanted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,6 +913,31 @@ mod tests {
         assert!(Runner::find_slot(&bytes[..bytes.len() - 100]).is_none());
         let twice = [bytes.as_slice(), bytes.as_slice()].concat();
         assert!(Runner::find_slot(&twice).is_none(), "two empty slots: which one?");
+    }
+
+    #[test]
+    fn a_worlds_exports_are_named_as_componentize_qjs_looks_them_up() {
+        let wit = "package acme:shapes@0.1.0;\n\ninterface geometry-kit {\n  resource shape {\n    constructor(sides: u32);\n    area: func() -> f64;\n    make-square: static func() -> shape;\n  }\n  scale-all: func(k: f64);\n}\n\ninterface types-only {\n  type id = u32;\n}\n\nworld shapes {\n  import zest:guest/host@1.0.0;\n  export double-add: func(a: s32, b: s32) -> s32;\n  export geometry-kit;\n  export types-only;\n  export zest:guest/dynamic@1.0.0;\n}\n";
+        let wanted = js_wanted(wit).unwrap();
+        let strings = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            wanted,
+            [
+                (None, strings(&["doubleAdd"])),
+                (Some("geometryKit".to_string()), strings(&["Shape", "Shape.makeSquare", "scaleAll"])),
+                (Some("dynamic".to_string()), strings(&["functions", "invoke"])),
+            ],
+            "methods are looked up on the object at the call; an interface of types only asks for nothing"
+        );
+        let entry = own_js("shapes", &wanted);
+        assert!(entry.contains("import * as user from \"./shapes.js\";"), "{entry}");
+        assert!(entry.contains(
+            r#"const WANTED = [[null,["doubleAdd"]],["geometryKit",["Shape","Shape.makeSquare","scaleAll"]]"#
+        ));
+        assert!(!entry.contains("export { default }") && !entry.contains('@'), "{entry}");
+        let default = own_js("d", &[(None, strings(&["default"]))]);
+        assert!(default.contains("export { default } from \"./d.js\";"), "{default}");
+        assert!(js_wanted(&wit.replace("-> s32;", "-> s3;")).unwrap_err().contains("s3"));
     }
 
     #[test]

@@ -384,15 +384,46 @@ fn a_missing_toolchain_and_a_bad_wit_are_clear_errors_and_a_good_wit_types_the_f
     let (reason, message) = only_error(&bad);
     assert_eq!(reason, Reason::CompileError);
     assert!(message.contains("u3"), "{message}");
-    // A world the file does not implement: componentize-qjs builds it (an
-    // export left out would trap when called), and the swap is refused as
-    // the breaking change it is.
+    // A world the file does not implement: componentize-qjs would build it
+    // (the export left out trapping when called); the node's entry fails
+    // the build naming what is missing.
     poly.write("sum.wit", &wit.replace("export add", "export total"));
     let unfit = poly.reload(&poly.path("sum.js"));
     let (reason, message) = only_error(&unfit);
-    assert_eq!(reason, Reason::BreakingChange, "{message}");
-    assert!(message.contains("`add`"), "{message}");
+    assert_eq!(reason, Reason::CompileError, "{message}");
+    assert!(message.contains("sum.js does not implement the world of sum.wit: it lacks total"), "{message}");
     assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5", "the old version serves");
+
+    // A first load of a file lacking a function of its world, one of an
+    // exported interface, or the interface's object: nothing is loaded.
+    let stats_wit = "package acme:stats;\n\ninterface summary {\n  mean-of: func(xs: list<f64>) -> f64;\n  count-of: func(xs: list<f64>) -> u32;\n}\n\nworld stats {\n  export total-of: func(xs: list<u32>) -> u32;\n  export summary;\n}\n";
+    poly.write("stats.wit", stats_wit);
+    let js = "export function totalOf(xs) {\n  return xs.reduce((a, b) => a + b, 0);\n}\n\nexport const summary = {\n  meanOf(xs) {\n    return xs.reduce((a, b) => a + b, 0) / xs.length;\n  },\n  countOf(xs) {\n    return xs.length;\n  },\n};\n";
+    let unfits = [
+        (js.replace("totalOf", "sumOf"), "it lacks totalOf"),
+        (js.replace("countOf", "lengthOf"), "it lacks summary.countOf"),
+        (js.replace("summary", "stats"), "it lacks summary (an object with meanOf, countOf)"),
+    ];
+    for (unfit, lacks) in &unfits {
+        let result = poly.reload(&poly.write("stats.js", unfit));
+        let (reason, message) = only_error(&result);
+        assert_eq!(reason, Reason::CompileError, "{message}");
+        assert!(message.contains(&format!("stats.js does not implement the world of stats.wit: {lacks}")), "{message}");
+        assert!(!message.contains("zest-own.js"), "the node's entry is no news to the user: {message}");
+        assert!(poly.node.describe("stats").is_none(), "nothing of the failed build is loaded");
+        assert!(matches!(poly.call("stats", "total-of", "[[1]]"), Err(CallError::ModuleNotFound { .. })));
+    }
+    // A syntax error in the file still names its line.
+    let result = poly.reload(&poly.write("stats.js", &js.replace("return xs.length;", "return xs.length +;")));
+    let (reason, message) = only_error(&result);
+    assert_eq!(reason, Reason::CompileError, "{message}");
+    assert!(message.contains("extensions/stats.js:10:"), "{message}");
+    // The file that fits serves its typed functions, the interface's too.
+    poly.load("stats.js", js);
+    assert_eq!(poly.call("stats", "total-of", "[[1, 2, 3]]").unwrap(), "6");
+    assert_eq!(poly.call("stats", "summary#mean-of", "[[1, 2]]").unwrap(), "1.5");
+    assert_eq!(poly.call("stats", "summary#count-of", "[[1, 2]]").unwrap(), "2");
+    assert!(matches!(poly.call("stats", "total-of", "[[-1]]"), Err(CallError::InvalidArgs { .. })));
 }
 
 impl Poly {
