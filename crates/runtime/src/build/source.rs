@@ -367,6 +367,15 @@ impl SourceBuilds {
         on_line: &dyn Fn(Stream, &str),
     ) -> Result<SourceBuild, Failure> {
         let fail = |reason, message: String| Failure::new(target, reason, message);
+        if GLUE_NAMES.contains(&name) {
+            return Err(fail(
+                Reason::CompileError,
+                format!(
+                    "{target}: the node's glue writes a file named `{name}` beside the source it builds; rename the file (the names {} are taken)",
+                    GLUE_NAMES.join(", ")
+                ),
+            ));
+        }
         let tool = self.tool(language).map_err(|err| fail(Reason::CompileFailed, err.to_string()))?;
         let text = std::str::from_utf8(source)
             .map_err(|err| fail(Reason::CompileError, format!("{target} is not UTF-8 text: {err}")))?;
@@ -798,6 +807,11 @@ fn inputs(language: Language, name: Option<&str>, world: &World, vsn: &str) -> V
 /// (module names have no `-`), so it never is the user's file.
 const OWN_JS_ENTRY: &str = "zest-own.js";
 
+/// The module names of the files [`inputs`] writes beside a source (in
+/// either language): a source by one of these names would be overwritten by
+/// them, or overwrite them, so it is refused with a clear reason.
+const GLUE_NAMES: &[&str] = &["zest", "zest_glue", "zest_own", "zest-own"];
+
 /// A scope of a JavaScript module (`None` its own exports, else an exported
 /// interface's object) and the paths that must be functions in it.
 type JsScope = (Option<String>, Vec<String>);
@@ -876,6 +890,24 @@ fn own_js(module: &str, wanted: &[JsScope]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_glue_names_cover_every_file_the_glue_writes() {
+        for language in [Language::Python, Language::JavaScript] {
+            for world in [World::Plugin, World::Server, World::Own("package a:b;\nworld w {}\n".to_string())] {
+                for (file, _) in inputs(language, Some("hello"), &world, "v") {
+                    if file.starts_with("wit/") {
+                        continue;
+                    }
+                    let stem = file.rsplit_once('.').map_or(file.as_str(), |(stem, _)| stem);
+                    assert!(
+                        GLUE_NAMES.contains(&stem),
+                        "{file} is written beside a source but not refused as its name"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_file_defining_the_four_process_functions_is_a_server() {

@@ -483,6 +483,19 @@ fn processes_in(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn a_file_named_like_the_glue_is_refused_before_any_tool_runs() {
+    let poly = Poly::new();
+    for file in ["zest.py", "zest_glue.js", "zest_own.py"] {
+        let result = poly.reload(&poly.write(file, "def f():\n    return 1\n"));
+        let (reason, message) = only_error(&result);
+        assert_eq!(reason, Reason::CompileError, "{file}: {message}");
+        assert!(message.contains("rename the file"), "{file}: {message}");
+        assert!(result.metadata.compile.is_none(), "{file}: no tool ran: {result:#?}");
+    }
+    assert!(poly.node.status().modules.is_empty(), "nothing was loaded");
+}
+
+#[test]
 fn a_build_past_the_timeout_is_killed_with_its_children_and_leaves_nothing_behind() {
     let limits = zest_runtime::Limits { build_timeout: std::time::Duration::from_millis(300), ..Default::default() };
     let poly = Poly::with_limits(Some(tool(Language::JavaScript)), Some(tool(Language::Python)), limits);
