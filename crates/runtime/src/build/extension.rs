@@ -239,14 +239,7 @@ impl Extensions {
             return Ok(());
         }
         records.by_name.insert(record.name.clone(), record);
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
-        let body = RecordsFile { version: RECORDS_VERSION, extensions: records.by_name.values().collect() };
-        let text = serde_json::to_string_pretty(&body).expect("records serialise");
-        let written = write_durably(file, text.as_bytes());
-        records.unsaved = written.is_err();
-        written.map_err(|err| format!("cannot write {}: {err}", file.display()))
+        self.save(&mut records)
     }
 
     /// The record of the extension loaded from `file` (links resolved, as
@@ -272,6 +265,12 @@ impl Extensions {
         if records.by_name.remove(name).is_none() && !records.unsaved {
             return Ok(());
         }
+        self.save(&mut records)
+    }
+
+    /// Writes every record to the file (fsync, rename, fsync of the
+    /// directory), remembering whether that failed so the next change retries.
+    fn save(&self, records: &mut Records) -> Result<(), String> {
         let Some(file) = &self.file else {
             return Ok(());
         };

@@ -12,7 +12,7 @@ use zest_runtime::{
     ReloadOptions, ReloadRequest, ReloadResult, Scope, Status,
 };
 
-use super::support::{counter, versioned};
+use super::support::{counter, versioned, write_at};
 
 /// A node whose extension root is `<tmp>/extensions` and data dir `<tmp>/data`.
 struct Ext {
@@ -55,10 +55,7 @@ impl Ext {
     }
 
     fn write(&self, relative: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.path(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        path
+        write_at(self.path(relative), bytes)
     }
 
     fn reload(&self, path: &Path) -> ReloadResult {

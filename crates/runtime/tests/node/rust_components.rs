@@ -13,7 +13,7 @@ use zest_runtime::{
     Scope, Signature, Status,
 };
 
-use super::support::versioned;
+use super::support::{versioned, write_at};
 
 fn example(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(path)
@@ -52,10 +52,7 @@ impl Setup {
     }
 
     fn write(&self, relative: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.path(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        path
+        write_at(self.path(relative), bytes)
     }
 
     fn extension(&self, path: &Path) -> ReloadResult {

@@ -107,6 +107,13 @@ impl Fixture {
     }
 }
 
+/// Writes `bytes` to `path`, creating its directory first, and returns the path.
+pub fn write_at(path: PathBuf, bytes: impl AsRef<[u8]>) -> PathBuf {
+    std::fs::create_dir_all(path.parent().expect("a file's directory")).expect("create the fixture's directory");
+    std::fs::write(&path, bytes).expect("write fixture");
+    path
+}
+
 pub fn limits(call_timeout_ms: u64, memory_mb: u32, drain_timeout_ms: u64) -> Limits {
     Limits {
         call_timeout: Duration::from_millis(call_timeout_ms),

@@ -17,7 +17,7 @@ use zest_runtime::{
     UnloadRequest, UnloadTarget,
 };
 
-use super::support::{counter, module, versioned};
+use super::support::{counter, module, versioned, write_at};
 
 /// A node with the extension root `<tmp>/extensions`, data in `<tmp>/data`,
 /// and apps written under `<tmp>`.
@@ -64,10 +64,7 @@ impl Host {
     }
 
     fn write(&self, relative: &str, text: &str) -> PathBuf {
-        let path = self.path(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        path
+        write_at(self.path(relative), text)
     }
 
     fn load_extension(&self, relative: &str, wat: &str) -> PathBuf {
