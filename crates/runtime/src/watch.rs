@@ -393,9 +393,15 @@ impl Watching {
         };
         let request = ReloadRequest { scope: target.scope(), options, request_id: Some(request_id.clone()) };
         // What the target's files held when the reload started: a save made
-        // while it runs (a long build) is a change still to reload.
-        let before: HashMap<PathBuf, Content> =
-            self.plan.files_of(&target).map(|path| (path.clone(), Content::of(path))).collect();
+        // while it runs (a long build) is a change still to reload. An app's
+        // build takes what it wrote as the baseline instead (below), so its
+        // files are not read here.
+        let built = matches!(target, WatchTarget::App { compile: true, .. });
+        let before: HashMap<PathBuf, Content> = if built {
+            HashMap::new()
+        } else {
+            self.plan.files_of(&target).map(|path| (path.clone(), Content::of(path))).collect()
+        };
         let event = match node.reload(&request) {
             Ok(result) => {
                 WatchEvent::Reloaded { changed, target: target.clone(), request_id, result: Box::new(result) }
@@ -409,12 +415,11 @@ impl Watching {
         // the earlier save. (A reload that read the later save anyway makes
         // one more reload, which finds its bytes unchanged.)
         self.plan = plan(node);
-        let built = matches!(target, WatchTarget::App { compile: true, .. });
         let owned: Vec<PathBuf> = self.plan.files_of(&target).cloned().collect();
         for path in owned {
             let baseline = match before.get(&path) {
-                Some(content) if !built => *content,
-                _ => Content::of(&path),
+                Some(content) => *content,
+                None => Content::of(&path),
             };
             self.seen.insert(path, baseline);
         }
