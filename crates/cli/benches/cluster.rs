@@ -249,6 +249,34 @@ fn cpu_ms(pid: i32) -> f64 {
     ticks * 1e3 / hz
 }
 
+/// Context switches (voluntary and not) of every live thread of process
+/// `pid` so far (`/proc/<pid>/task/*/status`).
+fn context_switches(pid: i32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// CPU ms and context switches of every member but the coordinator, summed.
+fn members_usage(fleet: &Fleet, coordinator: &Served) -> (f64, f64) {
+    fleet
+        .ids()
+        .iter()
+        .map(|id| fleet.member(id).pid())
+        .filter(|&pid| pid != coordinator.pid())
+        .map(|pid| (cpu_ms(pid), context_switches(pid)))
+        .fold((0.0, 0.0), |(cpu, switches), (c, s)| (cpu + c, switches + s))
+}
+
 /// How many builds `node` has served to other members
 /// (`zest_cluster_builds_served_total`).
 fn builds_served(node: &Served) -> f64 {
@@ -270,8 +298,8 @@ fn timed_fleet_reload(fleet: &Fleet, coordinator: &Served, marker: u64) -> (f64,
 fn fleet_section(rounds: usize, sizes: &[usize], new_builds: bool) {
     let builds = if new_builds { "a new build each time, fetched by every member" } else { "two builds, alternated" };
     println!("\n## The small module across more members ({builds})\n");
-    println!("| members | samples | median ms | p90 ms | p99 ms | coordinator duration_ms (median) | coordinator CPU per reload ms | per target ms | per extra member ms |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| members | samples | median ms | p90 ms | p99 ms | coordinator duration_ms (median) | coordinator CPU per reload ms | per target ms | per extra member ms | other member's CPU per reload ms | its context switches per reload |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut first: Option<(usize, f64)> = None;
     for &size in sizes {
         let ids: Vec<String> = (0..size).map(|i| format!("m{i:03}")).collect();
@@ -282,6 +310,7 @@ fn fleet_section(rounds: usize, sizes: &[usize], new_builds: bool) {
         timed_fleet_reload(&fleet, coordinator, 2);
         let cpu_before = cpu_ms(coordinator.pid());
         let served_before = builds_served(coordinator);
+        let members_before = members_usage(&fleet, coordinator);
         let (mut samples, mut own): (Vec<f64>, Vec<f64>) = (0..rounds)
             .map(|i| {
                 let marker = if new_builds { 100 + i as u64 } else { 1 + i as u64 % 2 };
@@ -289,14 +318,18 @@ fn fleet_section(rounds: usize, sizes: &[usize], new_builds: bool) {
             })
             .unzip();
         let cpu = (cpu_ms(coordinator.pid()) - cpu_before) / rounds as f64;
+        let members_after = members_usage(&fleet, coordinator);
+        let per_member_reload = ((size - 1) * rounds) as f64;
+        let member_cpu = (members_after.0 - members_before.0) / per_member_reload;
+        let member_switches = (members_after.1 - members_before.1) / per_member_reload;
         let Row { median, p90, p99, own, per } = row(&mut samples, &mut own, &mut first, size, 2);
         let per_target = cpu / size as f64;
         println!(
-            "| {size} | {rounds} | {median:.2} | {p90:.2} | {p99:.2} | {own:.2} | {cpu:.2} | {per_target:.3} | {per} |"
+            "| {size} | {rounds} | {median:.2} | {p90:.2} | {p99:.2} | {own:.2} | {cpu:.2} | {per_target:.3} | {per} | {member_cpu:.3} | {member_switches:.1} |"
         );
         if new_builds {
             let served = (builds_served(coordinator) - served_before) / rounds as f64;
-            println!("|  | (the coordinator served the build {served:.1} times per reload) | | | | | | | |");
+            println!("|  | (the coordinator served the build {served:.1} times per reload) | | | | | | | | | |");
         }
         drop(fleet);
     }
@@ -414,8 +447,8 @@ mod pool {
 /// time when members' work does not share its core.
 fn pool_section(rounds: usize, sizes: &[usize]) {
     println!("\n## One coordinator against stand-in members on another core (two builds, alternated)\n");
-    println!("| members | samples | median ms | p90 ms | p99 ms | coordinator duration_ms (median) | coordinator CPU per reload ms | per target ms | per extra member ms |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| members | samples | median ms | p90 ms | p99 ms | coordinator duration_ms (median) | coordinator CPU per reload ms | per target ms | per extra member ms | other member's CPU per reload ms | its context switches per reload |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut first: Option<(usize, f64)> = None;
     for &size in sizes {
         let fleet = Fleet::start_with(&["a"], bench_app(10), Duration::from_secs(60), &[]);

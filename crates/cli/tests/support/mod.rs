@@ -533,6 +533,15 @@ struct Wiring<'a> {
     extra: &'a str,
 }
 
+impl Drop for Fleet {
+    /// Members first: etcd and their directories (the fields, dropped after
+    /// this) must outlive them, or a member still at work writes into a
+    /// removed directory and logs it.
+    fn drop(&mut self) {
+        self.members.clear();
+    }
+}
+
 impl Fleet {
     pub fn start(ids: &[&str]) -> Fleet {
         Fleet::start_with(ids, demo_app(), PREPARE_TIMEOUT, &[])
