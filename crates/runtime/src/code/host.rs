@@ -303,6 +303,7 @@ impl ResourceLimiter for MemoryLimiter {
 /// deadline has passed or its version was hard-purged.
 pub(crate) fn on_epoch(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
     let state = store.data();
+    state.clock.saw_running();
     if state.life.is_killed() {
         return Err(Error::new(Abort::Purged));
     }

@@ -35,14 +35,33 @@ use crate::wasm::wrap;
 /// hard purge within about this long. Deadlines are counted in milliseconds.
 const TICK: Duration = Duration::from_millis(1);
 
-/// The epoch period once no call has started for [`SLOW_AFTER`]: an idle node
-/// wakes 100 times a second instead of 1,000 (a hundred idle members on one
-/// machine spent a quarter of their CPU in the ticker's sleeps). A call that
-/// runs alone past `SLOW_AFTER` notices its deadline or a purge within this long.
+/// The epoch period once no call has started for [`SLOW_AFTER`] while guest
+/// code still runs (a call running alone, or a reload's staging call): it
+/// notices its deadline or a purge within this long.
 const IDLE_TICK: Duration = Duration::from_millis(10);
+
+/// The epoch period once no call has started for [`SLOW_AFTER`] and no guest
+/// code ran at the last tick: nothing is there to stop, so the ticker wakes
+/// ten times a second (a hundred members on one machine spent 28 % of their
+/// context switches on 10 ms ticks). A call starting wakes it at once; guest
+/// code that runs without a call starting (a call that waited long in a host
+/// function, a reload's staging call) is seen by the second tick at most, and
+/// the ticker is back at [`IDLE_TICK`] from there: such code stops within
+/// `2 × DEEP_TICK` of its deadline.
+const DEEP_TICK: Duration = Duration::from_millis(100);
 
 /// How long without a call starting before the ticker slows to [`IDLE_TICK`].
 const SLOW_AFTER: Duration = Duration::from_millis(50);
+
+/// The ticker's period: [`TICK`] while calls start, [`IDLE_TICK`] while
+/// guest code runs without calls starting, [`DEEP_TICK`] when none runs.
+fn period(quiet: Duration, running: bool) -> Duration {
+    match (quiet >= SLOW_AFTER, running) {
+        (false, _) => TICK,
+        (true, true) => IDLE_TICK,
+        (true, false) => DEEP_TICK,
+    }
+}
 
 /// Milliseconds since the node started, advanced by the epoch ticker. Reading it
 /// is one atomic load, so a call's deadline costs no clock read (but the first
@@ -53,12 +72,26 @@ pub(crate) struct Clock {
     /// Set when a call starts, cleared at each tick: while it stays clear, the
     /// ticker slows down.
     calls: AtomicBool,
+    /// Set when a running call sees a tick (the epoch callback), cleared at
+    /// each tick: while it stays clear too, the ticker sleeps [`DEEP_TICK`].
+    running: AtomicBool,
+    /// Whether the ticker sleeps [`DEEP_TICK`] now: the first call to start
+    /// then wakes it.
+    deep: AtomicBool,
+    ticker: std::sync::OnceLock<std::thread::Thread>,
     started: std::time::Instant,
 }
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock { ticks: AtomicU64::new(0), calls: AtomicBool::new(false), started: std::time::Instant::now() }
+        Clock {
+            ticks: AtomicU64::new(0),
+            calls: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            deep: AtomicBool::new(false),
+            ticker: std::sync::OnceLock::new(),
+            started: std::time::Instant::now(),
+        }
     }
 }
 
@@ -73,10 +106,35 @@ impl Clock {
         let now = if self.calls.load(Ordering::Relaxed) {
             self.now()
         } else {
-            self.calls.store(true, Ordering::Relaxed);
+            // SeqCst, as the ticker's `deep` then `calls` (Dekker's pattern): a
+            // call either sees the ticker gone deep and wakes it, or the
+            // ticker sees the call and does not go deep.
+            self.calls.store(true, Ordering::SeqCst);
+            if self.deep.load(Ordering::SeqCst) {
+                self.wake_ticker();
+            }
             self.advance()
         };
         now.saturating_add(ms).saturating_add(1)
+    }
+
+    /// Noted by a running call at a tick (the epoch callback): guest code
+    /// runs, so the ticker keeps ticking at [`IDLE_TICK`] or faster.
+    pub(crate) fn saw_running(&self) {
+        self.running.store(true, Ordering::Relaxed);
+    }
+
+    /// The time now, in ms since the node started, read from the system
+    /// clock (not the ticks, which may be [`DEEP_TICK`] behind).
+    pub(crate) fn read(&self) -> u64 {
+        self.advance()
+    }
+
+    fn wake_ticker(&self) {
+        self.deep.store(false, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.get() {
+            ticker.unpark();
+        }
     }
 
     /// As [`Clock::deadline`], for the calls a reload makes while it stages a
@@ -240,7 +298,7 @@ impl Activity {
         struct Running<'a>(&'a Activity, &'a Clock);
         impl Drop for Running<'_> {
             fn drop(&mut self) {
-                self.0.last_end.fetch_max(self.1.now(), Ordering::Relaxed);
+                self.0.last_end.fetch_max(self.1.read(), Ordering::Relaxed);
                 self.0.running.fetch_sub(1, Ordering::Release);
             }
         }
@@ -252,7 +310,7 @@ impl Activity {
         if self.running.load(Ordering::Acquire) > 0 {
             return Some(quiet);
         }
-        let since = clock.now().saturating_sub(self.last_end.load(Ordering::Relaxed));
+        let since = clock.read().saturating_sub(self.last_end.load(Ordering::Relaxed));
         let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
         (since < quiet_ms).then(|| Duration::from_millis(quiet_ms - since))
     }
@@ -640,9 +698,8 @@ impl Backend {
     }
 }
 
-/// Advances every engine's epoch and the [`Clock`] each [`TICK`] while calls
-/// start, each [`IDLE_TICK`] when none has for [`SLOW_AFTER`], until dropped.
-/// The clock follows the wall clock even when a wake-up comes late.
+/// Advances every engine's epoch and the [`Clock`] each [`period`], until
+/// dropped. The clock follows the wall clock even when a wake-up comes late.
 struct Ticker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -652,21 +709,38 @@ impl Ticker {
     fn start(engines: Vec<wasmtime::Engine>, clock: Arc<Clock>) -> Result<Ticker, NodeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let ticking = Arc::clone(&clock);
         let thread = std::thread::Builder::new()
             .name("zest-epoch".into())
             .spawn(move || {
-                let mut quiet = Duration::ZERO;
+                let clock = ticking;
+                let (mut quiet, mut running) = (Duration::ZERO, true);
                 while !stopped.load(Ordering::Relaxed) {
-                    let period = if quiet >= SLOW_AFTER { IDLE_TICK } else { TICK };
-                    std::thread::park_timeout(period);
+                    let period = period(quiet, running);
+                    if period == DEEP_TICK {
+                        clock.deep.store(true, Ordering::SeqCst);
+                        // A call that started between the last tick and now
+                        // may have seen `deep` clear: it is counted below.
+                        if clock.calls.load(Ordering::SeqCst) {
+                            clock.deep.store(false, Ordering::Relaxed);
+                        } else {
+                            std::thread::park_timeout(period);
+                        }
+                    } else {
+                        std::thread::park_timeout(period);
+                    }
+                    clock.deep.store(false, Ordering::Relaxed);
                     clock.advance();
                     for engine in &engines {
                         engine.increment_epoch();
                     }
-                    quiet = if clock.calls.swap(false, Ordering::Relaxed) { Duration::ZERO } else { quiet + period };
+                    let started = clock.calls.swap(false, Ordering::Relaxed);
+                    quiet = if started { Duration::ZERO } else { quiet + period };
+                    running = clock.running.swap(false, Ordering::Relaxed);
                 }
             })
             .map_err(NodeError::Ticker)?;
+        let _ = clock.ticker.set(thread.thread().clone());
         Ok(Ticker { stop, thread: Some(thread) })
     }
 }
@@ -705,6 +779,31 @@ mod tests {
         let loaded = engines.load(&key, wasm, true, std::path::Path::new("m.wat")).unwrap();
         engines.keep_in_memory(&key, loaded.compiler, &loaded.code, &loaded.callables);
         loaded
+    }
+
+    #[test]
+    fn the_ticker_sleeps_long_only_while_no_call_starts_and_no_guest_code_runs() {
+        assert_eq!(period(Duration::ZERO, false), TICK);
+        assert_eq!(period(SLOW_AFTER - TICK, true), TICK);
+        assert_eq!(period(SLOW_AFTER, true), IDLE_TICK);
+        assert_eq!(period(SLOW_AFTER, false), DEEP_TICK);
+    }
+
+    #[test]
+    fn a_call_starting_wakes_a_ticker_gone_deep() {
+        let clock = Arc::new(Clock::default());
+        let _ticker = Ticker::start(Vec::new(), Arc::clone(&clock)).unwrap();
+        let deep = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            clock.deep.load(Ordering::SeqCst)
+        });
+        assert!(deep, "an idle ticker goes deep within 2 s");
+        clock.deadline(Duration::from_millis(100));
+        assert!(!clock.deep.load(Ordering::SeqCst), "the call woke it");
+        // Woken, it ticks every millisecond again: the clock keeps up.
+        std::thread::sleep(Duration::from_millis(50));
+        let wall = u64::try_from(clock.started.elapsed().as_millis()).unwrap();
+        assert!(clock.now() + 40 >= wall, "ticks {} against {wall} ms", clock.now());
     }
 
     #[test]
