@@ -460,6 +460,20 @@ impl Cluster {
     }
 
     /// Notes that this member applied the commit at `revision`.
+    /// Wakes the catch-up loop when the watch saw a commit for this member
+    /// newer than the last it applied, or cannot say: what the end of a
+    /// reload leaves to read. (A wake-up for nothing would find the same and
+    /// go back to sleep, at the cost of waking a thread on every member.)
+    fn wake_if_behind(&self) {
+        let behind = {
+            let state = self.state();
+            state.desired_seen.is_none_or(|seen| seen > state.applied)
+        };
+        if behind {
+            self.wake.notify_one();
+        }
+    }
+
     fn applied(&self, revision: i64) {
         let mut state = self.state();
         state.applied = state.applied.max(revision);

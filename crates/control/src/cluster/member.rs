@@ -54,6 +54,20 @@ pub(crate) struct Pending {
     extended: u32,
     /// The trace context of its prepare, for a decision etcd makes.
     traceparent: Option<String>,
+    /// The task that lets etcd decide at the deadline
+    /// ([`Cluster::decide_when_due`]), stopped once the coordinator decided,
+    /// so that no timer wakes this member seconds after every reload.
+    decider: Option<tokio::task::AbortHandle>,
+}
+
+impl Pending {
+    /// Stops the deadline's task: the plan ends here now. Call it from the
+    /// runtime's own threads (the task is then dropped on this worker).
+    fn decided(&mut self) {
+        if let Some(decider) = self.decider.take() {
+            decider.abort();
+        }
+    }
 }
 
 /// The span of this member's `phase` of `request_id`, a child of the
@@ -141,7 +155,11 @@ impl Cluster {
         span.record("zest.outcome", if prepared.is_ok() { "prepared" } else { "failed" });
         match prepared {
             Ok(()) => {
-                tokio::spawn(Arc::clone(self).decide_when_due(request_id));
+                let decider = tokio::spawn(Arc::clone(self).decide_when_due(request_id.clone())).abort_handle();
+                match self.pending_lock().get_mut(&request_id) {
+                    Some(pending) => pending.decider = Some(decider),
+                    None => decider.abort(),
+                }
                 Ok(json!({"prepared": true}))
             }
             Err(result) => Ok(json!({"prepared": false, "result": wire::result(&result)})),
@@ -217,6 +235,7 @@ impl Cluster {
             deadline: Instant::now() + self.config.prepare_timeout,
             extended: 0,
             traceparent: traces::traceparent(&tracing::Span::current()),
+            decider: None,
         };
         if let Some(cause) = self.was_aborted(request_id) {
             let mut plan = pending.plan;
@@ -315,10 +334,13 @@ impl Cluster {
             Err(err) => return self.decided(&request_id).await.ok_or(err),
         };
         count_member(&request_id, MemberStep::Commit);
+        if !pending.plan.options().atomic {
+            pending.decided();
+        }
         let cluster = Arc::clone(self);
         let span = phase_span(self, "commit", &request_id, &params);
         span.record("zest.revision", revision);
-        tokio::task::spawn_blocking(move || {
+        let answer = tokio::task::spawn_blocking(move || {
             let _span = span.enter();
             pending.plan.commit();
             if pending.plan.options().atomic {
@@ -331,11 +353,12 @@ impl Cluster {
             pending.plan.settle(None);
             let result = cluster.finish(pending.plan);
             cluster.applied(revision);
-            cluster.wake.notify_one();
             wire::result(&result)
         })
         .await
-        .map_err(|err| format!("committing panicked: {err}"))
+        .map_err(|err| format!("committing panicked: {err}"));
+        self.wake_if_behind();
+        answer
     }
 
     /// `cluster.settle`: keeps a held (atomic) request, or undoes it; answers
@@ -352,21 +375,23 @@ impl Cluster {
             Ok(pending) => pending,
             Err(err) => return self.decided(&request_id).await.ok_or(err),
         };
+        pending.decided();
         let cluster = Arc::clone(self);
         let span = phase_span(self, "settle", &request_id, &params);
         span.record("zest.outcome", if undo.is_some() { "undone" } else { "kept" });
-        tokio::task::spawn_blocking(move || {
+        let answer = tokio::task::spawn_blocking(move || {
             let _span = span.enter();
             pending.plan.settle(undo.as_deref());
             let result = cluster.finish(pending.plan);
             if undo.is_none() {
                 cluster.applied(revision);
             }
-            cluster.wake.notify_one();
             wire::result(&result)
         })
         .await
-        .map_err(|err| format!("settling panicked: {err}"))
+        .map_err(|err| format!("settling panicked: {err}"));
+        self.wake_if_behind();
+        answer
     }
 
     /// `cluster.abort`: drops a prepared plan; answers this member's result
@@ -392,18 +417,20 @@ impl Cluster {
             }
         };
         count_member(&request_id, MemberStep::Abort(cause));
+        pending.decided();
         let cluster = Arc::clone(self);
         let span = phase_span(self, "abort", &request_id, &params);
         span.record("zest.outcome", cause.as_str());
-        tokio::task::spawn_blocking(move || {
+        let answer = tokio::task::spawn_blocking(move || {
             let _span = span.enter();
             pending.plan.abort(&message);
             let result = cluster.finish(pending.plan);
-            cluster.wake.notify_one();
             wire::result(&result)
         })
         .await
-        .map_err(|err| format!("aborting panicked: {err}"))
+        .map_err(|err| format!("aborting panicked: {err}"));
+        self.wake_if_behind();
+        answer
     }
 
     /// Waits for a pending plan's deadline; if its coordinator has not decided
