@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) trials: Trials,
     /// Writes that follow a swap (compile cache, builds on disk), off its path.
     pub(crate) background: Background,
+    /// The data directory's sweeps (`store/retention.rs`).
+    sweeps: retention::Sweeps,
     /// Recompiles quiet Winch builds with Cranelift (`Compiler::Auto`).
     pub(crate) tiering: Background,
     /// Per module, the build its one pending tier-up job is for: the latest
@@ -127,6 +129,7 @@ impl Shared {
             history,
             trials: Trials::new(watch_trials),
             background: Background::start("zest-writer", 0).map_err(NodeError::Background)?,
+            sweeps: retention::Sweeps::default(),
             tiering: Background::start("zest-tier-up", 10).map_err(NodeError::Background)?,
             tier_ups: Mutex::default(),
             pieces: Background::start("zest-pieces", 10).map_err(NodeError::Background)?,
@@ -224,7 +227,7 @@ impl Shared {
     pub(crate) fn sweep_later(self: &Arc<Self>) {
         let Some(data_dir) = self.config.data_dir.clone() else { return };
         let node = Arc::downgrade(self);
-        retention::sweep_later(data_dir, &self.background, move || node.upgrade().map(|shared| shared.kept_builds()));
+        self.sweeps.later(data_dir, &self.background, move || node.upgrade().map(|shared| shared.kept_builds()));
     }
 
     /// Hex sha256 of every build the node must keep: those of the newest

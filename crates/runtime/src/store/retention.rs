@@ -15,7 +15,8 @@
 //!   by source, glue and tool): the newest [`KEEP_SOURCE_BUILDS`], likewise.
 //!
 //! A sweep runs on the background writer after every commit that the history
-//! records, after the commit's own writes (the writer runs jobs in order). Not
+//! records, after the commit's own writes (the writer runs jobs in order),
+//! unless what is kept did not change since the last one ([`Sweeps`]). Not
 //! when a node starts: its apps' builds are not loaded yet, and their machine
 //! code is what makes a restart warm. Only files whose names have the store's
 //! exact shape are touched; a half-written temporary file is left to its
@@ -31,6 +32,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::background::Background;
@@ -111,23 +113,41 @@ fn is_temporary(name: &str) -> bool {
     name.strip_prefix(".tmp").is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// Queues a sweep of `data_dir` on `background` (after the writes already
-/// queued there): every store file whose build `kept` does not name goes.
-/// `kept` runs on the writer, at the sweep; `None` (its node went away
-/// meanwhile) sweeps nothing.
-pub(crate) fn sweep_later(
-    data_dir: PathBuf,
-    background: &Background,
-    kept: impl FnOnce() -> Option<HashSet<String>> + Send + 'static,
-) {
-    background.run(move || {
-        if let Some(kept) = kept() {
+/// The sweeps of one data directory. A sweep whose kept set is the one the
+/// last sweep used finds nothing to delete — files appear only for builds
+/// that are swapped in, which the kept set then names, and nothing has left
+/// it — so it lists no directory (a member flipping between two builds on
+/// every cluster reload listed its store each time).
+#[derive(Default)]
+pub(crate) struct Sweeps {
+    last: Arc<Mutex<Option<HashSet<String>>>>,
+}
+
+impl Sweeps {
+    /// Queues a sweep of `data_dir` on `background` (after the writes
+    /// already queued there): every store file whose build `kept` does not
+    /// name goes. `kept` runs on the writer, at the sweep; `None` (its node
+    /// went away meanwhile) sweeps nothing.
+    pub(crate) fn later(
+        &self,
+        data_dir: PathBuf,
+        background: &Background,
+        kept: impl FnOnce() -> Option<HashSet<String>> + Send + 'static,
+    ) {
+        let last = Arc::clone(&self.last);
+        background.run(move || {
+            let Some(kept) = kept() else { return };
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.as_ref() == Some(&kept) {
+                return;
+            }
             let removed = sweep(&data_dir, &kept);
             if removed > 0 {
                 tracing::debug!(removed, "data directory swept");
             }
-        }
-    });
+            *last = Some(kept);
+        });
+    }
 }
 
 /// Deletes what `kept` does not name; returns how many files went.
@@ -234,6 +254,34 @@ mod tests {
         assert!(artifacts.join(&keep).exists() && cache.join(format!("{keep}.cwasm")).exists());
         assert!(!artifacts.join(&drop).exists() && !cache.join(format!("{drop}.cwasm")).exists());
         assert!(artifacts.join(format!(".{drop}.tmp")).exists() && cache.join("README").exists());
+    }
+
+    #[test]
+    fn a_sweep_with_the_kept_set_of_the_last_one_lists_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = dir.path().join("artifacts");
+        fs::create_dir_all(&artifacts).unwrap();
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        for sha in [&a, &b, &c] {
+            fs::write(artifacts.join(sha), "wasm").unwrap();
+        }
+        let background = Background::start("test-writer", 0).unwrap();
+        let sweeps = Sweeps::default();
+        let sweep_keeping = |kept: &[&String]| {
+            let kept: HashSet<String> = kept.iter().map(|sha| sha.to_string()).collect();
+            sweeps.later(dir.path().to_path_buf(), &background, move || Some(kept));
+            background.flush();
+        };
+        sweep_keeping(&[&a, &b]);
+        assert!(!artifacts.join(&c).exists(), "the first sweep deletes what is not kept");
+        // Written behind the store's back: only a sweep that lists the
+        // directory would find it.
+        fs::write(artifacts.join(&c), "wasm").unwrap();
+        sweep_keeping(&[&b, &a]);
+        assert!(artifacts.join(&c).exists(), "the same kept set: the directory is not listed");
+        sweep_keeping(&[&a]);
+        assert!(!artifacts.join(&b).exists() && !artifacts.join(&c).exists(), "a changed kept set sweeps");
+        assert!(artifacts.join(&a).exists());
     }
 
     #[test]
