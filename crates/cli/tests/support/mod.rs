@@ -78,7 +78,9 @@ impl Served {
         let mut child = Command::new(ZEST)
             .args(args)
             .current_dir(&dir)
-            .env("RUST_LOG", "warn")
+            // `ZEST_TEST_LOG` (a `RUST_LOG` filter) makes every node a test
+            // starts say more: `ZEST_TEST_LOG=warn,zest_control=debug`.
+            .env("RUST_LOG", std::env::var("ZEST_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
