@@ -230,10 +230,18 @@ fn id_kind(raw: &str) -> IdKind {
 
 /// jsonrpsee's answer (`""` when it answers nothing), completed.
 pub fn finish(answer: &str, fixes: &Fixes) -> String {
-    let mut text = answer.to_string();
+    // The ids go back last: an answer parsed again below would turn an id
+    // only a placeholder could carry (1e29) into a double.
+    let mut text = completed(answer, fixes);
     for (placeholder, raw) in &fixes.ids {
         text = text.replace(placeholder.as_str(), raw);
     }
+    text
+}
+
+/// jsonrpsee's answer with the codes and refused entries added.
+fn completed(answer: &str, fixes: &Fixes) -> String {
+    let text = answer.to_string();
     if text.trim().is_empty() {
         return if fixes.refused.is_empty() { String::new() } else { Value::Array(fixes.refused.clone()).to_string() };
     }
@@ -348,6 +356,14 @@ mod tests {
             let jsonrpsee = json!({"jsonrpc": "2.0", "id": placeholder, "result": 1}).to_string();
             let finished = finish(&jsonrpsee, &fixes);
             assert!(finished.contains(&format!(r#""id":{id}"#)), "{id}: {finished}");
+            // An answer that names an error (parsed again for its code), or
+            // a result that holds the word (status with a tool missing).
+            let error = json!({"jsonrpc": "2.0", "id": placeholder, "error": {"code": -32601, "message": "no"}});
+            let result = json!({"jsonrpc": "2.0", "id": placeholder, "result": {"error": "a tool is missing"}});
+            for jsonrpsee in [error, result] {
+                let finished = finish(&jsonrpsee.to_string(), &fixes);
+                assert!(finished.contains(&format!(r#""id":{id}"#)), "{id}: {finished}");
+            }
         }
         for id in ["7", "\"seven\"", "null", "18446744073709551615"] {
             let message = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"system.status"}}"#);
