@@ -186,16 +186,16 @@ fn methods(node: Arc<Node>, info: NodeInfo, cluster: Option<Arc<Cluster>>) -> Rp
         })
         .expect("method names are unique");
     module
-        // Blocking: the first status finds the source toolchains, running
-        // each tool once (`componentize-qjs --help` starts node, 90 ms here
-        // on a quiet machine), under a lock a second status waits for: never
-        // on the runtime's workers, which drive every connection, the etcd
-        // client and the timers.
-        .register_blocking_method("system.status", |params, ctx, extensions| {
-            allowed(&extensions, Scope::Read)?;
+        .register_method("system.status", |params, ctx, extensions| {
+            allowed(extensions, Scope::Read)?;
             known_params(&params, "system.status", &[])?;
             let mut status = wire::status(&ctx.node.status(), &ctx.info);
-            status["toolchains"] = wire::toolchains(&ctx.node.toolchains());
+            // The first status finds the source toolchains, running each tool
+            // once (`componentize-qjs --help` starts node, 90 ms here on a
+            // quiet machine) under a lock a second status waits for: the
+            // runtime is told this worker blocks, as for `module.call`, so the
+            // connections, the etcd client and the timers go on meanwhile.
+            status["toolchains"] = wire::toolchains(&tokio::task::block_in_place(|| ctx.node.toolchains()));
             if let Some(cluster) = &ctx.cluster {
                 status["cluster"] = cluster.status();
             }
