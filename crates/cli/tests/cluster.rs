@@ -447,6 +447,33 @@ fn a_coordinator_killed_after_its_commit_cannot_stop_the_others_and_one_killed_b
     assert_eq!(result["skipped"], json!([{"target": "a", "reason": "node_unreachable"}]), "a was killed: {result}");
 }
 
+/// Plans a coordinator killed before its commit left on the others would
+/// hold their nodes until their deadline (a minute here); the next reload does
+/// not wait for it: its fencing token proves the old lock gone, so each
+/// member decides the old plan by etcd at once (not committed: dropped).
+#[test]
+fn the_next_reload_decides_the_plans_of_a_coordinator_killed_before_its_commit_at_once() {
+    let _serial = one_at_a_time();
+    let mut fleet = Fleet::start_with(&["a", "b", "c"], support::demo_app(), Duration::from_secs(60), &[]);
+    fleet.take("a").kill();
+    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "before-commit:60000")]);
+    fleet.set_clock("a", "5.0.0");
+    let url = fleet.member("a").url.clone();
+    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
+    // b and c prepare 5.0.0 and wait for a, which pauses before its commit.
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.take("a").kill();
+    let _ = request.join();
+
+    fleet.set_clock("b", "6.0.0");
+    let started = Instant::now();
+    let result = fleet.member("b").reload(json!({"scope": "module", "module": "clock", "lock_timeout_ms": 10000}));
+    let took = started.elapsed();
+    assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
+    assert!(took < Duration::from_secs(15), "the reload waited {took:?}: for the old plans' deadline?");
+    assert_eq!([fleet.vsn("b", "clock"), fleet.vsn("c", "clock")], ["6.0.0", "6.0.0"], "{result}");
+}
+
 fn send_reload(url: &str, params: Value) -> Option<Value> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "system.reload", "params": params});
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();

@@ -101,9 +101,9 @@ struct State {
     /// The newest commit concerning this member that the watch reported or a
     /// read found (`None`: unknown, read etcd to know).
     desired_seen: Option<i64>,
-    /// The fencing token of the lock as the watch last saw it created, until
-    /// it saw it deleted (`None`: free, or unknown).
-    lock_seen: Option<i64>,
+    /// The newest fencing token a `cluster.prepare` brought here: the lock
+    /// of every older one is gone (`member.rs`, "Stale prepares").
+    newest_token: i64,
     /// What the cluster unloaded, as this member last read it.
     unloaded: Unloaded,
 }
@@ -329,7 +329,6 @@ impl Cluster {
                     state.members = members;
                     // What happened before the watch is unknown: read it.
                     state.desired_seen = None;
-                    state.lock_seen = None;
                 }
                 let mut watch = self.store.watch(revision + 1).await?;
                 self.wake.notify_one();
@@ -341,9 +340,7 @@ impl Cluster {
                     }
                     let mut state = self.state();
                     for change in &changes {
-                        if change.key == "lock" {
-                            state.lock_seen = (!change.deleted).then_some(change.create_revision);
-                        } else if !change.deleted && (change.key == "desired/revision/base" || change.key == mine) {
+                        if !change.deleted && (change.key == "desired/revision/base" || change.key == mine) {
                             state.desired_seen = state.desired_seen.map(|seen| seen.max(change.mod_revision));
                         }
                     }

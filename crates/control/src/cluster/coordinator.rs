@@ -175,6 +175,10 @@ pub(super) fn reload(cluster: &Arc<Cluster>, work: Work<'_>, nodes: &Nodes) -> R
         }
     };
     let token = guard.token() as i64;
+    // Plans still waiting here for an older coordinator (killed, cut off)
+    // would hold this node's lock until their deadline: holding the lock
+    // now proves theirs gone, so they are decided by etcd at once.
+    cluster.note_token(token, true);
     let (members, known) = match cluster.handle.block_on(cluster.store.roster()) {
         Ok(roster) => roster,
         Err(err) => {

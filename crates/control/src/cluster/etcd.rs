@@ -689,24 +689,34 @@ impl Store {
         Ok(response.kvs().first().map(|kv| kv.mod_revision()))
     }
 
-    /// Watches every key of the cluster from `revision`.
+    /// Watches the desired state (`desired/`) and the member list
+    /// (`members/`) from `revision`.
     pub async fn watch(&self, revision: i64) -> Result<Watch, EtcdError> {
-        let prefix = self.prefix.clone();
-        let stream = self
-            .call(|mut client| {
-                let prefix = prefix.clone();
-                let options = WatchOptions::new().with_prefix().with_start_revision(revision);
-                async move { client.watch(prefix, Some(options)).await }
-            })
-            .await?;
-        Ok(Watch { stream, prefix: self.prefix.clone() })
+        // Two ranges, not the cluster's whole prefix: the lock's two events
+        // per reload would wake every member twice for nothing.
+        let mut streams = Vec::new();
+        for part in ["desired/", "members/"] {
+            let prefix = self.key(part);
+            let stream = self
+                .call(|mut client| {
+                    let prefix = prefix.clone();
+                    let options = WatchOptions::new().with_prefix().with_start_revision(revision);
+                    async move { client.watch(prefix, Some(options)).await }
+                })
+                .await?;
+            streams.push(stream);
+        }
+        let members = streams.pop().expect("two streams");
+        let desired = streams.pop().expect("two streams");
+        Ok(Watch { desired, members, prefix: self.prefix.clone() })
     }
 }
 
-/// A watch on the cluster's keys.
+/// A watch on the cluster's desired state and member list.
 #[derive(Debug)]
 pub struct Watch {
-    stream: etcd_client::WatchStream,
+    desired: etcd_client::WatchStream,
+    members: etcd_client::WatchStream,
     prefix: String,
 }
 
@@ -727,7 +737,11 @@ impl Watch {
     /// unreachable).
     pub async fn next(&mut self) -> Result<Vec<Change>, EtcdError> {
         loop {
-            let response = match self.stream.message().await {
+            let message = tokio::select! {
+                message = self.desired.message() => message,
+                message = self.members.message() => message,
+            };
+            let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => return Err(EtcdError::Unavailable("the watch ended".into())),
                 Err(err) => return Err(unavailable(err)),

@@ -8,6 +8,19 @@
 //! deadline this member asks etcd. Committed: it applies the plan on its own.
 //! Not committed and the coordinator's lock gone: it drops the plan.
 //!
+//! Stale prepares: a prepare that arrives after its coordinator gave up (this
+//! member was stopped, the network slow) must not hold the node for nothing.
+//! An abort that came first is remembered, so the prepare stages nothing.
+//! Otherwise the fencing tokens say it, with no etcd read: the lock is
+//! exclusive and a token is the revision at which it was created, so a
+//! prepare with a newer token proves that the lock of every older one is
+//! gone for good. A prepare older than the newest token this member has seen
+//! stages nothing; a plan still waiting here for an older token is decided at
+//! once, by etcd, as at its deadline (applied if its commit landed before its
+//! lock went, dropped otherwise), and the newer prepare stages after it. (A
+//! member does not watch the lock: its two events per reload, sent to every
+//! member, cost each one more CPU than anything else it did for a reload.)
+//!
 //! Catching up: whenever etcd holds a commit for this member newer than the
 //! last one it applied — it started, restarted, came back from a partition, or
 //! was not reachable when the commit was sent — it stages what the cluster
@@ -129,20 +142,24 @@ impl Cluster {
         if self.pending_lock().contains_key(&request_id) {
             return Err(format!("request {request_id} is already prepared here"));
         }
-        // A prepare that arrives late (this member was stopped, the network
-        // slow) must not stage a request its coordinator already gave up.
-        // The watch has usually seen the lock taken; etcd is asked otherwise.
-        // (Should the watch lag behind a release, the coordinator's abort or
-        // this plan's deadline drops what is staged.)
-        if self.state().lock_seen != Some(token) {
+        // Stale prepares (the module's docs): an older token is over, unless
+        // etcd says its lock is held (etcd's history began again: a new etcd
+        // cluster counts revisions from 1). A plan waiting for an older one
+        // is decided now.
+        let newest = self.state().newest_token;
+        let restarted = token < newest;
+        if restarted {
             match self.store.lock_held(token).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(format!("request {request_id} is over: its coordinator no longer holds the lock"))
+                    return Err(format!(
+                    "request {request_id} is over: a newer reload (fencing token {newest}) reached this member since"
+                ))
                 }
                 Err(err) => return Err(err.to_string()),
             }
         }
+        self.note_token(token, restarted);
         let cluster = Arc::clone(self);
         let id = request_id.clone();
         let span = phase_span(self, "prepare", &request_id, &params);
@@ -431,6 +448,30 @@ impl Cluster {
         .map_err(|err| format!("aborting panicked: {err}"));
         self.wake_if_behind();
         answer
+    }
+
+    /// Notes fencing token `token`, which a prepare brought or this member
+    /// took the lock with, as the newest (`restarted`: even if an older
+    /// history's tokens were higher): every plan waiting here for an older
+    /// one is decided now, by etcd, as at its deadline (its lock is gone).
+    pub(super) fn note_token(self: &Arc<Self>, token: i64, restarted: bool) {
+        {
+            let mut state = self.state();
+            state.newest_token = if restarted { token } else { state.newest_token.max(token) };
+        }
+        let mut pending = self.pending_lock();
+        for (request_id, plan) in pending.iter_mut().filter(|(_, plan)| plan.token < token) {
+            tracing::info!(request_id = %request_id, token = plan.token, newer = token,
+                "a newer reload came: deciding a prepared one by etcd now");
+            // Aborted from here, the deadline's task may be on another thread;
+            // it finds the plan gone, or decides it as the new one would.
+            if let Some(decider) = plan.decider.take() {
+                decider.abort();
+            }
+            plan.deadline = Instant::now();
+            let decider = self.handle.spawn(Arc::clone(self).decide_when_due(request_id.clone())).abort_handle();
+            plan.decider = Some(decider);
+        }
     }
 
     /// Waits for a pending plan's deadline; if its coordinator has not decided
