@@ -418,26 +418,14 @@ fn a_coordinator_killed_after_its_commit_cannot_stop_the_others_and_one_killed_b
     // Killed after the commit: the others apply it on their own.
     let mut fleet = Fleet::start(&["a", "b", "c"]);
     fleet.take("a").kill();
-    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "after-commit:20000")]);
-    fleet.set_clock("a", "4.0.0");
-    let url = fleet.member("a").url.clone();
-    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
-    std::thread::sleep(Duration::from_millis(1500));
-    fleet.take("a").kill();
-    let _ = request.join();
+    kill_coordinator_paused(&mut fleet, "after-commit:20000", "4.0.0");
     let applied = eventually(Duration::from_secs(12), || {
         (fleet.vsn("b", "clock") == "4.0.0" && fleet.vsn("c", "clock") == "4.0.0").then_some(())
     });
     assert!(applied.is_some(), "b and c apply the commit: b {} c {}", fleet.vsn("b", "clock"), fleet.vsn("c", "clock"));
 
     // Killed before the commit: nothing applies, and the members are free again.
-    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "before-commit:20000")]);
-    fleet.set_clock("a", "5.0.0");
-    let url = fleet.member("a").url.clone();
-    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
-    std::thread::sleep(Duration::from_millis(1500));
-    fleet.take("a").kill();
-    let _ = request.join();
+    kill_coordinator_paused(&mut fleet, "before-commit:20000", "5.0.0");
     std::thread::sleep(PREPARE_TIMEOUT + LEASE_TTL + Duration::from_secs(1));
     assert_eq!([fleet.vsn("b", "clock"), fleet.vsn("c", "clock")], ["4.0.0", "4.0.0"], "nothing of 5.0.0 applied");
     let result = fleet
@@ -456,14 +444,8 @@ fn the_next_reload_decides_the_plans_of_a_coordinator_killed_before_its_commit_a
     let _serial = one_at_a_time();
     let mut fleet = Fleet::start_with(&["a", "b", "c"], support::demo_app(), Duration::from_secs(60), &[]);
     fleet.take("a").kill();
-    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", "before-commit:60000")]);
-    fleet.set_clock("a", "5.0.0");
-    let url = fleet.member("a").url.clone();
-    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
     // b and c prepare 5.0.0 and wait for a, which pauses before its commit.
-    std::thread::sleep(Duration::from_millis(1500));
-    fleet.take("a").kill();
-    let _ = request.join();
+    kill_coordinator_paused(&mut fleet, "before-commit:60000", "5.0.0");
 
     fleet.set_clock("b", "6.0.0");
     let started = Instant::now();
@@ -472,6 +454,19 @@ fn the_next_reload_decides_the_plans_of_a_coordinator_killed_before_its_commit_a
     assert_eq!(result["metadata"]["cluster"]["phase"], "committed", "{result}");
     assert!(took < Duration::from_secs(15), "the reload waited {took:?}: for the old plans' deadline?");
     assert_eq!([fleet.vsn("b", "clock"), fleet.vsn("c", "clock")], ["6.0.0", "6.0.0"], "{result}");
+}
+
+/// Starts member `a` (stopped) with `ZEST_CLUSTER_PAUSE=pause`, has it
+/// coordinate a reload of clock `vsn`, and kills it 1.5 s into the request,
+/// while it pauses.
+fn kill_coordinator_paused(fleet: &mut Fleet, pause: &str, vsn: &str) {
+    fleet.spawn("a", &[("ZEST_CLUSTER_PAUSE", pause)]);
+    fleet.set_clock("a", vsn);
+    let url = fleet.member("a").url.clone();
+    let request = std::thread::spawn(move || send_reload(&url, json!({"scope": "module", "module": "clock"})));
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.take("a").kill();
+    let _ = request.join();
 }
 
 fn send_reload(url: &str, params: Value) -> Option<Value> {
