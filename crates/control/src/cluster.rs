@@ -456,7 +456,6 @@ impl Cluster {
         status
     }
 
-    /// Notes that this member applied the commit at `revision`.
     /// Wakes the catch-up loop when the watch saw a commit for this member
     /// newer than the last it applied, or cannot say: what the end of a
     /// reload leaves to read. (A wake-up for nothing would find the same and
@@ -471,6 +470,7 @@ impl Cluster {
         }
     }
 
+    /// Notes that this member applied the commit at `revision`.
     fn applied(&self, revision: i64) {
         let mut state = self.state();
         state.applied = state.applied.max(revision);

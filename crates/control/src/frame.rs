@@ -241,15 +241,14 @@ pub fn finish(answer: &str, fixes: &Fixes) -> String {
 
 /// jsonrpsee's answer with the codes and refused entries added.
 fn completed(answer: &str, fixes: &Fixes) -> String {
-    let text = answer.to_string();
-    if text.trim().is_empty() {
+    if answer.trim().is_empty() {
         return if fixes.refused.is_empty() { String::new() } else { Value::Array(fixes.refused.clone()).to_string() };
     }
     // Most answers hold no error and nothing to add: not parsed again.
-    if fixes.refused.is_empty() && !text.contains("\"error\"") {
-        return text;
+    if fixes.refused.is_empty() && !answer.contains("\"error\"") {
+        return answer.to_string();
     }
-    let Ok(mut value) = serde_json::from_str::<Value>(&text) else { return text };
+    let Ok(mut value) = serde_json::from_str::<Value>(answer) else { return answer.to_string() };
     match &mut value {
         Value::Array(items) => {
             items.iter_mut().for_each(|item| {

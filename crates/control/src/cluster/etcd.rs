@@ -694,21 +694,19 @@ impl Store {
     pub async fn watch(&self, revision: i64) -> Result<Watch, EtcdError> {
         // Two ranges, not the cluster's whole prefix: the lock's two events
         // per reload would wake every member twice for nothing.
-        let mut streams = Vec::new();
-        for part in ["desired/", "members/"] {
-            let prefix = self.key(part);
-            let stream = self
-                .call(|mut client| {
-                    let prefix = prefix.clone();
-                    let options = WatchOptions::new().with_prefix().with_start_revision(revision);
-                    async move { client.watch(prefix, Some(options)).await }
-                })
-                .await?;
-            streams.push(stream);
-        }
-        let members = streams.pop().expect("two streams");
-        let desired = streams.pop().expect("two streams");
+        let desired = self.watch_prefix("desired/", revision).await?;
+        let members = self.watch_prefix("members/", revision).await?;
         Ok(Watch { desired, members, prefix: self.prefix.clone() })
+    }
+
+    async fn watch_prefix(&self, part: &str, revision: i64) -> Result<etcd_client::WatchStream, EtcdError> {
+        let prefix = self.key(part);
+        self.call(|mut client| {
+            let prefix = prefix.clone();
+            let options = WatchOptions::new().with_prefix().with_start_revision(revision);
+            async move { client.watch(prefix, Some(options)).await }
+        })
+        .await
     }
 }
 

@@ -147,8 +147,8 @@ impl Cluster {
         // cluster counts revisions from 1). A plan waiting for an older one
         // is decided now.
         let newest = self.state().newest_token;
-        let restarted = token < newest;
-        if restarted {
+        let older = token < newest;
+        if older {
             match self.store.lock_held(token).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -159,7 +159,7 @@ impl Cluster {
                 Err(err) => return Err(err.to_string()),
             }
         }
-        self.note_token(token, restarted);
+        self.note_token(token, older);
         let cluster = Arc::clone(self);
         let id = request_id.clone();
         let span = phase_span(self, "prepare", &request_id, &params);

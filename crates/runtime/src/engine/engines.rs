@@ -124,12 +124,6 @@ impl Clock {
         self.running.store(true, Ordering::Relaxed);
     }
 
-    /// The time now, in ms since the node started, read from the system
-    /// clock (not the ticks, which may be [`DEEP_TICK`] behind).
-    pub(crate) fn read(&self) -> u64 {
-        self.advance()
-    }
-
     fn wake_ticker(&self) {
         self.deep.store(false, Ordering::Relaxed);
         if let Some(ticker) = self.ticker.get() {
@@ -150,8 +144,9 @@ impl Clock {
         self.advance().saturating_add(ms).saturating_add(1)
     }
 
-    /// Brings the clock up to the time, and reads it.
-    fn advance(&self) -> u64 {
+    /// Brings the clock up to the time, and reads it (the ticks alone may be
+    /// [`DEEP_TICK`] behind).
+    pub(crate) fn advance(&self) -> u64 {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.ticks.fetch_max(ms, Ordering::Relaxed).max(ms)
     }
@@ -298,7 +293,7 @@ impl Activity {
         struct Running<'a>(&'a Activity, &'a Clock);
         impl Drop for Running<'_> {
             fn drop(&mut self) {
-                self.0.last_end.fetch_max(self.1.read(), Ordering::Relaxed);
+                self.0.last_end.fetch_max(self.1.advance(), Ordering::Relaxed);
                 self.0.running.fetch_sub(1, Ordering::Release);
             }
         }
@@ -310,7 +305,7 @@ impl Activity {
         if self.running.load(Ordering::Acquire) > 0 {
             return Some(quiet);
         }
-        let since = clock.read().saturating_sub(self.last_end.load(Ordering::Relaxed));
+        let since = clock.advance().saturating_sub(self.last_end.load(Ordering::Relaxed));
         let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
         (since < quiet_ms).then(|| Duration::from_millis(quiet_ms - since))
     }
@@ -719,14 +714,10 @@ impl Ticker {
                     let period = period(quiet, running);
                     if period == DEEP_TICK {
                         clock.deep.store(true, Ordering::SeqCst);
-                        // A call that started between the last tick and now
-                        // may have seen `deep` clear: it is counted below.
-                        if clock.calls.load(Ordering::SeqCst) {
-                            clock.deep.store(false, Ordering::Relaxed);
-                        } else {
-                            std::thread::park_timeout(period);
-                        }
-                    } else {
+                    }
+                    // A call that started since the last tick may have seen
+                    // `deep` clear: the ticker does not sleep long then.
+                    if period != DEEP_TICK || !clock.calls.load(Ordering::SeqCst) {
                         std::thread::park_timeout(period);
                     }
                     clock.deep.store(false, Ordering::Relaxed);

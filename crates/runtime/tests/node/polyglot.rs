@@ -516,6 +516,20 @@ fn a_build_past_the_timeout_is_killed_with_its_children_and_leaves_nothing_behin
     assert!(poly.node.status().modules.is_empty());
 }
 
+/// A node whose `language` tool is [`slow_tool`] (`delay` seconds), the
+/// other one real: the tools' directory (kept while the node lives), the log
+/// of builds started, the node.
+fn slowed(language: Language, delay: &str) -> (tempfile::TempDir, PathBuf, Poly) {
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("builds.log");
+    let slow = slow_tool(tools.path(), &tool(language), &log, delay);
+    let poly = match language {
+        Language::JavaScript => Poly::with_tools(Some(slow), Some(tool(Language::Python))),
+        Language::Python => Poly::with_tools(Some(tool(Language::JavaScript)), Some(slow)),
+    };
+    (tools, log, poly)
+}
+
 /// `real` behind a shell script that appends its pid to `log` at each build
 /// (not at the `--help` and `--version` probes) and waits `delay` seconds
 /// before becoming the tool, in the same process and group: a build a test
@@ -586,10 +600,7 @@ const GET_JS: &str = "export function get() {\n  return 1;\n}\nexport default ge
 
 #[test]
 fn a_file_deleted_while_it_builds_loads_nothing_and_watch_mode_serves_the_last_of_two_saves_during_one_build() {
-    let tools = tempfile::tempdir().unwrap();
-    let log = tools.path().join("builds.log");
-    let qjs = slow_tool(tools.path(), &tool(Language::JavaScript), &log, "1");
-    let poly = Poly::with_tools(Some(qjs), Some(tool(Language::Python)));
+    let (_tools, log, poly) = slowed(Language::JavaScript, "1");
     let path = poly.write("w.js", GET_JS);
     assert_eq!(poly.reload(&path).status(), Status::Ok);
     let version = |n: u32| GET_JS.replace("return 1", &format!("return {n}"));
@@ -678,10 +689,7 @@ const SUM_PY: &str = "class WitWorld:\n    def add(self, a, b):\n        return 
 
 #[test]
 fn a_python_file_with_a_wit_has_typed_functions_and_a_wit_it_does_not_fit_or_a_deletion_loads_nothing() {
-    let tools = tempfile::tempdir().unwrap();
-    let log = tools.path().join("builds.log");
-    let py = slow_tool(tools.path(), &tool(Language::Python), &log, "0");
-    let poly = Poly::with_tools(Some(tool(Language::JavaScript)), Some(py));
+    let (_tools, log, poly) = slowed(Language::Python, "0");
     poly.write("sum.wit", SUM_WIT);
     let loaded = poly.load("sum.py", SUM_PY);
     let compile = loaded.metadata.compile.as_ref().expect("componentize-py built the file");
