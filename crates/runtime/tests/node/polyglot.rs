@@ -368,15 +368,10 @@ fn a_missing_toolchain_and_a_bad_wit_are_clear_errors_and_a_good_wit_types_the_f
     assert!(toolchains[1].found.is_err());
 
     // A NAME.wit beside the file: the file implements that world.
-    let wit = "package acme:sum;\n\nworld sum {\n  export add: func(a: u32, b: u32) -> u32;\n}\n";
+    let wit = SUM_WIT;
     poly.write("sum.wit", wit);
     poly.load("sum.js", "export function add(a, b) {\n  return a + b;\n}\n");
-    assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5");
-    let description = poly.node.describe("sum").unwrap();
-    let (name, signature) = &description.functions[0];
-    assert_eq!((name.as_str(), signature.result.as_deref()), ("add", Some("u32")));
-    assert_eq!(signature.params, [("a".to_string(), "u32".to_string()), ("b".to_string(), "u32".to_string())]);
-    assert!(matches!(poly.call("sum", "add", "[-1, 3]"), Err(CallError::InvalidArgs { .. })));
+    assert_sum_is_typed(&poly);
 
     // A WIT that does not parse, and one whose world the file does not fit.
     poly.write("sum.wit", &wit.replace("-> u32", "-> u3"));
@@ -439,25 +434,11 @@ fn watch_mode_rebuilds_a_javascript_file_and_its_wit_when_either_is_saved() {
     let js = "export function get() {\n  return 1;\n}\n\nexport function twice(n) {\n  return 2 * n;\n}\n";
     poly.write("w.wit", wit);
     poly.load("w.js", js);
-    let reloads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = std::sync::Arc::clone(&reloads);
-    let config = zest_runtime::watch::WatchConfig { debounce: std::time::Duration::from_millis(100) };
-    let _watch = poly
-        .node
-        .watch(config, move |event| {
-            if let zest_runtime::watch::WatchEvent::Reloaded { result, .. } = event {
-                seen.lock().unwrap().push(result.status());
-            }
-        })
-        .unwrap();
-    let eventually = |what: &str, check: &dyn Fn() -> bool| {
-        let started = std::time::Instant::now();
-        while !check() {
-            let waited = started.elapsed();
-            assert!(waited < std::time::Duration::from_secs(120), "{what}; reloads: {:?}", reloads.lock().unwrap());
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
+    let (_watch, reloads) = watch_saying(&poly, |event| match event {
+        zest_runtime::watch::WatchEvent::Reloaded { result, .. } => Some(result.status()),
+        _ => None,
+    });
+    let eventually = |what: &str, check: &dyn Fn() -> bool| wait_until(what, &reloads, check);
 
     poly.write("w.js", &js.replace("return 1", "return 2"));
     eventually("the edit serves", &|| poly.call("w", "get", "null").is_ok_and(|out| out == "2"));
@@ -514,6 +495,48 @@ fn a_build_past_the_timeout_is_killed_with_its_children_and_leaves_nothing_behin
         .collect();
     assert!(left.is_empty(), "the private build directory goes with the build: {left:?}");
     assert!(poly.node.status().modules.is_empty());
+}
+
+/// Module `sum` serves `add` as [`SUM_WIT`] types it: typed functions, and
+/// arguments its types refuse are `InvalidArgs`.
+fn assert_sum_is_typed(poly: &Poly) {
+    assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5");
+    let description = poly.node.describe("sum").unwrap();
+    let (name, signature) = &description.functions[0];
+    assert_eq!((name.as_str(), signature.result.as_deref()), ("add", Some("u32")));
+    assert_eq!(signature.params, [("a".to_string(), "u32".to_string()), ("b".to_string(), "u32".to_string())]);
+    assert!(matches!(poly.call("sum", "add", "[-1, 3]"), Err(CallError::InvalidArgs { .. })));
+}
+
+/// Watch mode on `poly` (100 ms debounce), keeping what `say` makes of
+/// each event.
+fn watch_saying<T: Send + 'static>(
+    poly: &Poly,
+    say: impl Fn(&zest_runtime::watch::WatchEvent) -> Option<T> + Send + 'static,
+) -> (zest_runtime::watch::Watch, std::sync::Arc<std::sync::Mutex<Vec<T>>>) {
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&said);
+    let config = zest_runtime::watch::WatchConfig { debounce: std::time::Duration::from_millis(100) };
+    let watch = poly
+        .node
+        .watch(config, move |event| {
+            if let Some(what) = say(event) {
+                seen.lock().unwrap().push(what);
+            }
+        })
+        .unwrap();
+    (watch, said)
+}
+
+/// Polls `check` every 50 ms for up to 120 s; fails saying `what` and what
+/// the watch said so far.
+fn wait_until<T: std::fmt::Debug>(what: &str, said: &std::sync::Mutex<Vec<T>>, check: &dyn Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        let waited = started.elapsed();
+        assert!(waited < std::time::Duration::from_secs(120), "{what}; the watch said: {:?}", said.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// A node whose `language` tool is [`slow_tool`] (`delay` seconds), the
@@ -624,32 +647,18 @@ fn a_file_deleted_while_it_builds_loads_nothing_and_watch_mode_serves_the_last_o
     std::fs::write(&path, GET_JS).unwrap();
 
     // Watch mode: save 3 starts a build; saves 4 and 5 come while it runs.
-    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = std::sync::Arc::clone(&events);
-    let config = zest_runtime::watch::WatchConfig { debounce: std::time::Duration::from_millis(100) };
-    let _watch = poly
-        .node
-        .watch(config, move |event| {
-            use zest_runtime::watch::WatchEvent;
-            let said = match event {
-                WatchEvent::Reloaded { result, .. } => match result.errors.first() {
-                    Some(error) => format!("error {}: {}", error.reason.as_str(), error.message),
-                    None => format!("reloaded {:?}", result.reloaded),
-                },
-                WatchEvent::Missing { problem, .. } => format!("missing: {problem}"),
-                other => format!("{other:?}"),
-            };
-            seen.lock().unwrap().push(said);
+    let (_watch, events) = watch_saying(&poly, |event| {
+        use zest_runtime::watch::WatchEvent;
+        Some(match event {
+            WatchEvent::Reloaded { result, .. } => match result.errors.first() {
+                Some(error) => format!("error {}: {}", error.reason.as_str(), error.message),
+                None => format!("reloaded {:?}", result.reloaded),
+            },
+            WatchEvent::Missing { problem, .. } => format!("missing: {problem}"),
+            other => format!("{other:?}"),
         })
-        .unwrap();
-    let eventually = |what: &str, check: &dyn Fn() -> bool| {
-        let started = std::time::Instant::now();
-        while !check() {
-            let waited = started.elapsed();
-            assert!(waited < std::time::Duration::from_secs(120), "{what}; events: {:?}", events.lock().unwrap());
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
+    });
+    let eventually = |what: &str, check: &dyn Fn() -> bool| wait_until(what, &events, check);
     std::fs::write(&path, version(3)).unwrap();
     builds_started(&log, 3);
     std::fs::write(&path, version(4)).unwrap();
@@ -694,12 +703,7 @@ fn a_python_file_with_a_wit_has_typed_functions_and_a_wit_it_does_not_fit_or_a_d
     let loaded = poly.load("sum.py", SUM_PY);
     let compile = loaded.metadata.compile.as_ref().expect("componentize-py built the file");
     assert!(compile.command.as_deref().unwrap().ends_with("extensions/sum.py"), "built whole: {compile:?}");
-    assert_eq!(poly.call("sum", "add", "[2, 3]").unwrap(), "5");
-    let description = poly.node.describe("sum").unwrap();
-    let (name, signature) = &description.functions[0];
-    assert_eq!((name.as_str(), signature.result.as_deref()), ("add", Some("u32")));
-    assert_eq!(signature.params, [("a".to_string(), "u32".to_string()), ("b".to_string(), "u32".to_string())]);
-    assert!(matches!(poly.call("sum", "add", "[-1, 3]"), Err(CallError::InvalidArgs { .. })));
+    assert_sum_is_typed(&poly);
     let first = serving(&poly, "sum");
     let path = poly.path("sum.py");
     let old_serves = |after: &str| {
