@@ -109,6 +109,10 @@ pub struct CanaryStatus {
     pub failures: u64,
 }
 
+/// How many bytes of builds [`Node::stages_at_once`] lets a quick staging
+/// hash (about a millisecond's work).
+pub const AT_ONCE_MAX_BYTES: usize = 1 << 20;
+
 impl Node {
     /// A node with the in-process reload lock.
     pub fn new(config: NodeConfig) -> Result<Node, NodeError> {
@@ -335,6 +339,23 @@ impl Node {
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         self.shared.artifacts.keep(&sha256, bytes);
         hex::encode(sha256)
+    }
+
+    /// Whether staging `blueprint` ([`Session::plan_blueprint`]) is quick work
+    /// that waits for nothing, fit for an async runtime's thread: every build
+    /// it names runs already, or is held in memory and compiled there, and
+    /// those to stage come to at most [`AT_ONCE_MAX_BYTES`] (each is hashed).
+    pub fn stages_at_once(&self, blueprint: &crate::request::Blueprint) -> bool {
+        let mut bytes = 0;
+        blueprint.builds().all(|build| {
+            if !blueprint.force && self.runs_build(&build.module, &build.sha256) {
+                return true;
+            }
+            let Some(sha256) = parse_sha256(&build.sha256) else { return true };
+            let held = self.shared.artifacts.size_in_memory(&sha256);
+            bytes += held.unwrap_or(0);
+            held.is_some() && self.shared.engines.holds_compiled(&sha256) && bytes <= AT_ONCE_MAX_BYTES
+        })
     }
 
     /// True when module `module` runs the build `sha256` (hex) now.

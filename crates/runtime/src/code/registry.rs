@@ -225,6 +225,17 @@ impl Slot {
         old.push(Old { version: Arc::downgrade(version), life: version.life() });
     }
 
+    /// Whether [`Slot::purge`] would wait for nothing now: every old version
+    /// is gone or runs a process, but `previous`, which is gone once the
+    /// caller lets go of it (it holds the only reference).
+    pub(crate) fn drained_but(&self, previous: Option<&Arc<Version>>) -> bool {
+        let last = previous.filter(|previous| Arc::strong_count(previous) == 1).map(|previous| previous.life());
+        let old = self.old.lock().unwrap_or_else(PoisonError::into_inner);
+        old.iter().all(|entry| {
+            entry.life.is_gone() || entry.life.is_pinned() || last.as_ref().is_some_and(|last| Arc::ptr_eq(last, &entry.life))
+        })
+    }
+
     /// Old versions that are still alive (something runs on them).
     pub(crate) fn old_versions(&self) -> Vec<VersionInfo> {
         let mut old = self.old.lock().unwrap_or_else(PoisonError::into_inner);

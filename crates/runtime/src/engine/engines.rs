@@ -192,6 +192,11 @@ struct RecentEntry {
 }
 
 impl Recent {
+    fn contains(&self, key: &[u8; 32], compiler: Compiler) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.iter().any(|e| &e.key == key && e.compiler == compiler)
+    }
+
     fn get(&self, key: &[u8; 32], compiler: Compiler) -> Option<(Compiled, Callables)> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let index = entries.iter().position(|e| &e.key == key && e.compiler == compiler)?;
@@ -406,12 +411,7 @@ impl Engines {
         source: &std::path::Path,
     ) -> Result<Loaded, (Reason, String)> {
         let _loading = self.activity.start(&self.clock);
-        let candidates: &[Compiler] = match self.choice {
-            Compiler::Cranelift => &[Compiler::Cranelift],
-            Compiler::Winch => &[Compiler::Winch],
-            Compiler::Auto => &[Compiler::Cranelift, Compiler::Winch],
-        };
-        for &compiler in candidates {
+        for &compiler in self.candidates() {
             if let Some(loaded) = self.cached(key, compiler) {
                 return Ok(loaded);
             }
@@ -430,6 +430,22 @@ impl Engines {
             fixed => fixed,
         };
         self.compile(&wasm, compiler)
+    }
+
+    /// The compilers whose code [`Engines::load`] takes, in its order.
+    fn candidates(&self) -> &'static [Compiler] {
+        match self.choice {
+            Compiler::Cranelift => &[Compiler::Cranelift],
+            Compiler::Winch => &[Compiler::Winch],
+            Compiler::Auto => &[Compiler::Cranelift, Compiler::Winch],
+        }
+    }
+
+    /// Whether [`Engines::load`] would compile nothing for build `key`: a
+    /// compiler it takes has the build's code in memory. (It may still look
+    /// for a preferred compiler's code in the disk cache first.)
+    pub(crate) fn holds_compiled(&self, key: &[u8; 32]) -> bool {
+        self.candidates().iter().any(|&compiler| self.recent.contains(key, compiler))
     }
 
     /// How much longer to wait before no reload has loaded a build for

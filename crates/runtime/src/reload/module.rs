@@ -62,6 +62,14 @@ impl ModuleStep {
         !self.result.errors.is_empty()
     }
 
+    /// Whether settling this committed step waits for nothing now: it holds
+    /// no process, and its module's old versions are drained but for the one
+    /// it replaced, which nothing but this step holds any more.
+    pub(crate) fn settles_at_once(&self) -> bool {
+        let previous = self.swapped.as_ref().and_then(|(_, previous)| previous.as_ref());
+        self.held.is_empty() && self.slot.as_ref().is_none_or(|slot| slot.drained_but(previous))
+    }
+
     /// A build is staged and waits for commit.
     pub(crate) fn is_staged(&self) -> bool {
         self.staged.is_some()

@@ -437,6 +437,34 @@ impl Plan {
         self.units.iter().any(|unit| unit.steps.iter().any(ModuleStep::is_staged) || !unit.unloads.is_empty())
     }
 
+    /// Whether [`Plan::commit`] runs no guest code and waits for nothing: the
+    /// plan is not atomic, moves no process (none runs on a staged module)
+    /// and runs no `code_change`, unloads nothing, and keeps nothing but in
+    /// memory (no app whose processes start, no extension record written).
+    /// Whether settling then waits is [`Plan::settles_at_once`]'s to say.
+    pub fn commits_at_once(&self) -> bool {
+        let quiet_unit = |unit: &Unit| {
+            unit.unloads.is_empty()
+                && match &unit.record {
+                    None => true,
+                    // Scope `module` keeps its manifest in memory only.
+                    Some(Record::App(_)) => unit.result.kind != Kind::App,
+                    Some(_) => false,
+                }
+                && unit.steps.iter().all(|step| {
+                    !step.is_staged() || self.shared.processes.of_module(&step.result.target).is_empty()
+                })
+        };
+        !self.options.atomic && self.code_change.is_empty() && self.units.iter().all(quiet_unit)
+    }
+
+    /// Whether [`Plan::settle`], after a commit, waits for nothing now: no
+    /// process is held, and no call runs on a version the plan replaced (nor
+    /// on an older one of its modules).
+    pub fn settles_at_once(&self) -> bool {
+        self.held.is_empty() && self.units.iter().flat_map(|unit| &unit.steps).all(ModuleStep::settles_at_once)
+    }
+
     /// What failed while staging, as `a, b failed`; `None` when nothing did.
     pub fn staging_failures(&self) -> Option<String> {
         culprits(&self.units, std::iter::empty())

@@ -54,6 +54,12 @@ impl Artifacts {
         memory.truncate(keep);
     }
 
+    /// The size of build `sha256` when it is held in memory.
+    pub(crate) fn size_in_memory(&self, sha256: &[u8; 32]) -> Option<usize> {
+        let memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        memory.iter().find(|(key, _)| key == sha256).map(|(_, bytes)| bytes.len())
+    }
+
     /// The build `sha256`, from memory or from disk.
     pub(crate) fn get(&self, sha256: &[u8; 32]) -> Option<Bytes> {
         {
