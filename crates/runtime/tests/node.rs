@@ -11,6 +11,7 @@ mod node {
     mod guest_sdk;
     mod polyglot;
     mod processes;
+    mod quick_plans;
     mod rollout;
     mod rust_components;
     mod sandbox;

@@ -231,11 +231,7 @@ impl Cluster {
     }
 
     /// [`Cluster::stage`]'s work: what failed, and why, as the abort counts it.
-    fn stage_plan(
-        &self,
-        request: &Prepare,
-        session: Option<Session>,
-    ) -> Result<(), (AbortCause, Box<ReloadResult>)> {
+    fn stage_plan(&self, request: &Prepare, session: Option<Session>) -> Result<(), (AbortCause, Box<ReloadResult>)> {
         let Prepare { request_id, token, blueprint, sources, rollback, unload } = request;
         let failed = |failure: Failure| {
             let mut result = ReloadResult::new(blueprint.kind, &blueprint.target);
@@ -249,7 +245,11 @@ impl Cluster {
                 // Leave the coordinator time to hear the answer within its own timeout.
                 let wait = self.config.prepare_timeout * 3 / 4;
                 self.node.session(wait, Some(request_id)).map_err(|err| {
-                    failed(Failure::new(&self.config.node, Reason::PrepareFailed, format!("this member is busy: {err}")))
+                    failed(Failure::new(
+                        &self.config.node,
+                        Reason::PrepareFailed,
+                        format!("this member is busy: {err}"),
+                    ))
                 })?
             }
         };

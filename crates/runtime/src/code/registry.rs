@@ -232,7 +232,9 @@ impl Slot {
         let last = previous.filter(|previous| Arc::strong_count(previous) == 1).map(|previous| previous.life());
         let old = self.old.lock().unwrap_or_else(PoisonError::into_inner);
         old.iter().all(|entry| {
-            entry.life.is_gone() || entry.life.is_pinned() || last.as_ref().is_some_and(|last| Arc::ptr_eq(last, &entry.life))
+            entry.life.is_gone()
+                || entry.life.is_pinned()
+                || last.as_ref().is_some_and(|last| Arc::ptr_eq(last, &entry.life))
         })
     }
 

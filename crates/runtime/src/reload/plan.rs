@@ -451,9 +451,10 @@ impl Plan {
                     Some(Record::App(_)) => unit.result.kind != Kind::App,
                     Some(_) => false,
                 }
-                && unit.steps.iter().all(|step| {
-                    !step.is_staged() || self.shared.processes.of_module(&step.result.target).is_empty()
-                })
+                && unit
+                    .steps
+                    .iter()
+                    .all(|step| !step.is_staged() || self.shared.processes.of_module(&step.result.target).is_empty())
         };
         !self.options.atomic && self.code_change.is_empty() && self.units.iter().all(quiet_unit)
     }
