@@ -345,6 +345,10 @@ impl Node {
     /// that waits for nothing, fit for an async runtime's thread: every build
     /// it names runs already, or is held in memory and compiled there, and
     /// those to stage come to at most [`AT_ONCE_MAX_BYTES`] (each is hashed).
+    /// A hint, not a hold: should the memory caches drop a build before it
+    /// is staged (another build kept, a tier-up's code), staging reads it
+    /// from disk (a cluster member fetches one not on disk yet) or compiles
+    /// it on the caller's thread — slower, and never waiting for the lock.
     pub fn stages_at_once(&self, blueprint: &crate::request::Blueprint) -> bool {
         let mut bytes = 0;
         blueprint.builds().all(|build| {
