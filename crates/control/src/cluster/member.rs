@@ -162,8 +162,7 @@ impl Cluster {
     pub async fn prepare(self: &Arc<Self>, params: Value) -> Result<Value, String> {
         let mut request = Prepare::parse(&params)?;
         self.localize(&mut request.blueprint);
-        let Prepare { request_id, token, .. } = &request;
-        let (request_id, token) = (request_id.clone(), *token);
+        let (request_id, token) = (request.request_id.clone(), request.token);
         if self.pending_lock().contains_key(&request_id) {
             return Err(format!("request {request_id} is already prepared here"));
         }
@@ -186,15 +185,14 @@ impl Cluster {
         }
         self.note_token(token, older);
         let span = phase_span(self, "prepare", &request_id, &params);
-        // Quick work that waits for nothing (no fetch, no compile, the node's
-        // lock free) is done on this thread: two thread hand-offs fewer for
-        // every member of every reload. The rest goes to the blocking pool.
-        let now = match request.unload.is_none()
-            && self.missing(&request.blueprint).is_empty()
-            && self.node.stages_at_once(&request.blueprint)
-        {
-            true => self.node.session(Duration::ZERO, Some(&request_id)).ok(),
-            false => None,
+        // Quick work that waits for nothing (every build held and compiled
+        // in memory, so nothing to fetch or compile; the node's lock free) is
+        // done on this thread: two thread hand-offs fewer for every member of
+        // every reload. The rest goes to the blocking pool.
+        let now = if request.unload.is_none() && self.node.stages_at_once(&request.blueprint) {
+            self.node.session(Duration::ZERO, Some(&request_id)).ok()
+        } else {
+            None
         };
         let prepared = match now {
             Some(session) => span.in_scope(|| self.stage(&request, Some(session))),
@@ -294,18 +292,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// The builds of `blueprint` this node neither runs nor holds.
-    fn missing<'a>(&self, blueprint: &'a Blueprint) -> Vec<&'a BuildRef> {
-        blueprint
+    /// Fetches every build of `blueprint` this node neither runs nor holds.
+    fn fetch_missing(&self, blueprint: &Blueprint, sources: &[String]) -> Result<(), Failure> {
+        let missing: Vec<&BuildRef> = blueprint
             .builds()
             .filter(|build| blueprint.force || !self.node.runs_build(&build.module, &build.sha256))
             .filter(|build| self.node.build(&build.sha256).is_none())
-            .collect()
-    }
-
-    /// Fetches every build of `blueprint` this node neither runs nor holds.
-    fn fetch_missing(&self, blueprint: &Blueprint, sources: &[String]) -> Result<(), Failure> {
-        for build in self.missing(blueprint) {
+            .collect();
+        for build in missing {
             let bytes = self.peers.fetch(&build.module, &build.sha256, sources)?;
             self.node.add_build(bytes);
         }
@@ -592,10 +586,8 @@ impl Cluster {
                             count_member(&id, MemberStep::Commit);
                             pending.plan.commit();
                         }
-                        pending.plan.settle(None);
-                        let result = cluster.finish(pending.plan);
-                        cluster.applied(revision);
-                        cluster.decide(&id, Some(wire::result(&result)));
+                        let answer = cluster.settled(pending, None, revision);
+                        cluster.decide(&id, Some(answer));
                     }
                     Err((cause, why)) => {
                         tracing::warn!(request_id = %id, %why, "dropping a prepared reload");
